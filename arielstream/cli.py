@@ -1,0 +1,209 @@
+"""Command line: ``arielstream calibrate | simulate | info``.
+
+Exit codes (sysexits style, for cron jobs):
+
+====  ==========================================================
+0     everything asked for was done
+2     the command line is wrong (argparse)
+65    the run finished but some observations failed (bad input data);
+      the output holds them as failed, with the reason
+66    an input folder or dataset-level file is missing or unreadable
+70    internal error (a bug: please report it with the log)
+73    the output cannot be created (exists, folder missing, disk full)
+78    the configuration is invalid
+130   interrupted (Ctrl-C)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ._version import __version__
+from .config import ConfigError, load_config
+from .errors import InputError, MemoryBudgetError, OutputError
+from .recipe import RECIPE
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_FAILURES = 65
+EXIT_NOINPUT = 66
+EXIT_SOFTWARE = 70
+EXIT_CANTCREAT = 73
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("arielstream")
+
+STEP_NAMES = [s.name for s in RECIPE]
+
+
+def _steps(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STEP_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEP_NAMES)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="arielstream",
+        description="Calibrate Ariel Data Challenge 2025 detector data into binned HDF5 cubes, in bounded memory.")
+    parser.add_argument("--version", action="version", version=f"arielstream {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cal = sub.add_parser("calibrate", help="calibrate a data folder into one HDF5 file",
+                         description="Calibrate every visit of the planets of DATA_DIR/SPLIT into OUT.h5.")
+    cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    cal.add_argument("--split", default="train", help="sub-folder of planets: train or test (default train)")
+    cal.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5")
+    cal.add_argument("--planets", type=int, nargs="+", metavar="ID", help="only these planet ids")
+    cal.add_argument("--profile", choices=["default", "notebook"],
+                     help="default: every step, NaN bad pixels; notebook: the organisers' numbers")
+    cal.add_argument("--config", type=Path, metavar="FILE.toml", help="options from a TOML file ([calibration])")
+    cal.add_argument("--memory", default=None, metavar="SIZE", help="RAM budget of the run, e.g. 2GB (default 2GB)")
+    cal.add_argument("--skip", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
+                     help=f"switch steps off: {', '.join(STEP_NAMES)}")
+    cal.add_argument("--with", dest="enable", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
+                     help="switch steps on (e.g. --profile notebook --with nonlinearity)")
+    cal.add_argument("--airs-bin", type=int, help="CDS frames per AIRS time bin (default 30)")
+    cal.add_argument("--fgs1-bin", type=int, help="CDS frames per FGS1 time bin (default 360)")
+    cal.add_argument("--wavelength-order", choices=["target", "detector"],
+                     help="target: ascending, wl_2..wl_283; detector: columns 39..320 (the notebook's)")
+    cal.add_argument("--bad-pixels", choices=["nan", "keep"], help="NaN bad pixels or keep their values")
+    cal.add_argument("--missing-calibration", choices=["error", "skip"],
+                     help="a missing calibration file fails the observation (error) or skips its step")
+    cal.add_argument("--instruments", nargs="+", choices=["AIRS-CH0", "FGS1"])
+    cal.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
+    cal.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+
+    sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth")
+    sim.add_argument("out", type=Path, metavar="OUT")
+    sim.add_argument("--planets", type=int, default=3, help="number of planets (default 3)")
+    sim.add_argument("--scale", type=float, default=1.0,
+                     help="fraction of the real frame counts (1 = full size; bins stay 30/360)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--split", choices=["train", "test"], default="train")
+    sim.add_argument("--two-visit-fraction", type=float, default=0.1)
+    sim.add_argument("--row-group-frames", type=int, default=None,
+                     help="frames per Parquet row group (default: one row group per file)")
+    sim.add_argument("--cosmic-rate", type=float, default=1.6e-5, help="cosmic rays per pixel per second")
+    sim.add_argument("--background-fraction", type=float, default=0.3)
+    sim.add_argument("--compression", default="zstd")
+
+    inf = sub.add_parser("info", help="summarise an arielstream HDF5 file")
+    inf.add_argument("path", type=Path, metavar="OUT.h5")
+    inf.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("arielstream")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _config_from_args(args: argparse.Namespace):
+    overrides = {
+        "profile": args.profile,
+        "airs_bin": args.airs_bin,
+        "fgs1_bin": args.fgs1_bin,
+        "wavelength_order": args.wavelength_order,
+        "bad_pixels": args.bad_pixels,
+        "missing_calibration": args.missing_calibration,
+        "instruments": args.instruments,
+    }
+    for names, value in ((args.skip, False), (args.enable, True)):
+        for group in names:
+            for name in group:
+                overrides[name] = value
+    return load_config(args.config, **overrides)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .runner import DEFAULT_MEMORY, calibrate
+
+    config = _config_from_args(args)
+    summary = calibrate(args.data_dir, args.output, split=args.split, planets=args.planets, config=config,
+                        memory=args.memory or DEFAULT_MEMORY, overwrite=args.overwrite,
+                        progress=False if args.no_progress else None)
+    done = len(summary.results) - len(summary.failed)
+    print(f"{summary.output}: {done} of {len(summary.results)} observation(s) calibrated "
+          f"in {summary.seconds:.1f} s (peak RSS {summary.peak_rss / 1e6:.0f} MB)")
+    for r in summary.failed:
+        print(f"  FAILED {r.planet_id} visit {r.visit}: {r.error}")
+    return EXIT_OK if summary.ok else EXIT_FAILURES
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_dataset
+
+    planets = simulate_dataset(args.out, n_planets=args.planets, scale=args.scale, seed=args.seed,
+                               split=args.split, two_visit_fraction=args.two_visit_fraction,
+                               row_group_frames=args.row_group_frames, cosmic_rate=args.cosmic_rate,
+                               background_fraction=args.background_fraction, compression=args.compression)
+    visits = sum(v for _, v in planets)
+    print(f"{args.out}: {len(planets)} planet(s), {visits} visit(s) simulated ({args.split}, scale {args.scale})")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .inspect import summarize
+
+    info = summarize(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    print(f"{args.path}  (arielstream {info['arielstream_version']}, profile {info['profile']}, "
+          f"split {info['split']}, created {info['created']})")
+    for name, d in info["datasets"].items():
+        print(f"  {name:24s} {str(tuple(d['shape'])):28s} {d['dtype']}")
+    counts = info["status_counts"]
+    print(f"  observations: {len(info['observations'])} — " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for o in info["observations"]:
+        line = f"    {o['planet_id']:>12d}  visit {o['visit']}  {o['status']}"
+        if o["error"]:
+            line += f"  {o['error']}"
+        print(line)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    handlers = {"calibrate": cmd_calibrate, "simulate": cmd_simulate, "info": cmd_info}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"arielstream: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (InputError, FileNotFoundError) as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_NOINPUT
+    except (OutputError, MemoryBudgetError) as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_CANTCREAT if isinstance(exc, OutputError) else EXIT_CONFIG
+    except ValueError as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("arielstream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        log.exception("internal error")
+        return EXIT_SOFTWARE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""One recipe, one config: the options of a calibration run, validated before any data flows.
+
+The config is a frozen dataclass with its defaults in code. It can be overridden
+from a TOML file and then from the command line (``load_config``); it is never
+built with ``eval``. Two profiles exist:
+
+``default``
+    every step of the organisers' recipe, non-linearity included, bad pixels as
+    NaN, wavelengths in the target order (``wl_2`` ... ``wl_283``, ascending).
+``notebook``
+    reproduces the organisers' notebook on good pixels: non-linearity off, bad
+    pixels keep their computed values (the notebook loses its mask), AIRS
+    columns 39:321 in detector order (long to short wavelength).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PROFILES = ("default", "notebook")
+WAVELENGTH_ORDERS = ("target", "detector")
+BAD_PIXEL_MODES = ("nan", "keep")
+MISSING_CALIBRATION_MODES = ("error", "skip")
+
+
+class ConfigError(ValueError):
+    """An option has a value the pipeline cannot run with."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which steps run and how. Every step can be switched off."""
+
+    profile: str = "default"
+    # the recipe, in the notebook's order
+    adc: bool = True
+    mask: bool = True  # hot/dead pixel mask into the data-quality plane
+    hot_sigma: float = 5.0
+    hot_maxiters: int = 5
+    nonlinearity: bool = True
+    dark: bool = True
+    cds: bool = True
+    time_binning: bool = True
+    airs_bin: int = 30
+    fgs1_bin: int = 360
+    flat: bool = True
+    wavelength_cut: bool = True
+    cut_start: int = 39
+    cut_stop: int = 321
+    # output conventions
+    wavelength_order: str = "target"
+    bad_pixels: str = "nan"
+    missing_calibration: str = "error"
+    instruments: tuple[str, ...] = field(default=("AIRS-CH0", "FGS1"))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+        choose("profile", self.profile, PROFILES)
+        choose("wavelength_order", self.wavelength_order, WAVELENGTH_ORDERS)
+        choose("bad_pixels", self.bad_pixels, BAD_PIXEL_MODES)
+        choose("missing_calibration", self.missing_calibration, MISSING_CALIBRATION_MODES)
+        for name in ("airs_bin", "fgs1_bin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not (self.hot_sigma > 0):
+            raise ConfigError(f"hot_sigma must be positive; got {self.hot_sigma!r}")
+        if not isinstance(self.hot_maxiters, int) or self.hot_maxiters < 1:
+            raise ConfigError(f"hot_maxiters must be a positive integer; got {self.hot_maxiters!r}")
+        if not (0 <= self.cut_start < self.cut_stop <= 356):
+            raise ConfigError(
+                f"wavelength cut must satisfy 0 <= start < stop <= 356; got {self.cut_start}:{self.cut_stop}")
+        known = ("AIRS-CH0", "FGS1")
+        if not self.instruments or any(i not in known for i in self.instruments):
+            raise ConfigError(f"instruments must be a non-empty subset of {known}; got {self.instruments!r}")
+        if len(set(self.instruments)) != len(self.instruments):
+            raise ConfigError(f"instruments repeated: {self.instruments!r}")
+
+    def bin_width(self, instrument: str) -> int:
+        """Samples summed per time bin (1 when binning is off)."""
+        if not self.time_binning:
+            return 1
+        return self.airs_bin if instrument == "AIRS-CH0" else self.fgs1_bin
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["instruments"] = list(self.instruments)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> CalibrationConfig:
+        return build_config(base=self, **changes)
+
+
+_NOTEBOOK = {
+    "profile": "notebook",
+    "nonlinearity": False,
+    "bad_pixels": "keep",
+    "wavelength_order": "detector",
+}
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(CalibrationConfig)]
+
+
+def build_config(base: CalibrationConfig | None = None, **options: Any) -> CalibrationConfig:
+    """Make a config from a profile name and overrides, rejecting unknown options.
+
+    ``profile`` is applied first (its defaults), then every other option, so
+    ``build_config(profile="notebook", nonlinearity=True)`` is the notebook
+    recipe with the non-linearity switched back on.
+    """
+    unknown = sorted(set(options) - set(option_names()))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)} (known: {', '.join(option_names())})")
+    values = {} if base is None else base.to_dict()
+    profile = options.get("profile", values.get("profile", "default"))
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    if "profile" in options or base is None:
+        values = {"profile": profile}
+        if profile == "notebook":
+            values.update(_NOTEBOOK)
+    values.update({k: v for k, v in options.items() if k != "profile"})
+    if "instruments" in values:
+        inst = values["instruments"]
+        values["instruments"] = (inst,) if isinstance(inst, str) else tuple(inst)
+    types = {f.name: f.type for f in fields(CalibrationConfig)}
+    for name, value in values.items():
+        expected = types[name]
+        if expected == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false; got {value!r}")
+        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+    return CalibrationConfig(**values)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The ``[calibration]`` table of a TOML file (or its top level when there is none)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return data
+
+
+def load_config(toml_path: str | Path | None = None, **overrides: Any) -> CalibrationConfig:
+    """Defaults < TOML file ``[calibration]`` table < explicit overrides (the CLI)."""
+    options: dict[str, Any] = {}
+    if toml_path is not None:
+        data = read_toml(toml_path)
+        table = data.get("calibration", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{toml_path}: [calibration] must be a table")
+        options.update(table)
+    if "profile" in overrides and overrides["profile"] is not None and "profile" in options:
+        # a profile named on the command line replaces the file's profile and its defaults
+        options = {k: v for k, v in options.items() if k != "profile"}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return build_config(**options)
+    except ConfigError as exc:
+        where = f"{toml_path}: " if toml_path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None

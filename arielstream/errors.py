@@ -1,0 +1,26 @@
+"""Errors a user can act on: each names the file and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ArielstreamError(Exception):
+    """Base of the errors that the CLI reports without a traceback."""
+
+
+class InputError(ArielstreamError):
+    """An input file or folder is missing or does not match the ADC2025 format."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class MemoryBudgetError(ArielstreamError):
+    """The memory budget cannot hold the smallest chunk the data allows."""
+
+
+class OutputError(ArielstreamError):
+    """The output file cannot be created or is not an arielstream file."""

@@ -1,0 +1,113 @@
+"""The ADC2025 data layout: instrument geometry, file names and folder discovery.
+
+Everything that knows how a competition folder is named lives here, so that the
+reader, the simulator and the pipeline agree on one description (see
+``ADC2025-FORMAT.md``). Nothing in this module reads pixel data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CALIBRATION_NAMES = ("dark", "dead", "flat", "read", "linear_corr")
+NONLINEARITY_ORDER = 6  # coefficients c0..c5, lowest order first
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """Geometry and conventions of one detector."""
+
+    name: str
+    rows: int  # spatial rows of a frame
+    columns: int  # columns of a frame (wavelength for AIRS)
+    default_bin: int  # CDS frames summed into one time bin
+    full_frames: int  # raw frames in a full-size visit
+    time_axis: str  # column of axis_info.parquet with the frame times (hours)
+
+    @property
+    def pixels(self) -> int:
+        return self.rows * self.columns
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.rows, self.columns)
+
+    def signal_name(self, visit: int) -> str:
+        return f"{self.name}_signal_{visit}.parquet"
+
+    def calibration_dir(self, visit: int) -> str:
+        return f"{self.name}_calibration_{visit}"
+
+
+AIRS = Instrument("AIRS-CH0", 32, 356, 30, 11250, "AIRS-CH0-axis0-h")
+FGS1 = Instrument("FGS1", 32, 32, 360, 135000, "FGS1-axis0-h")
+INSTRUMENTS = {AIRS.name: AIRS, FGS1.name: FGS1}
+
+# axis_info.parquet columns (NaN padded to the longest one)
+AIRS_WAVELENGTH_AXIS = "AIRS-CH0-axis2-um"
+AIRS_INTEGRATION_TIME = "AIRS-CH0-integration_time"
+
+# The notebook keeps AIRS columns 39:321; they map onto targets wl_283 .. wl_2.
+AIRS_CUT = (39, 321)
+FGS1_WAVELENGTH_UM = 0.7  # wl_1 of wavelengths.csv
+
+_SIGNAL_RE = re.compile(r"^(?P<inst>AIRS-CH0|FGS1)_signal_(?P<visit>\d+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One visit of one planet: the unit of work and of output."""
+
+    planet_id: int
+    visit: int
+    folder: Path  # <root>/<split>/<planet_id>
+
+    def signal_path(self, inst: Instrument) -> Path:
+        return self.folder / inst.signal_name(self.visit)
+
+    def calibration_path(self, inst: Instrument, name: str) -> Path:
+        return self.folder / inst.calibration_dir(self.visit) / f"{name}.parquet"
+
+    @property
+    def label(self) -> str:
+        return f"{self.planet_id}/visit {self.visit}"
+
+
+def discover_observations(root: Path, split: str, planets: list[int] | None = None) -> list[Observation]:
+    """List every (planet, visit) under ``root/split``, sorted by planet then visit.
+
+    A visit is any index for which either instrument has a signal file or a
+    calibration folder; what is missing for it is reported when it is processed,
+    so one incomplete planet never hides the others.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir}: no such folder (expected <data>/{split}/<planet_id>/...)")
+    wanted = None if planets is None else {int(p) for p in planets}
+    found: list[Observation] = []
+    for planet_dir in split_dir.iterdir():
+        if not planet_dir.is_dir() or not planet_dir.name.isdigit():
+            continue
+        pid = int(planet_dir.name)
+        if wanted is not None and pid not in wanted:
+            continue
+        visits: set[int] = set()
+        for entry in planet_dir.iterdir():
+            m = _SIGNAL_RE.match(entry.name)
+            if m:
+                visits.add(int(m.group("visit")))
+                continue
+            for inst in INSTRUMENTS.values():
+                prefix = f"{inst.name}_calibration_"
+                if entry.is_dir() and entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
+                    visits.add(int(entry.name[len(prefix):]))
+        found.extend(Observation(pid, v, planet_dir) for v in visits)
+    if wanted is not None:
+        missing = wanted - {o.planet_id for o in found}
+        if missing:
+            raise FileNotFoundError(
+                f"{split_dir}: no data for planet(s) {', '.join(str(p) for p in sorted(missing))}"
+            )
+    return sorted(found, key=lambda o: (o.planet_id, o.visit))

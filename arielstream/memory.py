@@ -1,0 +1,116 @@
+"""Memory policy in one place: byte budgets, chunk sizes, process memory readings.
+
+The chunk size is derived from the byte budget and from the shape of the file
+(frames held at once for a block), never hard-coded; the choice is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import MemoryBudgetError
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+# Bytes in flight per decoded raw value (pixel x frame) while a block of a row group is
+# resident: pyarrow's decoded uint16 buffer and pre-buffered pages (~3), the pixel-major
+# uint16 copy (2) and, when frames are carried across unaligned row groups, the
+# concatenated copy (2). Measured in BENCHMARKS.md.
+RESIDENT_BYTES_PER_VALUE = 7
+# Bytes per raw value of the computation of a chunk: float32 copies of both reads (4),
+# the float64 non-linear CDS (4), numexpr and binning temporaries (~2).
+COMPUTE_BYTES_PER_VALUE = 10
+# Chunks bigger than this buy no speed (see BENCHMARKS.md); a larger --memory is left unused.
+MAX_CHUNK_BYTES = 192 * 10**6
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"2GB"`` → 2_000_000_000; ``"512MiB"``, ``"300M"`` and plain integers too."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"not a memory size: {text!r} (use e.g. 2GB, 512MB, 1.5GiB)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"memory size must be positive: {text!r}")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def current_rss() -> int:
+    """Resident set size of this process now (bytes); 0 where /proc is absent."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    block_pixels: int  # pixels decoded together
+    chunk_frames: int | None  # frames calibrated together (None: a whole row group)
+    estimated_bytes: int
+
+    def describe(self) -> str:
+        frames = "whole row groups" if self.chunk_frames is None else f"{self.chunk_frames} frames"
+        return f"blocks of {self.block_pixels} pixels x {frames} (~{format_bytes(self.estimated_bytes)} in flight)"
+
+
+def plan_chunks(n_pixels: int, pixels_per_row: int, rows_in_flight: int, frames_per_bin: int,
+                budget: int) -> ChunkPlan:
+    """Largest blocks whose decode and calibration fit in ``budget`` bytes.
+
+    ``rows_in_flight`` is the number of frames held at once for a block (largest
+    row group plus the carry). Blocks are whole spatial rows when at least one row
+    fits; otherwise fewer pixels, and if even one pixel of a whole row group does
+    not fit, the calibration works through the row group in bin-sized chunks.
+    """
+    per_pixel = rows_in_flight * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
+    block = budget // per_pixel
+    chunk_frames = None
+    if block < 1:
+        per_pixel = rows_in_flight * RESIDENT_BYTES_PER_VALUE + frames_per_bin * COMPUTE_BYTES_PER_VALUE
+        block = budget // per_pixel
+        chunk_frames = frames_per_bin
+        if block < 1:
+            raise MemoryBudgetError(
+                f"a memory budget of {format_bytes(budget)} for chunks cannot hold one pixel of a "
+                f"{rows_in_flight}-frame row group (needs {format_bytes(per_pixel)})")
+    block = min(block, n_pixels)
+    if block >= pixels_per_row:
+        block = block // pixels_per_row * pixels_per_row
+    if chunk_frames is not None:
+        # spend what one pixel-row of resident data leaves on longer chunks
+        spare = budget - block * rows_in_flight * RESIDENT_BYTES_PER_VALUE
+        chunk_frames = max(frames_per_bin,
+                           spare // (block * COMPUTE_BYTES_PER_VALUE) // frames_per_bin * frames_per_bin)
+        estimated = block * (rows_in_flight * RESIDENT_BYTES_PER_VALUE + chunk_frames * COMPUTE_BYTES_PER_VALUE)
+    else:
+        estimated = block * per_pixel
+    return ChunkPlan(int(block), chunk_frames, int(estimated))
+
+
+def chunk_budget(total: int, reserve: int = 32 * 10**6) -> int:
+    """What a single-process run may spend on chunks: the budget less what is resident now."""
+    now = current_rss()
+    available = total - now - reserve
+    if available <= 0:
+        raise MemoryBudgetError(
+            f"memory budget {format_bytes(total)} is below what the process already holds "
+            f"({format_bytes(now)} resident + {format_bytes(reserve)} reserve)")
+    return min(available, MAX_CHUNK_BYTES)

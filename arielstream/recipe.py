@@ -1,0 +1,67 @@
+"""The recipe: the order of the steps and what each needs, declared once.
+
+It reads like the organisers' notebook: ADC → hot/dead mask → non-linearity →
+dark → CDS → time binning → flat → wavelength cut. The pipeline runs these steps
+(fused for speed in :mod:`arielstream.kernels`); this table is what the
+provenance records, per observation and instrument, as "ran", "off" or
+"skipped" with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .calibration_files import DetectorCalibration
+from .config import CalibrationConfig
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # also the config switch
+    needs: tuple[str, ...]  # calibration files it reads
+    what: str
+
+
+RECIPE: tuple[Step, ...] = (
+    Step("adc", (), "x = raw / gain + offset (gain, offset from adc_info.csv)"),
+    Step("mask", ("dark", "dead"), "hot (sigma-clipped dark) and dead pixels into the data-quality plane"),
+    Step("nonlinearity", ("linear_corr",), "x = c0 + c1 x + ... + c5 x^5 per pixel (Horner)"),
+    Step("dark", ("dark",), "x -= dark * dt per frame (AIRS: integration time, +0.1 s on end reads; "
+                            "FGS1: 0.1 s / 0.2 s)"),
+    Step("cds", (), "end-of-exposure read minus start read"),
+    Step("time_binning", (), "sum of consecutive samples (airs_bin, fgs1_bin)"),
+    Step("flat", ("flat",), "x /= flat"),
+    Step("wavelength_cut", (), "AIRS-CH0 columns cut_start:cut_stop"),
+)
+
+
+def describe_recipe() -> list[dict[str, str]]:
+    return [{"step": s.name, "needs": ",".join(s.needs), "what": s.what} for s in RECIPE]
+
+
+def needed_calibration(config: CalibrationConfig) -> dict[str, bool]:
+    """Calibration files the enabled steps read (all required by their step)."""
+    needed: dict[str, bool] = {}
+    for step in RECIPE:
+        if getattr(config, step.name):
+            for name in step.needs:
+                needed[name] = True
+    return needed
+
+
+def step_status(config: CalibrationConfig, instrument: str, cal: DetectorCalibration) -> dict[str, str]:
+    """``step -> "ran" | "off" | "skipped: <why>" | "n/a"`` for one instrument of one visit."""
+    out: dict[str, str] = {}
+    for step in RECIPE:
+        if step.name == "wavelength_cut" and instrument != "AIRS-CH0":
+            out[step.name] = "n/a"
+        elif not getattr(config, step.name):
+            out[step.name] = "off"
+        else:
+            absent = [n for n in step.needs if cal.sources.get(n) == "missing"]
+            out[step.name] = f"skipped: {', '.join(absent)} missing" if absent else "ran"
+    return out
+
+
+def runs(status: dict[str, str], step: str) -> bool:
+    return status.get(step) == "ran"

@@ -1,0 +1,199 @@
+"""The HDF5 output: laid out once by the coordinator, then written as raw bytes.
+
+The coordinating process creates every dataset **contiguous, unfiltered and
+allocated early**, reads each one's byte offset, reserves the file's disk space and
+closes the file. From then on, observations are written through ``numpy.memmap``
+views opened from :class:`ArrayDescriptor` ``(path, offset, shape, dtype)``
+records, never through HDF5, so a killed writer cannot leave an HDF5 file that
+h5py cannot open (see RELIABILITY-NOTES.md). Readers can use plain h5py, or map
+the same offsets themselves.
+
+Layout (``obs`` = one planet visit, ``time`` = time bins, ``x`` = detector column /
+wavelength, ``y`` = spatial row, the notebook's axis order)::
+
+    /planet_id (obs,) int64      /visit (obs,) int16
+    /status (obs,) int8          0 pending, 1 done, 2 failed
+    /error (obs,) S512           why an observation failed
+    /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
+    /AIRS-CH0/signal (obs, time, x, y) float32    /FGS1/signal (obs, time, x, y) float32
+    /<inst>/dq (obs, x, y) uint16                 data-quality bits (arielstream.dq)
+    /<inst>/time (time,) float64 hours            mean frame time of each bin
+    /<inst>/column (x,) int16                     detector column of each x
+    /<inst>/wavelength (x,) float64 µm            /<inst>/wavelength_label (x,) S8 (wl_k)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import OutputError
+from .layout import Observation
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "arielstream"
+FORMAT_VERSION = 1
+STATUS_PENDING, STATUS_DONE, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed"}
+ERROR_BYTES = 512
+PROVENANCE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ArrayDescriptor:
+    """Where a dataset's bytes are: enough to map it from any process or machine."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def item_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def open(self, index: int | None = None, mode: str = "r+") -> np.memmap:
+        """Map the whole dataset, or only observation ``index`` (its first axis)."""
+        if index is None:
+            return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape)
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"observation {index} outside 0..{self.shape[0] - 1}")
+        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset + index * self.item_bytes,
+                         shape=self.shape[1:])
+
+
+@dataclass(frozen=True)
+class InstrumentLayout:
+    """The output axes of one instrument, decided before any data is read."""
+
+    name: str
+    time: np.ndarray  # (n_bins,) hours
+    columns: np.ndarray  # (n_x,) detector column of each output x
+    rows: int  # n_y
+    wavelength: np.ndarray  # (n_x,) µm
+    labels: list[str]  # (n_x,) target labels, "" where none
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.time.shape[0])
+
+    @property
+    def signal_shape(self) -> tuple[int, int, int]:
+        return (self.n_bins, int(self.columns.shape[0]), self.rows)
+
+
+def _create_early(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _json_attr(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
+    """Create the file with every dataset allocated; return the memmap descriptors.
+
+    The file is closed before this returns, and its whole size is reserved on
+    disk, so a full disk is an error here and not a SIGBUS in a writer later.
+    """
+    path = Path(path)
+    n = len(observations)
+    memmapped = {
+        "status": ((n,), "|i1"),
+        "error": ((n,), f"|S{ERROR_BYTES}"),
+        "provenance": ((n,), f"|S{PROVENANCE_BYTES}"),
+    }
+    for lay in layouts:
+        memmapped[f"{lay.name}/signal"] = ((n, *lay.signal_shape), "<f4")
+        memmapped[f"{lay.name}/dq"] = ((n, int(lay.columns.shape[0]), lay.rows), "<u2")
+    try:
+        with h5py.File(path, "w", libver="earliest") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) \
+                    else _json_attr(value)
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["status_codes"] = _json_attr(STATUS_NAMES)
+            f.create_dataset("planet_id", data=np.array([o.planet_id for o in observations], dtype=np.int64))
+            f.create_dataset("visit", data=np.array([o.visit for o in observations], dtype=np.int16))
+            for lay in layouts:
+                g = f.create_group(lay.name)
+                g.create_dataset("time", data=lay.time.astype(np.float64)).attrs["units"] = "hours"
+                g.create_dataset("column", data=lay.columns.astype(np.int16))
+                g.create_dataset("wavelength", data=lay.wavelength.astype(np.float64)).attrs["units"] = "um"
+                g.create_dataset("wavelength_label", data=np.array(lay.labels, dtype="S8"))
+            datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
+            for lay in layouts:
+                sig = datasets[f"{lay.name}/signal"]
+                sig.attrs["axes"] = "obs,time,x,y"
+                sig.attrs["units"] = "electrons per time bin (flat-fielded)"
+                datasets[f"{lay.name}/dq"].attrs["axes"] = "obs,x,y"
+            f.flush()
+            offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the output file: {exc}") from None
+    if any(off is None for off in offsets.values()):
+        raise OutputError(f"{path}: HDF5 did not allocate every dataset early")
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot reserve {size} bytes on disk: {exc}") from None
+    return {key: ArrayDescriptor(str(path), int(offsets[key]), shape, np.dtype(dtype).str)
+            for key, (shape, dtype) in memmapped.items()}
+
+
+def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
+    """Descriptors of an existing arielstream file (for readers and for resuming)."""
+    path = Path(path)
+    out: dict[str, ArrayDescriptor] = {}
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT_NAME:
+            raise OutputError(f"{path}: not an arielstream output file")
+
+        def visit(name: str, obj: Any) -> None:
+            if not isinstance(obj, h5py.Dataset):
+                return
+            if name in ("status", "error", "provenance") or name.endswith(("/signal", "/dq")):
+                offset = obj.id.get_offset()
+                if offset is None or obj.chunks is not None:
+                    raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
+                out[name] = ArrayDescriptor(str(path), int(offset), tuple(obj.shape), obj.dtype.str)
+
+        f.visititems(visit)
+    return out
+
+
+def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
+                  provenance: dict[str, Any] | None = None) -> None:
+    """Write an observation's provenance and error, then (last, so it is true) its status."""
+    for key, text, size in (("error", error, ERROR_BYTES),
+                            ("provenance", _json_attr(provenance or {}), PROVENANCE_BYTES)):
+        raw = text.encode("utf-8", "replace")
+        if len(raw) > size:
+            raw = raw[: size - 3] + b"..."
+            if key == "provenance":
+                log.warning("provenance of observation %d truncated to %d bytes", index, size)
+        mm = descriptors[key].open(index)
+        mm[()] = raw
+        mm.flush()
+        del mm
+    mm = descriptors["status"].open(index)
+    mm[()] = status
+    mm.flush()
+    del mm

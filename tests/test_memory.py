@@ -1,0 +1,50 @@
+"""The memory policy: sizes parsed, chunk plans fit their budget, impossible budgets are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from arielstream.errors import MemoryBudgetError
+from arielstream.memory import (
+    COMPUTE_BYTES_PER_VALUE,
+    RESIDENT_BYTES_PER_VALUE,
+    chunk_budget,
+    parse_bytes,
+    plan_chunks,
+)
+
+
+def test_parse_bytes():
+    assert parse_bytes("2GB") == 2 * 10**9
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1.5 GB") == 1_500_000_000
+    assert parse_bytes(1234) == 1234
+    for bad in ("lots", "-1GB", "0", "3 parsecs"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
+@pytest.mark.parametrize("budget", [10**6, 2 * 10**7, 10**8, 10**9])
+@pytest.mark.parametrize("rows", [11250 + 60, 1000 + 60, 135000 + 720])
+def test_plans_fit_their_budget_and_use_whole_rows(budget, rows):
+    try:
+        plan = plan_chunks(9024, 282, rows, 60, budget)
+    except MemoryBudgetError:
+        assert rows * RESIDENT_BYTES_PER_VALUE + 60 * COMPUTE_BYTES_PER_VALUE > budget
+        return
+    assert plan.estimated_bytes <= budget
+    assert 1 <= plan.block_pixels <= 9024
+    if plan.block_pixels >= 282:
+        assert plan.block_pixels % 282 == 0
+    if plan.chunk_frames is not None:
+        assert plan.chunk_frames % 60 == 0
+
+
+def test_a_budget_below_one_pixel_is_refused():
+    with pytest.raises(MemoryBudgetError, match="cannot hold one pixel"):
+        plan_chunks(1024, 32, 135720, 720, 10**5)
+
+
+def test_run_budget_below_the_resident_size_is_refused():
+    with pytest.raises(MemoryBudgetError, match="below what the process already holds"):
+        chunk_budget(10**6)

@@ -1,0 +1,145 @@
+"""The streaming reader: aligned chunks, exact coverage, schema checks with named errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from arielstream.calibration_files import read_frame_table
+from arielstream.errors import InputError
+from arielstream.layout import AIRS, FGS1, Instrument
+from arielstream.metadata import read_dataset_info
+from arielstream.reader import SignalFile
+
+from .conftest import REFERENCE, REFERENCE_PLANET, write_signal
+
+TINY = Instrument("FGS1", 4, 6, 2, 100, "FGS1-axis0-h")  # a 4 x 6 detector for fast tests
+
+
+def _frames(n_frames, n_pixels, seed=0):
+    return np.random.default_rng(seed).integers(0, 65535, size=(n_frames, n_pixels), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("row_group_frames", [None, 1, 7, 12, 50])
+@pytest.mark.parametrize("block_pixels", [1, 5, 6, 24])
+@pytest.mark.parametrize("max_chunk_frames", [None, 4, 13])
+def test_chunks_tile_the_needed_frames_exactly(tmp_path, row_group_frames, block_pixels, max_chunk_frames):
+    data = _frames(50, TINY.pixels)
+    path = tmp_path / "s.parquet"
+    write_signal(path, data, row_group_frames)
+    reader = SignalFile(path, TINY, expected_frames=50)
+    pixels = np.array([1, 2, 3, 7, 8, 9, 13, 14, 15, 19, 20, 21])  # columns 1..3 of every row
+    rebuilt = np.full((len(pixels), 48), -1, dtype=np.int64)
+    frames_per_bin = 4
+    for chunk in reader.iter_chunks(pixels, block_pixels, 48, frames_per_bin, max_chunk_frames):
+        assert chunk.frame_start % frames_per_bin == 0 and chunk.data.shape[1] % frames_per_bin == 0
+        if max_chunk_frames is not None:
+            assert chunk.data.shape[1] <= max(max_chunk_frames // frames_per_bin * frames_per_bin, frames_per_bin)
+        assert chunk.data.dtype == np.uint16 and chunk.data.shape[0] <= block_pixels
+        assert (rebuilt[chunk.pixels, chunk.frame_start:chunk.frame_stop] == -1).all(), "a frame came twice"
+        rebuilt[chunk.pixels, chunk.frame_start:chunk.frame_stop] = chunk.data
+    np.testing.assert_array_equal(rebuilt, data[:48, pixels].T)
+
+
+def test_only_the_needed_columns_are_decoded(tmp_path, monkeypatch):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(8, TINY.pixels), 3)
+    reader = SignalFile(path, TINY)
+    asked = []
+    original = reader._file.read_row_group
+
+    def spy(i, columns=None, **kw):
+        asked.extend(columns)
+        return original(i, columns=columns, **kw)
+
+    monkeypatch.setattr(reader._file, "read_row_group", spy)
+    list(reader.iter_chunks(np.array([2, 3, 8]), 3, 8, 2))
+    assert sorted(set(asked)) == ["column_2", "column_3", "column_8"]
+
+
+def test_wrong_column_count_is_named(tmp_path):
+    path = tmp_path / "AIRS-CH0_signal_0.parquet"
+    write_signal(path, _frames(4, 10))
+    with pytest.raises(InputError, match=r"AIRS-CH0_signal_0.parquet: 10 columns, expected 11392"):
+        SignalFile(path, AIRS)
+
+
+def test_wrong_frame_count_is_named(tmp_path):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(10, TINY.pixels))
+    with pytest.raises(InputError, match="10 frames, but axis_info.parquet lists 12"):
+        SignalFile(path, TINY, expected_frames=12)
+
+
+def test_float_columns_are_refused(tmp_path):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(4, TINY.pixels), dtype=pa.float32())
+    with pytest.raises(InputError, match="column 0 .* has type float, expected uint16"):
+        SignalFile(path, TINY)
+
+
+def test_wider_integer_columns_are_cast_with_an_overflow_check(tmp_path):
+    data = _frames(6, TINY.pixels)
+    path = tmp_path / "s.parquet"
+    write_signal(path, data, dtype=pa.int32())
+    chunks = list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), 24, 6, 2))
+    np.testing.assert_array_equal(chunks[0].data, data.T)
+    bad = data.astype(np.int64)
+    bad[0, 0] = 70000
+    write_signal(path, bad, dtype=pa.int64())
+    with pytest.raises(InputError, match="does not fit uint16"):
+        list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), 24, 6, 2))
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(InputError, match="nope.parquet: FGS1 signal file missing"):
+        SignalFile(tmp_path / "nope.parquet", FGS1)
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError, match="bad.parquet: not a readable Parquet file"):
+        SignalFile(path, TINY)
+
+
+def test_truncated_file_is_named(tmp_path):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(40, TINY.pixels), 10)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="s.parquet"):
+        SignalFile(path, TINY)
+
+
+def test_corrupted_middle_fails_while_reading_and_names_the_file(tmp_path):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(400, TINY.pixels), 100)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle - 2000: middle + 2000] = bytes(4000)
+    path.write_bytes(bytes(data))
+    reader = SignalFile(path, TINY)  # the footer is intact: the damage shows only when decoding
+    with pytest.raises(InputError, match=r"s.parquet: row group \d could not be decoded"):
+        list(reader.iter_chunks(np.arange(TINY.pixels), 24, 400, 2))
+
+
+def test_real_calibration_files_are_read_with_their_shapes():
+    dark = read_frame_table(REFERENCE_PLANET / "AIRS-CH0_calibration_0" / "dark.parquet", 32, 356, "float")
+    dead = read_frame_table(REFERENCE_PLANET / "FGS1_calibration_0" / "dead.parquet", 32, 32, "bool")
+    lin = read_frame_table(REFERENCE_PLANET / "AIRS-CH0_calibration_0" / "linear_corr.parquet", 192, 356, "float")
+    assert dark.shape == (32, 356) and 0.005 < np.median(dark) < 0.008
+    assert dead.dtype == bool and dead.sum() == 3
+    c = lin.reshape(6, 32, 356)
+    assert abs(np.mean(c[1]) - 0.99988) < 1e-4  # c1 ≈ 1: rows are in increasing power order
+
+
+def test_calibration_shape_mismatch_is_named():
+    with pytest.raises(InputError, match=r"dark.parquet: shape 32 x 356, expected 32 x 32"):
+        read_frame_table(REFERENCE_PLANET / "AIRS-CH0_calibration_0" / "dark.parquet", 32, 32, "float")
+
+
+def test_real_axis_info_and_adc_info():
+    info = read_dataset_info(REFERENCE)
+    assert info.n_frames(AIRS) == 11250 and info.n_frames(FGS1) == 135000
+    assert info.adc["AIRS-CH0"].gain == 0.4369 and info.adc["FGS1"].offset == -1000.0
+    assert info.airs_wavelength[0] > info.airs_wavelength[-1]  # decreasing along columns
+    np.testing.assert_allclose(info.airs_integration_time[:4], [0.1, 4.5, 0.1, 4.5])
