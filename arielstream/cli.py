@@ -50,6 +50,19 @@ def _steps(text: str) -> list[str]:
     return names
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arielstream",
@@ -73,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"switch steps off: {', '.join(STEP_NAMES)}")
     cal.add_argument("--with", dest="enable", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
                      help="switch steps on (e.g. --profile notebook --with nonlinearity)")
-    cal.add_argument("--airs-bin", type=int, help="CDS frames per AIRS time bin (default 30)")
-    cal.add_argument("--fgs1-bin", type=int, help="CDS frames per FGS1 time bin (default 360)")
+    cal.add_argument("--airs-bin", type=_positive(int), help="CDS frames per AIRS time bin (default 30)")
+    cal.add_argument("--fgs1-bin", type=_positive(int), help="CDS frames per FGS1 time bin (default 360)")
     cal.add_argument("--wavelength-order", choices=["target", "detector"],
                      help="target: ascending, wl_2..wl_283; detector: columns 39..320 (the notebook's)")
     cal.add_argument("--bad-pixels", choices=["nan", "keep"], help="NaN bad pixels or keep their values")
@@ -86,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth")
     sim.add_argument("out", type=Path, metavar="OUT")
-    sim.add_argument("--planets", type=int, default=3, help="number of planets (default 3)")
-    sim.add_argument("--scale", type=float, default=1.0,
+    sim.add_argument("--planets", type=_positive(int), default=3, help="number of planets (default 3)")
+    sim.add_argument("--scale", type=_positive(float), default=1.0,
                      help="fraction of the real frame counts (1 = full size; bins stay 30/360)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--split", choices=["train", "test"], default="train")
     sim.add_argument("--two-visit-fraction", type=float, default=0.1)
-    sim.add_argument("--row-group-frames", type=int, default=None,
+    sim.add_argument("--row-group-frames", type=_positive(int), default=None,
                      help="frames per Parquet row group (default: one row group per file)")
     sim.add_argument("--cosmic-rate", type=float, default=1.6e-5, help="cosmic rays per pixel per second")
     sim.add_argument("--background-fraction", type=float, default=0.3)
@@ -188,15 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"arielstream: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (InputError, FileNotFoundError) as exc:
+    except InputError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
         return EXIT_NOINPUT
-    except (OutputError, MemoryBudgetError) as exc:
+    except MemoryBudgetError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
-        return EXIT_CANTCREAT if isinstance(exc, OutputError) else EXIT_CONFIG
-    except ValueError as exc:
+        return EXIT_CONFIG
+    except OutputError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CANTCREAT
     except KeyboardInterrupt:
         print("arielstream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
+
 CALIBRATION_NAMES = ("dark", "dead", "flat", "read", "linear_corr")
 NONLINEARITY_ORDER = 6  # coefficients c0..c5, lowest order first
 
@@ -84,7 +86,7 @@ def discover_observations(root: Path, split: str, planets: list[int] | None = No
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: no such folder (expected <data>/{split}/<planet_id>/...)")
+        raise InputError(split_dir, f"no such folder (expected <data>/{split}/<planet_id>/...)")
     wanted = None if planets is None else {int(p) for p in planets}
     found: list[Observation] = []
     for planet_dir in split_dir.iterdir():
@@ -107,7 +109,5 @@ def discover_observations(root: Path, split: str, planets: list[int] | None = No
     if wanted is not None:
         missing = wanted - {o.planet_id for o in found}
         if missing:
-            raise FileNotFoundError(
-                f"{split_dir}: no data for planet(s) {', '.join(str(p) for p in sorted(missing))}"
-            )
+            raise InputError(split_dir, f"no data for planet(s) {', '.join(str(p) for p in sorted(missing))}")
     return sorted(found, key=lambda o: (o.planet_id, o.visit))

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .config import ConfigError
 from .errors import MemoryBudgetError
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ def parse_bytes(text: str | int) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
         if not m or m.group(2).upper() not in _UNITS:
-            raise ValueError(f"not a memory size: {text!r} (use e.g. 2GB, 512MB, 1.5GiB)")
+            raise ConfigError(f"not a memory size: {text!r} (use e.g. 2GB, 512MB, 1.5GiB)")
         value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if value <= 0:
-        raise ValueError(f"memory size must be positive: {text!r}")
+        raise ConfigError(f"memory size must be positive: {text!r}")
     return value
 
 

@@ -19,6 +19,7 @@ from . import steps
 from .calibration_files import DetectorCalibration, load_calibration
 from .config import CalibrationConfig
 from .dq import DARK_INVALID, DO_NOT_USE
+from .errors import InputError
 from .kernels import BlockCalibration, calibrate_block
 from .layout import INSTRUMENTS, Instrument, Observation
 from .memory import plan_chunks
@@ -40,7 +41,8 @@ def instrument_layout(inst: Instrument, info: DatasetInfo, config: CalibrationCo
     fpb = frames_per_bin(config, inst)
     n_bins = n_frames // fpb
     if n_bins < 1:
-        raise ValueError(f"{inst.name}: {n_frames} frames make no whole bin of {fpb} frames")
+        raise InputError(info.root / "axis_info.parquet",
+                         f"{n_frames} {inst.name} frames make no whole time bin of {fpb} frames")
     times = info.frame_times[inst.name][: n_bins * fpb].reshape(n_bins, fpb).mean(axis=1)
     if inst.name == "AIRS-CH0":
         start, stop = (config.cut_start, config.cut_stop) if config.wavelength_cut else (0, inst.columns)

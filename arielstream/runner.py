@@ -119,8 +119,12 @@ def _progress(total: int, enabled: bool | None):
 
 def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", planets: list[int] | None = None,
               config: CalibrationConfig | None = None, memory: str | int = DEFAULT_MEMORY,
-              overwrite: bool = False, progress: bool | None = None) -> RunSummary:
-    """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``."""
+              overwrite: bool = False, progress: bool | None = None, chunk_bytes: int | None = None) -> RunSummary:
+    """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
+
+    ``memory`` is the RAM budget of the run; the chunk size is derived from it
+    (``chunk_bytes`` sets the chunk budget directly, for tests and experiments).
+    """
     t_start = time.perf_counter()
     config = config or CalibrationConfig()
     total_budget = parse_bytes(memory)
@@ -134,7 +138,7 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     if not observations:
         raise InputError(data_dir / split, "no planet folders found")
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
-    budget = chunk_budget(total_budget)
+    budget = chunk_budget(total_budget) if chunk_bytes is None else int(chunk_bytes)
     log.info("%d observation(s) of %d planet(s) from %s/%s; memory budget %s, %s for chunks",
              len(observations), len({o.planet_id for o in observations}), data_dir, split,
              format_bytes(total_budget), format_bytes(budget))

@@ -16,8 +16,9 @@ REFERENCE_PLANET = REFERENCE / "train" / "342072318"
 
 
 def write_signal(path: Path, data: np.ndarray, row_group_frames: int | None = None,
-                 dtype: pa.DataType = pa.uint16()) -> None:
-    """Write ``data`` (frames, pixels) as a signal file: one column per pixel."""
+                 dtype: pa.DataType | None = None) -> None:
+    """Write ``data`` (frames, pixels) as a signal file: one column per pixel (uint16 by default)."""
+    dtype = dtype or pa.uint16()
     columns = [pa.array(np.ascontiguousarray(data[:, j])).cast(dtype) for j in range(data.shape[1])]
     table = pa.Table.from_arrays(columns, names=[f"column_{j}" for j in range(data.shape[1])])
     pq.write_table(table, path, row_group_size=row_group_frames or max(data.shape[0], 1))
@@ -25,11 +26,11 @@ def write_signal(path: Path, data: np.ndarray, row_group_frames: int | None = No
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
-    """A small simulated dataset (3 planets, one with two visits), made once per test session."""
+    """A small simulated dataset (2 planets, one with two visits), made once per test session."""
     from arielstream.simulate import simulate_dataset
 
     root = tmp_path_factory.mktemp("sim")
-    simulate_dataset(root, n_planets=3, scale=0.05, seed=11)
+    simulate_dataset(root, n_planets=2, scale=0.05, seed=11)
     return root
 
 
@@ -39,5 +40,5 @@ def multi_rowgroup_dataset(tmp_path_factory) -> Path:
     from arielstream.simulate import simulate_dataset
 
     root = tmp_path_factory.mktemp("sim_rg")
-    simulate_dataset(root, n_planets=3, scale=0.05, seed=11, row_group_frames=97)
+    simulate_dataset(root, n_planets=2, scale=0.05, seed=11, row_group_frames=250)
     return root
