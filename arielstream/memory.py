@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
-# Bytes in flight per decoded raw value (pixel x frame) while a block of a row group is
-# resident: pyarrow's decoded uint16 buffer and pre-buffered pages (~3), the pixel-major
-# uint16 copy (2) and, when frames are carried across unaligned row groups, the
-# concatenated copy (2). Measured in BENCHMARKS.md.
-RESIDENT_BYTES_PER_VALUE = 7
+# Bytes in flight per decoded raw value (pixel x frame) while a read of a block is resident:
+# pyarrow's pool (~2.8, measured) and the pixel-major uint16 copy (2) gave 5.2-6.9 bytes of peak
+# RSS per value in measurements on full-size files; plus the concatenated copy (2) when frames are
+# carried across unaligned row groups. See BENCHMARKS.md.
+RESIDENT_BYTES_PER_VALUE = 8
 # Bytes per raw value of the computation of a chunk: float32 copies of both reads (4),
 # the float64 non-linear CDS (4), numexpr and binning temporaries (~2).
 COMPUTE_BYTES_PER_VALUE = 10
@@ -64,46 +64,68 @@ def current_rss() -> int:
 @dataclass(frozen=True)
 class ChunkPlan:
     block_pixels: int  # pixels decoded together
-    chunk_frames: int | None  # frames calibrated together (None: a whole row group)
+    rows_per_read: int  # frames decoded per read of a block (whole row groups, at least this many)
+    chunk_frames: int | None  # frames calibrated together (None: a whole read)
     estimated_bytes: int
 
     def describe(self) -> str:
-        frames = "whole row groups" if self.chunk_frames is None else f"{self.chunk_frames} frames"
-        return f"blocks of {self.block_pixels} pixels x {frames} (~{format_bytes(self.estimated_bytes)} in flight)"
+        frames = "whole reads" if self.chunk_frames is None else f"{self.chunk_frames} frames"
+        return (f"blocks of {self.block_pixels} pixels, reads of >= {self.rows_per_read} frames, chunks of "
+                f"{frames} (~{format_bytes(self.estimated_bytes)} in flight)")
 
 
-def plan_chunks(n_pixels: int, pixels_per_row: int, rows_in_flight: int, frames_per_bin: int,
-                budget: int) -> ChunkPlan:
-    """Largest blocks whose decode and calibration fit in ``budget`` bytes.
+def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n_frames: int,
+                frames_per_bin: int, budget: int) -> ChunkPlan:
+    """Largest blocks and reads whose decode and calibration fit in ``budget`` bytes.
 
-    ``rows_in_flight`` is the number of frames held at once for a block (largest
-    row group plus the carry). Blocks are whole spatial rows when at least one row
-    fits; otherwise fewer pixels, and if even one pixel of a whole row group does
-    not fit, the calibration works through the row group in bin-sized chunks.
+    A read decodes the block's columns of consecutive whole row groups, at least
+    ``rows_per_read`` frames (fewer, larger reads are much faster on files with many
+    small row groups: each column chunk costs a fixed setup). Frames held at once
+    are bounded by a read, an overshoot of less than one row group and the carry
+    of less than one bin. Blocks are whole spatial rows when at least one row fits:
+    reads are shortened first (down to one row group) to keep whole rows; if even
+    one pixel of a read does not fit, the calibration works through it in short
+    chunks of whole bins.
     """
-    per_pixel = rows_in_flight * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
-    block = budget // per_pixel
+    starts = [0]
+    for rows in row_group_rows[:-1]:
+        starts.append(starts[-1] + rows)
+    used = [rows for start, rows in zip(starts, row_group_rows, strict=True) if start < n_frames]
+    largest = max(used, default=0)
+    available = sum(used)
+
+    def in_flight(target: int) -> int:
+        return min(target + largest - 1, available) + frames_per_bin
+
+    target = n_frames
+    while True:
+        per_pixel = in_flight(target) * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
+        block = budget // per_pixel
+        if block >= min(pixels_per_row, n_pixels) or target <= largest:
+            break
+        target = max(largest, target // 2)
+    rows = in_flight(target)
     chunk_frames = None
     if block < 1:
-        per_pixel = rows_in_flight * RESIDENT_BYTES_PER_VALUE + frames_per_bin * COMPUTE_BYTES_PER_VALUE
+        per_pixel = rows * RESIDENT_BYTES_PER_VALUE + frames_per_bin * COMPUTE_BYTES_PER_VALUE
         block = budget // per_pixel
         chunk_frames = frames_per_bin
         if block < 1:
             raise MemoryBudgetError(
                 f"a memory budget of {format_bytes(budget)} for chunks cannot hold one pixel of a "
-                f"{rows_in_flight}-frame row group (needs {format_bytes(per_pixel)})")
+                f"{rows}-frame read (needs {format_bytes(per_pixel)})")
     block = min(block, n_pixels)
     if block >= pixels_per_row:
         block = block // pixels_per_row * pixels_per_row
     if chunk_frames is not None:
-        # spend what one pixel-row of resident data leaves on longer chunks
-        spare = budget - block * rows_in_flight * RESIDENT_BYTES_PER_VALUE
+        # spend what the resident data leaves on longer chunks
+        spare = budget - block * rows * RESIDENT_BYTES_PER_VALUE
         chunk_frames = max(frames_per_bin,
                            spare // (block * COMPUTE_BYTES_PER_VALUE) // frames_per_bin * frames_per_bin)
-        estimated = block * (rows_in_flight * RESIDENT_BYTES_PER_VALUE + chunk_frames * COMPUTE_BYTES_PER_VALUE)
+        estimated = block * (rows * RESIDENT_BYTES_PER_VALUE + chunk_frames * COMPUTE_BYTES_PER_VALUE)
     else:
-        estimated = block * per_pixel
-    return ChunkPlan(int(block), chunk_frames, int(estimated))
+        estimated = block * rows * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
+    return ChunkPlan(int(block), int(target), chunk_frames, int(estimated))
 
 
 def chunk_budget(total: int, reserve: int = 32 * 10**6) -> int:

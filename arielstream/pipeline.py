@@ -131,7 +131,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     fpb = frames_per_bin(config, inst)
     n_used = layout.n_bins * fpb
     reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst), use_threads=use_threads)
-    plan = plan_chunks(len(sel.pixels), sel.per_row, reader.max_rows_in_flight(n_used, fpb), fpb, budget)
+    plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget)
     log.debug("%s %s: %s", obs.label, inst.name, plan.describe())
 
     adc = info.adc[inst.name]
@@ -142,7 +142,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
 
     out = signal.open(index)
     try:
-        for chunk in reader.iter_chunks(sel.pixels, plan.block_pixels, n_used, fpb, plan.chunk_frames):
+        for chunk in reader.iter_chunks(sel.pixels, plan, n_used, fpb):
             p = chunk.pixels
             block_cal = BlockCalibration(
                 gain=adc.gain if runs(status, "adc") else None,

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .layout import Instrument
+from .memory import ChunkPlan
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +86,20 @@ class SignalFile:
                              f"{inst.name} frames")
         self.row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
-    def max_rows_in_flight(self, n_frames: int, frames_per_bin: int) -> int:
-        """Frames held at once for one block: the largest row group used, plus the carry."""
-        used = [r for r, start in zip(self.row_group_rows, np.cumsum([0] + self.row_group_rows[:-1]), strict=True)
-                if start < n_frames]
-        return min(max(used, default=0), n_frames) + frames_per_bin
-
-    def read_block(self, row_group: int, pixels: np.ndarray) -> np.ndarray:
-        """Decode ``pixels`` (flat pixel indices) of one row group as ``(n_pixels, rows)`` uint16."""
+    def read_block(self, row_groups: list[int], pixels: np.ndarray) -> np.ndarray:
+        """Decode ``pixels`` (flat pixel indices) of consecutive row groups as ``(n_pixels, rows)`` uint16."""
         columns = [self.names[int(p)] for p in pixels]
+        where = f"row group {row_groups[0]}" if len(row_groups) == 1 else \
+            f"row groups {row_groups[0]}-{row_groups[-1]}"
         try:
-            table = self._file.read_row_group(row_group, columns=columns, use_threads=self.use_threads)
+            table = self._file.read_row_groups(row_groups, columns=columns, use_threads=self.use_threads)
         except (pa.ArrowException, OSError) as exc:
-            raise InputError(self.path, f"row group {row_group} could not be decoded: {exc}") from None
+            raise InputError(self.path, f"{where} could not be decoded: {exc}") from None
         out = np.empty((len(columns), table.num_rows), dtype=np.uint16)
         for i, column in enumerate(table.columns):
             if column.null_count:
                 raise InputError(self.path, f"column {int(pixels[i])} has {column.null_count} null value(s) "
-                                 f"in row group {row_group}")
+                                 f"in {where}")
             if self._needs_cast:
                 try:
                     column = column.cast(pa.uint16())
@@ -111,41 +108,55 @@ class SignalFile:
             out[i] = column.to_numpy()
         return out
 
-    def iter_chunks(self, pixels: np.ndarray, block_pixels: int, n_frames: int, frames_per_bin: int,
-                    max_chunk_frames: int | None = None) -> Iterator[Chunk]:
+    def _reads(self, n_frames: int, rows_per_read: int) -> list[tuple[int, list[int]]]:
+        """Consecutive row groups gathered into reads of at least ``rows_per_read`` frames."""
+        reads: list[tuple[int, list[int]]] = []
+        start = 0
+        for rg, rows in enumerate(self.row_group_rows):
+            if start >= n_frames:
+                break
+            if reads and sum(self.row_group_rows[g] for g in reads[-1][1]) < rows_per_read:
+                reads[-1][1].append(rg)
+            else:
+                reads.append((start, [rg]))
+            start += rows
+        return reads
+
+    def iter_chunks(self, pixels: np.ndarray, plan: ChunkPlan, n_frames: int,
+                    frames_per_bin: int) -> Iterator[Chunk]:
         """Yield aligned chunks covering frames ``0:n_frames`` of every pixel in ``pixels``.
 
-        ``n_frames`` must be a multiple of ``frames_per_bin`` (the frames after the
-        last whole bin are never decoded beyond their row group). Chunks hold at
-        most ``max_chunk_frames`` frames (rounded down to whole bins; ``None``: as
-        many as a row group gives).
+        ``n_frames`` must be a multiple of ``frames_per_bin``; frames after it are
+        decoded only as far as their row group holds needed frames too. Each column
+        chunk of the file is decoded once. Chunks hold at most ``plan.chunk_frames``
+        frames (``None``: as many whole bins as a read gives).
         """
         if n_frames % frames_per_bin:
             raise ValueError(f"{n_frames} frames do not split into bins of {frames_per_bin}")
         if n_frames > self.n_frames:
             raise ValueError(f"{self.path}: asked for {n_frames} frames, the file has {self.n_frames}")
-        step = None if max_chunk_frames is None else max(frames_per_bin,
-                                                          max_chunk_frames // frames_per_bin * frames_per_bin)
-        starts = np.cumsum([0] + self.row_group_rows[:-1])
-        for block, first in enumerate(range(0, len(pixels), block_pixels)):
-            sel = slice(first, min(first + block_pixels, len(pixels)))
-            block_pix = pixels[sel]
-            carry: np.ndarray | None = None
-            position = 0  # first frame not yet handed out
-            for rg, (rg_start, rg_rows) in enumerate(zip(starts, self.row_group_rows, strict=True)):
-                if rg_start >= n_frames:
-                    break
-                data = self.read_block(rg, block_pix)
-                data = data[:, : min(rg_rows, n_frames - rg_start)]
-                if carry is not None and carry.shape[1]:
-                    data = np.concatenate([carry, data], axis=1)
-                usable = data.shape[1] // frames_per_bin * frames_per_bin
-                span = usable if step is None else step
-                for lo in range(0, usable, max(span, 1)):
-                    hi = min(lo + span, usable)
-                    yield Chunk(block, sel, position, data[:, lo:hi])
-                    position += hi - lo
-                carry = data[:, usable:].copy() if usable < data.shape[1] else None
-                del data
-            if position != n_frames:
-                raise InputError(self.path, f"only {position} of {n_frames} frames could be read")
+        step = None if plan.chunk_frames is None else \
+            max(frames_per_bin, plan.chunk_frames // frames_per_bin * frames_per_bin)
+        reads = self._reads(n_frames, plan.rows_per_read)
+        try:
+            for block, first in enumerate(range(0, len(pixels), plan.block_pixels)):
+                sel = slice(first, min(first + plan.block_pixels, len(pixels)))
+                carry: np.ndarray | None = None
+                position = 0  # first frame not yet handed out
+                for read_start, row_groups in reads:
+                    data = self.read_block(row_groups, pixels[sel])
+                    data = data[:, : n_frames - read_start]
+                    if carry is not None:
+                        data = np.concatenate([carry, data], axis=1)
+                    usable = data.shape[1] // frames_per_bin * frames_per_bin
+                    span = usable if step is None else step
+                    for lo in range(0, usable, max(span, 1)):
+                        hi = min(lo + span, usable)
+                        yield Chunk(block, sel, position, data[:, lo:hi])
+                        position += hi - lo
+                    carry = data[:, usable:].copy() if usable < data.shape[1] else None
+                    del data
+                if position != n_frames:
+                    raise InputError(self.path, f"only {position} of {n_frames} frames could be read")
+        finally:
+            pa.default_memory_pool().release_unused()

@@ -25,14 +25,16 @@ def test_parse_bytes():
 
 
 @pytest.mark.parametrize("budget", [10**6, 2 * 10**7, 10**8, 10**9])
-@pytest.mark.parametrize("rows", [11250 + 60, 1000 + 60, 135000 + 720])
-def test_plans_fit_their_budget_and_use_whole_rows(budget, rows):
+@pytest.mark.parametrize("row_groups", [[11250], [1000] * 11 + [250], [135000], [97] * 116])
+def test_plans_fit_their_budget_and_use_whole_rows(budget, row_groups):
+    n_frames = sum(row_groups) // 60 * 60
     try:
-        plan = plan_chunks(9024, 282, rows, 60, budget)
+        plan = plan_chunks(9024, 282, row_groups, n_frames, 60, budget)
     except MemoryBudgetError:
-        assert rows * RESIDENT_BYTES_PER_VALUE + 60 * COMPUTE_BYTES_PER_VALUE > budget
+        assert (max(row_groups) + 60) * RESIDENT_BYTES_PER_VALUE + 60 * COMPUTE_BYTES_PER_VALUE > budget
         return
     assert plan.estimated_bytes <= budget
+    assert max(row_groups) <= plan.rows_per_read or plan.rows_per_read >= n_frames
     assert 1 <= plan.block_pixels <= 9024
     if plan.block_pixels >= 282:
         assert plan.block_pixels % 282 == 0
@@ -42,9 +44,16 @@ def test_plans_fit_their_budget_and_use_whole_rows(budget, rows):
 
 def test_a_budget_below_one_pixel_is_refused():
     with pytest.raises(MemoryBudgetError, match="cannot hold one pixel"):
-        plan_chunks(1024, 32, 135720, 720, 10**5)
+        plan_chunks(1024, 32, [135000], 134640, 720, 10**5)
 
 
 def test_run_budget_below_the_resident_size_is_refused():
     with pytest.raises(MemoryBudgetError, match="below what the process already holds"):
         chunk_budget(10**6)
+
+
+def test_reads_shrink_before_blocks_lose_whole_rows():
+    # 116 row groups of 97 frames: a whole-file read of one AIRS row (282 pixels) needs ~54 MB
+    plan = plan_chunks(9024, 282, [97] * 116, 11220, 60, 20_000_000)
+    assert plan.block_pixels == 282 and plan.rows_per_read < 11220 and plan.chunk_frames is None
+    assert plan_chunks(9024, 282, [97] * 116, 11220, 60, 10**9).rows_per_read == 11220

@@ -9,12 +9,14 @@ import pytest
 from arielstream.calibration_files import read_frame_table
 from arielstream.errors import InputError
 from arielstream.layout import AIRS, FGS1, Instrument
+from arielstream.memory import ChunkPlan
 from arielstream.metadata import read_dataset_info
 from arielstream.reader import SignalFile
 
 from .conftest import REFERENCE, REFERENCE_PLANET, write_signal
 
 TINY = Instrument("FGS1", 4, 6, 2, 100, "FGS1-axis0-h")  # a 4 x 6 detector for fast tests
+WHOLE = ChunkPlan(24, 10**6, None, 0)
 
 
 def _frames(n_frames, n_pixels, seed=0):
@@ -24,7 +26,9 @@ def _frames(n_frames, n_pixels, seed=0):
 @pytest.mark.parametrize("row_group_frames", [None, 1, 7, 12, 50])
 @pytest.mark.parametrize("block_pixels", [1, 5, 6, 24])
 @pytest.mark.parametrize("max_chunk_frames", [None, 4, 13])
-def test_chunks_tile_the_needed_frames_exactly(tmp_path, row_group_frames, block_pixels, max_chunk_frames):
+@pytest.mark.parametrize("rows_per_read", [1, 20, 1000])
+def test_chunks_tile_the_needed_frames_exactly(tmp_path, row_group_frames, block_pixels, max_chunk_frames,
+                                               rows_per_read):
     data = _frames(50, TINY.pixels)
     path = tmp_path / "s.parquet"
     write_signal(path, data, row_group_frames)
@@ -32,7 +36,8 @@ def test_chunks_tile_the_needed_frames_exactly(tmp_path, row_group_frames, block
     pixels = np.array([1, 2, 3, 7, 8, 9, 13, 14, 15, 19, 20, 21])  # columns 1..3 of every row
     rebuilt = np.full((len(pixels), 48), -1, dtype=np.int64)
     frames_per_bin = 4
-    for chunk in reader.iter_chunks(pixels, block_pixels, 48, frames_per_bin, max_chunk_frames):
+    plan = ChunkPlan(block_pixels, rows_per_read, max_chunk_frames, 0)
+    for chunk in reader.iter_chunks(pixels, plan, 48, frames_per_bin):
         assert chunk.frame_start % frames_per_bin == 0 and chunk.data.shape[1] % frames_per_bin == 0
         if max_chunk_frames is not None:
             assert chunk.data.shape[1] <= max(max_chunk_frames // frames_per_bin * frames_per_bin, frames_per_bin)
@@ -47,14 +52,14 @@ def test_only_the_needed_columns_are_decoded(tmp_path, monkeypatch):
     write_signal(path, _frames(8, TINY.pixels), 3)
     reader = SignalFile(path, TINY)
     asked = []
-    original = reader._file.read_row_group
+    original = reader._file.read_row_groups
 
-    def spy(i, columns=None, **kw):
+    def spy(groups, columns=None, **kw):
         asked.extend(columns)
-        return original(i, columns=columns, **kw)
+        return original(groups, columns=columns, **kw)
 
-    monkeypatch.setattr(reader._file, "read_row_group", spy)
-    list(reader.iter_chunks(np.array([2, 3, 8]), 3, 8, 2))
+    monkeypatch.setattr(reader._file, "read_row_groups", spy)
+    list(reader.iter_chunks(np.array([2, 3, 8]), ChunkPlan(3, 3, None, 0), 8, 2))
     assert sorted(set(asked)) == ["column_2", "column_3", "column_8"]
 
 
@@ -83,13 +88,13 @@ def test_wider_integer_columns_are_cast_with_an_overflow_check(tmp_path):
     data = _frames(6, TINY.pixels)
     path = tmp_path / "s.parquet"
     write_signal(path, data, dtype=pa.int32())
-    chunks = list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), 24, 6, 2))
+    chunks = list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), WHOLE, 6, 2))
     np.testing.assert_array_equal(chunks[0].data, data.T)
     bad = data.astype(np.int64)
     bad[0, 0] = 70000
     write_signal(path, bad, dtype=pa.int64())
     with pytest.raises(InputError, match="does not fit uint16"):
-        list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), 24, 6, 2))
+        list(SignalFile(path, TINY).iter_chunks(np.arange(TINY.pixels), WHOLE, 6, 2))
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):
@@ -118,8 +123,8 @@ def test_corrupted_middle_fails_while_reading_and_names_the_file(tmp_path):
     data[middle - 2000: middle + 2000] = bytes(4000)
     path.write_bytes(bytes(data))
     reader = SignalFile(path, TINY)  # the footer is intact: the damage shows only when decoding
-    with pytest.raises(InputError, match=r"s.parquet: row group \d could not be decoded"):
-        list(reader.iter_chunks(np.arange(TINY.pixels), 24, 400, 2))
+    with pytest.raises(InputError, match=r"s.parquet: row groups 0-3 could not be decoded"):
+        list(reader.iter_chunks(np.arange(TINY.pixels), WHOLE, 400, 2))
 
 
 def test_real_calibration_files_are_read_with_their_shapes():
@@ -143,3 +148,16 @@ def test_real_axis_info_and_adc_info():
     assert info.adc["AIRS-CH0"].gain == 0.4369 and info.adc["FGS1"].offset == -1000.0
     assert info.airs_wavelength[0] > info.airs_wavelength[-1]  # decreasing along columns
     np.testing.assert_allclose(info.airs_integration_time[:4], [0.1, 4.5, 0.1, 4.5])
+
+
+def test_many_row_groups_are_gathered_into_few_reads(tmp_path, monkeypatch):
+    path = tmp_path / "s.parquet"
+    write_signal(path, _frames(100, TINY.pixels), 7)  # 15 row groups, none aligned with the bins
+    reader = SignalFile(path, TINY)
+    calls = []
+    original = reader._file.read_row_groups
+    monkeypatch.setattr(reader._file, "read_row_groups",
+                        lambda groups, **kw: calls.append(list(groups)) or original(groups, **kw))
+    list(reader.iter_chunks(np.arange(TINY.pixels), ChunkPlan(24, 30, None, 0), 96, 4))
+    assert [len(c) for c in calls] == [5, 5, 4]  # >= 30 frames per read; row group 14 holds no needed frame
+    assert sorted(g for c in calls for g in c) == list(range(14))
