@@ -21,7 +21,7 @@ install: $(STAMP)
 ## Calibrate the committed sample planets into output/data_samples.h5 and summarise it.
 calibrate: $(STAMP)
 	mkdir -p $(OUT)
-	$(BIN)/arielstream calibrate $(DATA) --split train -o $(OUT)/data_samples.h5 --memory $(MEMORY) --overwrite
+	$(BIN)/arielstream calibrate $(DATA) --split train -o $(OUT)/data_samples.h5 --memory $(MEMORY) --force
 	$(BIN)/arielstream info $(OUT)/data_samples.h5
 
 ## Lint, then every test (the command CI runs).

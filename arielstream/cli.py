@@ -3,15 +3,18 @@
 Exit codes (sysexits style, for cron jobs):
 
 ====  ==========================================================
-0     everything asked for was done
+0     everything asked for was done (or already done: nothing to do)
 2     the command line is wrong (argparse)
-65    the run finished but some observations failed (bad input data);
-      the output holds them as failed, with the reason
+65    the run finished but some observations failed (bad input data, or a
+      worker that died twice on them); the output holds them as failed, with
+      the reason; running again retries only those
 66    an input folder or dataset-level file is missing or unreadable
 70    internal error (a bug: please report it with the log)
-73    the output cannot be created (exists, folder missing, disk full)
-78    the configuration is invalid
-130   interrupted (Ctrl-C)
+73    the output cannot be created (folder missing, disk full, file too large)
+75    another run is writing the same output (try again later)
+78    the configuration is invalid, or an existing output was made with another
+      config, code version or observation list (use --force)
+130   interrupted by Ctrl-C; 143 by SIGTERM (what is done is kept: run again to resume)
 ====  ==========================================================
 """
 
@@ -20,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from ._version import __version__
-from .config import ConfigError, load_config
-from .errors import InputError, MemoryBudgetError, OutputError
+from .config import ConfigError, load_config, load_run_options
+from .errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
+from .lifecycle import ConfigMismatchError, LockBusyError
 from .recipe import RECIPE
 
 EXIT_OK = 0
@@ -34,8 +39,10 @@ EXIT_FAILURES = 65
 EXIT_NOINPUT = 66
 EXIT_SOFTWARE = 70
 EXIT_CANTCREAT = 73
+EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 log = logging.getLogger("arielstream")
 
@@ -48,6 +55,18 @@ def _steps(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEP_NAMES)}")
     return names
+
+
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto: {text!r}")
+    return value
 
 
 def _positive(kind):
@@ -75,13 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="calibrate a data folder into one HDF5 file",
                          description="Calibrate every visit of the planets of DATA_DIR/SPLIT into OUT.h5.")
     cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    cal.add_argument("--split", default="train", help="sub-folder of planets: train or test (default train)")
+    cal.add_argument("--split", help="sub-folder of planets: train or test (default train)")
     cal.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5")
     cal.add_argument("--planets", type=int, nargs="+", metavar="ID", help="only these planet ids")
+    cal.add_argument("--jobs", type=_jobs, metavar="N|auto",
+                     help="parallel workers (default auto: from --memory and the cores)")
+    cal.add_argument("--backend", choices=["loky", "dask"], help="loky (this machine, default) or dask (a cluster)")
+    cal.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
+    cal.add_argument("--task-timeout", type=_positive(float), metavar="SECONDS",
+                     help="a task running longer counts as a dead worker (retried once, then failed)")
     cal.add_argument("--profile", choices=["default", "notebook"],
                      help="default: every step, NaN bad pixels; notebook: the organisers' numbers")
-    cal.add_argument("--config", type=Path, metavar="FILE.toml", help="options from a TOML file ([calibration])")
-    cal.add_argument("--memory", default=None, metavar="SIZE", help="RAM budget of the run, e.g. 2GB (default 2GB)")
+    cal.add_argument("--config", type=Path, metavar="FILE.toml",
+                     help="options from a TOML file ([calibration] and [run] tables); the command line overrides it")
+    cal.add_argument("--memory", default=None, metavar="SIZE",
+                     help="RAM budget of the whole run on this machine, e.g. 4GB (default 2GB)")
     cal.add_argument("--skip", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
                      help=f"switch steps off: {', '.join(STEP_NAMES)}")
     cal.add_argument("--with", dest="enable", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
@@ -94,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--missing-calibration", choices=["error", "skip"],
                      help="a missing calibration file fails the observation (error) or skips its step")
     cal.add_argument("--instruments", nargs="+", choices=["AIRS-CH0", "FGS1"])
-    cal.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
-    cal.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    cal.add_argument("--force", action="store_true", default=None,
+                     help="recompute everything even if OUT.h5 was made with another config or code version")
+    cal.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                     help="log lines instead of a progress bar")
+    cal.add_argument("--no-log-file", dest="log_file", action="store_false", default=None,
+                     help="do not write OUT.h5.log")
 
     sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth")
     sim.add_argument("out", type=Path, metavar="OUT")
@@ -144,17 +175,29 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .runner import DEFAULT_MEMORY, calibrate
+    from .runner import calibrate
 
     config = _config_from_args(args)
-    summary = calibrate(args.data_dir, args.output, split=args.split, planets=args.planets, config=config,
-                        memory=args.memory or DEFAULT_MEMORY, overwrite=args.overwrite,
-                        progress=False if args.no_progress else None)
-    done = len(summary.results) - len(summary.failed)
-    print(f"{summary.output}: {done} of {len(summary.results)} observation(s) calibrated "
-          f"in {summary.seconds:.1f} s (peak RSS {summary.peak_rss / 1e6:.0f} MB)")
-    for r in summary.failed:
-        print(f"  FAILED {r.planet_id} visit {r.visit}: {r.error}")
+    run = load_run_options(args.config, split=args.split, planets=args.planets, memory=args.memory, jobs=args.jobs,
+                           backend=args.backend, scheduler=args.scheduler, task_timeout=args.task_timeout,
+                           force=args.force, progress=args.progress, log_file=args.log_file)
+    summary = calibrate(args.data_dir, args.output, split=run.split, planets=run.planets, config=config,
+                        memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
+                        task_timeout=run.task_timeout, force=run.force, progress=run.progress,
+                        log_file=run.log_file)
+    total = len(summary.statuses)
+    done = total - len(summary.failed)
+    if summary.action == "complete":
+        print(f"{summary.output}: already complete ({done} of {total} observation(s)); nothing to do")
+        return EXIT_OK
+    rate = 60 * len(summary.results) / max(summary.seconds, 1e-9)
+    print(f"{summary.output}: {done} of {total} observation(s) calibrated; this run computed "
+          f"{len(summary.results)} in {summary.seconds:.1f} s ({rate:.1f} obs/min), "
+          f"peak RSS of the process tree <= {summary.peak_rss_bound / 1e6:.0f} MB")
+    if summary.failed:
+        print(f"{'planet_id':>12}  visit  status  error")
+        for planet, visit, status, error in summary.failed:
+            print(f"{planet:>12}  {visit:>5}  {status:<6}  {error}")
     return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
@@ -196,9 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     handlers = {"calibrate": cmd_calibrate, "simulate": cmd_simulate, "info": cmd_info}
+    # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return handlers[args.command](args)
-    except ConfigError as exc:
+    except LockBusyError as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except (ConfigError, ConfigMismatchError) as exc:
         print(f"arielstream: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except InputError as exc:
@@ -210,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
         return EXIT_CANTCREAT
-    except KeyboardInterrupt:
-        print("arielstream: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except ArielstreamError as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        print(f"arielstream: {why}; what is done is kept, run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
     except Exception:
         log.exception("internal error")
         return EXIT_SOFTWARE

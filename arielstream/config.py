@@ -155,7 +155,7 @@ def build_config(base: CalibrationConfig | None = None, **options: Any) -> Calib
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """The ``[calibration]`` table of a TOML file (or its top level when there is none)."""
+    """A TOML file as a dict, with errors that name the file."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -167,15 +167,68 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BACKENDS = ("loky", "dask")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed (the ``[run]`` table of a config file): not part of the science."""
+
+    split: str = "train"
+    planets: tuple[int, ...] | None = None
+    memory: str = "2GB"  # RAM budget of the process tree on this machine (a task's, with dask)
+    jobs: int | None = None  # None: "auto", from the budget and the cores
+    backend: str = "loky"
+    scheduler: str | None = None  # dask.distributed scheduler address
+    task_timeout: float | None = None  # seconds; a task running longer counts as a dead worker
+    force: bool = False  # recompute everything even if an output made differently exists
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    log_file: bool = True  # OUT.h5.log beside the output
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1):
+            raise ConfigError(f"jobs must be a positive integer or \"auto\"; got {self.jobs!r}")
+        if self.task_timeout is not None and not (self.task_timeout > 0):
+            raise ConfigError(f"task_timeout must be positive; got {self.task_timeout!r}")
+        if self.backend == "dask" and not self.scheduler:
+            raise ConfigError("the dask backend needs a scheduler address (--scheduler tcp://host:8786)")
+        if not isinstance(self.memory, (str, int)):
+            raise ConfigError(f"memory must be a size such as \"2GB\"; got {self.memory!r}")
+
+
+def _table(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return dict(table)
+
+
+def load_run_options(toml_path: str | Path | None = None, **overrides: Any) -> RunOptions:
+    """Defaults < TOML file ``[run]`` table < explicit overrides (the CLI); ``None`` overrides nothing."""
+    options = _table(read_toml(toml_path), "run", toml_path) if toml_path is not None else {}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(RunOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"{toml_path or 'run options'}: unknown option(s) in [run]: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+    if options.get("jobs") == "auto":
+        options["jobs"] = None
+    if options.get("planets") is not None:
+        options["planets"] = tuple(int(p) for p in options["planets"])
+    try:
+        return RunOptions(**options)
+    except ConfigError as exc:
+        raise ConfigError(f"{toml_path}: {exc}" if toml_path is not None else str(exc)) from None
+
+
 def load_config(toml_path: str | Path | None = None, **overrides: Any) -> CalibrationConfig:
     """Defaults < TOML file ``[calibration]`` table < explicit overrides (the CLI)."""
     options: dict[str, Any] = {}
     if toml_path is not None:
-        data = read_toml(toml_path)
-        table = data.get("calibration", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{toml_path}: [calibration] must be a table")
-        options.update(table)
+        options.update(_table(read_toml(toml_path), "calibration", toml_path))
     if "profile" in overrides and overrides["profile"] is not None and "profile" in options:
         # a profile named on the command line replaces the file's profile and its defaults
         options = {k: v for k, v in options.items() if k != "profile"}

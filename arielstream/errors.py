@@ -24,3 +24,13 @@ class MemoryBudgetError(ArielstreamError):
 
 class OutputError(ArielstreamError):
     """The output file cannot be created or is not an arielstream file."""
+
+
+class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, it is not an Exception
+    """SIGTERM arrived: stop dispatching, keep what is done."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -126,14 +126,3 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
     else:
         estimated = block * rows * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
     return ChunkPlan(int(block), int(target), chunk_frames, int(estimated))
-
-
-def chunk_budget(total: int, reserve: int = 32 * 10**6) -> int:
-    """What a single-process run may spend on chunks: the budget less what is resident now."""
-    now = current_rss()
-    available = total - now - reserve
-    if available <= 0:
-        raise MemoryBudgetError(
-            f"memory budget {format_bytes(total)} is below what the process already holds "
-            f"({format_bytes(now)} resident + {format_bytes(reserve)} reserve)")
-    return min(available, MAX_CHUNK_BYTES)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from .memory import plan_chunks
 from .metadata import DatasetInfo, target_labels
 from .reader import SignalFile
 from .recipe import needed_calibration, runs, step_status
-from .store import STATUS_DONE, ArrayDescriptor, InstrumentLayout
+from .store import ArrayDescriptor, InstrumentLayout
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,12 @@ def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: Cali
 
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
                          layout: InstrumentLayout, signal: ArrayDescriptor, dq_out: ArrayDescriptor, index: int,
-                         budget: int, use_threads: bool = True) -> dict[str, Any]:
-    """Calibrate one instrument of one observation into its output slice; return its provenance."""
+                         budget: int, checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Calibrate one instrument of one observation into its output slice; return its provenance.
+
+    ``checkpoint`` is called before every write: it may raise to abandon the
+    observation (a worker whose coordinator died, an interrupted run).
+    """
     t0 = time.perf_counter()
     cal = load_calibration(obs, inst, needed_calibration(config), config.missing_calibration)
     status = step_status(config, inst.name, cal)
@@ -130,9 +136,8 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
 
     fpb = frames_per_bin(config, inst)
     n_used = layout.n_bins * fpb
-    reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst), use_threads=use_threads)
+    reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
     plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget)
-    log.debug("%s %s: %s", obs.label, inst.name, plan.describe())
 
     adc = info.adc[inst.name]
     dt = steps.frame_dt(inst.name, info.n_frames(inst), info.airs_integration_time) if runs(status, "dark") else None
@@ -157,44 +162,42 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
             binned = calibrate_block(chunk.data, chunk_dt, block_cal)
             binned[bad[p]] = np.nan
             b0, b1 = chunk.frame_start // fpb, chunk.frame_stop // fpb
+            checkpoint()
             out[b0:b1, sel.x[p], sel.y[p]] = binned.T
         out.flush()
     finally:
         del out
+    checkpoint()
     dq_mm = dq_out.open(index)
     dq_mm[sel.x, sel.y] = dq_flat
     dq_mm.flush()
     del dq_mm
 
-    root = info.root
-    sources = {k: (v if v == "missing" else _relative(v, root)) for k, v in cal.sources.items()}
+    log.debug("%s %s: %s in %.2f s", obs.label, inst.name, plan.describe(), time.perf_counter() - t0)
+    sources = {k: (v if v == "missing" else _relative(v, info.root)) for k, v in cal.sources.items()}
     return {
         "steps": status,
         "calibration": sources,
         "bad_pixels": int(((dq_flat & DO_NOT_USE) != 0).sum()),
         "chunks": plan.describe(),
-        "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
-def _relative(path: str, root) -> str:
+def _relative(path: str, root: Path) -> str:
     try:
-        return str(type(root)(path).relative_to(root))
+        return str(Path(path).relative_to(root))
     except ValueError:
         return path
 
 
 def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, config: CalibrationConfig,
                           layouts: dict[str, InstrumentLayout], descriptors: dict[str, ArrayDescriptor],
-                          budget: int, use_threads: bool = True) -> dict[str, Any]:
+                          budget: int, checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Every configured instrument of ``obs``; raises on bad input (the caller records it)."""
     provenance: dict[str, Any] = {}
     for name in config.instruments:
         inst = INSTRUMENTS[name]
         provenance[name] = calibrate_instrument(
             obs, inst, info, config, layouts[name], descriptors[f"{name}/signal"], descriptors[f"{name}/dq"],
-            index, budget, use_threads)
+            index, budget, checkpoint)
     return provenance
-
-
-__all__ = ["calibrate_observation", "instrument_layout", "select_pixels", "STATUS_DONE"]

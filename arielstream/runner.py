@@ -1,40 +1,98 @@
-"""A calibration run: discover observations, lay out the output, calibrate each, publish.
+"""A calibration run: many observations, in parallel, in a RAM budget, crash-safe and resumable.
 
-The output is built as ``OUT.h5.partial`` and renamed to ``OUT.h5`` only when
-every observation has a final status (done or failed), so a file under the final
-name is never half-written. One bad observation is recorded as failed (NaN data,
-the error in ``/error``) and the others go on.
+The coordinator (this module's :func:`calibrate`):
+
+1. takes the run lock (``OUT.h5.lock``; a second run on the same output stops at once);
+2. reads the dataset-level files, lists the observations and decides from what is
+   on disk whether to start, resume, retry failures or do nothing
+   (:mod:`arielstream.lifecycle`); a new file is laid out and closed before any
+   worker starts, with its disk space reserved;
+3. derives the worker count, threads per worker and chunk budget from the RAM
+   budget and its own measured footprint (:func:`arielstream.resources.plan_workers`);
+4. runs one :class:`Task` per observation through joblib (loky processes on one
+   machine, or dask workers on a cluster). A task carries descriptors
+   ``(path, offset, shape, dtype)``, never an open file or memmap, and writes its
+   observation's bytes, then its checksum and status, through memmaps;
+5. when a worker dies (killed, out of memory, timed out), its observation goes back
+   to pending and is retried once; a second death fails it, and the rest go on;
+6. verifies every checksum, and publishes ``OUT.h5`` by an atomic rename.
+
+SIGTERM and Ctrl-C stop the dispatch, leave what is done in ``OUT.h5.partial``,
+release the lock and exit; running the same command again resumes.
+
+Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in production):
+``kill-worker:PLANET:VISIT[:MARKER]`` a worker calibrating that observation kills itself
+(SIGKILL) after writing its first chunk (only while file ``MARKER`` does not exist, which it
+then creates: a one-off death); ``kill-coordinator:N`` the coordinator kills itself after N
+results; ``slow:SECONDS`` every chunk write waits that long.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import contextlib
+import hashlib
 import logging
+import logging.handlers
 import os
-import platform
-import resource
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ._version import __version__
 from .config import CalibrationConfig
 from .dq import BITS
-from .errors import ArielstreamError, InputError, OutputError
+from .errors import ArielstreamError, InputError, OutputError, RunInterrupted
 from .layout import INSTRUMENTS, Observation, discover_observations
-from .memory import chunk_budget, format_bytes, parse_bytes
+from .lifecycle import RunLock, prepare_output, publish, reconcile, verify
+from .memory import current_rss, format_bytes, parse_bytes
 from .metadata import DatasetInfo, read_dataset_info
 from .pipeline import calibrate_observation, instrument_layout
 from .recipe import describe_recipe
-from .store import STATUS_DONE, STATUS_FAILED, ArrayDescriptor, create_output, record_result
+from .resources import WorkerPlan, available_cores, peak_rss, pin_threads, plan_workers
+from .store import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_NAMES,
+    STATUS_PENDING,
+    STATUS_RUNNING,
+    ArrayDescriptor,
+    InstrumentLayout,
+    fail_observation,
+    read_field,
+    record_result,
+    write_field,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = "2GB"
+BACKENDS = ("loky", "dask")
+IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
+MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
+
+
+class OrphanedWorker(BaseException):  # noqa: N818
+    """This worker's coordinator is gone: abandon the observation."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one observation: plain, picklable values."""
+
+    index: int
+    observation: Observation
+    data_dir: str
+    config: CalibrationConfig
+    layouts: dict[str, InstrumentLayout]
+    descriptors: dict[str, ArrayDescriptor]
+    chunk_bytes: int
+    threads: int
+    parent_pid: int | None  # the coordinator, when the task runs in a local worker process
 
 
 @dataclass
@@ -45,6 +103,8 @@ class ObservationResult:
     status: int
     error: str = ""
     seconds: float = 0.0
+    pid: int = 0
+    peak_rss: int = 0
 
     @property
     def ok(self) -> bool:
@@ -54,57 +114,183 @@ class ObservationResult:
 @dataclass
 class RunSummary:
     output: Path
-    results: list[ObservationResult] = field(default_factory=list)
+    action: str = "new"
+    statuses: list[tuple[int, int, str, str]] = field(default_factory=list)  # planet, visit, status, error
+    results: list[ObservationResult] = field(default_factory=list)  # what this run computed
     seconds: float = 0.0
-    peak_rss: int = 0
+    peak_rss_bound: int = 0  # coordinator peak + every worker's peak: >= the tree's peak
+    plan: WorkerPlan | None = None
 
     @property
-    def failed(self) -> list[ObservationResult]:
-        return [r for r in self.results if not r.ok]
+    def failed(self) -> list[tuple[int, int, str, str]]:
+        return [s for s in self.statuses if s[2] != "done"]
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
 
-def peak_rss() -> int:
-    """Peak resident set size of this process so far (bytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus a digest of its source: results of different code never mix."""
+    digest = hashlib.blake2b(digest_size=6)
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()}"
 
 
-def _fail_observation(descriptors: dict[str, ArrayDescriptor], config: CalibrationConfig, index: int,
-                      message: str) -> None:
-    """NaN every cube of the observation and record why, so nothing half-written looks valid."""
-    for name in config.instruments:
-        mm = descriptors[f"{name}/signal"].open(index)
-        mm[...] = np.nan
-        mm.flush()
-        del mm
-    record_result(descriptors, index, STATUS_FAILED, error=message)
+@lru_cache(maxsize=4)
+def _dataset_info(data_dir: str, stamp: tuple[float, ...]) -> DatasetInfo:
+    return read_dataset_info(data_dir)
 
 
-def run_observation(index: int, obs: Observation, info: DatasetInfo, config: CalibrationConfig,
-                    layouts: dict, descriptors: dict[str, ArrayDescriptor], budget: int,
-                    use_threads: bool = True) -> ObservationResult:
-    """Calibrate one observation and record its status; never raises for bad input."""
+def dataset_info(data_dir: str | Path) -> DatasetInfo:
+    """The dataset-level files, read once per process (re-read if they change)."""
+    root = Path(data_dir)
+    stamp = tuple((root / name).stat().st_mtime if (root / name).exists() else -1.0
+                  for name in ("adc_info.csv", "axis_info.parquet"))
+    return _dataset_info(str(root), stamp)
+
+
+class _Fault:
+    """Test-only fault injection (see the module docstring)."""
+
+    def __init__(self, spec: str | None):
+        self.kind, self.args = None, []
+        if spec:
+            self.kind, *self.args = spec.split(":")
+
+    def worker_chunk(self, obs: Observation) -> None:
+        if self.kind == "slow":
+            time.sleep(float(self.args[0]))
+        elif self.kind == "kill-worker" and int(self.args[0]) == obs.planet_id and int(self.args[1]) == obs.visit:
+            if len(self.args) > 2:
+                marker = Path(self.args[2])
+                if marker.exists():
+                    return
+                marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def coordinator_result(self, n_results: int) -> None:
+        if self.kind == "kill-coordinator" and n_results >= int(self.args[0]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_task(task: Task) -> ObservationResult:
+    """Calibrate one observation and record its outcome in the file; never raises for bad input."""
     t0 = time.perf_counter()
+    obs, index, descriptors = task.observation, task.index, task.descriptors
+    in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
+    pin_threads(task.threads)
+    fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
+    attempts = int(read_field(descriptors, "attempts")[index])
+    write_field(descriptors, "attempts", index, attempts + 1)
+    write_field(descriptors, "status", index, STATUS_RUNNING)
+
+    def checkpoint() -> None:
+        if in_worker and os.getppid() != task.parent_pid:
+            raise OrphanedWorker()
+        fault.worker_chunk(obs)
+
+    def result(status: int, message: str = "") -> ObservationResult:
+        return ObservationResult(index, obs.planet_id, obs.visit, status, message, time.perf_counter() - t0,
+                                 os.getpid(), peak_rss())
+
     try:
-        provenance = calibrate_observation(obs, index, info, config, layouts, descriptors, budget, use_threads)
+        info = dataset_info(task.data_dir)
+        provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
+                                           task.chunk_bytes, checkpoint)
+    except OrphanedWorker:
+        log.warning("%s: the coordinator is gone; abandoning it", obs.label)
+        os._exit(1)
     except ArielstreamError as exc:
         message = str(exc)
-        log.error("%s failed: %s", obs.label, message)
     except MemoryError:
-        message = f"{obs.label}: out of memory (budget {format_bytes(budget)} for chunks)"
-        log.error(message)
+        message = f"{obs.label}: out of memory (chunk budget {format_bytes(task.chunk_bytes)})"
     except Exception as exc:  # a bug must not sink the batch either; keep the traceback in the log
         message = f"{obs.label}: internal error {type(exc).__name__}: {exc}"
         log.exception("%s failed with an unexpected error", obs.label)
     else:
         record_result(descriptors, index, STATUS_DONE, provenance=provenance)
-        return ObservationResult(index, obs.planet_id, obs.visit, STATUS_DONE,
-                                 seconds=time.perf_counter() - t0)
-    _fail_observation(descriptors, config, index, message)
-    return ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, message, time.perf_counter() - t0)
+        return result(STATUS_DONE)
+    fail_observation(descriptors, index, message)
+    return result(STATUS_FAILED, message)
+
+
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning a worker (not an observation) failed."""
+    from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
+    errors: list[type[BaseException]] = [TerminatedWorkerError, BrokenProcessPool, TimeoutError]
+    with contextlib.suppress(ImportError):
+        from distributed import KilledWorker
+
+        errors.append(KilledWorker)
+    return tuple(errors)
+
+
+def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
+             ) -> Iterator[ObservationResult]:
+    """Results in completion order: in this process for one local job, else through joblib."""
+    if backend == "loky" and plan.jobs == 1:
+        for task in tasks:
+            yield run_task(task)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    if backend == "loky":
+        config = parallel_config(backend="loky", inner_max_num_threads=plan.threads,
+                                 idle_worker_timeout=IDLE_WORKER_TIMEOUT_S)
+        n_jobs = plan.jobs
+    else:
+        config = parallel_config(backend="dask")
+        n_jobs = -1
+    with config:
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", timeout=task_timeout,
+                            pre_dispatch="n_jobs", batch_size=1)
+        yield from parallel(delayed(run_task)(task) for task in tasks)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM into :class:`RunInterrupted` while the run dispatches (main thread only)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RunInterrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _log_file(output: Path, enabled: bool) -> Iterator[None]:
+    """Log the run to ``OUT.h5.log`` (rotating) beside the output, as well as to the console."""
+    if not enabled:
+        yield
+        return
+    handler = logging.handlers.RotatingFileHandler(output.with_name(output.name + ".log"),
+                                                   maxBytes=5 * 2**20, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger("arielstream")
+    root.addHandler(handler)
+    previous = root.level
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
 
 
 def _progress(total: int, enabled: bool | None):
@@ -114,23 +300,44 @@ def _progress(total: int, enabled: bool | None):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True)
+    return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True, smoothing=0.1)
+
+
+def _abandon_running(descriptors: dict[str, ArrayDescriptor]) -> None:
+    """After an interruption: in-flight observations go back to pending, their attempt not counted."""
+    status = read_field(descriptors, "status")
+    attempts = read_field(descriptors, "attempts")
+    for index in (i for i in range(status.shape[0]) if status[i] == STATUS_RUNNING):
+        write_field(descriptors, "attempts", index, max(0, int(attempts[index]) - 1))
+        write_field(descriptors, "status", index, STATUS_PENDING)
+
+
+def _statuses(descriptors: dict[str, ArrayDescriptor], observations: list[Observation]) -> list[tuple]:
+    status = read_field(descriptors, "status")
+    errors = read_field(descriptors, "error")
+    return [(o.planet_id, o.visit, STATUS_NAMES.get(int(s), str(s)), e.decode(errors="replace").rstrip("\x00"))
+            for o, s, e in zip(observations, status, errors, strict=True)]
 
 
 def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", planets: list[int] | None = None,
-              config: CalibrationConfig | None = None, memory: str | int = DEFAULT_MEMORY,
-              overwrite: bool = False, progress: bool | None = None, chunk_bytes: int | None = None) -> RunSummary:
+              config: CalibrationConfig | None = None, memory: str | int = DEFAULT_MEMORY, jobs: int | None = None,
+              backend: str = "loky", scheduler: str | None = None, task_timeout: float | None = None,
+              force: bool = False, progress: bool | None = None, log_file: bool = True,
+              chunk_bytes: int | None = None) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
-    ``memory`` is the RAM budget of the run; the chunk size is derived from it
-    (``chunk_bytes`` sets the chunk budget directly, for tests and experiments).
+    ``memory`` is the RAM budget of the whole process tree on this machine;
+    ``jobs=None`` picks the worker count from it (``--jobs auto``). With
+    ``backend="dask"``, ``scheduler`` is the address of a dask.distributed scheduler
+    whose workers see the same files, and ``memory`` is the budget of one task.
+    ``chunk_bytes`` sets the chunk budget directly (tests, experiments).
     """
     t_start = time.perf_counter()
     config = config or CalibrationConfig()
-    total_budget = parse_bytes(memory)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    budget = parse_bytes(memory)
     data_dir, output = Path(data_dir), Path(output)
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output}: already exists (pass overwrite=True / --overwrite to replace it)")
     if not output.parent.is_dir():
         raise OutputError(f"{output.parent}: output folder does not exist")
     info = read_dataset_info(data_dir)
@@ -138,42 +345,98 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     if not observations:
         raise InputError(data_dir / split, "no planet folders found")
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
-    budget = chunk_budget(total_budget) if chunk_bytes is None else int(chunk_bytes)
-    log.info("%d observation(s) of %d planet(s) from %s/%s; memory budget %s, %s for chunks",
-             len(observations), len({o.planet_id for o in observations}), data_dir, split,
-             format_bytes(total_budget), format_bytes(budget))
-
-    partial = output.with_name(output.name + ".partial")
-    attrs: dict[str, Any] = {
-        "arielstream_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": str(data_dir.resolve()),
-        "split": split,
-        "profile": config.profile,
-        "config": config.to_json(),
-        "recipe": describe_recipe(),
-        "wavelength_order": config.wavelength_order,
-        "dq_bits": dict(BITS),
-        "host": platform.node(),
-    }
-    descriptors = create_output(partial, observations, list(layouts.values()), attrs)
+    identity = {"arielstream_version": code_version(), "config": config.to_json(), "split": split,
+                "source": str(data_dir.resolve())}
+    attrs: dict[str, Any] = {**identity, "profile": config.profile, "recipe": describe_recipe(),
+                             "wavelength_order": config.wavelength_order, "dq_bits": dict(BITS)}
+    fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
     summary = RunSummary(output)
-    bar = _progress(len(observations), progress)
-    try:
-        for index, obs in enumerate(observations):
-            result = run_observation(index, obs, info, config, layouts, descriptors, budget)
-            summary.results.append(result)
+    with RunLock(output), _log_file(output, log_file), _stop_on_signals():
+        prepared = prepare_output(output, observations, list(layouts.values()), attrs, identity, force)
+        summary.action = prepared.action
+        descriptors = prepared.descriptors
+        if prepared.action == "complete":
+            log.info("%s: already complete with this config and code; nothing to do", output)
+            summary.statuses = _statuses(descriptors, observations)
+            summary.seconds = time.perf_counter() - t_start
+            return summary
+        if backend == "dask":
+            plan = plan_workers(budget, 1, 1, 1, current_rss())
+            client = _dask_client(scheduler)
+        else:
+            plan = plan_workers(budget, len(prepared.todo), jobs, available_cores(), current_rss())
+            client = contextlib.nullcontext()
+        if chunk_bytes is not None:
+            plan = WorkerPlan(plan.jobs, plan.threads, int(chunk_bytes), plan.budget, plan.process_bytes)
+        summary.plan = plan
+        log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
+                 prepared.action, prepared.partial, len(prepared.todo), len(observations),
+                 len({o.planet_id for o in observations}), data_dir, split, plan.describe(), backend)
+        parent = os.getpid() if backend == "loky" and plan.jobs > 1 else None
+        bar = _progress(len(prepared.todo), progress)
+        worker_peaks: dict[int, int] = {}
+        todo = prepared.todo
+        try:
+            with client:
+                for _ in range(MAX_ROUNDS):
+                    tasks = [Task(i, observations[i], str(data_dir), config, layouts, descriptors, plan.chunk_bytes,
+                                  plan.threads, parent) for i in todo]
+                    try:
+                        for result in _execute(tasks, plan, backend, task_timeout):
+                            summary.results.append(result)
+                            worker_peaks[result.pid] = max(worker_peaks.get(result.pid, 0), result.peak_rss)
+                            _report(result, bar, len(summary.results), len(prepared.todo))
+                            fault.coordinator_result(len(summary.results))
+                    except _infrastructure_errors() as exc:
+                        log.warning("a worker died (%s: %s); its observation is retried once",
+                                    type(exc).__name__, exc)
+                    todo = reconcile(descriptors)
+                    if not todo:
+                        mismatched = verify(descriptors)
+                        for index in mismatched:
+                            log.warning("observation %d: bytes differ from its checksum; recomputing", index)
+                            write_field(descriptors, "status", index, STATUS_PENDING)
+                        todo = mismatched
+                    if not todo:
+                        break
+                else:
+                    raise OutputError(f"{prepared.partial}: observations still unfinished after {MAX_ROUNDS} "
+                                      "rounds; run again to resume")
+        except (KeyboardInterrupt, RunInterrupted):
+            _abandon_running(descriptors)
+            log.warning("interrupted: %d observation(s) done are kept in %s; run the same command to resume",
+                        sum(r.ok for r in summary.results), prepared.partial)
+            raise
+        finally:
             if bar is not None:
-                bar.update(1)
-            else:
-                log.info("[%d/%d] %s %s in %.1f s", index + 1, len(observations), obs.label,
-                         "done" if result.ok else "FAILED", result.seconds)
-    finally:
-        if bar is not None:
-            bar.close()
-    os.replace(partial, output)
+                bar.close()
+        summary.statuses = _statuses(descriptors, observations)
+        publish(prepared.partial, output)
     summary.seconds = time.perf_counter() - t_start
-    summary.peak_rss = peak_rss()
-    log.info("%d done, %d failed in %.1f s; peak RSS %s; wrote %s", len(summary.results) - len(summary.failed),
-             len(summary.failed), summary.seconds, format_bytes(summary.peak_rss), output)
+    own = os.getpid()
+    summary.peak_rss_bound = peak_rss() + sum(v for pid, v in worker_peaks.items() if pid != own)
+    log.info("%d done, %d failed in %.1f s (%.1f obs/min); peak RSS of the process tree <= %s; wrote %s",
+             len(summary.statuses) - len(summary.failed), len(summary.failed), summary.seconds,
+             60 * len(summary.results) / max(summary.seconds, 1e-9), format_bytes(summary.peak_rss_bound), output)
     return summary
+
+
+def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:
+    label = f"{result.planet_id}/visit {result.visit}"
+    if not result.ok:
+        log.error("%s failed: %s", label, result.error)
+    if bar is not None:
+        bar.update(1)
+    else:
+        log.info("[%d/%d] %s %s in %.1f s", done, total, label, "done" if result.ok else "FAILED", result.seconds)
+
+
+def _dask_client(scheduler: str | None):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ArielstreamError("the dask backend needs dask.distributed: pip install 'arielstream[dask]'") from None
+    if not scheduler:
+        raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    return Client(scheduler)
+

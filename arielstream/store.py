@@ -12,7 +12,9 @@ Layout (``obs`` = one planet visit, ``time`` = time bins, ``x`` = detector colum
 wavelength, ``y`` = spatial row, the notebook's axis order)::
 
     /planet_id (obs,) int64      /visit (obs,) int16
-    /status (obs,) int8          0 pending, 1 done, 2 failed
+    /status (obs,) int8          0 pending, 1 done, 2 failed, 3 running (being written, or its writer died)
+    /attempts (obs,) int8        how many times a worker started it (a worker that dies twice fails it)
+    /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
     /error (obs,) S512           why an observation failed
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
     /AIRS-CH0/signal (obs, time, x, y) float32    /FGS1/signal (obs, time, x, y) float32
@@ -24,6 +26,7 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,10 +44,12 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "arielstream"
 FORMAT_VERSION = 1
-STATUS_PENDING, STATUS_DONE, STATUS_FAILED = 0, 1, 2
-STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed"}
+STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING = 0, 1, 2, 3
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed", STATUS_RUNNING: "running"}
 ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
+CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
+PER_OBSERVATION = ("status", "attempts", "checksum", "error", "provenance")  # written through memmaps
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     n = len(observations)
     memmapped = {
         "status": ((n,), "|i1"),
+        "attempts": ((n,), "|i1"),
+        "checksum": ((n,), f"|S{CHECKSUM_BYTES}"),
         "error": ((n,), f"|S{ERROR_BYTES}"),
         "provenance": ((n,), f"|S{PROVENANCE_BYTES}"),
     }
@@ -169,7 +176,7 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
         def visit(name: str, obj: Any) -> None:
             if not isinstance(obj, h5py.Dataset):
                 return
-            if name in ("status", "error", "provenance") or name.endswith(("/signal", "/dq")):
+            if name in PER_OBSERVATION or name.endswith(("/signal", "/dq")):
                 offset = obj.id.get_offset()
                 if offset is None or obj.chunks is not None:
                     raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
@@ -179,9 +186,41 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
     return out
 
 
+def cube_keys(descriptors: dict[str, ArrayDescriptor]) -> list[str]:
+    """The per-observation science datasets (cubes and DQ planes), in a fixed order."""
+    return sorted(k for k in descriptors if k.endswith(("/signal", "/dq")))
+
+
+def checksum(descriptors: dict[str, ArrayDescriptor], index: int) -> str:
+    """BLAKE2b (8 bytes, hex) of observation ``index``'s cubes and DQ planes as stored."""
+    digest = hashlib.blake2b(digest_size=CHECKSUM_BYTES // 2)
+    for key in cube_keys(descriptors):
+        mm = descriptors[key].open(index, mode="r")
+        digest.update(memoryview(np.ascontiguousarray(mm)).cast("B"))
+        del mm
+    return digest.hexdigest()
+
+
+def read_field(descriptors: dict[str, ArrayDescriptor], key: str) -> np.ndarray:
+    """A copy of one per-observation bookkeeping dataset (status, attempts, ...)."""
+    mm = descriptors[key].open(mode="r")
+    out = np.array(mm)
+    del mm
+    return out
+
+
+def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, value: Any) -> None:
+    mm = descriptors[key].open(index)
+    mm[()] = value
+    mm.flush()
+    del mm
+
+
 def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
                   provenance: dict[str, Any] | None = None) -> None:
-    """Write an observation's provenance and error, then (last, so it is true) its status."""
+    """Write an observation's provenance, error and checksum, then (last, so it is true) its status."""
+    write_field(descriptors, "checksum", index, checksum(descriptors, index).encode() if status == STATUS_DONE
+                else b"")
     for key, text, size in (("error", error, ERROR_BYTES),
                             ("provenance", _json_attr(provenance or {}), PROVENANCE_BYTES)):
         raw = text.encode("utf-8", "replace")
@@ -189,11 +228,16 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
             raw = raw[: size - 3] + b"..."
             if key == "provenance":
                 log.warning("provenance of observation %d truncated to %d bytes", index, size)
-        mm = descriptors[key].open(index)
-        mm[()] = raw
-        mm.flush()
-        del mm
-    mm = descriptors["status"].open(index)
-    mm[()] = status
-    mm.flush()
-    del mm
+        write_field(descriptors, key, index, raw)
+    write_field(descriptors, "status", index, status)
+
+
+def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, message: str) -> None:
+    """NaN every cube of an observation and record why, so nothing half-written looks valid."""
+    for key in cube_keys(descriptors):
+        if key.endswith("/signal"):
+            mm = descriptors[key].open(index)
+            mm[...] = np.nan
+            mm.flush()
+            del mm
+    record_result(descriptors, index, STATUS_FAILED, error=message)

@@ -95,17 +95,25 @@ def test_missing_calibration_can_be_skipped_and_is_recorded(data_copy, tmp_path)
         assert '"nonlinearity": "skipped: linear_corr missing"' in prov
 
 
-def test_existing_output_is_not_replaced_without_overwrite(data_copy, tmp_path):
+def test_a_foreign_file_at_the_output_path_is_not_replaced_without_force(data_copy, tmp_path):
     out = tmp_path / "o.h5"
     out.write_bytes(b"precious")
     proc = run_cli("calibrate", data_copy, "-o", out, check=False)
-    assert proc.returncode == EXIT_CANTCREAT and "already exists" in proc.stderr
+    assert proc.returncode == EXIT_CONFIG and "made by a different run" in proc.stderr and "--force" in proc.stderr
     assert out.read_bytes() == b"precious"
+    run_cli("calibrate", data_copy, "-o", out, "--force")
+    with h5py.File(out) as f:
+        assert (f["status"][()] == 1).all()
+
+
+def test_missing_output_folder(data_copy, tmp_path):
+    proc = run_cli("calibrate", data_copy, "-o", tmp_path / "nowhere" / "o.h5", check=False)
+    assert proc.returncode == EXIT_CANTCREAT and "output folder does not exist" in proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [
     (["--memory", "lots"], "not a memory size"),
-    (["--memory", "10MB"], "below what the process already holds"),
+    (["--memory", "10MB"], "memory budget 10.00 MB is too small for 1 worker(s)"),
 ])
 def test_bad_configuration(data_copy, tmp_path, args, message):
     proc = run_cli("calibrate", data_copy, "-o", tmp_path / "o.h5", *args, check=False)

@@ -8,7 +8,6 @@ from arielstream.errors import MemoryBudgetError
 from arielstream.memory import (
     COMPUTE_BYTES_PER_VALUE,
     RESIDENT_BYTES_PER_VALUE,
-    chunk_budget,
     parse_bytes,
     plan_chunks,
 )
@@ -45,11 +44,6 @@ def test_plans_fit_their_budget_and_use_whole_rows(budget, row_groups):
 def test_a_budget_below_one_pixel_is_refused():
     with pytest.raises(MemoryBudgetError, match="cannot hold one pixel"):
         plan_chunks(1024, 32, [135000], 134640, 720, 10**5)
-
-
-def test_run_budget_below_the_resident_size_is_refused():
-    with pytest.raises(MemoryBudgetError, match="below what the process already holds"):
-        chunk_budget(10**6)
 
 
 def test_reads_shrink_before_blocks_lose_whole_rows():

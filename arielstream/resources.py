@@ -1,0 +1,176 @@
+"""What this machine (or container) really offers, and the parallel policy built on it.
+
+Host-wide figures lie inside containers: the memory limit is read from the cgroup
+(v2 ``memory.max``, v1 ``memory.limit_in_bytes``) and the cores from the CPU
+affinity and the cgroup CPU quota. :func:`plan_workers` is the one place that
+turns a RAM budget into a worker count, a thread count per worker and a chunk
+budget per worker; the choice is logged by the runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MemoryBudgetError
+from .memory import MAX_CHUNK_BYTES, format_bytes
+
+log = logging.getLogger(__name__)
+
+# A worker whose chunks get less than this is slower than one more worker is worth.
+MIN_CHUNK_BYTES = 48 * 10**6
+# Per-process allowance beyond the measured import footprint: the output slice of an
+# observation being written (~8 MB AIRS), calibration frames, Parquet footers (~40 MB for a
+# one-row-group AIRS file), allocator slack.
+PROCESS_RESERVE_BYTES = 64 * 10**6
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text.split()[0])
+    except ValueError:
+        return None
+
+
+def _cgroup_dirs() -> list[str]:
+    """The cgroup folders of this process (v2 unified first, then v1 memory/cpu)."""
+    dirs = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            dirs.append((parts[1], parts[2]))
+    return [f"{controllers}\0{path}" for controllers, path in dirs]
+
+
+def cgroup_memory_limit() -> int | None:
+    """The container's memory limit in bytes, or None where there is none."""
+    candidates = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for entry in _cgroup_dirs():
+        controllers, path = entry.split("\0")
+        if controllers == "":
+            candidates.insert(0, f"/sys/fs/cgroup{path}/memory.max")
+        elif "memory" in controllers.split(","):
+            candidates.insert(0, f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    for candidate in candidates:
+        value = _read_int(candidate)
+        if value is not None and value < 2**60:  # v1 reports "no limit" as a huge number
+            return value
+    return None
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory() -> int:
+    """The RAM this process tree may use: the cgroup limit, else the machine's."""
+    limit = cgroup_memory_limit()
+    return min(limit, physical_memory()) if limit else physical_memory()
+
+
+def available_cores() -> int:
+    """Cores this process may run on: CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    text = None
+    for candidate in ("/sys/fs/cgroup/cpu.max",):
+        try:
+            text = Path(candidate).read_text().split()
+        except OSError:
+            continue
+    if text and text[0] != "max":
+        try:
+            cores = min(cores, max(1, math.floor(int(text[0]) / int(text[1]))))
+        except (ValueError, IndexError, ZeroDivisionError):
+            pass
+    quota, period = _read_int("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read_int("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if quota and period and quota > 0:
+        cores = min(cores, max(1, quota // period))
+    return max(1, cores)
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far (bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pin_threads(threads: int) -> None:
+    """Limit this process's compute threads (numexpr, Arrow, BLAS/OpenMP) to ``threads``."""
+    import numexpr
+    import pyarrow
+
+    threads = max(1, int(threads))
+    numexpr.set_num_threads(threads)
+    pyarrow.set_cpu_count(threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    jobs: int
+    threads: int  # compute threads per worker
+    chunk_bytes: int  # chunk budget per worker
+    budget: int
+    process_bytes: int  # measured footprint of one process before any data
+
+    def describe(self) -> str:
+        return (f"{self.jobs} worker(s) x {self.threads} thread(s), {format_bytes(self.chunk_bytes)} of chunks each "
+                f"(budget {format_bytes(self.budget)}, {format_bytes(self.process_bytes)} per process before data)")
+
+    @property
+    def promised_peak(self) -> int:
+        """What the process tree may hold at most under this plan."""
+        workers = self.jobs if self.jobs > 1 else 0
+        per_process = self.process_bytes + PROCESS_RESERVE_BYTES
+        return per_process + workers * per_process + self.jobs * self.chunk_bytes
+
+
+def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, process_bytes: int,
+                 max_chunk: int = MAX_CHUNK_BYTES) -> WorkerPlan:
+    """Worker count, threads and chunk budget for a RAM ``budget`` (bytes) shared by the tree.
+
+    ``process_bytes`` is the measured resident size of one arielstream process
+    before it reads any data (the coordinator's own, since workers import the same
+    modules). With one job everything runs in the coordinator; with more, each
+    worker is a process of its own. ``jobs=None`` means "auto": as many workers as
+    cores and tasks allow while each still gets at least ``MIN_CHUNK_BYTES``.
+    """
+    per_process = process_bytes + PROCESS_RESERVE_BYTES
+
+    def chunk_for(n: int) -> int:
+        workers = n if n > 1 else 0
+        return (budget - per_process - workers * per_process) // n
+
+    limit = max(1, min(cores, n_tasks))
+    if jobs is None:
+        jobs = 1
+        for n in range(limit, 0, -1):
+            if chunk_for(n) >= MIN_CHUNK_BYTES:
+                jobs = n
+                break
+    jobs = max(1, int(jobs))
+    chunk = min(chunk_for(jobs), max_chunk)
+    if chunk < MIN_CHUNK_BYTES // 4:
+        need = per_process * (1 + (jobs if jobs > 1 else 0)) + jobs * MIN_CHUNK_BYTES // 4
+        raise MemoryBudgetError(
+            f"memory budget {format_bytes(budget)} is too small for {jobs} worker(s): each process holds "
+            f"~{format_bytes(per_process)} before any data; at least {format_bytes(need)} is needed")
+    threads = max(1, cores // jobs)
+    return WorkerPlan(jobs, threads, int(chunk), budget, process_bytes)
