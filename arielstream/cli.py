@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -87,11 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="arielstream",
         description="Calibrate Ariel Data Challenge 2025 detector data into binned HDF5 cubes, in bounded memory.")
     parser.add_argument("--version", action="version", version=f"arielstream {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="more log output (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="only warnings and errors on the console")
+    for action in verbosity._actions:
+        parser._add_action(action)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    cal = sub.add_parser("calibrate", help="calibrate a data folder into one HDF5 file",
+    cal = sub.add_parser("calibrate", help="calibrate a data folder into one HDF5 file", parents=[verbosity],
                          description="Calibrate every visit of the planets of DATA_DIR/SPLIT into OUT.h5.")
     cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     cal.add_argument("--split", help="sub-folder of planets: train or test (default train)")
@@ -128,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-log-file", dest="log_file", action="store_false", default=None,
                      help="do not write OUT.h5.log")
 
-    sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth")
+    sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth",
+                         parents=[verbosity])
     sim.add_argument("out", type=Path, metavar="OUT")
     sim.add_argument("--planets", type=_positive(int), default=3, help="number of planets (default 3)")
     sim.add_argument("--scale", type=_positive(float), default=1.0,
@@ -142,19 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--background-fraction", type=float, default=0.3)
     sim.add_argument("--compression", default="zstd")
 
-    inf = sub.add_parser("info", help="summarise an arielstream HDF5 file")
+    inf = sub.add_parser("info", help="summarise an arielstream HDF5 file", parents=[verbosity])
     inf.add_argument("path", type=Path, metavar="OUT.h5")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
+    """Console verbosity; the logger itself passes INFO on so that the run's log file gets it."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
     root = logging.getLogger("arielstream")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(min(level, logging.INFO))
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -221,7 +230,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
     print(f"{args.path}  (arielstream {info['arielstream_version']}, profile {info['profile']}, "
-          f"split {info['split']}, created {info['created']})")
+          f"split {info['split']})")
     for name, d in info["datasets"].items():
         print(f"  {name:24s} {str(tuple(d['shape'])):28s} {d['dtype']}")
     counts = info["status_counts"]
@@ -237,7 +246,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     handlers = {"calibrate": cmd_calibrate, "simulate": cmd_simulate, "info": cmd_info}
     # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -265,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         print(f"arielstream: {why}; what is done is kept, run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+    except BrokenPipeError:  # e.g. `arielstream info OUT.h5 | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception:
         log.exception("internal error")
         return EXIT_SOFTWARE

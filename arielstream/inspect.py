@@ -52,7 +52,6 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "arielstream_version": attrs.get("arielstream_version", "?"),
         "profile": attrs.get("profile", "?"),
         "split": attrs.get("split", "?"),
-        "created": attrs.get("created", "?"),
         "config": json.loads(attrs.get("config", "{}")),
         "datasets": datasets,
         "observations": observations,

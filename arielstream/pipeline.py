@@ -179,7 +179,6 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
         "steps": status,
         "calibration": sources,
         "bad_pixels": int(((dq_flat & DO_NOT_USE) != 0).sum()),
-        "chunks": plan.describe(),
     }
 
 

@@ -106,7 +106,17 @@ def available_cores() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far (bytes)."""
+    """Peak resident set size of this process so far (bytes).
+
+    Read from ``VmHWM``, which starts afresh at ``exec``: ``getrusage``'s ``ru_maxrss``
+    survives fork+exec on Linux and would report a big parent's size as ours.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

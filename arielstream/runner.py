@@ -36,6 +36,7 @@ import logging.handlers
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -177,11 +178,34 @@ class _Fault:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+_WATCHED_PARENT: list[int] = []
+
+
+def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
+    """In a worker process: exit soon after the coordinator dies, even while idle between tasks.
+
+    Idle loky workers otherwise linger for minutes after a killed coordinator, holding its
+    pipes and overlapping the next cron run. Started once per worker process.
+    """
+    if _WATCHED_PARENT:
+        return
+    _WATCHED_PARENT.append(parent_pid)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="arielstream-parent-watch", daemon=True).start()
+
+
 def run_task(task: Task) -> ObservationResult:
     """Calibrate one observation and record its outcome in the file; never raises for bad input."""
     t0 = time.perf_counter()
     obs, index, descriptors = task.observation, task.index, task.descriptors
     in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
+    if in_worker:
+        _watch_parent(task.parent_pid)
     pin_threads(task.threads)
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
     attempts = int(read_field(descriptors, "attempts")[index])
@@ -280,16 +304,13 @@ def _log_file(output: Path, enabled: bool) -> Iterator[None]:
                                                    maxBytes=5 * 2**20, backupCount=3)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
+    handler.setLevel(logging.INFO)
     root = logging.getLogger("arielstream")
     root.addHandler(handler)
-    previous = root.level
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
         handler.close()
 
 
@@ -303,13 +324,41 @@ def _progress(total: int, enabled: bool | None):
     return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True, smoothing=0.1)
 
 
-def _abandon_running(descriptors: dict[str, ArrayDescriptor]) -> None:
-    """After an interruption: in-flight observations go back to pending, their attempt not counted."""
+def _abandon_running(descriptors: dict[str, ArrayDescriptor]) -> list[int]:
+    """In-flight observations go back to pending without counting their attempt; returns them.
+
+    Used when the run itself stopped them (an interruption) or when a pool broke and
+    took every running task down with it, so that none is blamed for another's death.
+    """
     status = read_field(descriptors, "status")
     attempts = read_field(descriptors, "attempts")
-    for index in (i for i in range(status.shape[0]) if status[i] == STATUS_RUNNING):
+    running = [i for i in range(status.shape[0]) if status[i] == STATUS_RUNNING]
+    for index in running:
         write_field(descriptors, "attempts", index, max(0, int(attempts[index]) - 1))
         write_field(descriptors, "status", index, STATUS_PENDING)
+    return running
+
+
+def _run_alone(task: Task, backend: str, task_timeout: float | None) -> ObservationResult | None:
+    """Run one task in a worker process of its own; None if that worker dies or times out."""
+    if backend == "dask":
+        from distributed import get_client
+
+        future = get_client().submit(run_task, task, pure=False)
+        try:
+            return future.result(timeout=task_timeout)
+        except _infrastructure_errors():
+            future.cancel()
+            return None
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(max_workers=1)
+    try:
+        return executor.submit(run_task, task).result(timeout=task_timeout)
+    except _infrastructure_errors():
+        return None
+    finally:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 def _statuses(descriptors: dict[str, ArrayDescriptor], observations: list[Observation]) -> list[tuple]:
@@ -372,24 +421,41 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
         log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
                  prepared.action, prepared.partial, len(prepared.todo), len(observations),
                  len({o.planet_id for o in observations}), data_dir, split, plan.describe(), backend)
-        parent = os.getpid() if backend == "loky" and plan.jobs > 1 else None
+        parent = os.getpid() if backend == "loky" else None
         bar = _progress(len(prepared.todo), progress)
         worker_peaks: dict[int, int] = {}
         todo = prepared.todo
+
+        def make_task(index: int) -> Task:
+            return Task(index, observations[index], str(data_dir), config, layouts, descriptors, plan.chunk_bytes,
+                        plan.threads, parent)
+
+        def collect(result: ObservationResult) -> None:
+            summary.results.append(result)
+            worker_peaks[result.pid] = max(worker_peaks.get(result.pid, 0), result.peak_rss)
+            _report(result, bar, len(summary.results), len(prepared.todo))
+            fault.coordinator_result(len(summary.results))
+
         try:
             with client:
                 for _ in range(MAX_ROUNDS):
-                    tasks = [Task(i, observations[i], str(data_dir), config, layouts, descriptors, plan.chunk_bytes,
-                                  plan.threads, parent) for i in todo]
                     try:
-                        for result in _execute(tasks, plan, backend, task_timeout):
-                            summary.results.append(result)
-                            worker_peaks[result.pid] = max(worker_peaks.get(result.pid, 0), result.peak_rss)
-                            _report(result, bar, len(summary.results), len(prepared.todo))
-                            fault.coordinator_result(len(summary.results))
+                        for result in _execute([make_task(i) for i in todo], plan, backend, task_timeout):
+                            collect(result)
                     except _infrastructure_errors() as exc:
-                        log.warning("a worker died (%s: %s); its observation is retried once",
-                                    type(exc).__name__, exc)
+                        # The pool is gone with every task in it: the culprit is among those running.
+                        suspects = _abandon_running(descriptors)
+                        log.warning("a worker died (%s: %s); %d observation(s) that were running are retried "
+                                    "one at a time", type(exc).__name__, exc, len(suspects))
+                        for index in suspects:
+                            result = _run_alone(make_task(index), backend, task_timeout)
+                            if result is None:
+                                message = (f"{observations[index].label}: its worker died while calibrating it "
+                                           "alone (killed, out of memory, or over the task timeout)")
+                                log.error(message)
+                                fail_observation(descriptors, index, message)
+                            else:
+                                collect(result)
                     todo = reconcile(descriptors)
                     if not todo:
                         mismatched = verify(descriptors)
@@ -415,6 +481,8 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     summary.seconds = time.perf_counter() - t_start
     own = os.getpid()
     summary.peak_rss_bound = peak_rss() + sum(v for pid, v in worker_peaks.items() if pid != own)
+    log.debug("peak RSS: coordinator %s, workers %s", format_bytes(peak_rss()),
+              ", ".join(f"{pid}: {format_bytes(v)}" for pid, v in worker_peaks.items() if pid != own))
     log.info("%d done, %d failed in %.1f s (%.1f obs/min); peak RSS of the process tree <= %s; wrote %s",
              len(summary.statuses) - len(summary.failed), len(summary.failed), summary.seconds,
              60 * len(summary.results) / max(summary.seconds, 1e-9), format_bytes(summary.peak_rss_bound), output)

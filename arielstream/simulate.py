@@ -14,7 +14,12 @@ The physics, in electrons (e):
   notebook's exposure times (AIRS t0 = 0.1 s, t1 = 4.6 s; FGS1 0.1 s, 0.2 s).
   Photon noise is drawn separately for the charge before ``t0`` and for the
   increment (normal approximation, clipped at 0), so the two reads are
-  correlated like a real ramp. Dead pixels collect no charge.
+  correlated like a real ramp. Dead pixels collect no charge (cosmic rays
+  included) and show read noise only.
+* the star signal of a read pair is evaluated at the pair: the transit shape at
+  the mean time of its two reads, the pointing at the mean jitter of its two
+  reads (the truth stores both per frame, the two frames of a pair share the
+  shape).
 * the detector is non-linear: the calibration polynomial ``f`` (linear_corr,
   ``q = f(m)``) maps the measured read ``m`` onto the charge; the simulator
   solves ``f(m) = q`` per pixel with Newton's method. Read noise is added to
@@ -22,10 +27,17 @@ The physics, in electrons (e):
 * the calibration files hold the true maps of their visit, so calibrating with
   them is perfect up to noise.
 
+The truth file of a visit (``simulation_truth/<split>/<planet_id>_visit<v>.npz``)
+holds the keys listed in the brief plus ``background_airs_rows`` (32,) (the AIRS
+background per row; ``background_airs`` is its mean), ``read_airs`` /
+``read_fgs1`` and ``linear_corr_airs`` / ``linear_corr_fgs1`` (6, 32, W).
+Cosmic-ray lists hold every hit, also those on dead pixels (which do not respond).
+
 Everything is drawn from ``numpy.random.default_rng`` seeded by a
 ``SeedSequence(seed, spawn_key=(split, planet index, visit, instrument,
 purpose, tile))``, so a planet's data depend neither on how many planets are
-simulated nor on how the signal files are cut into row groups.
+simulated nor on how the signal files are cut into row groups, and the train
+and test splits of one seed hold different planets.
 """
 
 from __future__ import annotations
@@ -108,6 +120,7 @@ BRIGHTNESS_RANGE = (0.3, 1.5)
 DEPTH_RANGE = (0.003, 0.02)
 T14_RANGE_H = (1.5, 4.0)
 MIDTIME_RANGE_H = (3.0, 4.5)
+MIN_INCLINATION_DEG = 85.5  # the real star_info range is 85.6 - 90
 AIRS_BACKGROUND = (5.0, 30.0)  # e/s/pixel
 AIRS_BACKGROUND_GRADIENT = 0.2  # max relative change from the central to an edge row
 FGS1_BACKGROUND = (20.0, 100.0)
@@ -188,16 +201,6 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float, size=None):
 
 
 # ---------------------------------------------------------------- non-linearity
-def polyval(m: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    """``c0 + c1 m + ... + c5 m^5`` (Horner); ``coeffs`` is ``(6, ...)`` broadcasting against ``m``."""
-    coeffs = np.asarray(coeffs)
-    out = np.zeros(np.broadcast_shapes(np.shape(m), coeffs.shape[1:]))
-    for c in coeffs[::-1]:
-        out *= m
-        out += c
-    return out
-
-
 _NEWTON_EXPR = ("(c0 + m*(c1 + m*(c2 + m*(c3 + m*(c4 + m*c5)))) - q)"
                 " / (c1 + m*(d1 + m*(d2 + m*(d3 + m*d4))))")
 _START_EXPR = "(q*p + s) * (1 - (q*p + s) * (a2 - (q*p + s) * (a3 - (q*p + s) * a4)))"
@@ -224,9 +227,15 @@ def _series_start(q: np.ndarray, c: np.ndarray, fast: bool) -> np.ndarray:
         "a4": (5 * c2**3 - 5 * c1 * c2 * c3 + c1 * c1 * c4) / c1**3,
     }
     if fast:
-        return ne.evaluate(_START_EXPR, local_dict=local)
-    u = q * local["p"] + local["s"]
-    return u * (1 - u * (local["a2"] - u * (local["a3"] - u * local["a4"])))
+        m = ne.evaluate(_START_EXPR, local_dict=local)
+    else:
+        u = q * local["p"] + local["s"]
+        m = u * (1 - u * (local["a2"] - u * (local["a3"] - u * local["a4"])))
+    if q.size and float(q.max()) * float(np.max(np.abs(local["a2"]))) > 0.2:
+        # far beyond the detector's range the truncated series turns over: start no lower than u / 2
+        u = q * local["p"] + local["s"]
+        np.copyto(m, 0.5 * u, where=(u > 0) & (m < 0.5 * u))
+    return m
 
 
 def invert_nonlinearity(q: np.ndarray, coeffs: np.ndarray, *, fast: bool = True, tol: float = NEWTON_TOL,
@@ -400,7 +409,7 @@ def _draw_star_and_orbit(rng: np.random.Generator, k: float) -> tuple[dict[str, 
         sma = a_au * 215.032 / Rs
         if not 4.2 <= sma <= 21.0:
             continue
-        b = rng.uniform(0.0, 0.85) * (1.0 - k)
+        b = rng.uniform(0.0, min(0.85 * (1.0 - k), sma * math.cos(math.radians(MIN_INCLINATION_DEG))))
         inc = math.degrees(math.acos(b / sma))
         t14, t23 = _durations_h(P, sma, inc, k)
         if T14_RANGE_H[0] <= t14 <= T14_RANGE_H[1] and t23 > 0:
@@ -421,7 +430,11 @@ def _stellar_spectrum(wl_um: np.ndarray, teff: float) -> np.ndarray:
 
 def _draw_planet(seed: int, split: str, index: int, taken: set[int], *, two_visit_fraction: float,
                  background_fraction: float, force_two_visits: bool) -> Planet:
-    # The id: planet index 1 always lies above 2**31 (int64 needed); re-drawn on a clash.
+    """Draw planet ``index`` from its own random streams (independent of the other planets).
+
+    The id of planet index 1 always lies above 2**31 (ids need int64); an id
+    already ``taken`` by an earlier planet is drawn again.
+    """
     id_rng = _rng(seed, split, index, 0, "planet", _P_ID)
     lo = 2**31 if index == 1 else PLANET_ID_RANGE[0]
     while True:
@@ -723,43 +736,32 @@ def _write_metadata(out: Path, n_bins: int) -> None:
                [list(target_wavelengths())])
 
 
-def _update_manifest(path: Path, common: dict, split: str, run: dict) -> None:
-    """Record this run; runs of the other split in the same folder are kept (same scale only)."""
-    splits: dict = {}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); replacing it", path, exc)
-            old = {}
-        for name, entry in (old.get("splits") or {}).items():
-            if name == split:
-                continue
-            if old.get("scale") != common["scale"]:
-                raise ValueError(
-                    f"{path.parent.parent} already holds a '{name}' split simulated at scale "
-                    f"{old.get('scale')}; axis_info.parquet is shared, so '{split}' must use the same scale"
-                )
-            splits[name] = entry
-    splits[split] = run
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**common, "split": split, "splits": splits}, indent=1))
-    tmp.replace(path)
+def _other_split_runs(path: Path, split: str, scale: float) -> dict:
+    """Runs of the other split recorded in an existing manifest; refuse a different scale.
 
-
-def _check_existing_manifest(path: Path, split: str, scale: float) -> None:
+    axis_info.parquet is shared by the splits of a folder, so they must share the scale.
+    """
     if not path.exists():
-        return
+        return {}
     try:
         old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    others = [s for s in (old.get("splits") or {}) if s != split]
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); it will be replaced", path, exc)
+        return {}
+    others = {name: run for name, run in (old.get("splits") or {}).items() if name != split}
     if others and old.get("scale") != scale:
         raise ValueError(
-            f"{path.parent.parent} already holds split(s) {others} simulated at scale {old.get('scale')}; "
-            f"axis_info.parquet is shared, so this run must use the same scale (got {scale})"
+            f"{path.parent.parent} already holds split(s) {sorted(others)} simulated at scale "
+            f"{old.get('scale')}; axis_info.parquet is shared, so '{split}' must use the same scale "
+            f"(got {scale})"
         )
+    return others
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- one visit
@@ -871,7 +873,7 @@ def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int
 
 
 # ---------------------------------------------------------------- public entry point
-def simulate_dataset(out_dir, *, n_planets: int, scale: float = 1.0, seed: int = 0, split: str = "train",
+def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0, seed: int = 0, split: str = "train",
                      two_visit_fraction: float = 0.1, row_group_frames: int | None = None,
                      cosmic_rate: float = 1.6e-5, background_fraction: float = 0.3,
                      compression: str = "zstd") -> list[tuple[int, int]]:
@@ -915,7 +917,7 @@ def simulate_dataset(out_dir, *, n_planets: int, scale: float = 1.0, seed: int =
 
     out = Path(out_dir)
     manifest_path = out / "simulation_truth" / "manifest.json"
-    _check_existing_manifest(manifest_path, split, float(scale))
+    _other_split_runs(manifest_path, split, float(scale))
     out.mkdir(parents=True, exist_ok=True)
     (out / "simulation_truth").mkdir(exist_ok=True)
     log.info("simulating %d %s planet(s) into %s: scale %g (%d bins, %d AIRS / %d FGS1 frames), seed %d",
@@ -968,5 +970,7 @@ def simulate_dataset(out_dir, *, n_planets: int, scale: float = 1.0, seed: int =
            "row_group_frames": row_group_frames, "cosmic_rate": cosmic_rate,
            "background_fraction": background_fraction, "compression": compression,
            "planets": planet_entries}
-    _update_manifest(manifest_path, {**common, "seed": seed}, split, run)
+    splits = {**_other_split_runs(manifest_path, split, float(scale)), split: run}
+    _write_json(manifest_path, {**common, "split": split, "seed": seed, "planets": planet_entries,
+                                "splits": dict(sorted(splits.items()))})
     return [(p.planet_id, p.n_visits) for p in planets]

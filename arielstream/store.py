@@ -13,7 +13,7 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
 
     /planet_id (obs,) int64      /visit (obs,) int16
     /status (obs,) int8          0 pending, 1 done, 2 failed, 3 running (being written, or its writer died)
-    /attempts (obs,) int8        how many times a worker started it (a worker that dies twice fails it)
+    /attempts (obs,) int8        unfinished starts (worker deaths; two fail it); 0 once done
     /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
     /error (obs,) S512           why an observation failed
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
@@ -150,7 +150,8 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
                 datasets[f"{lay.name}/dq"].attrs["axes"] = "obs,x,y"
             f.flush()
             offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
+        path.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot create the output file: {exc}") from None
     if any(off is None for off in offsets.values()):
         raise OutputError(f"{path}: HDF5 did not allocate every dataset early")
@@ -218,7 +219,14 @@ def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, v
 
 def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
                   provenance: dict[str, Any] | None = None) -> None:
-    """Write an observation's provenance, error and checksum, then (last, so it is true) its status."""
+    """Write an observation's provenance, error and checksum, then (last, so it is true) its status.
+
+    A done observation's ``attempts`` goes back to 0: it only counts unfinished
+    starts (worker deaths) while they matter, so a file finished after a crash is
+    byte-identical to one made in a single run; the log keeps the history.
+    """
+    if status == STATUS_DONE:
+        write_field(descriptors, "attempts", index, 0)
     write_field(descriptors, "checksum", index, checksum(descriptors, index).encode() if status == STATUS_DONE
                 else b"")
     for key, text, size in (("error", error, ERROR_BYTES),

@@ -23,7 +23,7 @@ def _worst(ours: np.ndarray, theirs: np.ndarray, good: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def notebook_run(small_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "nb.h5"
-    summary = calibrate(small_dataset, out, config=build_config(profile="notebook"), progress=False)
+    summary = calibrate(small_dataset, out, config=build_config(profile="notebook"), jobs=1, progress=False)
     assert summary.ok
     return out
 
@@ -52,7 +52,7 @@ def test_notebook_profile_with_nonlinearity_matches_the_notebook_loop(small_data
     """The notebook's own (slow) poly1d loop, switched on, agrees with the vectorised Horner."""
     obs = discover_observations(small_dataset, "train")[0]
     out = tmp_path / "nb_nl.h5"
-    calibrate(small_dataset, out, planets=[obs.planet_id], progress=False,
+    calibrate(small_dataset, out, planets=[obs.planet_id], jobs=1, progress=False,
               config=build_config(profile="notebook", nonlinearity=True))
     ref = notebook_calibrate(small_dataset, obs.folder, obs.visit, do_the_nl_corr=True)
     with h5py.File(out) as f:

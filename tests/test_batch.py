@@ -1,0 +1,283 @@
+"""Batch runs: parallel == serial, crashes, resumes, locks, limits, the memory budget, dask.
+
+Signals, locks and kills are exercised on real subprocesses running the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from arielstream import calibrate
+from arielstream.cli import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_TEMPFAIL, EXIT_TERMINATED
+from arielstream.layout import discover_observations
+from arielstream.lifecycle import RunLock, partial_path
+
+from .conftest import DATA_SAMPLES
+
+
+def start_cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "arielstream", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def run_cli(*args, env=None, timeout=300, **kw):
+    proc = start_cli(*args, env=env, **kw)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def calibrate_cli(out, *extra, env=None, data=DATA_SAMPLES):
+    return run_cli("calibrate", data, "-o", out, "--no-progress", *extra, env=env)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    return a.read_bytes() == b.read_bytes()
+
+
+def statuses(path: Path) -> np.ndarray:
+    """Observation statuses; empty while the file is being laid out (it is locked then)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return f["status"][()]
+    except (OSError, KeyError):
+        return np.array([], dtype=np.int8)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> Path:
+    """The reference: data_samples calibrated in one uninterrupted serial run."""
+    out = tmp_path_factory.mktemp("clean") / "clean.h5"
+    summary = calibrate(DATA_SAMPLES, out, jobs=1, progress=False)
+    assert summary.ok and summary.action == "new"
+    return out
+
+
+def test_jobs_2_is_bit_identical_to_jobs_1(clean_run, tmp_path):
+    out = tmp_path / "parallel.h5"
+    code, stdout, stderr = calibrate_cli(out, "--jobs", "2")
+    assert code == 0, stderr
+    assert "2 worker(s) x 1 thread(s)" in stderr
+    assert same_bytes(out, clean_run)
+
+
+def test_rerun_after_success_changes_nothing(clean_run, tmp_path):
+    out = tmp_path / "o.h5"
+    shutil.copy(clean_run, out)
+    before = (out.stat().st_mtime_ns, out.read_bytes())
+    code, stdout, _ = calibrate_cli(out, "--jobs", "1")
+    assert code == 0 and "already complete" in stdout and "nothing to do" in stdout
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before
+    assert not partial_path(out).exists()
+
+
+def test_changed_config_is_refused_unless_forced(clean_run, tmp_path):
+    out = tmp_path / "o.h5"
+    shutil.copy(clean_run, out)
+    code, _, stderr = calibrate_cli(out, "--skip", "flat")
+    assert code == EXIT_CONFIG and "config differs in flat" in stderr and "--force" in stderr
+    assert same_bytes(out, clean_run)
+    code, _, stderr = calibrate_cli(out, "--skip", "flat", "--force", "--jobs", "1")
+    assert code == 0, stderr
+    with h5py.File(out) as f:
+        assert '"flat": false' in f.attrs["config"]
+
+
+def test_a_worker_killed_mid_observation_is_retried_and_the_output_equals_a_clean_run(clean_run, tmp_path):
+    obs = discover_observations(DATA_SAMPLES, "train")[1]
+    out = tmp_path / "o.h5"
+    marker = tmp_path / "killed-once"
+    code, _, stderr = calibrate_cli(out, "--jobs", "2",
+                                    env={"ARIELSTREAM_FAULT": f"kill-worker:{obs.planet_id}:{obs.visit}:{marker}"})
+    assert marker.exists(), "the fault was injected"
+    assert code == 0, stderr
+    assert "a worker died" in stderr
+    assert same_bytes(out, clean_run)
+    with h5py.File(out) as f:
+        assert (f["status"][()] == 1).all() and (f["attempts"][()] == 0).all()
+
+
+def test_a_worker_that_keeps_dying_fails_only_its_observation(tmp_path):
+    obs = discover_observations(DATA_SAMPLES, "train")[0]
+    out = tmp_path / "o.h5"
+    code, stdout, stderr = calibrate_cli(out, "--jobs", "2",
+                                         env={"ARIELSTREAM_FAULT": f"kill-worker:{obs.planet_id}:{obs.visit}"})
+    assert code == EXIT_FAILURES, stderr
+    assert "its worker died while calibrating it alone" in stdout
+    assert list(statuses(out)) == [2, 1, 1]
+    with h5py.File(out) as f:
+        assert np.isnan(f["AIRS-CH0/signal"][0]).all()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_killed_coordinator_leaves_a_readable_file_and_the_rerun_finishes_it(clean_run, tmp_path, jobs):
+    out = tmp_path / "o.h5"
+    code, _, _ = calibrate_cli(out, "--jobs", jobs, env={"ARIELSTREAM_FAULT": "kill-coordinator:1"})
+    assert code == -signal.SIGKILL
+    assert not out.exists() and partial_path(out).exists()
+    assert (statuses(partial_path(out)) == 1).sum() >= 1  # h5py opens it; what was done is recorded
+    code, stdout, stderr = calibrate_cli(out, "--jobs", jobs)
+    assert code == 0, stderr
+    assert "resume" in stderr
+    assert same_bytes(out, clean_run)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_workers_do_not_outlive_a_killed_coordinator(tmp_path):
+    out = tmp_path / "o.h5"
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "2", "--no-progress",
+                     env={"ARIELSTREAM_FAULT": "slow:0.5"})
+    try:
+        _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 3).sum() >= 1, 60,
+                  "a worker to start an observation")
+        workers = [p for p in _children(proc.pid) if _alive(p)]
+        assert workers
+        proc.kill()
+        proc.communicate()
+        _wait_for(lambda: not any(_alive(p) for p in workers), 20, "the orphaned workers to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    code, _, stderr = calibrate_cli(out, "--jobs", "2")
+    assert code == 0, stderr
+
+
+def test_sigterm_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_run, tmp_path):
+    out = tmp_path / "o.h5"
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress",
+                     env={"ARIELSTREAM_FAULT": "slow:0.4"})
+    _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 1).sum() >= 1, 120,
+              "the first observation")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED, stderr
+    assert "run the same command to resume" in stderr
+    status = statuses(partial_path(out))
+    assert (status == 1).sum() >= 1 and not (status == 3).any()  # nothing left "running"
+    with RunLock(out):  # the lock was released
+        pass
+    code, _, stderr = calibrate_cli(out, "--jobs", "1")
+    assert code == 0 and same_bytes(out, clean_run)
+
+
+def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
+    out = tmp_path / "o.h5"
+    with RunLock(out):
+        t0 = time.monotonic()
+        code, _, stderr = calibrate_cli(out)
+        assert code == EXIT_TEMPFAIL and "another arielstream run is writing it" in stderr
+        assert time.monotonic() - t0 < 30
+    first = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress",
+                      env={"ARIELSTREAM_FAULT": "slow:0.3"})
+    try:
+        _wait_for(lambda: partial_path(out).exists(), 60, "the first run to start")
+        code, _, stderr = calibrate_cli(out)
+        assert code == EXIT_TEMPFAIL and f"pid {first.pid}" in stderr
+    finally:
+        first.communicate(timeout=300)
+    assert first.returncode == 0
+
+
+def test_a_file_size_limit_fails_cleanly_before_any_worker_starts(tmp_path):
+    out = tmp_path / "o.h5"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # the sample output is ~580 kB
+
+    code, _, stderr = run_cli("calibrate", DATA_SAMPLES, "-o", out, "--no-progress", preexec_fn=limit)
+    assert code == EXIT_CANTCREAT, stderr
+    assert "o.h5.partial: cannot" in stderr and "File too large" in stderr
+    assert "Traceback" not in stderr and "worker" not in stderr.split("cannot")[0]
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def _tree_rss(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in (Path("/proc") / str(p) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+        stack.extend(_children(p))
+    return total
+
+
+@pytest.fixture(scope="module")
+def wide_dataset(tmp_path_factory) -> Path:
+    """Two planets with a quarter of the real frames: wide enough that chunks matter."""
+    from arielstream.simulate import simulate_dataset
+
+    root = tmp_path_factory.mktemp("wide")
+    simulate_dataset(root, n_planets=2, scale=0.25, seed=3, two_visit_fraction=0.0)
+    return root
+
+
+def test_the_memory_budget_holds_for_the_whole_process_tree(wide_dataset, tmp_path):
+    budget = 900_000_000
+    out = tmp_path / "o.h5"
+    proc = start_cli("calibrate", wide_dataset, "-o", out, "--jobs", "2", "--memory", budget, "--no-progress", "-vv")
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    bound = int(stdout.split("peak RSS of the process tree <= ")[1].split(" MB")[0]) * 10**6
+    assert "2 worker(s)" in stderr
+    assert peak <= budget, f"sampled tree RSS {peak / 1e6:.0f} MB over the {budget / 1e6:.0f} MB budget"
+    assert bound <= budget, f"sum of process peaks {bound / 1e6:.0f} MB over the budget\n{stdout}\n{stderr}"
+    assert peak > 0.3 * budget  # the measurement saw the work
+
+
+def test_dask_backend_on_a_local_cluster_gives_the_same_bytes(clean_run, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        out = tmp_path / "dask.h5"
+        summary = calibrate(DATA_SAMPLES, out, backend="dask", scheduler=cluster.scheduler_address,
+                            task_timeout=300, progress=False, log_file=False)
+        assert summary.ok
+        pids = {r.pid for r in summary.results}
+        assert os.getpid() not in pids  # the work ran in the cluster's processes
+    assert same_bytes(out, clean_run)
