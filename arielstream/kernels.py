@@ -14,12 +14,14 @@ What the fast path uses (all exact rearrangements of the recipe):
   are applied to the binned block, 30-360 times fewer values.
 * Without non-linearity, CDS and binning are integer sums of raw counts (exact);
   the gain is applied once per bin.
-* With non-linearity, one numexpr expression evaluates ADC + Horner polynomial on
-  both reads of a pair and their difference, in cache-sized blocks.
+* With non-linearity, the ADC is folded into the polynomial's coefficients (per
+  pixel, once per block) and one numexpr expression evaluates the Horner
+  polynomial on both reads of a pair and their difference, in cache-sized blocks.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numexpr as ne
@@ -45,38 +47,56 @@ class BlockCalibration:
         return self.width * (2 if self.cds else 1)
 
 
-def _horner_expr(var: str, order: int) -> str:
-    expr = f"c{order}"
-    for k in range(order - 1, -1, -1):
-        expr = f"({expr}*{var} + c{k})"
-    return expr
+def fold_adc(coeffs: np.ndarray, gain: float | None, offset: float) -> np.ndarray:
+    """Coefficients ``q`` of the polynomial in raw counts equal to ``P(raw / gain + offset)``.
 
-
-def _coefficient_env(coeffs: np.ndarray) -> dict[str, np.ndarray]:
+    ``q_k = gain^-k * sum_{j>=k} c_j * C(j, k) * offset^(j-k)`` (float64): evaluating
+    ``Q(raw)`` by Horner saves the two ADC operations per read. ``gain=None``: no ADC.
+    """
     c = np.asarray(coeffs, dtype=np.float64)
-    return {f"c{k}": np.ascontiguousarray(c[k])[:, np.newaxis] for k in range(c.shape[0])}
+    if gain is None:
+        return c.copy()
+    q = np.zeros_like(c)
+    for k in range(c.shape[0]):
+        for j in range(k, c.shape[0]):
+            q[k] += c[j] * (math.comb(j, k) * float(offset) ** (j - k))
+        q[k] *= (1.0 / gain) ** k
+    return q
+
+
+def _horner_expr(var: str, order: int, constant: bool) -> str:
+    """``q_order*v^order + ... + q1*v (+ q0)`` as a Horner-form numexpr expression."""
+    expr = f"q{order}"
+    for k in range(order - 1, 0, -1):
+        expr = f"({expr}*{var} + q{k})"
+    expr = f"{expr}*{var}"
+    return f"({expr} + q0)" if constant else expr
+
+
+def _coefficient_env(q: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"q{k}": np.ascontiguousarray(q[k])[:, np.newaxis] for k in range(q.shape[0])}
 
 
 def nonlinear_cds(start: np.ndarray, end: np.ndarray, coeffs: np.ndarray, gain: float | None,
                   offset: float) -> np.ndarray:
-    """``P(adc(end)) - P(adc(start))`` per pixel and pair (numexpr).
+    """``P(adc(end)) - P(adc(start))`` per pixel and pair, float64 (numexpr).
 
-    ``start``/``end`` are ``(P, pairs)`` reads (any real dtype numexpr reads:
-    float32 holds uint16 exactly); ``coeffs`` is ``(N+1, P)``.
+    ``start``/``end`` are ``(P, pairs)`` raw reads in any dtype numexpr reads (float32
+    holds uint16 exactly; strided views of one array are fine); ``coeffs`` is
+    ``(N+1, P)``. The ADC is folded into the coefficients and the constant term,
+    which cancels in the difference, is left out: 2N operations per read.
     """
-    order = coeffs.shape[0] - 1
-    env = _coefficient_env(coeffs)
-    scale = 1.0 if gain is None else 1.0 / gain
-    shift = 0.0 if gain is None else float(offset)
-    env.update(s=start, e=end, g=np.float64(scale), o=np.float64(shift))
-    xs, xe = "(s*g + o)", "(e*g + o)"
-    expr = f"{_horner_expr(xe, order)} - {_horner_expr(xs, order)}"
+    q = fold_adc(coeffs, gain, offset)
+    env = _coefficient_env(q)
+    env.update(s=start, e=end)
+    order = q.shape[0] - 1
+    expr = f"{_horner_expr('e', order, False)} - {_horner_expr('s', order, False)}"
     return ne.evaluate(expr, local_dict=env, global_dict={})
 
 
 def nonlinear_cds_reference(start: np.ndarray, end: np.ndarray, coeffs: np.ndarray, gain: float | None,
                             offset: float) -> np.ndarray:
-    """Numpy twin of :func:`nonlinear_cds`."""
+    """Numpy twin of :func:`nonlinear_cds`: ADC, then the polynomial, then the difference."""
     def convert(x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64) if gain is None else steps.adc_convert(x, gain, offset)
 
@@ -84,13 +104,11 @@ def nonlinear_cds_reference(start: np.ndarray, end: np.ndarray, coeffs: np.ndarr
 
 
 def nonlinear_reads(x: np.ndarray, coeffs: np.ndarray, gain: float | None, offset: float) -> np.ndarray:
-    """``P(adc(x))`` per pixel and frame (numexpr), for runs without CDS."""
-    order = coeffs.shape[0] - 1
-    env = _coefficient_env(coeffs)
-    scale = 1.0 if gain is None else 1.0 / gain
-    shift = 0.0 if gain is None else float(offset)
-    env.update(x=x, g=np.float64(scale), o=np.float64(shift))
-    return ne.evaluate(_horner_expr("(x*g + o)", order), local_dict=env, global_dict={})
+    """``P(adc(x))`` per pixel and frame, float64 (numexpr), for runs without CDS."""
+    q = fold_adc(coeffs, gain, offset)
+    env = _coefficient_env(q)
+    env.update(x=x)
+    return ne.evaluate(_horner_expr("x", q.shape[0] - 1, True), local_dict=env, global_dict={})
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:
@@ -119,14 +137,14 @@ def calibrate_block(raw: np.ndarray, dt: np.ndarray | None, cal: BlockCalibratio
     if raw.ndim != 2 or raw.shape[1] % cal.frames_per_bin:
         raise ValueError(f"block of shape {raw.shape} does not span whole bins of {cal.frames_per_bin} frames")
     if cal.cds:
-        start, end = raw[:, 0::2], raw[:, 1::2]
         if cal.coeffs is None:
-            diff = np.subtract(end, start, dtype=np.int32)
+            diff = np.subtract(raw[:, 1::2], raw[:, 0::2], dtype=np.int32)
             binned = _bin_sum(diff, cal.width, dtype=np.int64).astype(np.float64)
             if cal.gain is not None:
                 binned /= cal.gain
         else:
-            samples = nonlinear_cds(_as_float32(start), _as_float32(end), cal.coeffs, cal.gain, cal.offset)
+            reads = _as_float32(raw)  # one pass; numexpr reads the strided start/end views of it
+            samples = nonlinear_cds(reads[:, 0::2], reads[:, 1::2], cal.coeffs, cal.gain, cal.offset)
             binned = _bin_sum(samples, cal.width)
     else:
         if cal.coeffs is None:

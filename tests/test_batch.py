@@ -172,7 +172,7 @@ def test_workers_do_not_outlive_a_killed_coordinator(tmp_path):
         assert workers
         proc.kill()
         proc.communicate()
-        _wait_for(lambda: not any(_alive(p) for p in workers), 20, "the orphaned workers to exit")
+        _wait_for(lambda: not any(_alive(p) for p in workers), 5, "the orphaned workers to exit")
     finally:
         if proc.poll() is None:
             proc.kill()

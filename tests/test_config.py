@@ -63,3 +63,22 @@ def test_config_is_frozen_and_round_trips_through_json():
     with pytest.raises(AttributeError):
         c.airs_bin = 3
     assert build_config(**json.loads(c.to_json())) == c
+
+
+def test_run_options_from_toml_and_the_command_line(tmp_path):
+    from arielstream.config import RunOptions, load_run_options
+
+    path = tmp_path / "run.toml"
+    path.write_text('[run]\nmemory = "24GB"\njobs = "auto"\nsplit = "test"\nplanets = [1, 2]\ntask_timeout = 900\n')
+    run = load_run_options(path)
+    assert run == RunOptions(split="test", planets=(1, 2), memory="24GB", jobs=None, task_timeout=900)
+    run = load_run_options(path, jobs=2, split=None)
+    assert run.jobs == 2 and run.split == "test"
+    path.write_text('[run]\njobs = 0\n')
+    with pytest.raises(ConfigError, match="run.toml: jobs must be a positive integer"):
+        load_run_options(path)
+    path.write_text('[run]\nworkers = 3\n')
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_run_options(path)
+    with pytest.raises(ConfigError, match="needs a scheduler"):
+        load_run_options(backend="dask")

@@ -34,6 +34,17 @@ def test_nonlinear_cds_matches_reference():
     np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-9 * np.abs(ref).max())
 
 
+def test_folding_the_adc_into_the_polynomial_is_exact():
+    rng = np.random.default_rng(4)
+    coeffs = _coeffs(rng, 5)
+    raw = rng.integers(0, 65535, size=(5, 50)).astype(np.float64)
+    q = kernels.fold_adc(coeffs, 0.4369, -1000.0)
+    folded = sum(q[k][:, None] * raw**k for k in range(6))
+    direct = kernels.steps.correct_nonlinearity(raw / 0.4369 - 1000.0, coeffs)
+    np.testing.assert_allclose(folded, direct, rtol=1e-12)
+    np.testing.assert_array_equal(kernels.fold_adc(coeffs, None, -1000.0), coeffs)
+
+
 def test_nonlinear_reads_matches_reference():
     rng = np.random.default_rng(6)
     raw = _raw(rng, 9, 12)
