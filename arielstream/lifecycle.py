@@ -8,8 +8,8 @@ States of ``OUT.h5`` and ``OUT.h5.partial`` and what a run does with them:
 * ``OUT.h5`` exists, the same, and every observation is done → **nothing to do**;
   the same but some observations failed → it goes back to ``.partial`` and only
   the failed ones are retried;
-* anything made differently → refused (:class:`ConfigMismatchError`) unless
-  ``force``, which starts afresh (the old ``OUT.h5`` stays until the new one is
+* anything made differently → refused (:class:`ConfigMismatchError`);
+* ``force`` → always start afresh (the old ``OUT.h5`` stays until the new one is
   published).
 
 When every observation has a final status the checksums are verified, the file
@@ -163,14 +163,12 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     """Decide from what is on disk whether to create, resume, retry or do nothing (see module doc)."""
     output = Path(output)
     partial = partial_path(output)
-    for candidate, published in ((partial, False), (output, True)):
+    existing = [] if force else [(partial, False), (output, True)]
+    for candidate, published in existing:
         if not candidate.exists():
             continue
         problems = _identity_mismatch(candidate, identity, observations, layouts)
         if problems:
-            if force:
-                log.warning("%s was made differently (%s); --force: starting afresh", candidate, "; ".join(problems))
-                continue
             raise ConfigMismatchError(
                 f"{candidate}: made by a different run: {'; '.join(problems)}. Refusing to mix results; "
                 "use --force to recompute everything (or another output name)")

@@ -281,3 +281,13 @@ def test_dask_backend_on_a_local_cluster_gives_the_same_bytes(clean_run, tmp_pat
         pids = {r.pid for r in summary.results}
         assert os.getpid() not in pids  # the work ran in the cluster's processes
     assert same_bytes(out, clean_run)
+
+
+def test_force_recomputes_even_a_complete_output(clean_run, tmp_path):
+    out = tmp_path / "o.h5"
+    shutil.copy(clean_run, out)
+    with h5py.File(out, "r+") as f:  # tamper: only a recomputation restores it
+        f["FGS1/signal"][0, 0, 0, 0] = 12345.0
+    code, stdout, stderr = calibrate_cli(out, "--force", "--jobs", "1")
+    assert code == 0 and "this run computed 3" in stdout, stderr
+    assert same_bytes(out, clean_run)
