@@ -9,11 +9,11 @@ DATA   ?= data_samples
 MEMORY ?= 2GB
 STAMP  := $(VENV)/.installed
 
-.PHONY: install calibrate test lint data-samples clean
+.PHONY: install calibrate test lint bench data-samples clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dask,fast]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check arielstream tests bin
+
+## Speed and memory against the Parquet decode floor and the notebook (several minutes; not part of make test).
+bench: $(STAMP)
+	$(BIN)/python -m arielstream.bench
 
 ## Regenerate data_samples/ from the simulator (fixed seed): only when the simulator changes.
 data-samples: $(STAMP)

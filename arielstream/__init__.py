@@ -4,8 +4,15 @@
 >>> summary = arielstream.calibrate("data_samples", "out.h5")        # doctest: +SKIP
 """
 
-from ._version import __version__
-from .config import CalibrationConfig, build_config, load_config
-from .runner import calibrate
+import os as _os
+
+# Arrow's default allocator (mimalloc) keeps what a process freed: ~50 MB more peak RSS per
+# worker on a full-size observation than the system allocator, for no speed (BENCHMARKS.md).
+# Arrow reads this once, at its import: it only takes effect if pyarrow is not imported yet.
+_os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+from ._version import __version__  # noqa: E402
+from .config import CalibrationConfig, build_config, load_config  # noqa: E402
+from .runner import calibrate  # noqa: E402
 
 __all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate"]

@@ -27,8 +27,16 @@ RESIDENT_BYTES_PER_VALUE = 8
 # Bytes per raw value of the computation of a chunk: float32 copies of both reads (4),
 # the float64 non-linear CDS (4), numexpr and binning temporaries (~2).
 COMPUTE_BYTES_PER_VALUE = 10
-# Chunks bigger than this buy no speed (see BENCHMARKS.md); a larger --memory is left unused.
-MAX_CHUNK_BYTES = 192 * 10**6
+# Fixed cost of decoding one column in a read, whatever its length: pyarrow's column reader,
+# page and decompression buffers (measured 18-27 kB per column on 11k-column files, BENCHMARKS.md).
+# It dominates for short files: reading all 9,024 AIRS columns of a 270-frame file costs ~150 MB.
+COLUMN_OVERHEAD_BYTES = 24_000
+# Reads decoded at once for one block: the one being calibrated and the next, prefetched
+# in the background (arielstream.reader.prefetch).
+READS_IN_FLIGHT = 2
+# Chunks bigger than this buy no speed (decode time is flat from one spatial row per block
+# upwards, see BENCHMARKS.md); a larger --memory is left unused, and one worker stays near 300 MB.
+MAX_CHUNK_BYTES = 64 * 10**6
 
 
 def parse_bytes(text: str | int) -> int:
@@ -97,9 +105,11 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
     def in_flight(target: int) -> int:
         return min(target + largest - 1, available) + frames_per_bin
 
+    resident = READS_IN_FLIGHT * RESIDENT_BYTES_PER_VALUE
+    fixed = READS_IN_FLIGHT * COLUMN_OVERHEAD_BYTES  # per pixel (one column each)
     target = n_frames
     while True:
-        per_pixel = in_flight(target) * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
+        per_pixel = in_flight(target) * (resident + COMPUTE_BYTES_PER_VALUE) + fixed
         block = budget // per_pixel
         if block >= min(pixels_per_row, n_pixels) or target <= largest:
             break
@@ -107,7 +117,7 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
     rows = in_flight(target)
     chunk_frames = None
     if block < 1:
-        per_pixel = rows * RESIDENT_BYTES_PER_VALUE + frames_per_bin * COMPUTE_BYTES_PER_VALUE
+        per_pixel = rows * resident + frames_per_bin * COMPUTE_BYTES_PER_VALUE + fixed
         block = budget // per_pixel
         chunk_frames = frames_per_bin
         if block < 1:
@@ -119,10 +129,10 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
         block = block // pixels_per_row * pixels_per_row
     if chunk_frames is not None:
         # spend what the resident data leaves on longer chunks
-        spare = budget - block * rows * RESIDENT_BYTES_PER_VALUE
+        spare = budget - block * (rows * resident + fixed)
         chunk_frames = max(frames_per_bin,
                            spare // (block * COMPUTE_BYTES_PER_VALUE) // frames_per_bin * frames_per_bin)
-        estimated = block * (rows * RESIDENT_BYTES_PER_VALUE + chunk_frames * COMPUTE_BYTES_PER_VALUE)
+        estimated = block * (rows * resident + chunk_frames * COMPUTE_BYTES_PER_VALUE + fixed)
     else:
-        estimated = block * rows * (RESIDENT_BYTES_PER_VALUE + COMPUTE_BYTES_PER_VALUE)
+        estimated = block * per_pixel
     return ChunkPlan(int(block), int(target), chunk_frames, int(estimated))

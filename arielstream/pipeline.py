@@ -26,7 +26,7 @@ from .kernels import BlockCalibration, calibrate_block
 from .layout import INSTRUMENTS, Instrument, Observation
 from .memory import plan_chunks
 from .metadata import DatasetInfo, target_labels
-from .reader import SignalFile
+from .reader import SignalFile, prefetch
 from .recipe import needed_calibration, runs, step_status
 from .store import ArrayDescriptor, InstrumentLayout
 
@@ -147,7 +147,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
 
     out = signal.open(index)
     try:
-        for chunk in reader.iter_chunks(sel.pixels, plan, n_used, fpb):
+        for chunk in prefetch(reader.iter_chunks(sel.pixels, plan, n_used, fpb)):
             p = chunk.pixels
             block_cal = BlockCalibration(
                 gain=adc.gain if runs(status, "adc") else None,

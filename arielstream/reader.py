@@ -19,9 +19,12 @@ block of columns decodes only those columns and bounds memory by the block (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -160,3 +163,60 @@ class SignalFile:
                     raise InputError(self.path, f"only {position} of {n_frames} frames could be read")
         finally:
             pa.default_memory_pool().release_unused()
+
+
+T = TypeVar("T")
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], ahead: int = 1) -> Iterator[T]:
+    """Produce the next ``ahead`` items in a background thread while the caller works on the current one.
+
+    Decoding (pyarrow) and the per-column copy of the next chunk then overlap the
+    calibration and writing of this one; both release the GIL for their heavy
+    parts. At most ``ahead`` items wait beyond the one the caller holds: the chunk
+    planner counts them. Exceptions are re-raised in the caller; closing the
+    iterator stops the thread.
+    """
+    slots = threading.Semaphore(ahead)
+    handoff: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            source = iter(items)
+            while True:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                try:
+                    item = next(source)
+                except StopIteration:
+                    handoff.put(_END)
+                    return
+                handoff.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            handoff.put(_Failed(exc))
+
+    thread = threading.Thread(target=produce, name="arielstream-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            slots.release()
+            yield item
+    finally:
+        stop.set()
+        slots.release()
+        thread.join()

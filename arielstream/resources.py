@@ -125,9 +125,12 @@ def pin_threads(threads: int) -> None:
     import numexpr
     import pyarrow
 
+    from . import compiled
+
     threads = max(1, int(threads))
     numexpr.set_num_threads(threads)
     pyarrow.set_cpu_count(threads)
+    compiled.set_threads(threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
 

@@ -44,6 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import compiled
 from ._version import __version__
 from .config import CalibrationConfig
 from .dq import BITS
@@ -389,13 +390,13 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     data_dir, output = Path(data_dir), Path(output)
     if not output.parent.is_dir():
         raise OutputError(f"{output.parent}: output folder does not exist")
-    info = read_dataset_info(data_dir)
+    info = dataset_info(data_dir)
     observations = discover_observations(data_dir, split, planets)
     if not observations:
         raise InputError(data_dir / split, "no planet folders found")
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
-    identity = {"arielstream_version": code_version(), "config": config.to_json(), "split": split,
-                "source": str(data_dir.resolve())}
+    identity = {"arielstream_version": code_version(), "engine": compiled.engine(), "config": config.to_json(),
+                "split": split, "source": str(data_dir.resolve())}
     attrs: dict[str, Any] = {**identity, "profile": config.profile, "recipe": describe_recipe(),
                              "wavelength_order": config.wavelength_order, "dq_bits": dict(BITS)}
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
@@ -409,14 +410,15 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
             summary.statuses = _statuses(descriptors, observations)
             summary.seconds = time.perf_counter() - t_start
             return summary
-        if backend == "dask":
+        if chunk_bytes is not None:  # set directly (tests, experiments): no budget planning
+            jobs_now = 1 if backend == "dask" else (jobs or min(available_cores(), len(prepared.todo)))
+            plan = WorkerPlan(jobs_now, max(1, available_cores() // jobs_now), int(chunk_bytes), budget,
+                              current_rss())
+        elif backend == "dask":
             plan = plan_workers(budget, 1, 1, 1, current_rss())
-            client = _dask_client(scheduler)
         else:
             plan = plan_workers(budget, len(prepared.todo), jobs, available_cores(), current_rss())
-            client = contextlib.nullcontext()
-        if chunk_bytes is not None:
-            plan = WorkerPlan(plan.jobs, plan.threads, int(chunk_bytes), plan.budget, plan.process_bytes)
+        client = _dask_client(scheduler) if backend == "dask" else contextlib.nullcontext()
         summary.plan = plan
         log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
                  prepared.action, prepared.partial, len(prepared.todo), len(observations),

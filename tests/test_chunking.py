@@ -51,7 +51,7 @@ def test_bin_sized_chunks_equal_whole_for_fgs1(whole, small_dataset, tmp_path, c
     """A budget below one pixel of a whole row group: the reader hands out a few bins at a time."""
     out = tmp_path / "tiny.h5"
     with caplog.at_level(logging.DEBUG, logger="arielstream.pipeline"):
-        calibrate(small_dataset, out, chunk_bytes=70_000, jobs=1, progress=False,
+        calibrate(small_dataset, out, chunk_bytes=200_000, jobs=1, progress=False,
                   config=build_config(instruments=["FGS1"]))
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f["FGS1/signal"][()], whole["FGS1/signal"])

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from arielstream import kernels
+from arielstream import compiled, kernels
 
 
 def _coeffs(rng, n):
@@ -55,11 +55,19 @@ def test_nonlinear_reads_matches_reference():
 
 
 SWITCHES = list(itertools.product([True, False], repeat=5))
+ENGINES = ["numexpr"] + (["numba"] if compiled.numba is not None else [])
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, monkeypatch):
+    monkeypatch.setenv("ARIELSTREAM_ENGINE", request.param)
+    assert compiled.available() == (request.param == "numba")
+    return request.param
 
 
 @pytest.mark.parametrize("adc,nonlin,dark,cds,flat", SWITCHES)
 @pytest.mark.parametrize("width", [1, 3])
-def test_calibrate_block_matches_the_step_by_step_recipe(adc, nonlin, dark, cds, flat, width):
+def test_calibrate_block_matches_the_step_by_step_recipe(engine, adc, nonlin, dark, cds, flat, width):
     rng = np.random.default_rng(7)
     pixels, frames = 11, 2 * width * 5
     raw = _raw(rng, pixels, frames)
@@ -84,7 +92,21 @@ def test_calibrate_block_refuses_a_block_that_splits_a_bin():
         kernels.calibrate_block(np.zeros((2, 90), np.uint16), None, cal)
 
 
-def test_integer_cds_path_is_exact():
+@pytest.mark.skipif(compiled.numba is None, reason="numba not installed")
+def test_compiled_kernels_match_numexpr_and_reference():
+    rng = np.random.default_rng(8)
+    raw = _raw(rng, 13, 120)
+    coeffs = _coeffs(rng, 13)
+    q = kernels.fold_adc(coeffs, 0.4369, -1000.0)
+    fast = compiled.cds_polynomial_bins(raw, q, 6)
+    ref = kernels.steps.bin_time(kernels.nonlinear_cds_reference(raw[:, 0::2], raw[:, 1::2], coeffs, 0.4369,
+                                                                 -1000.0), 6)
+    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    counts = compiled.cds_count_bins(raw, 6)
+    np.testing.assert_array_equal(counts, kernels.steps.bin_time(raw[:, 1::2].astype(np.int64) - raw[:, 0::2], 6))
+
+
+def test_integer_cds_path_is_exact(engine):
     """Without non-linearity the CDS and binning are integer sums: no rounding at all before the gain."""
     raw = np.array([[100, 65535, 0, 65535]], dtype=np.uint16)
     cal = kernels.BlockCalibration(gain=1.0, offset=-1000.0, coeffs=None, dark=None, flat=None, cds=True, width=2)

@@ -6,7 +6,9 @@ import pytest
 
 from arielstream.errors import MemoryBudgetError
 from arielstream.memory import (
+    COLUMN_OVERHEAD_BYTES,
     COMPUTE_BYTES_PER_VALUE,
+    READS_IN_FLIGHT,
     RESIDENT_BYTES_PER_VALUE,
     parse_bytes,
     plan_chunks,
@@ -30,7 +32,8 @@ def test_plans_fit_their_budget_and_use_whole_rows(budget, row_groups):
     try:
         plan = plan_chunks(9024, 282, row_groups, n_frames, 60, budget)
     except MemoryBudgetError:
-        assert (max(row_groups) + 60) * RESIDENT_BYTES_PER_VALUE + 60 * COMPUTE_BYTES_PER_VALUE > budget
+        assert (max(row_groups) + 60) * READS_IN_FLIGHT * RESIDENT_BYTES_PER_VALUE + 60 * COMPUTE_BYTES_PER_VALUE \
+            + READS_IN_FLIGHT * COLUMN_OVERHEAD_BYTES > budget
         return
     assert plan.estimated_bytes <= budget
     assert max(row_groups) <= plan.rows_per_read or plan.rows_per_read >= n_frames
@@ -47,7 +50,7 @@ def test_a_budget_below_one_pixel_is_refused():
 
 
 def test_reads_shrink_before_blocks_lose_whole_rows():
-    # 116 row groups of 97 frames: a whole-file read of one AIRS row (282 pixels) needs ~54 MB
-    plan = plan_chunks(9024, 282, [97] * 116, 11220, 60, 20_000_000)
+    # 116 row groups of 97 frames: a whole-file read of one AIRS row (282 pixels) needs ~80 MB
+    plan = plan_chunks(9024, 282, [97] * 116, 11220, 60, 40_000_000)
     assert plan.block_pixels == 282 and plan.rows_per_read < 11220 and plan.chunk_frames is None
     assert plan_chunks(9024, 282, [97] * 116, 11220, 60, 10**9).rows_per_read == 11220

@@ -1,0 +1,261 @@
+"""``make bench``: arielstream against the Parquet decode floor and the notebook, in one run.
+
+Measured on full-size simulated planets (``arielstream simulate --scale 1``),
+generated once into a cache outside the repository (``$ARIELSTREAM_BENCH_DIR``,
+default ``~/.cache/arielstream-bench``). Every measurement runs in a fresh
+process (so that its peak RSS is its own) on the same files, and is repeated;
+medians are reported. The table, with the ratios and the machine, is printed and
+written into ``BENCHMARKS.md`` between the ``bench:begin``/``bench:end`` markers.
+
+    python -m arielstream.bench [--planets 4] [--repeats 3] [--notebook-nl] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# ---------------------------------------------------------------- measurements (run in a child process)
+
+
+def _peak_rss() -> int:
+    from .resources import peak_rss
+
+    return peak_rss()
+
+
+def measure_floor(data: str, planet: int, how: str) -> dict:
+    """pyarrow decoding the needed columns of both signal files into numpy arrays, nothing else."""
+    import pyarrow.parquet as pq
+
+    from .layout import AIRS, FGS1
+
+    folder = Path(data) / "train" / str(planet)
+    needed = {AIRS: [r * 356 + c for r in range(32) for c in range(39, 321)], FGS1: list(range(1024))}
+    t0 = time.perf_counter()
+    values = 0
+    for inst, cols in needed.items():
+        pf = pq.ParquetFile(folder / inst.signal_name(0))
+        all_names = pf.schema_arrow.names  # (schema_arrow is rebuilt on every access: read it once)
+        names = [all_names[i] for i in cols]
+        groups = list(range(pf.metadata.num_row_groups))
+        blocks = [names] if how == "whole" else [names[i:i + 4 * inst.columns]  # 4 spatial rows
+                                                 for i in range(0, len(names), 4 * inst.columns)]
+        for block in blocks:
+            table = pf.read_row_groups(groups, columns=block)
+            arrays = [col.to_numpy() for col in table.columns]
+            values += sum(a.size for a in arrays)
+            del arrays, table
+    seconds = time.perf_counter() - t0
+    assert values == (11250 * 9024 + 135000 * 1024), values
+    return {"seconds": seconds, "peak_rss": _peak_rss()}
+
+
+def measure_arielstream(data: str, planet: int, out: str) -> dict:
+    """One observation through arielstream, one worker, every step on."""
+    from . import calibrate, compiled
+
+    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)  # warm-up / JIT
+    t0 = time.perf_counter()
+    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "engine": compiled.engine()}
+
+
+def measure_notebook(data: str, planet: int, nonlinearity: bool) -> dict:
+    from .notebook_recipe import notebook_calibrate
+
+    t0 = time.perf_counter()
+    notebook_calibrate(data, Path(data) / "train" / str(planet), 0, do_the_nl_corr=nonlinearity)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}
+
+
+def measure_profile(data: str, planet: int, out: str) -> dict:
+    """Where one observation's time goes (cProfile, grouped by stage)."""
+    import cProfile
+    import pstats
+
+    from . import calibrate
+
+    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    stages = {"decode (pyarrow)": ("read_row_groups",), "column copy": ("read_block",),
+              "kernels": ("cds_polynomial_bins", "cds_count_bins", "re_evaluate", "_as_float32"),
+              "calibration files": ("load_calibration",), "output writes": ("__setitem__", "flush"),
+              "checksum": ("checksum",)}
+    total = sum(v[2] for v in stats.values())  # sum of tottime
+    out_stages = {}
+    for stage, names in stages.items():
+        out_stages[stage] = sum(v[2] for (f, _, name), v in stats.items() if name in names)
+    out_stages["other"] = total - sum(out_stages.values())
+    return {"stages": out_stages, "total": total}
+
+
+def measure_throughput(data: str, out: str, jobs: int) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "arielstream", "-q", "calibrate", data, "-o", out, "--jobs",
+                           str(jobs), "--force", "--no-progress", "--no-log-file"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(proc.stderr)
+    n = int(re.search(r"this run computed (\d+)", proc.stdout).group(1))
+    bound = int(re.search(r"process tree <= (\d+) MB", proc.stdout).group(1))
+    return {"seconds": seconds, "observations": n, "per_minute": 60 * n / seconds, "tree_peak_mb": bound}
+
+
+MEASURES = {"floor": measure_floor, "arielstream": measure_arielstream, "notebook": measure_notebook,
+            "profile": measure_profile, "throughput": measure_throughput}
+
+# ---------------------------------------------------------------- driver
+
+
+def _child(kind: str, *args) -> dict:
+    code = ("import json, sys; from arielstream.bench import MEASURES; "
+            f"print('@@' + json.dumps(MEASURES[{kind!r}](*json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode:
+        raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.split("@@")[-1])
+
+
+def _repeat(kind: str, repeats: int, *args) -> dict:
+    runs = [_child(kind, *args) for _ in range(repeats)]
+    out = {"seconds": statistics.median(r["seconds"] for r in runs),
+           "peak_rss": statistics.median(r["peak_rss"] for r in runs), "runs": [r["seconds"] for r in runs]}
+    for key in set(runs[0]) - {"seconds", "peak_rss"}:
+        out[key] = runs[0][key]
+    return out
+
+
+def ensure_data(root: Path, planets: int) -> list[int]:
+    from .simulate import simulate_dataset
+
+    marker = root / "simulation_truth" / "manifest.json"
+    ids = sorted(int(p.name) for p in (root / "train").glob("*")) if (root / "train").is_dir() else []
+    if marker.exists() and len(ids) >= planets and json.loads(marker.read_text()).get("scale") == 1.0:
+        return ids[:planets]
+    print(f"simulating {planets} full-size planets into {root} (once; ~25 s each) ...", flush=True)
+    simulate_dataset(root, n_planets=planets, scale=1.0, seed=2025, two_visit_fraction=0.0)
+    return sorted(int(p.name) for p in (root / "train").glob("*"))[:planets]
+
+
+def describe_machine() -> str:
+    from importlib import metadata
+
+    from .resources import available_cores, available_memory
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for name in ("numpy", "pyarrow", "numexpr", "h5py", "numba"):
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} absent")
+    return (f"{cpu}, {available_cores()} cores, {available_memory() / 2**30:.0f} GiB; Python "
+            f"{platform.python_version()}; {', '.join(versions)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m arielstream.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--planets", type=int, default=4, help="full-size planets for the throughput runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--notebook-nl", action="store_true",
+                        help="also time the notebook with its per-pixel poly1d non-linearity (slow: minutes)")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("ARIELSTREAM_BENCH_DIR", Path.home() / ".cache" /
+                                                    "arielstream-bench")))
+    args = parser.parse_args(argv)
+    root = args.data
+    planets = ensure_data(root, args.planets)
+    data, planet = str(root), planets[0]
+    tmp = root / "out"
+    tmp.mkdir(exist_ok=True)
+    print(f"machine: {describe_machine()}", flush=True)
+
+    rows = {}
+    rows["floor_blocks"] = _repeat("floor", args.repeats, data, planet, "blocks")
+    rows["floor_whole"] = _repeat("floor", args.repeats, data, planet, "whole")
+    floor = min(rows["floor_blocks"]["seconds"], rows["floor_whole"]["seconds"])
+    rows["arielstream"] = _repeat("arielstream", args.repeats, data, planet, str(tmp / "one.h5"))
+    rows["notebook"] = _repeat("notebook", max(1, args.repeats - 1), data, planet, False)
+    if args.notebook_nl:
+        rows["notebook_nl"] = _repeat("notebook", 1, data, planet, True)
+    profile = _child("profile", data, planet, str(tmp / "prof.h5"))
+    throughput = {j: _child("throughput", data, str(tmp / f"jobs{j}.h5"), j) for j in (1, 2)}
+
+    ours = rows["arielstream"]["seconds"]
+    lines = [
+        f"Machine: {describe_machine()}. Kernels: {rows['arielstream']['engine']}.",
+        f"Data: {len(planets)} full-size simulated planets (11,250 AIRS + 135,000 FGS1 frames, one row group, "
+        f"zstd), page cache warm. Medians of {args.repeats} runs, each in a fresh process; peak RSS = VmHWM.",
+        "",
+        "| measurement | s per observation | peak RSS MB | ratio |",
+        "|---|---|---|---|",
+        f"| decode floor: pyarrow, needed columns → numpy, column blocks | {rows['floor_blocks']['seconds']:.2f} | "
+        f"{rows['floor_blocks']['peak_rss'] / 1e6:.0f} | |",
+        f"| decode floor: pyarrow, needed columns → numpy, whole file | {rows['floor_whole']['seconds']:.2f} | "
+        f"{rows['floor_whole']['peak_rss'] / 1e6:.0f} | |",
+        f"| **arielstream**, one worker, every step (non-linearity on) | {ours:.2f} | "
+        f"{rows['arielstream']['peak_rss'] / 1e6:.0f} | **{ours / floor:.2f} × floor** |",
+        f"| notebook recipe, non-linearity off | {rows['notebook']['seconds']:.2f} | "
+        f"{rows['notebook']['peak_rss'] / 1e6:.0f} | **{rows['notebook']['seconds'] / ours:.1f} × arielstream** |",
+    ]
+    if "notebook_nl" in rows:
+        lines.append(f"| notebook recipe, non-linearity on (poly1d loop) | {rows['notebook_nl']['seconds']:.1f} | "
+                     f"{rows['notebook_nl']['peak_rss'] / 1e6:.0f} | "
+                     f"**{rows['notebook_nl']['seconds'] / ours:.0f} × arielstream** |")
+    t1, t2 = throughput[1], throughput[2]
+    lines += [
+        "",
+        "| throughput | observations | s | obs/min | peak tree RSS MB |",
+        "|---|---|---|---|---|",
+        f"| `--jobs 1` | {t1['observations']} | {t1['seconds']:.1f} | {t1['per_minute']:.1f} | {t1['tree_peak_mb']} |",
+        f"| `--jobs 2` | {t2['observations']} | {t2['seconds']:.1f} | {t2['per_minute']:.1f} | {t2['tree_peak_mb']} |",
+        f"| ratio | | | **{t2['per_minute'] / t1['per_minute']:.2f} ×** | |",
+        "",
+        "Where one observation's time goes (cProfile, own time by stage, s):",
+        "",
+        "| " + " | ".join(profile["stages"]) + " | total |",
+        "|" + "---|" * (len(profile["stages"]) + 1),
+        "| " + " | ".join(f"{v:.2f}" for v in profile["stages"].values()) + f" | {profile['total']:.2f} |",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        path = REPO / "BENCHMARKS.md"
+        text = path.read_text() if path.exists() else "# Benchmarks\n"
+        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
+        if MARK_BEGIN in text:
+            text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
+        else:
+            text += f"\n## `make bench` (latest run)\n\n{block}\n"
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
