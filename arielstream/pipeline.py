@@ -119,7 +119,7 @@ def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: Cali
 
 
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
-                         layout: InstrumentLayout, signal: ArrayDescriptor, dq_out: ArrayDescriptor, index: int,
+                         layout: InstrumentLayout, outputs: dict[str, ArrayDescriptor], index: int,
                          budget: int, checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
@@ -145,7 +145,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     dark = _flat_pixels(_region(cal.dark, sel)) if runs(status, "dark") else None
     flat = _flat_pixels(_region(cal.flat, sel)) if runs(status, "flat") else None
 
-    out = signal.open(index)
+    out = outputs["signal"].open(index)
     try:
         for chunk in prefetch(reader.iter_chunks(sel.pixels, plan, n_used, fpb)):
             p = chunk.pixels
@@ -168,10 +168,13 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     finally:
         del out
     checkpoint()
-    dq_mm = dq_out.open(index)
-    dq_mm[sel.x, sel.y] = dq_flat
-    dq_mm.flush()
-    del dq_mm
+    read = _region(cal.read, sel)
+    read_flat = np.full(dq_flat.shape, np.nan) if read is None else read.ravel()
+    for key, plane in (("dq", dq_flat), ("read_noise", read_flat)):
+        mm = outputs[key].open(index)
+        mm[sel.x, sel.y] = plane
+        mm.flush()
+        del mm
 
     log.debug("%s %s: %s in %.2f s", obs.label, inst.name, plan.describe(), time.perf_counter() - t0)
     sources = {k: (v if v == "missing" else _relative(v, info.root)) for k, v in cal.sources.items()}
@@ -196,7 +199,7 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
     provenance: dict[str, Any] = {}
     for name in config.instruments:
         inst = INSTRUMENTS[name]
-        provenance[name] = calibrate_instrument(
-            obs, inst, info, config, layouts[name], descriptors[f"{name}/signal"], descriptors[f"{name}/dq"],
-            index, budget, checkpoint)
+        outputs = {key: descriptors[f"{name}/{key}"] for key in ("signal", "dq", "read_noise")}
+        provenance[name] = calibrate_instrument(obs, inst, info, config, layouts[name], outputs, index, budget,
+                                                checkpoint)
     return provenance

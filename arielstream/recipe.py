@@ -40,8 +40,12 @@ def describe_recipe() -> list[dict[str, str]]:
 
 
 def needed_calibration(config: CalibrationConfig) -> dict[str, bool]:
-    """Calibration files the enabled steps read (all required by their step)."""
-    needed: dict[str, bool] = {}
+    """Calibration files to read: those of the enabled steps (required), and the read noise (optional).
+
+    The read noise is no step of the recipe: it is carried into the output so that
+    light curves can be given uncertainties.
+    """
+    needed: dict[str, bool] = {"read": False}
     for step in RECIPE:
         if getattr(config, step.name):
             for name in step.needs:

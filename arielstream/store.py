@@ -19,6 +19,7 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
     /AIRS-CH0/signal (obs, time, x, y) float32    /FGS1/signal (obs, time, x, y) float32
     /<inst>/dq (obs, x, y) uint16                 data-quality bits (arielstream.dq)
+    /<inst>/read_noise (obs, x, y) float32        read noise per read (e), from read.parquet
     /<inst>/time (time,) float64 hours            mean frame time of each bin
     /<inst>/column (x,) int16                     detector column of each x
     /<inst>/wavelength (x,) float64 µm            /<inst>/wavelength_label (x,) S8 (wl_k)
@@ -50,6 +51,7 @@ ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
 CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
 PER_OBSERVATION = ("status", "attempts", "checksum", "error", "provenance")  # written through memmaps
+PER_PIXEL = ("/signal", "/dq", "/read_noise")  # per-instrument cubes and planes, written through memmaps
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     for lay in layouts:
         memmapped[f"{lay.name}/signal"] = ((n, *lay.signal_shape), "<f4")
         memmapped[f"{lay.name}/dq"] = ((n, int(lay.columns.shape[0]), lay.rows), "<u2")
+        memmapped[f"{lay.name}/read_noise"] = ((n, int(lay.columns.shape[0]), lay.rows), "<f4")
     try:
         with h5py.File(path, "w", libver="earliest") as f:
             for key, value in attrs.items():
@@ -148,6 +151,8 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
                 sig.attrs["axes"] = "obs,time,x,y"
                 sig.attrs["units"] = "electrons per time bin (flat-fielded)"
                 datasets[f"{lay.name}/dq"].attrs["axes"] = "obs,x,y"
+                datasets[f"{lay.name}/read_noise"].attrs["axes"] = "obs,x,y"
+                datasets[f"{lay.name}/read_noise"].attrs["units"] = "electrons per read (read.parquet; NaN if absent)"
             f.flush()
             offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
     except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
@@ -177,7 +182,7 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
         def visit(name: str, obj: Any) -> None:
             if not isinstance(obj, h5py.Dataset):
                 return
-            if name in PER_OBSERVATION or name.endswith(("/signal", "/dq")):
+            if name in PER_OBSERVATION or name.endswith(PER_PIXEL):
                 offset = obj.id.get_offset()
                 if offset is None or obj.chunks is not None:
                     raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
@@ -189,7 +194,7 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
 
 def cube_keys(descriptors: dict[str, ArrayDescriptor]) -> list[str]:
     """The per-observation science datasets (cubes and DQ planes), in a fixed order."""
-    return sorted(k for k in descriptors if k.endswith(("/signal", "/dq")))
+    return sorted(k for k in descriptors if k.endswith(PER_PIXEL))
 
 
 def checksum(descriptors: dict[str, ArrayDescriptor], index: int) -> str:
