@@ -31,6 +31,8 @@ import hashlib
 import json
 import logging
 import os
+import resource
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,19 @@ def _json_attr(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _check_room(path: Path, data_bytes: int) -> None:
+    """Refuse early, naming the cause, when the data alone cannot fit (file-size limit, free disk)."""
+    need = data_bytes + 2**20  # plus HDF5 metadata
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise OutputError(f"{path}: cannot create the output file: it needs {need} bytes but the file-size limit "
+                          f"(ulimit -f) is {limit} bytes (File too large)")
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OutputError(f"{path}: cannot create the output file: it needs {need} bytes but only {free} are "
+                          "free on that disk (No space left on device)")
+
+
 def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
                   attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
     """Create the file with every dataset allocated; return the memmap descriptors.
@@ -129,6 +144,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
         memmapped[f"{lay.name}/signal"] = ((n, *lay.signal_shape), "<f4")
         memmapped[f"{lay.name}/dq"] = ((n, int(lay.columns.shape[0]), lay.rows), "<u2")
         memmapped[f"{lay.name}/read_noise"] = ((n, int(lay.columns.shape[0]), lay.rows), "<f4")
+    _check_room(path, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values()))
     try:
         with h5py.File(path, "w", libver="earliest") as f:
             for key, value in attrs.items():
