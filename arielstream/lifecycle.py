@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,16 +179,23 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
             failed = np.flatnonzero(status != STATUS_DONE)
             if failed.size == 0:
                 return PreparedOutput("complete", partial, descriptors, [])
-            os.replace(output, partial)  # back under construction while the failed ones are retried
+            # a copy goes back under construction; OUT.h5 stays readable until the retry is published
+            staging = partial.with_name(partial.name + ".new")
+            shutil.copyfile(output, staging)
+            os.replace(staging, partial)
             descriptors = read_descriptors(partial)
             action = "retry-failed"
         else:
             action = "resume"
         todo = reconcile(descriptors, status, retry_failed=True)
         return PreparedOutput(action, partial, descriptors, todo)
-    if partial.exists():
-        partial.unlink()
-    descriptors = create_output(partial, observations, layouts, attrs)
+    # Laid out under a temporary name and renamed: a run killed while HDF5 builds the file leaves
+    # only OUT.h5.partial.new, which the next run discards, never a .partial h5py cannot open.
+    staging = partial.with_name(partial.name + ".new")
+    staging.unlink(missing_ok=True)
+    create_output(staging, observations, layouts, attrs)
+    os.replace(staging, partial)
+    descriptors = read_descriptors(partial)
     return PreparedOutput("new", partial, descriptors, list(range(len(observations))))
 
 
@@ -195,12 +203,13 @@ def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None
               retry_failed: bool = False) -> list[int]:
     """Observations left to compute, after accounting for workers that died.
 
-    ``running`` means a writer started and never finished (it was killed, ran out
-    of memory, or its coordinator died): after ``MAX_ATTEMPTS`` such deaths the
-    observation fails; before, it goes back to pending. With ``retry_failed`` (a
-    new run) ``failed`` ones are retried from scratch: their input may have been
-    fixed. Done ones whose bytes no longer match their checksum are recomputed
-    (checked only when a run starts; :func:`verify` checks again at the end).
+    ``running`` means a writer started and never finished while no coordinator
+    dealt with it: its coordinator died. Only attempts made in the coordinator's own
+    process (``--jobs 1``, where the observation may have killed it) are counted;
+    after ``MAX_ATTEMPTS`` of those the observation fails, otherwise it goes back to
+    pending. Deaths of worker processes are handled by the live coordinator. With
+    ``retry_failed`` (a new run) ``failed`` ones are retried from scratch: their input
+    may have been fixed. Done ones are checked by :func:`verify` at the end of the run.
     """
     status = read_field(descriptors, "status") if status is None else status
     attempts = read_field(descriptors, "attempts")
@@ -209,9 +218,10 @@ def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None
         s = int(status[index])
         if s == STATUS_RUNNING:
             if attempts[index] >= MAX_ATTEMPTS:
-                fail_observation(descriptors, index, f"its worker died {int(attempts[index])} times while "
-                                 "calibrating it (killed, or out of memory)")
+                fail_observation(descriptors, index, f"the run died {int(attempts[index])} times while "
+                                 "calibrating it in its own process (killed, or out of memory)")
                 continue
+            write_field(descriptors, "owner", index, 0)
             write_field(descriptors, "status", index, STATUS_PENDING)
             todo.append(index)
         elif s == STATUS_FAILED and retry_failed:
@@ -220,12 +230,6 @@ def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None
             todo.append(index)
         elif s == STATUS_FAILED:
             continue
-        elif s == STATUS_DONE and retry_failed:
-            stored = read_field(descriptors, "checksum")[index].decode()
-            if stored != checksum(descriptors, index):
-                log.warning("observation %d: its bytes no longer match its checksum; recomputing it", index)
-                write_field(descriptors, "status", index, STATUS_PENDING)
-                todo.append(index)
         elif s != STATUS_DONE:
             todo.append(index)
     return todo

@@ -42,25 +42,19 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def _cgroup_dirs() -> list[str]:
-    """The cgroup folders of this process (v2 unified first, then v1 memory/cpu)."""
-    dirs = []
+def _cgroup_paths() -> list[tuple[str, str]]:
+    """``(controllers, path)`` of each cgroup line of this process ("" controllers: cgroup v2)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        lines = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            dirs.append((parts[1], parts[2]))
-    return [f"{controllers}\0{path}" for controllers, path in dirs]
+        return []
+    return [(parts[1], parts[2]) for parts in (line.split(":", 2) for line in lines) if len(parts) == 3]
 
 
 def cgroup_memory_limit() -> int | None:
     """The container's memory limit in bytes, or None where there is none."""
     candidates = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
-    for entry in _cgroup_dirs():
-        controllers, path = entry.split("\0")
+    for controllers, path in _cgroup_paths():
         if controllers == "":
             candidates.insert(0, f"/sys/fs/cgroup{path}/memory.max")
         elif "memory" in controllers.split(","):
@@ -88,12 +82,10 @@ def available_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    text = None
-    for candidate in ("/sys/fs/cgroup/cpu.max",):
-        try:
-            text = Path(candidate).read_text().split()
-        except OSError:
-            continue
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except OSError:
+        text = []
     if text and text[0] != "max":
         try:
             cores = min(cores, max(1, math.floor(int(text[0]) / int(text[1]))))
@@ -121,7 +113,11 @@ def peak_rss() -> int:
 
 
 def pin_threads(threads: int) -> None:
-    """Limit this process's compute threads (numexpr, Arrow, BLAS/OpenMP) to ``threads``."""
+    """Limit this process's compute threads (numexpr, Arrow, numba) to ``threads``.
+
+    BLAS/OpenMP pools are fixed when numpy loads; loky workers get their limits from
+    joblib (``inner_max_num_threads``) before they start. arielstream calls no BLAS.
+    """
     import numexpr
     import pyarrow
 
@@ -131,8 +127,6 @@ def pin_threads(threads: int) -> None:
     numexpr.set_num_threads(threads)
     pyarrow.set_cpu_count(threads)
     compiled.set_threads(threads)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in 
 ``kill-worker:PLANET:VISIT[:MARKER]`` a worker calibrating that observation kills itself
 (SIGKILL) after writing its first chunk (only while file ``MARKER`` does not exist, which it
 then creates: a one-off death); ``kill-coordinator:N`` the coordinator kills itself after N
-results; ``slow:SECONDS`` every chunk write waits that long.
+results; ``slow:SECONDS`` every chunk write waits that long; ``slow-obs:PLANET:VISIT:SECONDS`` only
+that observation's.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import contextlib
 import hashlib
 import logging
 import logging.handlers
+import multiprocessing
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -46,7 +49,7 @@ from typing import Any
 
 from . import compiled
 from ._version import __version__
-from .config import CalibrationConfig
+from .config import BACKENDS, CalibrationConfig
 from .dq import BITS
 from .errors import ArielstreamError, InputError, OutputError, RunInterrupted
 from .layout import INSTRUMENTS, Observation, discover_observations
@@ -65,6 +68,7 @@ from .store import (
     ArrayDescriptor,
     InstrumentLayout,
     fail_observation,
+    owner,
     read_field,
     record_result,
     write_field,
@@ -73,13 +77,16 @@ from .store import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = "2GB"
-BACKENDS = ("loky", "dask")
 IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
 MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
 
 
 class OrphanedWorker(BaseException):  # noqa: N818
     """This worker's coordinator is gone: abandon the observation."""
+
+
+class Superseded(BaseException):  # noqa: N818
+    """The coordinator revoked this attempt (it gave the observation up or to another writer)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class Task:
     chunk_bytes: int
     threads: int
     parent_pid: int | None  # the coordinator, when the task runs in a local worker process
+    in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
 
 
 @dataclass
@@ -166,6 +174,8 @@ class _Fault:
     def worker_chunk(self, obs: Observation) -> None:
         if self.kind == "slow":
             time.sleep(float(self.args[0]))
+        elif self.kind == "slow-obs" and int(self.args[0]) == obs.planet_id and int(self.args[1]) == obs.visit:
+            time.sleep(float(self.args[2]))
         elif self.kind == "kill-worker" and int(self.args[0]) == obs.planet_id and int(self.args[1]) == obs.visit:
             if len(self.args) > 2:
                 marker = Path(self.args[2])
@@ -209,13 +219,17 @@ def run_task(task: Task) -> ObservationResult:
         _watch_parent(task.parent_pid)
     pin_threads(task.threads)
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
-    attempts = int(read_field(descriptors, "attempts")[index])
-    write_field(descriptors, "attempts", index, attempts + 1)
+    token = secrets.randbits(62) + 1
+    write_field(descriptors, "owner", index, token)
+    if task.in_coordinator:  # a death here is the coordinator's: count it against the observation
+        write_field(descriptors, "attempts", index, int(read_field(descriptors, "attempts")[index]) + 1)
     write_field(descriptors, "status", index, STATUS_RUNNING)
 
     def checkpoint() -> None:
         if in_worker and os.getppid() != task.parent_pid:
             raise OrphanedWorker()
+        if owner(descriptors, index) != token:
+            raise Superseded()
         fault.worker_chunk(obs)
 
     def result(status: int, message: str = "") -> ObservationResult:
@@ -229,6 +243,9 @@ def run_task(task: Task) -> ObservationResult:
     except OrphanedWorker:
         log.warning("%s: the coordinator is gone; abandoning it", obs.label)
         os._exit(1)
+    except Superseded:
+        log.warning("%s: this attempt was revoked by the coordinator; abandoning it", obs.label)
+        return result(STATUS_RUNNING, "revoked")
     except ArielstreamError as exc:
         message = str(exc)
     except MemoryError:
@@ -237,8 +254,12 @@ def run_task(task: Task) -> ObservationResult:
         message = f"{obs.label}: internal error {type(exc).__name__}: {exc}"
         log.exception("%s failed with an unexpected error", obs.label)
     else:
+        if owner(descriptors, index) != token:
+            return result(STATUS_RUNNING, "revoked")
         record_result(descriptors, index, STATUS_DONE, provenance=provenance)
         return result(STATUS_DONE)
+    if owner(descriptors, index) != token:
+        return result(STATUS_RUNNING, "revoked")
     fail_observation(descriptors, index, message)
     return result(STATUS_FAILED, message)
 
@@ -247,7 +268,9 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning a worker (not an observation) failed."""
     from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
 
-    errors: list[type[BaseException]] = [TerminatedWorkerError, BrokenProcessPool, TimeoutError]
+    # joblib reports a task over its timeout with multiprocessing's TimeoutError, not the built-in one
+    errors: list[type[BaseException]] = [TerminatedWorkerError, BrokenProcessPool, TimeoutError,
+                                         multiprocessing.TimeoutError]
     with contextlib.suppress(ImportError):
         from distributed import KilledWorker
 
@@ -257,10 +280,24 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 
 def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
              ) -> Iterator[ObservationResult]:
-    """Results in completion order: in this process for one local job, else through joblib."""
+    """Results in completion order: in this process for one local job, else through joblib.
+
+    One local job with a task timeout runs in a single worker process instead, so that
+    the timeout can be enforced and a dying task does not take the coordinator with it.
+    """
     if backend == "loky" and plan.jobs == 1:
-        for task in tasks:
-            yield run_task(task)
+        if task_timeout is None:
+            for task in tasks:
+                yield run_task(task)
+            return
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(max_workers=1)
+        try:
+            for task in tasks:
+                yield executor.submit(run_task, task).result(timeout=task_timeout)
+        finally:
+            executor.shutdown(wait=False, kill_workers=True)
         return
     from joblib import Parallel, delayed, parallel_config
 
@@ -304,7 +341,6 @@ def _log_file(output: Path, enabled: bool) -> Iterator[None]:
     handler = logging.handlers.RotatingFileHandler(output.with_name(output.name + ".log"),
                                                    maxBytes=5 * 2**20, backupCount=3)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.DEBUG)
     handler.setLevel(logging.INFO)
     root = logging.getLogger("arielstream")
     root.addHandler(handler)
@@ -335,6 +371,7 @@ def _abandon_running(descriptors: dict[str, ArrayDescriptor]) -> list[int]:
     attempts = read_field(descriptors, "attempts")
     running = [i for i in range(status.shape[0]) if status[i] == STATUS_RUNNING]
     for index in running:
+        write_field(descriptors, "owner", index, 0)  # a writer still running somewhere stops at its next write
         write_field(descriptors, "attempts", index, max(0, int(attempts[index]) - 1))
         write_field(descriptors, "status", index, STATUS_PENDING)
     return running
@@ -387,7 +424,8 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     budget = parse_bytes(memory)
-    data_dir, output = Path(data_dir), Path(output)
+    # absolute: tasks may run in other working directories (dask workers on other machines)
+    data_dir, output = Path(data_dir).resolve(), Path(output).resolve()
     if not output.parent.is_dir():
         raise OutputError(f"{output.parent}: output folder does not exist")
     info = dataset_info(data_dir)
@@ -428,11 +466,15 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
         worker_peaks: dict[int, int] = {}
         todo = prepared.todo
 
+        in_coordinator = backend == "loky" and plan.jobs == 1 and task_timeout is None
+
         def make_task(index: int) -> Task:
             return Task(index, observations[index], str(data_dir), config, layouts, descriptors, plan.chunk_bytes,
-                        plan.threads, parent)
+                        plan.threads, parent, in_coordinator)
 
         def collect(result: ObservationResult) -> None:
+            if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
+                return
             summary.results.append(result)
             worker_peaks[result.pid] = max(worker_peaks.get(result.pid, 0), result.peak_rss)
             _report(result, bar, len(summary.results), len(prepared.todo))

@@ -13,7 +13,8 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
 
     /planet_id (obs,) int64      /visit (obs,) int16
     /status (obs,) int8          0 pending, 1 done, 2 failed, 3 running (being written, or its writer died)
-    /attempts (obs,) int8        unfinished starts (worker deaths; two fail it); 0 once done
+    /attempts (obs,) int8        unfinished starts in the coordinator's own process (two fail it); 0 once done
+    /owner (obs,) int64          token of the attempt allowed to write it (0: none); a revoked writer stops
     /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
     /error (obs,) S512           why an observation failed
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
@@ -52,7 +53,7 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "
 ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
 CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
-PER_OBSERVATION = ("status", "attempts", "checksum", "error", "provenance")  # written through memmaps
+PER_OBSERVATION = ("status", "attempts", "owner", "checksum", "error", "provenance")  # written through memmaps
 PER_PIXEL = ("/signal", "/dq", "/read_noise")  # per-instrument cubes and planes, written through memmaps
 
 
@@ -136,6 +137,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     memmapped = {
         "status": ((n,), "|i1"),
         "attempts": ((n,), "|i1"),
+        "owner": ((n,), "<i8"),
         "checksum": ((n,), f"|S{CHECKSUM_BYTES}"),
         "error": ((n,), f"|S{ERROR_BYTES}"),
         "provenance": ((n,), f"|S{PROVENANCE_BYTES}"),
@@ -242,10 +244,11 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
                   provenance: dict[str, Any] | None = None) -> None:
     """Write an observation's provenance, error and checksum, then (last, so it is true) its status.
 
-    A done observation's ``attempts`` goes back to 0: it only counts unfinished
-    starts (worker deaths) while they matter, so a file finished after a crash is
+    ``owner`` goes back to 0, and a done observation's ``attempts`` too: they only
+    matter while it is unfinished, so a file finished after a crash is
     byte-identical to one made in a single run; the log keeps the history.
     """
+    write_field(descriptors, "owner", index, 0)
     if status == STATUS_DONE:
         write_field(descriptors, "attempts", index, 0)
     write_field(descriptors, "checksum", index, checksum(descriptors, index).encode() if status == STATUS_DONE
@@ -261,8 +264,21 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
     write_field(descriptors, "status", index, status)
 
 
+def owner(descriptors: dict[str, ArrayDescriptor], index: int) -> int:
+    mm = descriptors["owner"].open(index, mode="r")
+    value = int(mm[()])
+    del mm
+    return value
+
+
 def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, message: str) -> None:
-    """NaN every cube of an observation and record why, so nothing half-written looks valid."""
+    """NaN every cube of an observation and record why, so nothing half-written looks valid.
+
+    Called by the coordinator, it first revokes the observation's owner token, so a
+    writer still running somewhere (a dask task, a worker being killed) stops before
+    its next write instead of mixing its bytes with these.
+    """
+    write_field(descriptors, "owner", index, 0)
     for key in cube_keys(descriptors):
         if key.endswith("/signal"):
             mm = descriptors[key].open(index)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arielstream import build_config, calibrate
+from arielstream import build_config, calibrate, compiled
 
 WHOLE = 10**9  # every file in one chunk per instrument
 
@@ -57,3 +57,16 @@ def test_bin_sized_chunks_equal_whole_for_fgs1(whole, small_dataset, tmp_path, c
         np.testing.assert_array_equal(f["FGS1/signal"][()], whole["FGS1/signal"])
     plans = re.findall(r"blocks of (\d+) pixels, reads of >= \d+ frames, chunks of (\d+) frames", caplog.text)
     assert plans and all(block == "1" and int(frames) % 720 == 0 for block, frames in plans)
+
+
+@pytest.mark.skipif(compiled.numba is None, reason="one engine only: numba not installed")
+def test_the_numexpr_and_numba_engines_agree_end_to_end(whole, small_dataset, tmp_path, monkeypatch):
+    assert compiled.available()  # the reference run used numba
+    monkeypatch.setenv("ARIELSTREAM_ENGINE", "numexpr")
+    out = tmp_path / "numexpr.h5"
+    calibrate(small_dataset, out, chunk_bytes=WHOLE, jobs=1, progress=False, log_file=False)
+    with h5py.File(out) as f:
+        assert f.attrs["engine"].startswith("numexpr")
+    cubes = _cubes(out)
+    for key, value in whole.items():
+        np.testing.assert_allclose(cubes[key], value, rtol=1e-12, atol=1e-9, err_msg=key)
