@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .config import ConfigError, load_config, load_run_options
+from .config import PROFILES, ConfigError, load_config, load_run_options
 from .errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
 from .lifecycle import ConfigMismatchError, LockBusyError
 from .recipe import RECIPE
@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
     cal.add_argument("--task-timeout", type=_positive(float), metavar="SECONDS",
                      help="a task running longer counts as a dead worker (retried once, then failed)")
-    cal.add_argument("--profile", choices=["default", "notebook"],
-                     help="default: every step, NaN bad pixels; notebook: the organisers' numbers")
+    cal.add_argument("--profile", choices=list(PROFILES),
+                     help="default: the recipe, non-linearity on, NaN bad pixels; notebook: the organisers' "
+                          "numbers; full: default plus cosmic rays, spatial outliers, interpolation, "
+                          "background and tracking")
     cal.add_argument("--config", type=Path, metavar="FILE.toml",
                      help="options from a TOML file ([calibration] and [run] tables); the command line overrides it")
     cal.add_argument("--memory", default=None, metavar="SIZE",
@@ -127,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--missing-calibration", choices=["error", "skip"],
                      help="a missing calibration file fails the observation (error) or skips its step")
     cal.add_argument("--instruments", nargs="+", choices=["AIRS-CH0", "FGS1"])
+    cal.add_argument("--spatial-bin", type=_positive(int), metavar="N", help="sum N x N pixels of the output")
+    cal.add_argument("--master-calibration", choices=["off", "planet", "dataset"],
+                     help="dark and flat combined over the planet's visits or over the whole run")
     cal.add_argument("--force", action="store_true", default=None,
                      help="recompute everything even if OUT.h5 was made with another config or code version")
     cal.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -175,6 +180,8 @@ def _config_from_args(args: argparse.Namespace):
         "bad_pixels": args.bad_pixels,
         "missing_calibration": args.missing_calibration,
         "instruments": args.instruments,
+        "spatial_bin": args.spatial_bin,
+        "master_calibration": args.master_calibration,
     }
     for names, value in ((args.skip, False), (args.enable, True)):
         for group in names:

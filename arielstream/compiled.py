@@ -103,3 +103,124 @@ def cds_polynomial_bins(raw: np.ndarray, q: np.ndarray, width: int) -> np.ndarra
 def cds_count_bins(raw: np.ndarray, width: int) -> np.ndarray:
     """``sum over each bin of end - start`` in raw counts (int64, exact)."""
     return _cds_count_bins(raw, int(width))
+
+
+if numba is not None:
+
+    @numba.njit(nogil=True, cache=True)
+    def _median_sorting(a, k):  # pragma: no cover - compiled
+        """Median of ``a[:k]``, reordering it in place: insertion sort when short, quickselect otherwise.
+
+        Much cheaper than ``np.median``, which copies, on the millions of short bins.
+        """
+        if k == 0:
+            return np.nan
+        if k <= 64:  # insertion sort: no call overhead on the short bins
+            for i in range(1, k):
+                v = a[i]
+                j = i - 1
+                while j >= 0 and a[j] > v:
+                    a[j + 1] = a[j]
+                    j -= 1
+                a[j + 1] = v
+            half = k // 2
+            return a[half] if k % 2 else 0.5 * (a[half - 1] + a[half])
+        half = k // 2
+        upper = _select(a, k, half)
+        if k % 2:
+            return upper
+        lower = a[0]  # after the selection a[:half] holds the smaller half: its maximum
+        for i in range(1, half):
+            if a[i] > lower:
+                lower = a[i]
+        return 0.5 * (lower + upper)
+
+    @numba.njit(nogil=True, cache=True)
+    def _select(a, k, n):  # pragma: no cover - compiled
+        """Quickselect: reorder ``a[:k]`` so that ``a[n]`` is its n-th smallest and return it."""
+        lo, hi = 0, k - 1
+        while lo < hi:
+            pivot = a[(lo + hi) // 2]
+            i, j = lo, hi
+            while i <= j:
+                while a[i] < pivot:
+                    i += 1
+                while a[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    a[i], a[j] = a[j], a[i]
+                    i += 1
+                    j -= 1
+            if n <= j:
+                hi = j
+            elif n >= i:
+                lo = i
+            else:
+                break
+        return a[n]
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def _reject_outliers(x, width, levels, n_fixed, replace_median):  # pragma: no cover - compiled
+        n_pix, n = x.shape
+        n_bins = n // width
+        flags = np.zeros((n_pix, n), dtype=np.bool_)
+        binned = np.empty((n_pix, n_bins))
+        for p in numba.prange(n_pix):
+            ref = np.empty(n_bins)
+            tmp = np.empty(width)
+            absr = np.empty(n)
+            dirty = np.ones(n_bins, dtype=np.bool_)  # bins whose median must be (re)computed
+            spread = np.nan
+            changed = True
+            for it in range(levels.shape[0]):
+                if changed:  # statistics only move when flags did
+                    for b in range(n_bins):
+                        if not dirty[b]:
+                            continue
+                        k = 0
+                        for i in range(width):
+                            if not flags[p, b * width + i]:
+                                tmp[k] = x[p, b * width + i]
+                                k += 1
+                        ref[b] = _median_sorting(tmp, k)
+                        dirty[b] = False
+                    k = 0
+                    for t in range(n):
+                        if not flags[p, t]:
+                            absr[k] = abs(x[p, t] - ref[t // width])
+                            k += 1
+                    spread = 1.4826 * _median_sorting(absr, k)
+                new = 0
+                for t in range(n):
+                    if not flags[p, t] and abs(x[p, t] - ref[t // width]) > levels[it] * spread:
+                        flags[p, t] = True
+                        dirty[t // width] = True
+                        new += 1
+                changed = new > 0
+                if it >= n_fixed and new == 0:
+                    break
+            for b in range(n_bins):
+                k = 0
+                for i in range(width):
+                    if not flags[p, b * width + i]:
+                        tmp[k] = x[p, b * width + i]
+                        k += 1
+                median = _median_sorting(tmp, k) if replace_median and k < width else np.nan
+                acc = 0.0
+                for i in range(width):
+                    t = b * width + i
+                    if not flags[p, t]:
+                        acc += x[p, t]
+                    elif replace_median:
+                        acc += median
+                binned[p, b] = acc if replace_median else (acc * width / k if k > 0 else np.nan)
+        return binned, flags
+
+
+def reject_temporal_outliers(samples: np.ndarray, width: int, sigmas: tuple[float, ...] = (8.0,),
+                             until_clean: bool = True, clean_sigma: float = 5.0, max_iters: int = 10,
+                             replace: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Compiled twin of :func:`arielstream.steps.reject_temporal_outliers` (same arguments and results)."""
+    levels = np.array(list(sigmas) + ([clean_sigma] * max_iters if until_clean else []), dtype=np.float64)
+    return _reject_outliers(np.ascontiguousarray(samples, dtype=np.float64), int(width), levels, len(sigmas),
+                            replace == "median")

@@ -27,9 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-PROFILES = ("default", "notebook")
+PROFILES = ("default", "notebook", "full")
 WAVELENGTH_ORDERS = ("target", "detector")
 BAD_PIXEL_MODES = ("nan", "keep")
+CR_REPLACE_MODES = ("median", "mask")
+MASTER_MODES = ("off", "planet", "dataset")
 MISSING_CALIBRATION_MODES = ("error", "skip")
 
 
@@ -57,6 +59,24 @@ class CalibrationConfig:
     wavelength_cut: bool = True
     cut_start: int = 39
     cut_stop: int = 321
+    # beyond the notebook (issue 5): all off by default, all on in the "full" profile
+    cosmic_rays: bool = False  # temporal outliers of each pixel's CDS series
+    cr_sigmas: tuple[float, ...] = (8.0,)  # fixed iterations, one clip level each
+    cr_until_clean: bool = True  # then iterate at cr_clean_sigma until nothing new is flagged
+    cr_clean_sigma: float = 5.0
+    cr_max_iters: int = 10
+    cr_replace: str = "median"  # "median": the median of the sample's bin; "mask": left out, bin rescaled
+    spatial_outliers: bool = False  # AIRS: residual from a median filter along the wavelength axis
+    spatial_kernel: int = 5
+    spatial_sigma: float = 10.0
+    interpolate_bad_pixels: bool = False  # isolated NaN pixels from their spatial neighbours
+    master_calibration: str = "off"  # "planet": dark and flat combined over the planet's visits; "dataset"
+    background: bool = False
+    airs_background_rows: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
+    fgs1_background_width: int = 3  # FGS1: pixels this close to the frame's edge
+    background_sigma: float = 3.0
+    tracking: bool = False  # FGS1 centroid and AIRS trace row per time bin
+    spatial_bin: int = 1  # sum spatial_bin x spatial_bin pixels of the output
     # output conventions
     wavelength_order: str = "target"
     bad_pixels: str = "nan"
@@ -75,6 +95,24 @@ class CalibrationConfig:
         choose("wavelength_order", self.wavelength_order, WAVELENGTH_ORDERS)
         choose("bad_pixels", self.bad_pixels, BAD_PIXEL_MODES)
         choose("missing_calibration", self.missing_calibration, MISSING_CALIBRATION_MODES)
+        choose("cr_replace", self.cr_replace, CR_REPLACE_MODES)
+        choose("master_calibration", self.master_calibration, MASTER_MODES)
+        for name in ("cr_max_iters", "spatial_kernel", "fgs1_background_width", "spatial_bin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if self.spatial_kernel % 2 == 0:
+            raise ConfigError(f"spatial_kernel must be odd; got {self.spatial_kernel}")
+        for name in ("cr_clean_sigma", "spatial_sigma", "background_sigma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive; got {getattr(self, name)!r}")
+        if not self.cr_sigmas or any(not (x > 0) for x in self.cr_sigmas):
+            raise ConfigError(f"cr_sigmas must be a non-empty list of positive numbers; got {self.cr_sigmas!r}")
+        if any(not 0 <= r < 32 for r in self.airs_background_rows) or len(self.airs_background_rows) < 2:
+            raise ConfigError(f"airs_background_rows must be at least two rows in 0..31; got "
+                              f"{self.airs_background_rows!r}")
+        if self.cosmic_rays and not self.cds:
+            raise ConfigError("cosmic_rays works on the CDS series: it needs cds")
         for name in ("airs_bin", "fgs1_bin"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -101,6 +139,8 @@ class CalibrationConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["instruments"] = list(self.instruments)
+        d["cr_sigmas"] = list(self.cr_sigmas)
+        d["airs_background_rows"] = list(self.airs_background_rows)
         return d
 
     def to_json(self) -> str:
@@ -115,6 +155,14 @@ _NOTEBOOK = {
     "nonlinearity": False,
     "bad_pixels": "keep",
     "wavelength_order": "detector",
+}
+_FULL = {
+    "profile": "full",
+    "cosmic_rays": True,
+    "spatial_outliers": True,
+    "interpolate_bad_pixels": True,
+    "background": True,
+    "tracking": True,
 }
 
 
@@ -140,10 +188,18 @@ def build_config(base: CalibrationConfig | None = None, **options: Any) -> Calib
         values = {"profile": profile}
         if profile == "notebook":
             values.update(_NOTEBOOK)
+        elif profile == "full":
+            values.update(_FULL)
     values.update({k: v for k, v in options.items() if k != "profile"})
     if "instruments" in values:
         inst = values["instruments"]
         values["instruments"] = (inst,) if isinstance(inst, str) else tuple(inst)
+    for name in ("cr_sigmas", "airs_background_rows"):
+        if name in values and not isinstance(values[name], tuple):
+            try:
+                values[name] = tuple(values[name])
+            except TypeError:
+                raise ConfigError(f"{name} must be a list; got {values[name]!r}") from None
     types = {f.name: f.type for f in fields(CalibrationConfig)}
     for name, value in values.items():
         expected = types[name]

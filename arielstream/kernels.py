@@ -43,6 +43,7 @@ class BlockCalibration:
     flat: np.ndarray | None  # (P,), None when off
     cds: bool
     width: int  # samples per time bin (1: no binning)
+    outliers: dict | None = None  # temporal outlier rejection on the CDS series (steps.reject_temporal_outliers)
 
     @property
     def frames_per_bin(self) -> int:
@@ -160,11 +161,40 @@ def calibrate_block(raw: np.ndarray, dt: np.ndarray | None, cal: BlockCalibratio
                 binned = binned / cal.gain + cal.offset * cal.width
         else:
             binned = _bin_sum(nonlinear_reads(_as_float32(raw), cal.coeffs, cal.gain, cal.offset), cal.width)
+    return _dark_and_flat(binned, dt, cal)
+
+
+def _dark_and_flat(binned: np.ndarray, dt: np.ndarray | None, cal: BlockCalibration) -> np.ndarray:
     if cal.dark is not None:
         binned -= np.asarray(cal.dark, np.float64)[:, np.newaxis] * bin_dt(dt, cal)
     if cal.flat is not None:
         binned /= np.asarray(cal.flat, np.float64)[:, np.newaxis]
     return binned
+
+
+def cds_samples(raw: np.ndarray, cal: BlockCalibration) -> np.ndarray:
+    """The ``(P, pairs)`` CDS series, ADC and non-linearity applied, before dark and binning (float64)."""
+    if cal.coeffs is None:
+        samples = np.subtract(raw[:, 1::2], raw[:, 0::2], dtype=np.float64)
+        return samples if cal.gain is None else samples / cal.gain
+    reads = _as_float32(raw)
+    return nonlinear_cds(reads[:, 0::2], reads[:, 1::2], cal.coeffs, cal.gain, cal.offset)
+
+
+def calibrate_block_with_outliers(raw: np.ndarray, dt: np.ndarray | None,
+                                  cal: BlockCalibration) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`calibrate_block` with temporal outliers rejected from each pixel's CDS series.
+
+    The block must hold each pixel's whole series (the planner arranges it), so the
+    statistics see the whole visit and no halo is needed. Returns the binned block
+    and the number of rejected samples per pixel and bin (uint8, saturating).
+    """
+    if not cal.cds:
+        raise ValueError("temporal outlier rejection works on the CDS series")
+    reject = compiled.reject_temporal_outliers if compiled.available() else steps.reject_temporal_outliers
+    binned, flagged = reject(cds_samples(raw, cal), cal.width, **cal.outliers)
+    counts = flagged.reshape(flagged.shape[0], -1, cal.width).sum(axis=-1)
+    return _dark_and_flat(binned, dt, cal), np.minimum(counts, 255).astype(np.uint8)
 
 
 def calibrate_block_reference(raw: np.ndarray, dt: np.ndarray | None, cal: BlockCalibration) -> np.ndarray:

@@ -83,7 +83,7 @@ class ChunkPlan:
 
 
 def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n_frames: int,
-                frames_per_bin: int, budget: int) -> ChunkPlan:
+                frames_per_bin: int, budget: int, whole_series: bool = False) -> ChunkPlan:
     """Largest blocks and reads whose decode and calibration fit in ``budget`` bytes.
 
     A read decodes the block's columns of consecutive whole row groups, at least
@@ -93,7 +93,8 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
     of less than one bin. Blocks are whole spatial rows when at least one row fits:
     reads are shortened first (down to one row group) to keep whole rows; if even
     one pixel of a read does not fit, the calibration works through it in short
-    chunks of whole bins.
+    chunks of whole bins. With ``whole_series`` (the temporal steps) reads and chunks
+    always span all frames and only the blocks shrink.
     """
     starts = [0]
     for rows in row_group_rows[:-1]:
@@ -111,11 +112,15 @@ def plan_chunks(n_pixels: int, pixels_per_row: int, row_group_rows: list[int], n
     while True:
         per_pixel = in_flight(target) * (resident + COMPUTE_BYTES_PER_VALUE) + fixed
         block = budget // per_pixel
-        if block >= min(pixels_per_row, n_pixels) or target <= largest:
+        if block >= min(pixels_per_row, n_pixels) or target <= largest or whole_series:
             break
         target = max(largest, target // 2)
     rows = in_flight(target)
     chunk_frames = None
+    if block < 1 and whole_series:
+        raise MemoryBudgetError(
+            f"a memory budget of {format_bytes(budget)} for chunks cannot hold one pixel's whole series "
+            f"({rows} frames, needs {format_bytes(per_pixel)}), which the temporal steps need")
     if block < 1:
         per_pixel = rows * resident + frames_per_bin * COMPUTE_BYTES_PER_VALUE + fixed
         block = budget // per_pixel

@@ -8,6 +8,7 @@ opened from descriptors. Everything here runs in a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from . import steps
+from . import frame_steps, steps
 from .calibration_files import DetectorCalibration, load_calibration
 from .config import CalibrationConfig
 from .dq import DARK_INVALID, DO_NOT_USE
 from .errors import InputError
-from .kernels import BlockCalibration, calibrate_block
+from .frame_steps import TIME_COSMIC_RAY, TIME_INTERPOLATED, TIME_SPATIAL_OUTLIER
+from .kernels import BlockCalibration, calibrate_block, calibrate_block_with_outliers
 from .layout import INSTRUMENTS, Instrument, Observation
+from .masters import load_masters
 from .memory import plan_chunks
 from .metadata import DatasetInfo, target_labels
 from .reader import SignalFile, prefetch
@@ -57,7 +60,19 @@ def instrument_layout(inst: Instrument, info: DatasetInfo, config: CalibrationCo
         columns = np.arange(inst.columns)
         wavelength = np.full(inst.columns, 0.7)
         labels = [""] * inst.columns
-    return InstrumentLayout(inst.name, times, columns, inst.rows, wavelength, labels)
+    layout = InstrumentLayout(inst.name, times, columns, inst.rows, wavelength, labels, config.spatial_bin)
+    nx, ny = layout.plane_shape
+    extras = []
+    airs = inst.name == "AIRS-CH0"
+    if config.cosmic_rays or config.interpolate_bad_pixels or (config.spatial_outliers and airs):
+        extras.append(("dq_time", (n_bins, nx, ny), "|u1", "obs,time,x,y"))
+    if config.background:
+        extras.append(("background", (n_bins, nx) if airs else (n_bins,), "<f4",
+                       "obs,time,x" if airs else "obs,time"))
+    if config.tracking:
+        extras.append(("trace_row", (n_bins,), "<f4", "obs,time") if airs else
+                      ("centroid", (n_bins, 2), "<f4", "obs,time,(x,y)"))
+    return dataclasses.replace(layout, extras=tuple(extras))
 
 
 @dataclass(frozen=True)
@@ -118,16 +133,43 @@ def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: Cali
     return dq
 
 
+def _masters(obs: Observation, inst: Instrument, config: CalibrationConfig,
+             given: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], str] | None:
+    """The master dark and flat this observation uses, and where they come from (None: its own)."""
+    if config.master_calibration == "off":
+        return None
+    if config.master_calibration == "dataset":
+        if given is None or inst.name not in given:
+            raise ValueError("master_calibration='dataset' needs the masters from the coordinator")
+        frames, n = given[inst.name]
+        return frames, f"master of {n} observation(s)"
+    visits = sorted(int(d.name.rsplit("_", 1)[1]) for d in obs.folder.glob(f"{inst.name}_calibration_*")
+                    if d.is_dir() and d.name.rsplit("_", 1)[1].isdigit())
+    frames, n = load_masters([Observation(obs.planet_id, v, obs.folder) for v in visits], inst)
+    return frames, f"master of {n} visit(s) of planet {obs.planet_id}"
+
+
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
                          layout: InstrumentLayout, outputs: dict[str, ArrayDescriptor], index: int,
-                         budget: int, checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                         budget: int, checkpoint: Callable[[], None] = lambda: None,
+                         masters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
+    Streaming stage: aligned chunks → kernels → the observation's binned cube, held
+    in memory (at most ~7 MB). Frame stage: the steps over binned frames
+    (:mod:`arielstream.frame_steps`), then one write per output dataset.
     ``checkpoint`` is called before every write: it may raise to abandon the
-    observation (a worker whose coordinator died, an interrupted run).
+    observation (a worker whose coordinator died, a revoked attempt).
     """
     t0 = time.perf_counter()
     cal = load_calibration(obs, inst, needed_calibration(config), config.missing_calibration)
+    master = _masters(obs, inst, config, masters)
+    if master is not None:
+        frames, origin = master
+        for name, frame in frames.items():
+            if getattr(config, name):
+                setattr(cal, name, frame)
+                cal.sources[name] = origin
     status = step_status(config, inst.name, cal)
     sel = select_pixels(inst, layout)
     dq_region = quality_plane(cal, status, config, sel)
@@ -135,54 +177,131 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     bad = (dq_flat & DO_NOT_USE) != 0 if config.bad_pixels == "nan" else np.zeros(dq_flat.shape, bool)
 
     fpb = frames_per_bin(config, inst)
+    width = config.bin_width(inst.name)
     n_used = layout.n_bins * fpb
+    temporal = runs(status, "cosmic_rays")
     reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
-    plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget)
+    plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget,
+                       whole_series=temporal)
 
     adc = info.adc[inst.name]
     dt = steps.frame_dt(inst.name, info.n_frames(inst), info.airs_integration_time) if runs(status, "dark") else None
     coeffs = _flat_pixels(_region(cal.linear_corr, sel)) if runs(status, "nonlinearity") else None
     dark = _flat_pixels(_region(cal.dark, sel)) if runs(status, "dark") else None
     flat = _flat_pixels(_region(cal.flat, sel)) if runs(status, "flat") else None
+    outliers = dict(sigmas=config.cr_sigmas, until_clean=config.cr_until_clean, clean_sigma=config.cr_clean_sigma,
+                    max_iters=config.cr_max_iters, replace=config.cr_replace) if temporal else None
 
-    out = outputs["signal"].open(index)
-    try:
-        for chunk in prefetch(reader.iter_chunks(sel.pixels, plan, n_used, fpb)):
-            p = chunk.pixels
-            block_cal = BlockCalibration(
-                gain=adc.gain if runs(status, "adc") else None,
-                offset=adc.offset,
-                coeffs=None if coeffs is None else coeffs[:, p],
-                dark=None if dark is None else dark[p],
-                flat=None if flat is None else flat[p],
-                cds=config.cds,
-                width=config.bin_width(inst.name),
-            )
-            chunk_dt = None if dt is None else dt[chunk.frame_start:chunk.frame_stop]
+    n_x, n_y = layout.columns.shape[0], layout.rows
+    cube = np.full((layout.n_bins, n_x, n_y), np.nan, dtype=np.float32)
+    dq_time = np.zeros(cube.shape, dtype=np.uint8)
+    n_cosmic = 0
+    for chunk in prefetch(reader.iter_chunks(sel.pixels, plan, n_used, fpb)):
+        p = chunk.pixels
+        block_cal = BlockCalibration(
+            gain=adc.gain if runs(status, "adc") else None,
+            offset=adc.offset,
+            coeffs=None if coeffs is None else coeffs[:, p],
+            dark=None if dark is None else dark[p],
+            flat=None if flat is None else flat[p],
+            cds=config.cds,
+            width=width,
+            outliers=outliers,
+        )
+        chunk_dt = None if dt is None else dt[chunk.frame_start:chunk.frame_stop]
+        b0, b1 = chunk.frame_start // fpb, chunk.frame_stop // fpb
+        if temporal:
+            binned, counts = calibrate_block_with_outliers(chunk.data, chunk_dt, block_cal)
+            n_cosmic += int(counts[~bad[p]].sum())
+            dq_time[b0:b1, sel.x[p], sel.y[p]] |= np.where(counts.T > 0, TIME_COSMIC_RAY, 0).astype(np.uint8)
+        else:
             binned = calibrate_block(chunk.data, chunk_dt, block_cal)
-            binned[bad[p]] = np.nan
-            b0, b1 = chunk.frame_start // fpb, chunk.frame_stop // fpb
-            checkpoint()
-            out[b0:b1, sel.x[p], sel.y[p]] = binned.T
-        out.flush()
-    finally:
-        del out
-    checkpoint()
+        binned[bad[p]] = np.nan
+        cube[b0:b1, sel.x[p], sel.y[p]] = binned.T
+        checkpoint()
+
     read = _region(cal.read, sel)
-    read_flat = np.full(dq_flat.shape, np.nan) if read is None else read.ravel()
-    for key, plane in (("dq", dq_flat), ("read_noise", read_flat)):
+    read_plane = np.full((n_x, n_y), np.nan, dtype=np.float32)
+    if read is not None:
+        read_plane[sel.x, sel.y] = read.ravel()
+    dq_plane = np.zeros((n_x, n_y), dtype=np.uint16)
+    dq_plane[sel.x, sel.y] = dq_flat
+    products, counts = frame_stage(cube, dq_plane, dq_time, read_plane, inst, config, status, width)
+    counts["cosmic_ray_samples"] = n_cosmic
+
+    checkpoint()
+    f = config.spatial_bin
+    planes = {"signal": frame_steps.spatial_bin(products.pop("cube"), f),
+              "dq": frame_steps.bin_planes(dq_plane, f, "or"),
+              "read_noise": frame_steps.bin_planes(read_plane, f, "rms")}
+    if "dq_time" in outputs:
+        planes["dq_time"] = frame_steps.bin_planes(dq_time, f, "or")
+    if "background" in outputs:  # per output pixel: f x f detector pixels' worth
+        level = products["background"]
+        if level.ndim == 2:  # AIRS (time, x)
+            n = level.shape[1] // f
+            planes["background"] = level[:, : n * f].reshape(level.shape[0], n, f).sum(axis=-1) * f
+        else:
+            planes["background"] = level * f * f
+    for key in ("trace_row", "centroid"):
+        if key in outputs:
+            planes[key] = products[key] / f
+    for key, value in planes.items():
         mm = outputs[key].open(index)
-        mm[sel.x, sel.y] = plane
+        mm[...] = value
         mm.flush()
         del mm
 
     log.debug("%s %s: %s in %.2f s", obs.label, inst.name, plan.describe(), time.perf_counter() - t0)
-    sources = {k: (v if v == "missing" else _relative(v, info.root)) for k, v in cal.sources.items()}
+    sources = {k: (v if v == "missing" or v.startswith("master") else _relative(v, info.root))
+               for k, v in cal.sources.items()}
     return {
         "steps": status,
         "calibration": sources,
         "bad_pixels": int(((dq_flat & DO_NOT_USE) != 0).sum()),
+        **{k: v for k, v in counts.items() if runs(status, _COUNT_STEP[k])},
     }
+
+
+_COUNT_STEP = {"cosmic_ray_samples": "cosmic_rays", "spatial_outliers": "spatial_outliers",
+               "interpolated": "interpolate_bad_pixels"}
+
+
+def frame_stage(cube: np.ndarray, dq_plane: np.ndarray, dq_time: np.ndarray, read_plane: np.ndarray,
+                inst: Instrument, config: CalibrationConfig, status: dict[str, str],
+                width: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The steps over an observation's binned frames (modifies ``cube`` and ``dq_time`` in place)."""
+    products: dict[str, np.ndarray] = {}
+    counts = {"spatial_outliers": 0, "interpolated": 0}
+    samples_per_bin = width * (2 if config.cds else 1)  # reads per pixel and bin, for the read noise
+    if runs(status, "spatial_outliers"):
+        variance = np.clip(np.nan_to_num(cube), 0, None) + samples_per_bin * np.nan_to_num(read_plane, nan=13.0) ** 2
+        flagged = frame_steps.spatial_outliers(cube, variance, config.spatial_kernel, config.spatial_sigma)
+        counts["spatial_outliers"] = int(flagged.sum())
+        dq_time[flagged] |= TIME_SPATIAL_OUTLIER
+        if config.bad_pixels == "nan":
+            cube[flagged] = np.nan
+    if runs(status, "interpolate_bad_pixels"):
+        bad = ~np.isfinite(cube)
+        filled_cube, filled = frame_steps.interpolate_isolated(cube, bad)
+        cube[...] = filled_cube
+        dq_time[filled] |= TIME_INTERPOLATED
+        counts["interpolated"] = int(filled.sum())
+    if runs(status, "background"):
+        if inst.name == "AIRS-CH0":
+            level = frame_steps.airs_background(cube, config.airs_background_rows, config.background_sigma)
+            cube -= level[:, :, None].astype(np.float32)
+        else:
+            level = frame_steps.fgs1_background(cube, config.fgs1_background_width, config.background_sigma)
+            cube -= level[:, None, None].astype(np.float32)
+        products["background"] = level.astype(np.float32)
+    if runs(status, "tracking"):
+        if inst.name == "AIRS-CH0":
+            products["trace_row"] = frame_steps.trace_rows(cube).astype(np.float32)
+        else:
+            products["centroid"] = frame_steps.centroids(cube).astype(np.float32)
+    products["cube"] = cube
+    return products, counts
 
 
 def _relative(path: str, root: Path) -> str:
@@ -194,12 +313,14 @@ def _relative(path: str, root: Path) -> str:
 
 def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, config: CalibrationConfig,
                           layouts: dict[str, InstrumentLayout], descriptors: dict[str, ArrayDescriptor],
-                          budget: int, checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                          budget: int, checkpoint: Callable[[], None] = lambda: None,
+                          masters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every configured instrument of ``obs``; raises on bad input (the caller records it)."""
     provenance: dict[str, Any] = {}
     for name in config.instruments:
         inst = INSTRUMENTS[name]
-        outputs = {key: descriptors[f"{name}/{key}"] for key in ("signal", "dq", "read_noise")}
+        prefix = f"{name}/"
+        outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
         provenance[name] = calibrate_instrument(obs, inst, info, config, layouts[name], outputs, index, budget,
-                                                checkpoint)
+                                                checkpoint, masters)
     return provenance

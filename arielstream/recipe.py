@@ -29,10 +29,22 @@ RECIPE: tuple[Step, ...] = (
     Step("dark", ("dark",), "x -= dark * dt per frame (AIRS: integration time, +0.1 s on end reads; "
                             "FGS1: 0.1 s / 0.2 s)"),
     Step("cds", (), "end-of-exposure read minus start read"),
+    Step("cosmic_rays", (), "temporal outliers of each pixel's CDS series (bin median, robust sigma), "
+                            "replaced or masked"),
     Step("time_binning", (), "sum of consecutive samples (airs_bin, fgs1_bin)"),
     Step("flat", ("flat",), "x /= flat"),
     Step("wavelength_cut", (), "AIRS-CH0 columns cut_start:cut_stop"),
+    Step("spatial_outliers", (), "AIRS: pixels of a binned frame off a median filter along wavelength"),
+    Step("interpolate_bad_pixels", (), "isolated bad pixels from their two spatial neighbours"),
+    Step("background", (), "AIRS: clipped mean of rows off the trace per bin and column; FGS1: of the edge"),
+    Step("tracking", (), "FGS1 centroid and AIRS trace row per bin"),
+    Step("spatial_bin", (), "sum spatial_bin x spatial_bin pixels"),
 )
+
+
+def _enabled(config: CalibrationConfig, step: str) -> bool:
+    value = getattr(config, step)
+    return value > 1 if step == "spatial_bin" else bool(value)
 
 
 def describe_recipe() -> list[dict[str, str]]:
@@ -47,7 +59,7 @@ def needed_calibration(config: CalibrationConfig) -> dict[str, bool]:
     """
     needed: dict[str, bool] = {"read": False}
     for step in RECIPE:
-        if getattr(config, step.name):
+        if _enabled(config, step.name):
             for name in step.needs:
                 needed[name] = True
     return needed
@@ -57,9 +69,9 @@ def step_status(config: CalibrationConfig, instrument: str, cal: DetectorCalibra
     """``step -> "ran" | "off" | "skipped: <why>" | "n/a"`` for one instrument of one visit."""
     out: dict[str, str] = {}
     for step in RECIPE:
-        if step.name == "wavelength_cut" and instrument != "AIRS-CH0":
+        if step.name in ("wavelength_cut", "spatial_outliers") and instrument != "AIRS-CH0":
             out[step.name] = "n/a"
-        elif not getattr(config, step.name):
+        elif not _enabled(config, step.name):
             out[step.name] = "off"
         else:
             absent = [n for n in step.needs if cal.sources.get(n) == "missing"]

@@ -54,6 +54,7 @@ from .dq import BITS
 from .errors import ArielstreamError, InputError, OutputError, RunInterrupted
 from .layout import INSTRUMENTS, Observation, discover_observations
 from .lifecycle import RunLock, prepare_output, publish, reconcile, verify
+from .masters import load_masters
 from .memory import current_rss, format_bytes, parse_bytes
 from .metadata import DatasetInfo, read_dataset_info
 from .pipeline import calibrate_observation, instrument_layout
@@ -103,6 +104,7 @@ class Task:
     threads: int
     parent_pid: int | None  # the coordinator, when the task runs in a local worker process
     in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
+    masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
 
 
 @dataclass
@@ -239,7 +241,7 @@ def run_task(task: Task) -> ObservationResult:
     try:
         info = dataset_info(task.data_dir)
         provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
-                                           task.chunk_bytes, checkpoint)
+                                           task.chunk_bytes, checkpoint, task.masters)
     except OrphanedWorker:
         log.warning("%s: the coordinator is gone; abandoning it", obs.label)
         os._exit(1)
@@ -467,10 +469,14 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
         todo = prepared.todo
 
         in_coordinator = backend == "loky" and plan.jobs == 1 and task_timeout is None
+        masters = None
+        if config.master_calibration == "dataset":
+            masters = {name: load_masters(observations, INSTRUMENTS[name]) for name in config.instruments}
+            log.info("master dark and flat combined over %d observation(s)", len(observations))
 
         def make_task(index: int) -> Task:
             return Task(index, observations[index], str(data_dir), config, layouts, descriptors, plan.chunk_bytes,
-                        plan.threads, parent, in_coordinator)
+                        plan.threads, parent, in_coordinator, masters)
 
         def collect(result: ObservationResult) -> None:
             if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation

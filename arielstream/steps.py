@@ -154,3 +154,66 @@ def frame_dt(instrument: str, n_frames: int, integration_time: np.ndarray | None
     dt = np.full(n_frames, 0.1)
     dt[1::2] += 0.1
     return dt
+
+
+def reject_temporal_outliers(samples: np.ndarray, width: int, sigmas: tuple[float, ...] = (8.0,),
+                             until_clean: bool = True, clean_sigma: float = 5.0, max_iters: int = 10,
+                             replace: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Cosmic rays: temporal outliers of each pixel's sample series, and the series' bin sums without them.
+
+    ``samples`` is ``(P, T)`` (CDS samples, time last) with ``T`` a multiple of
+    ``width``. The reference of each sample is the median of its time bin (its
+    ``width`` neighbours: the signal changes slowly within a bin, a hit does not
+    last); the spread is the pixel's robust standard deviation (1.4826 x the
+    median absolute residual over the whole series, flagged samples left out).
+    One pass per level of ``sigmas``, then, with ``until_clean``, passes at
+    ``clean_sigma`` until a pass flags nothing new (at most ``max_iters``).
+    Flagged samples are replaced by their bin's median (``replace="median"``) or
+    left out with the bin sum rescaled to ``width`` samples (``"mask"``).
+
+    Returns ``(binned, flagged)``: ``(P, T // width)`` float64 bin sums and the
+    ``(P, T)`` boolean mask of flagged samples.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    n_pix, n = x.shape
+    if n % width:
+        raise ValueError(f"{n} samples do not split into bins of {width}")
+    bins = x.reshape(n_pix, n // width, width)
+    flagged = np.zeros(bins.shape, dtype=bool)
+    levels = list(sigmas) + ([clean_sigma] * max_iters if until_clean else [])
+    for i, level in enumerate(levels):
+        masked = np.where(flagged, np.nan, bins)
+        with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+            reference = np.nanmedian(masked, axis=-1, keepdims=True)
+            residual = bins - reference
+            spread = 1.4826 * np.nanmedian(np.abs(np.where(flagged, np.nan, residual)).reshape(n_pix, -1),
+                                           axis=-1)
+            new = (np.abs(residual) > level * spread[:, None, None]) & ~flagged
+        if i >= len(sigmas) and not new.any():
+            break
+        flagged |= new
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        reference = np.nanmedian(np.where(flagged, np.nan, bins), axis=-1, keepdims=True)
+    if replace == "median":
+        cleaned = np.where(flagged, reference, bins)
+        binned = cleaned.sum(axis=-1)
+    else:
+        good = (~flagged).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            binned = np.where(flagged, 0.0, bins).sum(axis=-1) * width / good
+    return binned, flagged.reshape(n_pix, n)
+
+
+class _quiet_nan_warnings:  # noqa: N801 - a context manager used like np.errstate
+    """All-NaN slices (a bin whose every sample was flagged) are expected: no RuntimeWarning."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

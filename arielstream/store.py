@@ -54,7 +54,8 @@ ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
 CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
 PER_OBSERVATION = ("status", "attempts", "owner", "checksum", "error", "provenance")  # written through memmaps
-PER_PIXEL = ("/signal", "/dq", "/read_noise")  # per-instrument cubes and planes, written through memmaps
+# per-instrument, per-observation datasets, written through memmaps
+PER_PIXEL = ("/signal", "/dq", "/read_noise", "/dq_time", "/background", "/trace_row", "/centroid")
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,27 @@ class InstrumentLayout:
     rows: int  # n_y
     wavelength: np.ndarray  # (n_x,) µm
     labels: list[str]  # (n_x,) target labels, "" where none
+    spatial_bin: int = 1  # output pixels sum spatial_bin x spatial_bin of these
+    extras: tuple[tuple[str, tuple[int, ...], str, str], ...] = ()  # (name, shape after obs, dtype, axes)
 
     @property
     def n_bins(self) -> int:
         return int(self.time.shape[0])
 
     @property
+    def plane_shape(self) -> tuple[int, int]:
+        """``(x, y)`` of the output, after spatial binning."""
+        return (int(self.columns.shape[0]) // self.spatial_bin, self.rows // self.spatial_bin)
+
+    @property
     def signal_shape(self) -> tuple[int, int, int]:
-        return (self.n_bins, int(self.columns.shape[0]), self.rows)
+        return (self.n_bins, *self.plane_shape)
+
+    def binned_axis(self, values: np.ndarray) -> np.ndarray:
+        """An x axis (columns, wavelengths) averaged over the spatial bins."""
+        f = self.spatial_bin
+        n = values.shape[0] // f
+        return values[: n * f].reshape(n, f).mean(axis=1)
 
 
 def _create_early(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
@@ -144,8 +158,10 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     }
     for lay in layouts:
         memmapped[f"{lay.name}/signal"] = ((n, *lay.signal_shape), "<f4")
-        memmapped[f"{lay.name}/dq"] = ((n, int(lay.columns.shape[0]), lay.rows), "<u2")
-        memmapped[f"{lay.name}/read_noise"] = ((n, int(lay.columns.shape[0]), lay.rows), "<f4")
+        memmapped[f"{lay.name}/dq"] = ((n, *lay.plane_shape), "<u2")
+        memmapped[f"{lay.name}/read_noise"] = ((n, *lay.plane_shape), "<f4")
+        for name, shape, dtype, _ in lay.extras:
+            memmapped[f"{lay.name}/{name}"] = ((n, *shape), dtype)
     _check_room(path, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values()))
     try:
         with h5py.File(path, "w", libver="earliest") as f:
@@ -160,9 +176,11 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
             for lay in layouts:
                 g = f.create_group(lay.name)
                 g.create_dataset("time", data=lay.time.astype(np.float64)).attrs["units"] = "hours"
-                g.create_dataset("column", data=lay.columns.astype(np.int16))
-                g.create_dataset("wavelength", data=lay.wavelength.astype(np.float64)).attrs["units"] = "um"
-                g.create_dataset("wavelength_label", data=np.array(lay.labels, dtype="S8"))
+                g.create_dataset("column", data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
+                                                                                    else np.int16))
+                g.create_dataset("wavelength", data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
+                labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
+                g.create_dataset("wavelength_label", data=np.array(labels, dtype="S8"))
             datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
             for lay in layouts:
                 sig = datasets[f"{lay.name}/signal"]
@@ -171,6 +189,8 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
                 datasets[f"{lay.name}/dq"].attrs["axes"] = "obs,x,y"
                 datasets[f"{lay.name}/read_noise"].attrs["axes"] = "obs,x,y"
                 datasets[f"{lay.name}/read_noise"].attrs["units"] = "electrons per read (read.parquet; NaN if absent)"
+                for name, _, _, axes in lay.extras:
+                    datasets[f"{lay.name}/{name}"].attrs["axes"] = axes
             f.flush()
             offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
     except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
