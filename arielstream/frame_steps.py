@@ -19,16 +19,21 @@ TIME_BITS = {"COSMIC_RAY": TIME_COSMIC_RAY, "SPATIAL_OUTLIER": TIME_SPATIAL_OUTL
 
 
 def _median_filter_x(cube: np.ndarray, kernel: int) -> np.ndarray:
-    """Running median along x (the wavelength axis) with edge replication; NaNs ignored."""
-    half = kernel // 2
-    padded = np.pad(cube, ((0, 0), (half, half), (0, 0)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)  # (t, x, y, k)
-    with np.errstate(invalid="ignore"):
-        import warnings
+    """Running median along x (the wavelength axis) with edge replication; NaNs ignored.
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-            return np.nanmedian(windows, axis=-1)
+    One frame at a time, so that the window copies stay a few MB whatever the cube.
+    """
+    import warnings
+
+    half = kernel // 2
+    out = np.empty(cube.shape, dtype=np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        for t in range(cube.shape[0]):
+            padded = np.pad(cube[t], ((half, half), (0, 0)), mode="edge")
+            windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=0)  # (x, y, k)
+            out[t] = np.nanmedian(windows, axis=-1)
+    return out
 
 
 def spatial_outliers(cube: np.ndarray, variance: np.ndarray, kernel: int = 5, sigma: float = 10.0) -> np.ndarray:
