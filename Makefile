@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dask,fast]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dask,fast,plots,xarray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,6 +2,8 @@
 
 >>> import arielstream
 >>> summary = arielstream.calibrate("data_samples", "out.h5")        # doctest: +SKIP
+>>> with arielstream.open("out.h5") as res:                          # doctest: +SKIP
+...     cube = res.airs(0)
 """
 
 import os as _os
@@ -13,6 +15,7 @@ _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from ._version import __version__  # noqa: E402
 from .config import CalibrationConfig, build_config, load_config  # noqa: E402
+from .results import Results, open  # noqa: E402,A004
 from .runner import calibrate  # noqa: E402
 
-__all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate"]
+__all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate", "open", "Results"]

@@ -7,7 +7,10 @@ process (so that its peak RSS is its own) on the same files, and is repeated;
 medians are reported. The table, with the ratios and the machine, is printed and
 written into ``BENCHMARKS.md`` between the ``bench:begin``/``bench:end`` markers.
 
-    python -m arielstream.bench [--planets 4] [--repeats 3] [--notebook-nl] [--no-write]
+    python -m arielstream.bench [--planets 4] [--repeats 3] [--notebook-nl] [--part all|core|dq] [--no-write]
+
+``core`` is the engine against the floor and the notebook, and the throughput;
+``dq`` the cost of each data-quality step of issue 5 on one full-size observation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+DQ_BEGIN, DQ_END = "<!-- bench-dq:begin -->", "<!-- bench-dq:end -->"
+
+# The data-quality steps (issue 5), each measured alone on top of the default profile, then all together.
+DQ_STEPS = {
+    "cosmic rays (temporal outliers)": {"cosmic_rays": True},
+    "spatial outliers": {"spatial_outliers": True},
+    "interpolate bad pixels": {"interpolate_bad_pixels": True},
+    "background": {"background": True},
+    "tracking (centroid, trace row)": {"tracking": True},
+    "master calibration (planet)": {"master_calibration": "planet"},
+    "spatial bin 2": {"spatial_bin": 2},
+    "**full profile** (all of the above but binning and masters)": {"profile": "full"},
+}
 
 # ---------------------------------------------------------------- measurements (run in a child process)
 
@@ -62,13 +78,15 @@ def measure_floor(data: str, planet: int, how: str) -> dict:
     return {"seconds": seconds, "peak_rss": _peak_rss()}
 
 
-def measure_arielstream(data: str, planet: int, out: str) -> dict:
-    """One observation through arielstream, one worker, every step on."""
-    from . import calibrate, compiled
+def measure_arielstream(data: str, planet: int, out: str, options: dict | None = None) -> dict:
+    """One observation through arielstream, one worker; ``options`` as ``build_config`` takes them."""
+    from . import build_config, calibrate, compiled
 
-    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)  # warm-up / JIT
+    config = build_config(**(options or {}))
+    kwargs = {"planets": [planet], "config": config, "jobs": 1, "force": True, "progress": False, "log_file": False}
+    calibrate(data, out, **kwargs)  # warm-up / JIT
     t0 = time.perf_counter()
-    calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)
+    calibrate(data, out, **kwargs)
     return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "engine": compiled.engine()}
 
 
@@ -193,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path,
                         default=Path(os.environ.get("ARIELSTREAM_BENCH_DIR", Path.home() / ".cache" /
                                                     "arielstream-bench")))
+    parser.add_argument("--part", choices=["all", "core", "dq"], default="all",
+                        help="core: engine, notebook, throughput; dq: the data-quality steps (default all)")
     args = parser.parse_args(argv)
     root = args.data
     planets = ensure_data(root, args.planets)
@@ -200,7 +220,50 @@ def main(argv: list[str] | None = None) -> int:
     tmp = root / "out"
     tmp.mkdir(exist_ok=True)
     print(f"machine: {describe_machine()}", flush=True)
+    if args.part in ("all", "core"):
+        _write_block(core_table(args, data, planet, planets, tmp), MARK_BEGIN, MARK_END,
+                     "## `make bench` (latest run)", args.no_write)
+    if args.part in ("all", "dq"):
+        _write_block(dq_table(args, data, planet, tmp), DQ_BEGIN, DQ_END,
+                     "## Data-quality steps (`make bench`, latest run)", args.no_write)
+    return 0
 
+
+def dq_table(args: argparse.Namespace, data: str, planet: int, tmp: Path) -> str:
+    """Seconds and peak RSS of one full-size observation with each data-quality step on."""
+    base = _repeat("arielstream", args.repeats, data, planet, str(tmp / "dq.h5"), {})
+    lines = [
+        f"Machine: {describe_machine()}. Kernels: {base['engine']}. One full-size observation (AIRS + FGS1), "
+        f"one worker, default budget (2GB); each row a fresh process, median of {args.repeats} runs.",
+        "",
+        "| steps | s per observation | extra s | peak RSS MB |",
+        "|---|---|---|---|",
+        f"| default profile (none of them) | {base['seconds']:.2f} | | {base['peak_rss'] / 1e6:.0f} |",
+    ]
+    for label, options in DQ_STEPS.items():
+        row = _repeat("arielstream", args.repeats, data, planet, str(tmp / "dq.h5"), options)
+        lines.append(f"| {label} | {row['seconds']:.2f} | {row['seconds'] - base['seconds']:+.2f} | "
+                     f"{row['peak_rss'] / 1e6:.0f} |")
+    return "\n".join(lines)
+
+
+def _write_block(table: str, begin: str, end: str, heading: str, no_write: bool) -> None:
+    print(table, flush=True)
+    if no_write:
+        return
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n{heading}\n\n{block}\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+def core_table(args: argparse.Namespace, data: str, planet: int, planets: list[int], tmp: Path) -> str:
+    """The engine against the decode floor and the notebook, the profile, and the throughput."""
     rows = {}
     rows["floor_blocks"] = _repeat("floor", args.repeats, data, planet, "blocks")
     rows["floor_whole"] = _repeat("floor", args.repeats, data, planet, "whole")
@@ -248,19 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "|" + "---|" * (len(profile["stages"]) + 1),
         "| " + " | ".join(f"{v:.2f}" for v in profile["stages"].values()) + f" | {profile['total']:.2f} |",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        path = REPO / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-        if MARK_BEGIN in text:
-            text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
-        else:
-            text += f"\n## `make bench` (latest run)\n\n{block}\n"
-        path.write_text(text)
-        print(f"wrote {path}")
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Command line: ``arielstream calibrate | simulate | info``.
+"""Command line: ``arielstream calibrate | simulate | info`` (and, from :mod:`.cli_products`,
+``extract | quicklook | export | init-config``).
 
 Exit codes (sysexits style, for cron jobs):
 
@@ -9,6 +10,8 @@ Exit codes (sysexits style, for cron jobs):
       worker that died twice on them); the output holds them as failed, with
       the reason; running again retries only those
 66    an input folder or dataset-level file is missing or unreadable
+69    an optional package is needed (e.g. matplotlib for quicklook: the
+      message names the extra to install)
 70    internal error (a bug: please report it with the log)
 73    the output cannot be created (folder missing, disk full, file too large)
 75    another run is writing the same output (try again later)
@@ -29,8 +32,17 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
+from .cli_products import HANDLERS as PRODUCT_HANDLERS
+from .cli_products import add_commands as add_products
 from .config import PROFILES, ConfigError, load_config, load_run_options
-from .errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
+from .errors import (
+    ArielstreamError,
+    InputError,
+    MemoryBudgetError,
+    MissingDependencyError,
+    OutputError,
+    RunInterrupted,
+)
 from .lifecycle import ConfigMismatchError, LockBusyError
 from .recipe import RECIPE
 
@@ -38,6 +50,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_FAILURES = 65
 EXIT_NOINPUT = 66
+EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
 EXIT_CANTCREAT = 73
 EXIT_TEMPFAIL = 75
@@ -101,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Calibrate every visit of the planets of DATA_DIR/SPLIT into OUT.h5.")
     cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     cal.add_argument("--split", help="sub-folder of planets: train or test (default train)")
-    cal.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5")
+    target = cal.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", type=Path, metavar="OUT.h5", help="the calibrated file to write")
+    target.add_argument("--run", metavar="NAME",
+                        help="a named run: writes RUNS_DIR/NAME/<split>.h5 and RUNS_DIR/NAME/config.toml; "
+                             "runs with other names are kept side by side, and NAME is never reused with other "
+                             "calibration options (unless --force)")
+    cal.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                     help="folder of the named runs (default ./runs)")
     cal.add_argument("--planets", type=int, nargs="+", metavar="ID", help="only these planet ids")
     cal.add_argument("--jobs", type=_jobs, metavar="N|auto",
                      help="parallel workers (default auto: from --memory and the cores)")
@@ -157,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("info", help="summarise an arielstream HDF5 file", parents=[verbosity])
     inf.add_argument("path", type=Path, metavar="OUT.h5")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add_products(sub, [verbosity])
     return parser
 
 
@@ -197,7 +219,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     run = load_run_options(args.config, split=args.split, planets=args.planets, memory=args.memory, jobs=args.jobs,
                            backend=args.backend, scheduler=args.scheduler, task_timeout=args.task_timeout,
                            force=args.force, progress=args.progress, log_file=args.log_file)
-    summary = calibrate(args.data_dir, args.output, split=run.split, planets=run.planets, config=config,
+    summary = calibrate(args.data_dir, args.output, run=args.run, runs_dir=args.runs_dir,
+                        split=run.split, planets=run.planets, config=config,
                         memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
                         task_timeout=run.task_timeout, force=run.force, progress=run.progress,
                         log_file=run.log_file)
@@ -255,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     handlers = {"calibrate": cmd_calibrate, "simulate": cmd_simulate, "info": cmd_info}
+    handlers.update(PRODUCT_HANDLERS)
     # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
@@ -274,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
         return EXIT_CANTCREAT
+    except MissingDependencyError as exc:
+        print(f"arielstream: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except ArielstreamError as exc:
         print(f"arielstream: {exc}", file=sys.stderr)
         return EXIT_CONFIG

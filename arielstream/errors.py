@@ -26,6 +26,10 @@ class OutputError(ArielstreamError):
     """The output file cannot be created or is not an arielstream file."""
 
 
+class MissingDependencyError(ArielstreamError):
+    """An optional package (an ``arielstream[...]`` extra) is needed for this feature."""
+
+
 class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, it is not an Exception
     """SIGTERM arrived: stop dispatching, keep what is done."""
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from . import compiled
 from ._version import __version__
-from .config import BACKENDS, CalibrationConfig
+from .config import BACKENDS, CalibrationConfig, RunOptions
 from .dq import BITS
 from .errors import ArielstreamError, InputError, OutputError, RunInterrupted
 from .layout import INSTRUMENTS, Observation, discover_observations
@@ -60,6 +60,7 @@ from .metadata import DatasetInfo, read_dataset_info
 from .pipeline import calibrate_observation, instrument_layout
 from .recipe import describe_recipe
 from .resources import WorkerPlan, available_cores, peak_rss, pin_threads, plan_workers
+from .runs import DEFAULT_RUNS_DIR, prepare_run
 from .store import (
     STATUS_DONE,
     STATUS_FAILED,
@@ -408,13 +409,16 @@ def _statuses(descriptors: dict[str, ArrayDescriptor], observations: list[Observ
             for o, s, e in zip(observations, status, errors, strict=True)]
 
 
-def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", planets: list[int] | None = None,
-              config: CalibrationConfig | None = None, memory: str | int = DEFAULT_MEMORY, jobs: int | None = None,
-              backend: str = "loky", scheduler: str | None = None, task_timeout: float | None = None,
-              force: bool = False, progress: bool | None = None, log_file: bool = True,
-              chunk_bytes: int | None = None) -> RunSummary:
+def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str = "train",
+              planets: list[int] | None = None, config: CalibrationConfig | None = None,
+              memory: str | int = DEFAULT_MEMORY, jobs: int | None = None, backend: str = "loky",
+              scheduler: str | None = None, task_timeout: float | None = None, force: bool = False,
+              progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None, *,
+              run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
+    Give either ``output`` or ``run``: a named run writes ``runs_dir/run/<split>.h5``
+    and records its options in ``runs_dir/run/config.toml`` (:mod:`arielstream.runs`).
     ``memory`` is the RAM budget of the whole process tree on this machine;
     ``jobs=None`` picks the worker count from it (``--jobs auto``). With
     ``backend="dask"``, ``scheduler`` is the address of a dask.distributed scheduler
@@ -426,14 +430,22 @@ def calibrate(data_dir: str | Path, output: str | Path, split: str = "train", pl
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     budget = parse_bytes(memory)
+    if (output is None) == (run is None):
+        raise ValueError("give either an output file or a run name (not both)")
     # absolute: tasks may run in other working directories (dask workers on other machines)
-    data_dir, output = Path(data_dir).resolve(), Path(output).resolve()
-    if not output.parent.is_dir():
-        raise OutputError(f"{output.parent}: output folder does not exist")
+    data_dir = Path(data_dir).resolve()
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise OutputError(f"{Path(output).resolve().parent}: output folder does not exist")
     info = dataset_info(data_dir)
     observations = discover_observations(data_dir, split, planets)
     if not observations:
         raise InputError(data_dir / split, "no planet folders found")
+    if run is not None:  # only once the input is known to be there: no empty run folders
+        options = RunOptions(split=split, planets=tuple(planets) if planets else None, memory=str(memory),
+                             jobs=jobs, backend=backend, scheduler=scheduler, task_timeout=task_timeout,
+                             progress=progress, log_file=log_file)
+        output = prepare_run(run, config, options, runs_dir, force=force)
+    output = Path(output).resolve()
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
     identity = {"arielstream_version": code_version(), "engine": compiled.engine(), "config": config.to_json(),
                 "split": split, "source": str(data_dir.resolve())}

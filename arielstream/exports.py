@@ -1,0 +1,355 @@
+"""Exports of a calibrated file for other tools, streamed one observation at a time.
+
+``npy`` — the organisers' notebook's files
+    ``data_<split>.npy`` ``(obs, bins, 282, 32)`` and ``data_<split>_FGS.npy``
+    ``(obs, bins, 32, 32)`` (``data_train.npy`` / ``data_train_FGS.npy`` for the
+    train split), float64 by default, written with
+    :func:`numpy.lib.format.open_memmap` one observation at a time (memory: one
+    observation). ``obs`` holds the *done* observations in the file's order (every
+    visit, where the notebook kept visit 0 only); ``data_<split>_index.csv`` lists
+    their ``planet_id`` and ``visit``, row by row. ``wavelength_order``: ``None``
+    keeps the file's order, ``"detector"`` gives the notebook's order (detector
+    columns 39..320, long to short wavelength, what baseline models trained on the
+    notebook's output read), ``"target"`` ascending ``wl_2 .. wl_283``. Bad pixels
+    are NaN in the default profile; ``fill_value`` replaces NaN (e.g. 0).
+``fits`` — one FITS file per observation, ``<planet_id>_visit<v>.fits``
+    HDU 0 ``PRIMARY``: no data; provenance keywords ``ORIGIN``, ``ASVER``
+    (arielstream version), ``PROFILE``, ``PLANETID``, ``VISIT``, ``SPLIT``,
+    ``WLORDER``, ``SOURCE``, ``BUNIT``, and ``CONFIG`` (the calibration config as
+    JSON; long values continue on ``CONTINUE`` cards, which astropy reassembles).
+    HDU 1 ``CONFIG``: a one-row table with the full ``config``, ``recipe`` and
+    ``provenance`` JSON strings. Then per instrument (``AIRS-CH0``, ``FGS1``):
+    ``<INST>`` the cube float32 (numpy ``(time, x, y)``, i.e. FITS
+    ``NAXIS1 = y``, ``NAXIS2 = x``, ``NAXIS3 = time``; ``BUNIT``), ``<INST>_DQ``
+    the DQ bits ``(x, y)`` (uint16, stored by astropy as int16 with BZERO = 32768),
+    ``<INST>_READNOISE`` ``(x, y)`` float32 electrons per read, ``<INST>_TIME`` a
+    table ``TIME`` (hours) per bin and ``<INST>_AXIS`` a table of x: ``COLUMN``,
+    ``WAVELENGTH`` (µm) and ``LABEL`` (``wl_k``). The x order is the file's.
+``csv`` / ``parquet`` — the light curves as one long table, ``lightcurves.csv`` / ``lightcurves.parquet``
+    one row per observation, instrument, wavelength and time bin: ``planet_id``,
+    ``visit``, ``instrument`` (``AIRS-CH0``, ``AIRS-CH0-white``, ``FGS1``),
+    ``wavelength_label`` (``wl_k``; ``white`` for the AIRS white light, ``wl_1``
+    for FGS1), ``wavelength`` (µm; NaN for the white light), ``time`` (hours),
+    ``flux``, ``flux_err`` (electrons per bin, 1 sigma), ``normalised_flux``,
+    ``normalised_flux_err`` (divided by the median over time of that light curve).
+    The source can be a calibrated file (light curves extracted on the fly with
+    :mod:`arielstream.lightcurves` options) or a light-curve file from
+    ``arielstream extract``. Parquet gets one row group per observation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import lightcurves as lcmod
+from .errors import InputError, OutputError
+from .store import FORMAT_NAME
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npy", "fits", "csv", "parquet")
+WAVELENGTH_ORDERS = ("target", "detector")
+AIRS, FGS1 = "AIRS-CH0", "FGS1"
+TABLE_COLUMNS = ("planet_id", "visit", "instrument", "wavelength_label", "wavelength", "time", "flux", "flux_err",
+                 "normalised_flux", "normalised_flux_err")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _open(path: str | Path) -> h5py.File:
+    path = Path(path)
+    try:
+        return h5py.File(path, "r")
+    except (FileNotFoundError, OSError) as exc:
+        raise InputError(path, f"cannot read: {exc}") from None
+
+
+def _open_calibrated(path: str | Path) -> h5py.File:
+    f = _open(path)
+    if _text(f.attrs.get("format", "")) != FORMAT_NAME:
+        f.close()
+        raise InputError(path, "not an arielstream output file")
+    return f
+
+
+def _make_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the export folder: {exc}") from None
+    return out_dir
+
+
+def x_order(wavelength: np.ndarray, order: str | None) -> np.ndarray | None:
+    """Indices putting the stored AIRS x axis in ``order`` (``None``: as stored, no reordering)."""
+    if order is None:
+        return None
+    if order not in WAVELENGTH_ORDERS:
+        raise ValueError(f"wavelength_order must be one of {', '.join(WAVELENGTH_ORDERS)} or None; got {order!r}")
+    ascending = lcmod.target_order(wavelength)
+    return ascending if order == "target" else ascending[::-1].copy()
+
+
+# ---------------------------------------------------------------- npy
+def export_npy(path: str | Path, out_dir: str | Path, *, dtype: str | np.dtype = np.float64,
+               wavelength_order: str | None = None, fill_value: float | None = None,
+               observations: Sequence[int] | None = None) -> dict[str, Path]:
+    """Write the notebook's ``data_<split>.npy`` and ``data_<split>_FGS.npy`` (see the module doc)."""
+    out_dir = _make_dir(out_dir)
+    written: dict[str, Path] = {}
+    with _open_calibrated(path) as f:
+        split = _text(f.attrs.get("split", "train")) or "train"
+        chosen = lcmod.done_observations(f, observations)
+        names = {AIRS: f"data_{split}.npy", FGS1: f"data_{split}_FGS.npy"}
+        for inst, name in names.items():
+            if f"{inst}/signal" not in f:
+                continue
+            ds = f[f"{inst}/signal"]
+            order = x_order(f[f"{inst}/wavelength"][()], wavelength_order) if inst == AIRS else None
+            target = out_dir / name
+            partial = target.with_name(target.name + ".partial")  # renamed when whole: never a half file
+            try:
+                mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype),
+                                               shape=(len(chosen), *ds.shape[1:]))
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot create: {exc}") from None
+            try:
+                for k, index in enumerate(chosen):
+                    cube = ds[index]
+                    if order is not None:
+                        cube = cube[:, order]
+                    if fill_value is not None:
+                        cube = np.where(np.isnan(cube), fill_value, cube)
+                    mm[k] = cube
+                mm.flush()
+                del mm
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            partial.replace(target)
+            written[inst] = target
+        index_path = out_dir / f"data_{split}_index.csv"
+        with index_path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["row", "planet_id", "visit"])
+            for k, index in enumerate(chosen):
+                w.writerow([k, int(f["planet_id"][index]), int(f["visit"][index])])
+        written["index"] = index_path
+    log.info("%s: %d observation(s) exported to %s", path, len(chosen), ", ".join(str(p) for p in written.values()))
+    return written
+
+
+# ---------------------------------------------------------------- fits
+def fits_header_cards(attrs: dict[str, str], planet_id: int, visit: int) -> list[tuple[str, Any, str]]:
+    """The provenance keywords of the primary header."""
+    return [
+        ("ORIGIN", "arielstream", "calibrated Ariel Data Challenge 2025 data"),
+        ("ASVER", attrs.get("arielstream_version", ""), "arielstream version (and source digest)"),
+        ("PROFILE", attrs.get("profile", ""), "calibration profile"),
+        ("PLANETID", int(planet_id), "planet_id"),
+        ("VISIT", int(visit), "visit of the planet"),
+        ("SPLIT", attrs.get("split", ""), "train or test"),
+        ("WLORDER", attrs.get("wavelength_order", ""), "AIRS x order: target or detector"),
+        ("SOURCE", attrs.get("source", ""), "raw data folder"),
+        ("BUNIT", "electron", "per time bin, flat-fielded"),
+        ("CONFIG", attrs.get("config", "{}"), "calibration config (JSON)"),
+    ]
+
+
+def _set(header: Any, key: str, value: Any, comment: str) -> None:
+    """A header card; long strings continue on CONTINUE cards and carry no comment (it would be cut)."""
+    long = isinstance(value, str) and len(value) + len(comment) > 60
+    header[key] = value if long else (value, comment)
+
+
+def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence[int] | None = None,
+                overwrite: bool = True) -> list[Path]:
+    """One FITS file per done observation (layout in the module doc)."""
+    from astropy.io import fits
+
+    out_dir = _make_dir(out_dir)
+    written: list[Path] = []
+    with _open_calibrated(path) as f:
+        attrs = {k: _text(v) for k, v in f.attrs.items()}
+        instruments = [i for i in (AIRS, FGS1) if f"{i}/signal" in f]
+        for index in lcmod.done_observations(f, observations):
+            planet_id, visit = int(f["planet_id"][index]), int(f["visit"][index])
+            primary = fits.PrimaryHDU()
+            for key, value, comment in fits_header_cards(attrs, planet_id, visit):
+                _set(primary.header, key, value, comment)
+            provenance = _text(f["provenance"][index]).rstrip("\x00") if "provenance" in f else ""
+            table = fits.BinTableHDU.from_columns([
+                fits.Column(name=name, format=f"{max(1, len(value.encode()))}A", array=np.array([value.encode()]))
+                for name, value in (("CONFIG", attrs.get("config", "{}")), ("RECIPE", attrs.get("recipe", "")),
+                                    ("PROVENANCE", provenance))
+            ], name="CONFIG")
+            hdus: list[Any] = [primary, table]
+            for inst in instruments:
+                g = f[inst]
+                image = fits.ImageHDU(g["signal"][index], name=inst)
+                image.header["BUNIT"] = ("electron", "per time bin, flat-fielded")
+                image.header["AXES"] = ("time,x,y", "numpy order: NAXIS1=y NAXIS2=x NAXIS3=time")
+                image.header["PLANETID"], image.header["VISIT"] = planet_id, visit
+                dq = fits.ImageHDU(g["dq"][index], name=f"{inst}_DQ")
+                _set(dq.header, "BITS", attrs.get("dq_bits", ""), "data-quality bit values")
+                hdus += [image, dq]
+                if "read_noise" in g:
+                    rn = fits.ImageHDU(g["read_noise"][index], name=f"{inst}_READNOISE")
+                    rn.header["BUNIT"] = ("electron", "per read")
+                    hdus.append(rn)
+                hdus.append(fits.BinTableHDU.from_columns(
+                    [fits.Column(name="TIME", format="D", unit="h", array=g["time"][()])], name=f"{inst}_TIME"))
+                labels = np.array([_text(s).encode() or b"-" for s in g["wavelength_label"][()]])
+                column = g["column"][()]  # float (a mean) when the output is spatially binned
+                hdus.append(fits.BinTableHDU.from_columns([
+                    fits.Column(name="COLUMN", format="I" if column.dtype.kind in "iu" else "E", array=column),
+                    fits.Column(name="WAVELENGTH", format="D", unit="um", array=g["wavelength"][()]),
+                    fits.Column(name="LABEL", format="8A", array=labels),
+                ], name=f"{inst}_AXIS"))
+            target = out_dir / f"{planet_id}_visit{visit}.fits"
+            if target.exists() and not overwrite:
+                raise OutputError(f"{target}: exists")
+            partial = target.with_name(target.name + ".partial")
+            try:
+                fits.HDUList(hdus).writeto(partial, overwrite=True, output_verify="exception")
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            partial.replace(target)
+            written.append(target)
+    log.info("%s: %d FITS file(s) written to %s", path, len(written), out_dir)
+    return written
+
+
+# ---------------------------------------------------------------- light-curve tables
+def _rows_of(lc: lcmod.LightCurves) -> dict[str, np.ndarray]:
+    """The long-format columns of one observation's light curves."""
+    parts: list[dict[str, np.ndarray]] = []
+
+    def add(instrument: str, labels: Sequence[str], wavelength: np.ndarray, time: np.ndarray, flux: np.ndarray,
+            err: np.ndarray) -> None:
+        # flux, err: (t, w) -> rows ordered by wavelength, then time
+        nflux, nerr = lcmod.normalise(flux, err, axis=0)
+        t, w = flux.shape
+        parts.append({
+            "instrument": np.full(t * w, instrument, dtype=object),
+            "wavelength_label": np.repeat(np.asarray(labels, dtype=object), t),
+            "wavelength": np.repeat(np.asarray(wavelength, dtype=np.float64), t),
+            "time": np.tile(time, w),
+            "flux": flux.T.ravel(), "flux_err": err.T.ravel(),
+            "normalised_flux": nflux.T.ravel(), "normalised_flux_err": nerr.T.ravel(),
+        })
+
+    if lc.airs_flux is not None:
+        add(AIRS, lc.wavelength_label, lc.wavelength, lc.airs_time, lc.airs_flux, lc.airs_flux_err)
+        add(f"{AIRS}-white", ["white"], np.array([np.nan]), lc.airs_time, lc.airs_white[:, None],
+            lc.airs_white_err[:, None])
+    if lc.fgs1_flux is not None:
+        add(FGS1, ["wl_1"], np.array([lcmod.FGS1_WAVELENGTH_UM]), lc.fgs1_time, lc.fgs1_flux[:, None],
+            lc.fgs1_flux_err[:, None])
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    n = len(out.get("time", ()))
+    out["planet_id"] = np.full(n, lc.planet_id, dtype=np.int64)
+    out["visit"] = np.full(n, lc.visit, dtype=np.int16)
+    return {k: out[k] for k in TABLE_COLUMNS}
+
+
+def _from_lightcurve_file(f: h5py.File, k: int) -> lcmod.LightCurves:
+    lc = lcmod.LightCurves(index=int(f["source_index"][k]), planet_id=int(f["planet_id"][k]),
+                           visit=int(f["visit"][k]))
+    if AIRS in f:
+        g = f[AIRS]
+        lc.airs_time, lc.wavelength = g["time"][()], g["wavelength"][()]
+        lc.wavelength_label = [_text(s) for s in g["wavelength_label"][()]]
+        lc.airs_flux, lc.airs_flux_err = g["flux"][k], g["flux_err"][k]
+        lc.airs_white, lc.airs_white_err = g["white_flux"][k], g["white_flux_err"][k]
+    if FGS1 in f:
+        g = f[FGS1]
+        lc.fgs1_time, lc.fgs1_flux, lc.fgs1_flux_err = g["time"][()], g["flux"][k], g["flux_err"][k]
+    return lc
+
+
+def iter_light_curves(path: str | Path, *, observations: Sequence[int] | None = None,
+                      **extract_options: Any) -> Iterator[lcmod.LightCurves]:
+    """Light curves one observation at a time, from a calibrated file or a light-curve file."""
+    with _open(path) as f:
+        if lcmod.is_lightcurve_file(f):
+            if extract_options:
+                log.warning("%s is a light-curve file: extraction options %s ignored", path, sorted(extract_options))
+            n = f["planet_id"].shape[0]
+            for k in range(n) if observations is None else observations:
+                yield _from_lightcurve_file(f, k)
+            return
+        lcmod.check_source(f, path)
+        for index in lcmod.done_observations(f, observations):
+            yield lcmod.observation_light_curves(f, index, **extract_options)
+
+
+def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
+                 observations: Sequence[int] | None = None, **extract_options: Any) -> Path:
+    """Write the long light-curve table ``lightcurves.csv`` or ``lightcurves.parquet`` (see the module doc)."""
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"table format must be csv or parquet; got {fmt!r}")
+    import pyarrow as pa
+
+    out_dir = _make_dir(out_dir)
+    target = out_dir / f"lightcurves.{fmt}"
+    schema = pa.schema([("planet_id", pa.int64()), ("visit", pa.int16()), ("instrument", pa.string()),
+                        ("wavelength_label", pa.string()), ("wavelength", pa.float64()), ("time", pa.float64()),
+                        ("flux", pa.float64()), ("flux_err", pa.float64()), ("normalised_flux", pa.float64()),
+                        ("normalised_flux_err", pa.float64())])
+    partial = target.with_name(target.name + ".partial")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        writer: Any = pq.ParquetWriter(partial, schema, compression="zstd")
+    else:
+        import pyarrow.csv as pacsv
+
+        writer = pacsv.CSVWriter(partial, schema)
+    n = 0
+    try:
+        for lc in iter_light_curves(path, observations=observations, **extract_options):
+            columns = _rows_of(lc)
+            writer.write_table(pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()},
+                                        schema=schema))
+            n += 1
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.close()
+    partial.replace(target)
+    log.info("%s: light curves of %d observation(s) written to %s", path, n, target)
+    return target
+
+
+# ---------------------------------------------------------------- one entry point
+def export(path: str | Path, out_dir: str | Path, fmt: str, **options: Any) -> list[Path]:
+    """Export ``path`` as ``fmt`` (npy, fits, csv, parquet) into ``out_dir``; the files written."""
+    if fmt == "npy":
+        return list(export_npy(path, out_dir, **options).values())
+    if fmt == "fits":
+        return export_fits(path, out_dir, **options)
+    if fmt in ("csv", "parquet"):
+        return [export_table(path, out_dir, fmt, **options)]
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def config_from_fits(path: str | Path) -> dict[str, Any]:
+    """The calibration config stored in a FITS export's primary header."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return json.loads(hdul[0].header["CONFIG"])

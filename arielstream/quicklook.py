@@ -1,0 +1,216 @@
+"""Quicklook images of a calibrated file and an ``index.html`` to browse them.
+
+Per observation (``<planet_id>_visit<v>_<what>.png`` in ``out_dir``):
+
+``frames``      the time-averaged frame of each instrument (AIRS x = wavelength, y = row)
+``dq``          the data-quality map of each instrument (which bits are set)
+``lightcurves`` normalised white-light curves (AIRS, FGS1) and a few AIRS spectral ones
+``centroid``    the FGS1 flux-weighted centroid track (x, y) against time
+
+``index.html`` has one section per observation, linking (relative links) and
+showing every PNG. Everything is read one observation at a time. matplotlib is an
+optional extra (``pip install 'arielstream[plots]'``): it is imported only here,
+with the Agg backend, and its absence is a clear :class:`MissingDependencyError`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import dq as dqbits
+from . import lightcurves as lcmod
+from .errors import InputError, MissingDependencyError, OutputError
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("frames", "dq", "lightcurves", "centroid")
+N_SPECTRAL = 5  # spectral light curves drawn
+MATPLOTLIB_MESSAGE = "quicklook needs matplotlib: pip install 'arielstream[plots]'"
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or a clear error."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(MATPLOTLIB_MESSAGE) from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_frame(ds: h5py.Dataset, index: int) -> np.ndarray:
+    mean, _ = lcmod.mean_and_finite(ds, index, lcmod.BLOCK_BYTES)
+    return mean
+
+
+def _plot_frames(plt, f: h5py.File, index: int, title: str, path: Path) -> None:
+    instruments = [i for i in (lcmod.AIRS_NAME, lcmod.FGS1_NAME) if f"{i}/signal" in f]
+    fig, axes = plt.subplots(1, len(instruments), figsize=(5.5 * len(instruments), 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2 if i == lcmod.AIRS_NAME else 1 for i in instruments]})
+    for ax, inst in zip(axes[0], instruments, strict=True):
+        mean = _mean_frame(f[f"{inst}/signal"], index)  # (x, y)
+        finite = mean[np.isfinite(mean)]
+        vmin, vmax = (np.percentile(finite, [1, 99.9]) if finite.size else (0, 1))
+        im = ax.imshow(mean.T, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="viridis",
+                       interpolation="nearest")
+        ax.set_title(f"{inst}: mean frame")
+        ax.set_xlabel("x (wavelength index, file order)" if inst == lcmod.AIRS_NAME else "x (column)")
+        ax.set_ylabel("y (row)")
+        fig.colorbar(im, ax=ax, label="electrons per bin")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def dq_codes(dq: np.ndarray) -> np.ndarray:
+    """0 where no bit is set, else 1 + the index of the lowest bit set (for a categorical map)."""
+    dq = np.asarray(dq).astype(np.int64)
+    codes = np.zeros(dq.shape, dtype=np.int64)
+    for k, bit in reversed(list(enumerate(dqbits.BITS.values()))):
+        codes[(dq & bit) != 0] = k + 1
+    return codes
+
+
+def _plot_dq(plt, f: h5py.File, index: int, title: str, path: Path) -> None:
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    names = list(dqbits.BITS)
+    cmap = ListedColormap(["#ffffff", "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c"][: len(names) + 1])
+    norm = BoundaryNorm(np.arange(len(names) + 2) - 0.5, cmap.N)
+    instruments = [i for i in (lcmod.AIRS_NAME, lcmod.FGS1_NAME) if f"{i}/dq" in f]
+    fig, axes = plt.subplots(1, len(instruments), figsize=(5.5 * len(instruments), 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2 if i == lcmod.AIRS_NAME else 1 for i in instruments]})
+    for ax, inst in zip(axes[0], instruments, strict=True):
+        dq = f[f"{inst}/dq"][index]
+        counts = ", ".join(f"{name} {int(np.count_nonzero(dq & bit))}" for name, bit in dqbits.BITS.items()
+                           if np.any(dq & bit))
+        im = ax.imshow(dq_codes(dq).T, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(f"{inst}: DQ ({counts or 'no bit set'})", fontsize=9)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y (row)")
+        bar = fig.colorbar(im, ax=ax, ticks=np.arange(len(names) + 1))
+        bar.ax.set_yticklabels(["good", *names], fontsize=7)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_lightcurves(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
+    fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if lc.airs_white is not None:
+        flux, err = lcmod.normalise(lc.airs_white, lc.airs_white_err)
+        ax_w.errorbar(lc.airs_time, flux, yerr=err, fmt="o-", ms=3, label="AIRS-CH0 white")
+    if lc.fgs1_flux is not None:
+        flux, err = lcmod.normalise(lc.fgs1_flux, lc.fgs1_flux_err)
+        ax_w.errorbar(lc.fgs1_time, flux, yerr=err, fmt="s-", ms=3, label="FGS1")
+    ax_w.set_title("white light (normalised to the median)")
+    ax_w.set_xlabel("time (h)")
+    ax_w.set_ylabel("normalised flux")
+    ax_w.legend(fontsize=8)
+    if lc.airs_flux is not None:
+        finite = np.flatnonzero(np.isfinite(lc.airs_flux).all(axis=0))
+        picks = finite[np.linspace(0, finite.size - 1, min(N_SPECTRAL, finite.size)).astype(int)] \
+            if finite.size else []
+        for k, j in enumerate(picks):
+            flux, _ = lcmod.normalise(lc.airs_flux[:, j], lc.airs_flux_err[:, j])
+            ax_s.plot(lc.airs_time, flux - 0.01 * k, ".-",
+                      label=f"{lc.wavelength_label[j]} ({lc.wavelength[j]:.2f} µm) − {0.01 * k:.2f}")
+        ax_s.legend(fontsize=7)
+    ax_s.set_title(f"AIRS-CH0 spectral (rows {lc.aperture_rows[0]}–{lc.aperture_rows[1]}), offset")
+    ax_s.set_xlabel("time (h)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_centroid(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    if lc.fgs1_centroid is not None:
+        for axis, name in enumerate("xy"):
+            track = lc.fgs1_centroid[:, axis]
+            ax.plot(lc.fgs1_time, track - np.nanmedian(track), ".-",
+                    label=f"{name} (median {np.nanmedian(track):.2f} px)")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no FGS1 data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("FGS1 flux-weighted centroid")
+    ax.set_xlabel("time (h)")
+    ax.set_ylabel("offset from median (px)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _page(source: Path, entries: list[dict[str, Any]], attrs: dict[str, str]) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+        f"<title>arielstream quicklook: {esc(source.name)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em}img{max-width:48%;margin:2px;border:1px solid #ccc}"
+        "section{margin-bottom:2em}</style></head><body>",
+        f"<h1>Quicklook of {esc(str(source))}</h1>",
+        f"<p>arielstream {esc(attrs.get('arielstream_version', '?'))}, profile {esc(attrs.get('profile', '?'))}, "
+        f"{len(entries)} observation(s).</p><ul>",
+    ]
+    parts += [f"<li><a href='#{esc(e['anchor'])}'>{esc(e['title'])}</a></li>" for e in entries]
+    parts.append("</ul>")
+    for e in entries:
+        parts.append(f"<section id='{esc(e['anchor'])}'><h2>{esc(e['title'])}</h2>")
+        for name in e["files"]:
+            parts.append(f"<a href='{esc(name)}'><img src='{esc(name)}' alt='{esc(name)}'></a>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None = None, **extract_options: Any) -> Path:
+    """Write the PNGs of each chosen (default: every done) observation and ``index.html``; returns the index."""
+    plt = _pyplot()
+    path, out_dir = Path(path), Path(out_dir)
+    try:
+        f = h5py.File(path, "r")
+    except (FileNotFoundError, OSError) as exc:
+        raise InputError(path, f"cannot read: {exc}") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        f.close()
+        raise OutputError(f"{out_dir}: cannot create the quicklook folder: {exc}") from None
+    entries: list[dict[str, Any]] = []
+    with f:
+        lcmod.check_source(f, path)
+        attrs = {k: lcmod.decode(v) for k, v in f.attrs.items()}
+        for index in lcmod.done_observations(f, obs):
+            planet_id, visit = int(f["planet_id"][index]), int(f["visit"][index])
+            stem = f"{planet_id}_visit{visit}"
+            title = f"planet {planet_id} visit {visit} (observation {index})"
+            lc = lcmod.observation_light_curves(f, index, **extract_options)
+            files = []
+            for what in PLOTS:
+                name = f"{stem}_{what}.png"
+                target = out_dir / name
+                if what == "frames":
+                    _plot_frames(plt, f, index, title, target)
+                elif what == "dq":
+                    _plot_dq(plt, f, index, title, target)
+                elif what == "lightcurves":
+                    _plot_lightcurves(plt, lc, title, target)
+                else:
+                    _plot_centroid(plt, lc, title, target)
+                files.append(name)
+            entries.append({"anchor": stem, "title": title, "files": files})
+            log.info("%s: quicklook written (%d images)", title, len(files))
+    index_path = out_dir / "index.html"
+    index_path.write_text(_page(path, entries, attrs))
+    return index_path

@@ -1,0 +1,168 @@
+"""Exports: notebook .npy, FITS cubes with provenance, light-curve tables; all equal to the HDF5 they came from."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import arielstream
+from arielstream import exports
+from arielstream import lightcurves as lc
+from arielstream.errors import InputError
+from arielstream.store import STATUS_FAILED
+
+from .conftest import DATA_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "samples.h5"
+    arielstream.calibrate(DATA_SAMPLES, out, jobs=1, progress=False, log_file=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_failed(calibrated, tmp_path_factory):
+    """A copy of the file in which observation 1 is marked failed: exports must skip it."""
+    copy = tmp_path_factory.mktemp("exports_failed") / "failed.h5"
+    shutil.copy(calibrated, copy)
+    with h5py.File(copy, "r+") as f:
+        f["status"][1] = STATUS_FAILED
+    return copy
+
+
+def test_npy_equals_the_hdf5_slices(calibrated, tmp_path):
+    written = exports.export_npy(calibrated, tmp_path)
+    airs = np.load(written["AIRS-CH0"], mmap_mode="r")
+    fgs1 = np.load(written["FGS1"], mmap_mode="r")
+    assert written["AIRS-CH0"].name == "data_train.npy" and written["FGS1"].name == "data_train_FGS.npy"
+    with h5py.File(calibrated) as f:
+        n, bins = f["planet_id"].shape[0], f["AIRS-CH0/time"].shape[0]
+        assert airs.shape == (n, bins, 282, 32) and airs.dtype == np.float64
+        assert fgs1.shape == (n, bins, 32, 32) and fgs1.dtype == np.float64
+        for i in range(n):
+            np.testing.assert_array_equal(airs[i], f["AIRS-CH0/signal"][i].astype(np.float64))
+            np.testing.assert_array_equal(fgs1[i], f["FGS1/signal"][i].astype(np.float64))
+        with open(written["index"], newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [(int(r["planet_id"]), int(r["visit"])) for r in rows] == \
+            list(zip(f["planet_id"][()].tolist(), f["visit"][()].tolist(), strict=True))
+    assert np.isnan(airs[0]).any(), "default profile: bad pixels stay NaN unless a fill value is asked for"
+
+
+def test_npy_in_the_notebooks_detector_order(calibrated, tmp_path):
+    written = exports.export_npy(calibrated, tmp_path, wavelength_order="detector", dtype="float32", fill_value=0.0)
+    airs = np.load(written["AIRS-CH0"])
+    with h5py.File(calibrated) as f:
+        order = exports.x_order(f["AIRS-CH0/wavelength"][()], "detector")
+        columns = f["AIRS-CH0/column"][()][order]
+        np.testing.assert_array_equal(columns, np.arange(39, 321))  # the notebook's 39:321 slice
+        expected = np.nan_to_num(f["AIRS-CH0/signal"][2][:, order], nan=0.0)
+    assert airs.dtype == np.float32 and not np.isnan(airs).any()
+    np.testing.assert_array_equal(airs[2], expected)
+
+
+def test_fits_cubes_carry_the_provenance(calibrated, tmp_path):
+    from astropy.io import fits
+
+    paths = exports.export_fits(calibrated, tmp_path)
+    with h5py.File(calibrated) as f:
+        assert len(paths) == f["planet_id"].shape[0]
+        i = 2
+        planet, visit = int(f["planet_id"][i]), int(f["visit"][i])
+        assert paths[i].name == f"{planet}_visit{visit}.fits"
+        with fits.open(paths[i]) as hdul:
+            header = hdul[0].header
+            assert json.loads(header["CONFIG"]) == json.loads(f.attrs["config"])  # CONTINUE cards reassembled
+            assert header["PLANETID"] == planet and header["VISIT"] == visit
+            assert header["PROFILE"] == f.attrs["profile"] and header["ASVER"] == f.attrs["arielstream_version"]
+            assert exports.config_from_fits(paths[i])["airs_bin"] == 30
+            table = hdul["CONFIG"].data
+            assert json.loads(table["PROVENANCE"][0]) == json.loads(f["provenance"][i].decode())
+            assert json.loads(table["RECIPE"][0]) == json.loads(f.attrs["recipe"])
+            for inst in ("AIRS-CH0", "FGS1"):
+                np.testing.assert_array_equal(hdul[inst].data, f[f"{inst}/signal"][i])
+                assert hdul[inst].header["BUNIT"] == "electron"
+                dq = hdul[f"{inst}_DQ"].data
+                assert dq.dtype == np.uint16
+                np.testing.assert_array_equal(dq, f[f"{inst}/dq"][i])
+                np.testing.assert_array_equal(hdul[f"{inst}_TIME"].data["TIME"], f[f"{inst}/time"][()])
+            axis = hdul["AIRS-CH0_AXIS"].data
+            np.testing.assert_array_equal(axis["COLUMN"], f["AIRS-CH0/column"][()])
+            assert axis["LABEL"][0] == "wl_2"
+
+
+def expected_rows(f) -> int:
+    n = int(np.sum(f["status"][()] == 1))
+    t_airs, t_fgs1 = f["AIRS-CH0/time"].shape[0], f["FGS1/time"].shape[0]
+    return n * (t_airs * 282 + t_airs + t_fgs1)
+
+
+def test_light_curve_tables_csv_and_parquet(calibrated, tmp_path):
+    csv_path = exports.export_table(calibrated, tmp_path, "csv", half_width=5)
+    pq_path = exports.export_table(calibrated, tmp_path, "parquet", half_width=5)
+    a, b = pacsv.read_csv(csv_path), pq.read_table(pq_path)
+    assert b.column_names == list(exports.TABLE_COLUMNS)
+    assert a.num_rows == b.num_rows
+    with h5py.File(calibrated) as f:
+        assert b.num_rows == expected_rows(f)
+        ref = lc.observation_light_curves(f, 1, half_width=5)
+    np.testing.assert_allclose(a.column("flux").to_numpy(), b.column("flux").to_numpy(), rtol=1e-12)
+    t = b.to_pydict()
+    planet, inst, label = np.array(t["planet_id"]), np.array(t["instrument"]), np.array(t["wavelength_label"])
+    visit = np.array(t["visit"])
+    sel = (planet == ref.planet_id) & (visit == ref.visit) & (inst == "AIRS-CH0") & (label == "wl_100")
+    np.testing.assert_allclose(np.array(t["flux"])[sel], ref.airs_flux[:, ref.wavelength_label.index("wl_100")])
+    np.testing.assert_allclose(np.array(t["time"])[sel], ref.airs_time)
+    sel = (planet == ref.planet_id) & (visit == ref.visit) & (inst == "FGS1")
+    assert set(label[sel]) == {"wl_1"}
+    np.testing.assert_allclose(np.array(t["flux_err"])[sel], ref.fgs1_flux_err)
+    white = (planet == ref.planet_id) & (visit == ref.visit) & (inst == "AIRS-CH0-white")
+    assert np.isnan(np.array(t["wavelength"])[white]).all()
+    np.testing.assert_allclose(np.median(np.array(t["normalised_flux"])[white]), 1.0)
+    assert pq.ParquetFile(pq_path).metadata.num_row_groups >= 3  # streamed: one write per observation
+
+
+def test_tables_from_a_light_curve_file_equal_tables_from_the_cube(calibrated, tmp_path):
+    lc_file = lc.extract(calibrated, tmp_path / "lc.h5", weighted=True)
+    from_cube = pq.read_table(exports.export_table(calibrated, tmp_path / "a", "parquet", weighted=True))
+    from_lc = pq.read_table(exports.export_table(lc_file, tmp_path / "b", "parquet"))
+    assert from_lc.schema.equals(from_cube.schema) and from_lc.num_rows == from_cube.num_rows
+    for name in from_cube.column_names:
+        x = from_cube.column(name).to_numpy(zero_copy_only=False)
+        y = from_lc.column(name).to_numpy(zero_copy_only=False)
+        if x.dtype.kind == "f":
+            np.testing.assert_array_equal(x, y)  # NaN (white-light wavelength) equal to NaN
+        else:
+            assert (x == y).all(), name
+
+
+def test_exports_skip_observations_that_are_not_done(one_failed, tmp_path):
+    written = exports.export_npy(one_failed, tmp_path)
+    assert np.load(written["FGS1"], mmap_mode="r").shape[0] == 2
+    assert len(exports.export_fits(one_failed, tmp_path)) == 2
+    table = pq.read_table(exports.export_table(one_failed, tmp_path, "parquet"))
+    with h5py.File(one_failed) as f:
+        assert table.num_rows == expected_rows(f)
+        skipped = int(f["planet_id"][1]), int(f["visit"][1])
+    pairs = set(zip(table.column("planet_id").to_pylist(), table.column("visit").to_pylist(), strict=True))
+    assert skipped not in pairs
+
+
+def test_bad_requests_raise_clear_errors(calibrated, tmp_path):
+    with pytest.raises(ValueError, match="format must be one of"):
+        exports.export(calibrated, tmp_path, "xlsx")
+    with pytest.raises(ValueError, match="wavelength_order"):
+        exports.export_npy(calibrated, tmp_path, wavelength_order="reversed")
+    not_ours = tmp_path / "other.h5"
+    with h5py.File(not_ours, "w") as f:
+        f["x"] = 1
+    with pytest.raises(InputError, match="not an arielstream output"):
+        exports.export_fits(not_ours, tmp_path)
