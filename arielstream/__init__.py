@@ -15,7 +15,11 @@ _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from ._version import __version__  # noqa: E402
 from .config import CalibrationConfig, build_config, load_config  # noqa: E402
+from .exports import export  # noqa: E402
+from .lightcurves import extract  # noqa: E402
 from .results import Results, open  # noqa: E402,A004
 from .runner import calibrate  # noqa: E402
 
-__all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate", "open", "Results"]
+# quicklook: ``from arielstream.quicklook import quicklook`` (the module's name, so not re-exported here)
+__all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate", "open", "Results",
+           "extract", "export"]

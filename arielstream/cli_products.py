@@ -62,6 +62,8 @@ def _extraction_options(p: argparse.ArgumentParser) -> None:
                    help="variance-weighted (optimal) extraction instead of a plain sum over the aperture")
     p.add_argument("--fgs1-radius", type=_positive_float, default=None, metavar="PX",
                    help="FGS1 photometric aperture radius in pixels (default 6)")
+    p.add_argument("--no-background", dest="background", action="store_false",
+                   help="do not subtract the background measured outside the aperture")
 
 
 def _extraction_kwargs(args: argparse.Namespace) -> dict:
@@ -72,6 +74,8 @@ def _extraction_kwargs(args: argparse.Namespace) -> dict:
         kwargs["weighted"] = True
     if args.fgs1_radius is not None:
         kwargs["fgs1_radius"] = args.fgs1_radius
+    if not args.background:
+        kwargs["background"] = False
     return kwargs
 
 
@@ -79,7 +83,7 @@ def _extraction_kwargs(args: argparse.Namespace) -> dict:
 def cmd_extract(args: argparse.Namespace) -> int:
     from .lightcurves import extract
 
-    out = extract(args.path, args.output, **_extraction_kwargs(args))
+    out = extract(args.path, args.output, observations=args.obs, **_extraction_kwargs(args))
     print(f"{out}: light curves written")
     return EXIT_OK
 
@@ -147,6 +151,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
     ext.add_argument("path", type=Path, metavar="OUT.h5")
     ext.add_argument("-o", "--output", type=Path, default=None, metavar="LC.h5",
                      help="light-curve file (default OUT.lightcurves.h5 beside OUT.h5)")
+    ext.add_argument("--obs", type=_non_negative_int, nargs="+", metavar="I",
+                     help="observation indices (default: every done observation)")
     _extraction_options(ext)
     ext.set_defaults(handler=cmd_extract)
 
@@ -169,8 +175,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
     exp.add_argument("--obs", type=_non_negative_int, nargs="+", metavar="I",
                      help="observation indices (default: every done observation)")
     exp.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="npy: dtype (float64)")
-    exp.add_argument("--wavelength-order", choices=["target", "detector"], default=None,
-                     help="npy: reorder AIRS x (detector: the notebook's order); default: as in the file")
+    exp.add_argument("--wavelength-order", choices=["detector", "target", "file"], default="detector",
+                     help="npy: AIRS x order (detector, the default: the notebook's; file: as stored)")
     exp.add_argument("--fill-value", type=float, default=None, metavar="X", help="npy: replace NaN with X")
     _extraction_options(exp)
     exp.set_defaults(handler=cmd_export)

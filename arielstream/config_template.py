@@ -90,7 +90,9 @@ EXAMPLES: dict[str, Any] = {
 
 
 def toml_value(value: Any) -> str:
-    """A Python default as a TOML value (bool, int, float, str, list/tuple of those)."""
+    """A Python default as a TOML value (bool, int, float, str, list/tuple of those; numpy scalars too)."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, str)):  # numpy scalar -> Python
+        value = value.item()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -5,13 +5,19 @@
     ``(obs, bins, 32, 32)`` (``data_train.npy`` / ``data_train_FGS.npy`` for the
     train split), float64 by default, written with
     :func:`numpy.lib.format.open_memmap` one observation at a time (memory: one
-    observation). ``obs`` holds the *done* observations in the file's order (every
-    visit, where the notebook kept visit 0 only); ``data_<split>_index.csv`` lists
-    their ``planet_id`` and ``visit``, row by row. ``wavelength_order``: ``None``
-    keeps the file's order, ``"detector"`` gives the notebook's order (detector
-    columns 39..320, long to short wavelength, what baseline models trained on the
-    notebook's output read), ``"target"`` ascending ``wl_2 .. wl_283``. Bad pixels
-    are NaN in the default profile; ``fill_value`` replaces NaN (e.g. 0).
+    observation) into files whose disk space is reserved first (a full disk is an
+    ``OutputError``, not a SIGBUS). ``obs`` holds the *done* observations in the
+    file's order (every visit, where the notebook kept visit 0 only);
+    ``data_<split>_index.csv`` lists their ``planet_id`` and ``visit``, row by row.
+    The three files are written as ``.partial`` and renamed together once all are
+    complete: a failure leaves the previous export as it was; a file of an
+    instrument the source lacks, left by an earlier export, is removed.
+    ``wavelength_order``: ``"detector"`` (the default) gives the notebook's order
+    (detector columns 39..320, long to short wavelength, what baseline models
+    trained on the notebook's output read), ``"target"`` ascending
+    ``wl_2 .. wl_283``, ``"file"`` (or ``None``) keeps the file's order. Bad pixels
+    are NaN in the default profile (a warning counts them); ``fill_value``
+    replaces NaN (e.g. 0, as the notebook's models expect).
 ``fits`` — one FITS file per observation, ``<planet_id>_visit<v>.fits``
     HDU 0 ``PRIMARY``: no data; provenance keywords ``ORIGIN``, ``ASVER``
     (arielstream version), ``PROFILE``, ``PLANETID``, ``VISIT``, ``SPLIT``,
@@ -34,14 +40,20 @@
     ``normalised_flux_err`` (divided by the median over time of that light curve).
     The source can be a calibrated file (light curves extracted on the fly with
     :mod:`arielstream.lightcurves` options) or a light-curve file from
-    ``arielstream extract``. Parquet gets one row group per observation.
+    ``arielstream extract``; ``observations`` are indices in the calibrated file
+    either way (a light-curve file maps them through its ``source_index``).
+    Parquet gets one row group per observation.
+
+Write failures (disk full, a folder in the way) are ``OutputError`` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +68,7 @@ from .store import FORMAT_NAME
 log = logging.getLogger(__name__)
 
 FORMATS = ("npy", "fits", "csv", "parquet")
-WAVELENGTH_ORDERS = ("target", "detector")
+WAVELENGTH_ORDERS = ("detector", "target", "file")  # "file" (or None): as stored
 AIRS, FGS1 = "AIRS-CH0", "FGS1"
 TABLE_COLUMNS = ("planet_id", "visit", "instrument", "wavelength_label", "wavelength", "time", "flux", "flux_err",
                  "normalised_flux", "normalised_flux_err")
@@ -91,62 +103,119 @@ def _make_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def _writing(target: Path, what: str = "write") -> Iterator[None]:
+    """An OSError in the block (disk full, a folder in the way) becomes an OutputError naming ``target``."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot {what}: {exc}") from None
+
+
+def _partial(target: Path) -> Path:
+    return target.with_name(target.name + ".partial")  # renamed when whole: never a half file
+
+
+def _discard(partial: Path) -> None:
+    """Remove a partial file, quietly: the error being raised matters more."""
+    with contextlib.suppress(OSError):
+        partial.unlink(missing_ok=True)
+
+
 def x_order(wavelength: np.ndarray, order: str | None) -> np.ndarray | None:
-    """Indices putting the stored AIRS x axis in ``order`` (``None``: as stored, no reordering)."""
-    if order is None:
-        return None
-    if order not in WAVELENGTH_ORDERS:
+    """Indices putting the stored AIRS x axis in ``order`` (``"file"`` or ``None``: as stored, no reordering)."""
+    if order not in (*WAVELENGTH_ORDERS, None):
         raise ValueError(f"wavelength_order must be one of {', '.join(WAVELENGTH_ORDERS)} or None; got {order!r}")
+    if order in ("file", None):
+        return None
     ascending = lcmod.target_order(wavelength)
     return ascending if order == "target" else ascending[::-1].copy()
 
 
 # ---------------------------------------------------------------- npy
+def _reserve(partial: Path, target: Path) -> None:
+    """Allocate the whole file on disk now: a full disk is then an error here, not a SIGBUS in a memmap write."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the file stays sparse
+        return
+    with _writing(target, "reserve its disk space"), open(partial, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+
+
+def _write_npy(ds: h5py.Dataset, chosen: list[int], partial: Path, target: Path, *, dtype: np.dtype,
+               order: np.ndarray | None, fill_value: float | None) -> int:
+    """Write the ``chosen`` observations of ``ds`` to ``partial``; the number of NaN written."""
+    with _writing(target, "create"):
+        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(len(chosen), *ds.shape[1:]))
+    nans = 0
+    try:
+        _reserve(partial, target)
+        for k, index in enumerate(chosen):
+            cube = ds[index]
+            if order is not None:
+                cube = cube[:, order]
+            if fill_value is not None:
+                cube = np.where(np.isnan(cube), fill_value, cube)
+            else:
+                nans += int(np.count_nonzero(np.isnan(cube)))
+            mm[k] = cube
+        with _writing(target):
+            mm.flush()
+    finally:
+        del mm
+    return nans
+
+
+def _write_index(f: h5py.File, chosen: list[int], partial: Path, target: Path) -> None:
+    planet_id, visit = f["planet_id"][()], f["visit"][()]
+    with _writing(target), partial.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "planet_id", "visit"])
+        for k, index in enumerate(chosen):
+            w.writerow([k, int(planet_id[index]), int(visit[index])])
+
+
+def _commit(targets: dict[str, Path], done: Sequence[str], path: str | Path) -> dict[str, Path]:
+    """Rename the complete partials of ``done`` over their targets; remove the targets the source has no data for."""
+    written: dict[str, Path] = {}
+    for key, target in targets.items():
+        if key in done:
+            with _writing(target, "rename its .partial"):
+                _partial(target).replace(target)
+            written[key] = target
+        elif target.exists():
+            with _writing(target, "remove it"):
+                target.unlink()
+            log.warning("%s: removed: left by an earlier export, and %s has no %s data", target, path, key)
+    return written
+
+
 def export_npy(path: str | Path, out_dir: str | Path, *, dtype: str | np.dtype = np.float64,
-               wavelength_order: str | None = None, fill_value: float | None = None,
+               wavelength_order: str | None = "detector", fill_value: float | None = None,
                observations: Sequence[int] | None = None) -> dict[str, Path]:
     """Write the notebook's ``data_<split>.npy`` and ``data_<split>_FGS.npy`` (see the module doc)."""
     out_dir = _make_dir(out_dir)
-    written: dict[str, Path] = {}
     with _open_calibrated(path) as f:
         split = _text(f.attrs.get("split", "train")) or "train"
         chosen = lcmod.done_observations(f, observations)
-        names = {AIRS: f"data_{split}.npy", FGS1: f"data_{split}_FGS.npy"}
-        for inst, name in names.items():
-            if f"{inst}/signal" not in f:
-                continue
-            ds = f[f"{inst}/signal"]
-            order = x_order(f[f"{inst}/wavelength"][()], wavelength_order) if inst == AIRS else None
-            target = out_dir / name
-            partial = target.with_name(target.name + ".partial")  # renamed when whole: never a half file
-            try:
-                mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype),
-                                               shape=(len(chosen), *ds.shape[1:]))
-            except OSError as exc:
-                raise OutputError(f"{target}: cannot create: {exc}") from None
-            try:
-                for k, index in enumerate(chosen):
-                    cube = ds[index]
-                    if order is not None:
-                        cube = cube[:, order]
-                    if fill_value is not None:
-                        cube = np.where(np.isnan(cube), fill_value, cube)
-                    mm[k] = cube
-                mm.flush()
-                del mm
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            partial.replace(target)
-            written[inst] = target
-        index_path = out_dir / f"data_{split}_index.csv"
-        with index_path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["row", "planet_id", "visit"])
-            for k, index in enumerate(chosen):
-                w.writerow([k, int(f["planet_id"][index]), int(f["visit"][index])])
-        written["index"] = index_path
+        targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
+                   "index": out_dir / f"data_{split}_index.csv"}
+        done = [inst for inst in (AIRS, FGS1) if f"{inst}/signal" in f]
+        orders = {AIRS: x_order(f[f"{AIRS}/wavelength"][()], wavelength_order) if AIRS in done else None, FGS1: None}
+        nans = 0
+        try:
+            for inst in done:
+                nans += _write_npy(f[f"{inst}/signal"], chosen, _partial(targets[inst]), targets[inst],
+                                   dtype=np.dtype(dtype), order=orders[inst], fill_value=fill_value)
+            _write_index(f, chosen, _partial(targets["index"]), targets["index"])
+            written = _commit(targets, [*done, "index"], path)
+        except BaseException:
+            for target in targets.values():
+                _discard(_partial(target))
+            raise
     log.info("%s: %d observation(s) exported to %s", path, len(chosen), ", ".join(str(p) for p in written.values()))
+    if nans:
+        log.warning("%s: %d NaN value(s) (bad pixels) written; --fill-value 0 (fill_value=0) replaces them",
+                    out_dir, nans)
     return written
 
 
@@ -220,16 +289,21 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
             target = out_dir / f"{planet_id}_visit{visit}.fits"
             if target.exists() and not overwrite:
                 raise OutputError(f"{target}: exists")
-            partial = target.with_name(target.name + ".partial")
-            try:
-                fits.HDUList(hdus).writeto(partial, overwrite=True, output_verify="exception")
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            partial.replace(target)
+            _write_fits(fits.HDUList(hdus), target)
             written.append(target)
     log.info("%s: %d FITS file(s) written to %s", path, len(written), out_dir)
     return written
+
+
+def _write_fits(hdul: Any, target: Path) -> None:
+    partial = _partial(target)
+    try:
+        with _writing(target):
+            hdul.writeto(partial, overwrite=True, output_verify="exception")
+            partial.replace(target)
+    except BaseException:
+        _discard(partial)
+        raise
 
 
 # ---------------------------------------------------------------- light-curve tables
@@ -280,20 +354,47 @@ def _from_lightcurve_file(f: h5py.File, k: int) -> lcmod.LightCurves:
     return lc
 
 
+def lightcurve_rows(f: h5py.File, path: str | Path, observations: Sequence[int] | None) -> list[int]:
+    """Rows of a light-curve file holding ``observations``, indices in its calibrated source (``source_index``)."""
+    source = f["source_index"][()]
+    if observations is None:
+        return list(range(source.shape[0]))
+    row = {int(s): k for k, s in enumerate(source)}
+    for i in observations:
+        if int(i) not in row:
+            held = f"{source.min()}..{source.max()}" if source.size else "none"
+            raise lcmod.SelectionError(f"observation {i} is not in the light-curve file {path} (it holds "
+                                       f"{source.size} observation(s) of its source file, indices {held})")
+    return [row[int(i)] for i in observations]
+
+
 def iter_light_curves(path: str | Path, *, observations: Sequence[int] | None = None,
                       **extract_options: Any) -> Iterator[lcmod.LightCurves]:
-    """Light curves one observation at a time, from a calibrated file or a light-curve file."""
+    """Light curves one observation at a time, from a calibrated file or a light-curve file.
+
+    ``observations`` are indices in the calibrated file in both cases.
+    """
     with _open(path) as f:
         if lcmod.is_lightcurve_file(f):
             if extract_options:
                 log.warning("%s is a light-curve file: extraction options %s ignored", path, sorted(extract_options))
-            n = f["planet_id"].shape[0]
-            for k in range(n) if observations is None else observations:
+            for k in lightcurve_rows(f, path, observations):
                 yield _from_lightcurve_file(f, k)
             return
         lcmod.check_source(f, path)
         for index in lcmod.done_observations(f, observations):
             yield lcmod.observation_light_curves(f, index, **extract_options)
+
+
+def _table_writer(partial: Path, target: Path, fmt: str, schema: Any) -> Any:
+    with _writing(target, "create"):
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetWriter(partial, schema, compression="zstd")
+        import pyarrow.csv as pacsv
+
+        return pacsv.CSVWriter(partial, schema)
 
 
 def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
@@ -309,28 +410,23 @@ def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
                         ("wavelength_label", pa.string()), ("wavelength", pa.float64()), ("time", pa.float64()),
                         ("flux", pa.float64()), ("flux_err", pa.float64()), ("normalised_flux", pa.float64()),
                         ("normalised_flux_err", pa.float64())])
-    partial = target.with_name(target.name + ".partial")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        writer: Any = pq.ParquetWriter(partial, schema, compression="zstd")
-    else:
-        import pyarrow.csv as pacsv
-
-        writer = pacsv.CSVWriter(partial, schema)
-    n = 0
+    partial = _partial(target)
+    writer, n = _table_writer(partial, target, fmt, schema), 0
     try:
         for lc in iter_light_curves(path, observations=observations, **extract_options):
             columns = _rows_of(lc)
-            writer.write_table(pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()},
-                                        schema=schema))
+            table = pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()}, schema=schema)
+            with _writing(target):
+                writer.write_table(table)
             n += 1
+        with _writing(target):
+            writer.close()
+            partial.replace(target)
     except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            writer.close()  # again is harmless
+        _discard(partial)
         raise
-    writer.close()
-    partial.replace(target)
     log.info("%s: light curves of %d observation(s) written to %s", path, n, target)
     return target
 

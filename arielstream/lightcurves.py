@@ -37,7 +37,9 @@ The extraction of one observation
   ``V = max(D, 0) + n_reads * read_noise²`` with ``n_reads = 2 * n_cds`` (each CDS
   is the difference of two reads; a bin sums ``n_cds`` = ``airs_bin`` / ``fgs1_bin``
   of them) and ``read_noise`` the file's ``<inst>/read_noise`` (electrons per read;
-  taken as 0, with a warning, where it is NaN). ``D`` is flat-fielded, so this
+  taken as 0, with a warning, where it is NaN). Where the calibration already
+  subtracted a background (``<inst>/background``, the ``background`` step), it is
+  added back into ``D`` for ``V``: its photons are noise all the same. ``D`` is flat-fielded, so this
   ignores the flat's few-per-cent scaling of both terms; it also leaves out the
   shot noise of the dark current already subtracted, and cosmic rays that no step
   removed. The 1-sigma uncertainty of a weighted sum is ``sqrt(sum_y W_y² V_ty)``.
@@ -82,6 +84,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +132,9 @@ def pixel_variance(signal: np.ndarray, read_noise: np.ndarray, n_reads: int) -> 
 def trace_row(mean_frame: np.ndarray, usable: np.ndarray) -> float:
     """Flux-weighted mean row of the AIRS trace in a ``(x, y)`` time-averaged frame."""
     frame = np.where(usable, mean_frame, np.nan)
-    background = np.nanmedian(frame, axis=1, keepdims=True) if np.isfinite(frame).any() else 0.0
+    with warnings.catch_warnings():  # columns without a usable pixel have no background (and no weight)
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        background = np.nanmedian(frame, axis=1, keepdims=True) if np.isfinite(frame).any() else 0.0
     w = np.nan_to_num(np.clip(frame - background, 0.0, None), nan=0.0)
     total = w.sum()
     if not total > 0:
@@ -199,13 +204,15 @@ def background_weights(region: np.ndarray) -> np.ndarray:
 
 def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
               half_width: int = DEFAULT_HALF_WIDTH, weighted: bool = False, background: bool = True,
-              background_gap: int = BACKGROUND_GAP) -> Extraction:
+              background_gap: int = BACKGROUND_GAP, subtracted: np.ndarray | float = 0.0) -> Extraction:
     """Decide the aperture, weights and background of one AIRS observation from its ``(x, y)`` mean frame.
 
     With ``background``, each column's background in each bin is the mean of its
     usable pixels at ``|y - centre| >= half_width + background_gap``; it is
     folded into the weights (``W = w - sum_y(w) * b``), so flux and variance stay
-    one weighted sum. A column without background pixels is not corrected.
+    one weighted sum. A column without background pixels is not corrected (and
+    counted in ``extra["no_background_columns"]``). ``subtracted`` is the mean
+    background the calibration already removed (for the optimal weights' variance).
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn, _ = _clean_read_noise(read_noise, mean_frame.shape)
@@ -220,7 +227,8 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
         clean = np.where(inside, np.clip(mean_frame - sky[:, None], 0.0, None), 0.0)
         norm = clean.sum(axis=1, keepdims=True)
         profile = np.divide(clean, norm, out=np.zeros_like(clean), where=norm > 0)
-        v0 = np.where(inside, pixel_variance(np.where(inside, mean_frame, 0.0), rn, n_reads), np.inf)
+        photons = np.where(inside, mean_frame + np.nan_to_num(subtracted), 0.0)
+        v0 = np.where(inside, pixel_variance(photons, rn, n_reads), np.inf)
         v0 = np.where(v0 > 0, v0, np.inf)
         p_over_v = profile / v0
         denom = (profile * p_over_v).sum(axis=1, keepdims=True)
@@ -230,9 +238,11 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     n_pixels = (weights != 0).sum(axis=1)
     weights = weights - weights.sum(axis=1, keepdims=True) * b
     first, last = np.flatnonzero(rows)[[0, -1]] if rows.any() else (-1, -1)
+    uncorrected = int(((n_pixels > 0) & (outside.sum(axis=1) == 0)).sum()) if background else 0
     return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=n_pixels,
                       extra={"trace_row": centre, "aperture_rows": (int(first), int(last)),
-                             "background_pixels": outside.sum(axis=1) if background else np.zeros(len(sky), int)})
+                             "background_pixels": outside.sum(axis=1) if background else np.zeros(len(sky), int),
+                             "no_background_columns": uncorrected})
 
 
 def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
@@ -256,21 +266,26 @@ def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
         weights = weights - weights.sum() * sky / sky.sum()
     return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=aperture.sum(axis=1),
                       extra={"aperture_centre": (float(centre[0]), float(centre[1])),
-                             "background_pixels": int(sky.sum()) if background else 0})
+                             "background_pixels": int(sky.sum()) if background else 0,
+                             "no_background_columns": int(background and aperture.any() and not sky.any())})
 
 
-def apply_weights(block: np.ndarray, plan: Extraction) -> tuple[np.ndarray, np.ndarray]:
+def apply_weights(block: np.ndarray, plan: Extraction,
+                  subtracted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flux and variance ``(t, x)`` of a ``(t, x, y)`` block of bins under a time-constant extraction.
 
     ``flux[t, x] = sum_y W[x, y] D[t, x, y]``, ``var[t, x] = sum_y W[x, y]² V[t, x, y]``;
-    an x that no pixel contributes to is NaN.
+    an x that no pixel contributes to is NaN. ``subtracted`` (broadcastable to the
+    block) is a background the calibration already took out of ``D``: its photons
+    are noise all the same, so it is added back into ``V``.
     """
     d = np.asarray(block, dtype=np.float64)
     w = plan.weights
     used = w != 0
     d = np.where(used, d, 0.0)  # unusable pixels carry weight 0; keep NaN out of the sums
     flux = np.einsum("txy,xy->tx", d, w)
-    var = np.einsum("txy,xy->tx", pixel_variance(d, plan.read_noise, plan.n_reads), w * w)
+    photons = d if subtracted is None else d + np.nan_to_num(subtracted)
+    var = np.einsum("txy,xy->tx", pixel_variance(photons, plan.read_noise, plan.n_reads), w * w)
     empty = ~used.any(axis=1)
     flux[:, empty] = np.nan
     var[:, empty] = np.nan
@@ -285,7 +300,9 @@ def white_light(flux: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def normalise(flux: np.ndarray, err: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Divide light curves by their median over time (``axis``): normalised flux and error."""
-    median = np.nanmedian(flux, axis=axis, keepdims=True)
+    with warnings.catch_warnings():  # a light curve without data (no usable pixel) stays NaN, quietly
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        median = np.nanmedian(flux, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return flux / median, err / np.abs(median)
 
@@ -375,17 +392,37 @@ def _read_noise(f: h5py.File, instrument: str, index: int, label: str) -> np.nda
     return rn
 
 
+def subtracted_background(f: h5py.File, instrument: str, index: int) -> np.ndarray | None:
+    """The background the calibration removed from observation ``index``, broadcastable to ``(t, x, y)``.
+
+    ``<inst>/background`` is ``(t, x)`` for AIRS and ``(t,)`` for FGS1, per output pixel;
+    ``None`` when the calibration did not subtract one.
+    """
+    key = f"{instrument}/background"
+    if key not in f:
+        return None
+    level = f[key][index].astype(np.float64)
+    return level[:, :, None] if level.ndim == 2 else level[:, None, None]
+
+
 def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, block_bytes: int, label: str):
     ds = f[f"{instrument}/signal"]
     mean, finite = mean_and_finite(ds, index, block_bytes)
     dq = f[f"{instrument}/dq"][index] if f"{instrument}/dq" in f else None
     usable = usable_pixels(finite, dq)
-    plan = plan_fn(mean, usable, _read_noise(f, instrument, index, label), reads_per_bin(file_config(f), instrument))
+    subtracted = subtracted_background(f, instrument, index)
+    mean_subtracted = 0.0 if subtracted is None else subtracted.mean(axis=0)
+    plan = plan_fn(mean, usable, _read_noise(f, instrument, index, label), reads_per_bin(file_config(f), instrument),
+                   mean_subtracted)
+    if plan.extra.get("no_background_columns"):
+        log.warning("%s %s: %d column(s) have no background pixels outside the aperture (aperture too wide for "
+                    "the rows?): their light curves are not background-corrected", label, instrument,
+                    plan.extra["no_background_columns"])
     fluxes, variances, centroids = [], [], []
     n_bins = ds.shape[1]
     for sl in time_blocks(n_bins, int(np.prod(ds.shape[2:])), block_bytes):
         block = ds[index, sl]
-        flux, var = apply_weights(block, plan)
+        flux, var = apply_weights(block, plan, None if subtracted is None else subtracted[sl])
         fluxes.append(flux)
         variances.append(var)
         if instrument == FGS1_NAME:
@@ -410,9 +447,9 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
     if f"{AIRS_NAME}/signal" in f:
         g = f[AIRS_NAME]
 
-        def plan_a(mean, usable, rn, n_reads):
+        def plan_a(mean, usable, rn, n_reads, subtracted):
             return plan_airs(mean, usable, rn, n_reads, half_width=half_width, weighted=weighted,
-                             background=background)
+                             background=background, subtracted=subtracted)
 
         plan, flux, var, _ = _extract_instrument(f, AIRS_NAME, index, plan_a, block_bytes, label)
         order = target_order(g["wavelength"][()])
@@ -429,7 +466,7 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
         lc.aperture_rows = plan.extra["aperture_rows"]
     if f"{FGS1_NAME}/signal" in f:
 
-        def plan_f(mean, usable, rn, n_reads):
+        def plan_f(mean, usable, rn, n_reads, subtracted):
             return plan_fgs1(mean, usable, rn, n_reads, radius=fgs1_radius, background=background)
 
         plan, flux, var, track = _extract_instrument(f, FGS1_NAME, index, plan_f, block_bytes, label)
@@ -495,14 +532,15 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
         except OSError as exc:
             raise OutputError(f"{out}: cannot create the light-curve file: {exc}") from None
         try:
-            _write_light_curves(src, dst, path, chosen, half_width=half_width, weighted=weighted,
-                                fgs1_radius=fgs1_radius, background=background, block_bytes=block_bytes)
-        except BaseException:
-            dst.close()
+            with dst:
+                _write_light_curves(src, dst, path, chosen, half_width=half_width, weighted=weighted,
+                                    fgs1_radius=fgs1_radius, background=background, block_bytes=block_bytes)
+            os.replace(partial, out)
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise OutputError(f"{out}: cannot write the light-curve file: {exc}") from None
             raise
-        dst.close()
-    os.replace(partial, out)
     return out
 
 

@@ -11,13 +11,21 @@ Per observation (``<planet_id>_visit<v>_<what>.png`` in ``out_dir``):
 showing every PNG. Everything is read one observation at a time. matplotlib is an
 optional extra (``pip install 'arielstream[plots]'``): it is imported only here,
 with the Agg backend, and its absence is a clear :class:`MissingDependencyError`.
+
+Every file is written beside its name (``NAME.partial``) and renamed into place
+only once all of them are written, so a run that fails leaves the previous page
+and images as they were (and a run stopped during the renames, no index rather
+than one that mixes old and new images); never a truncated PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,30 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def _quiet_nan() -> Iterator[None]:
+    """No numpy warning for a statistic over a slice without data (all NaN): its result is NaN, quietly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        yield
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place."""
+    return path.with_name(f"{path.name}.partial")
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Write ``fig`` as the PNG ``_partial(path)`` (the caller renames it to ``path``) and close it."""
+    try:
+        fig.savefig(_partial(path), dpi=80, format="png")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the quicklook image: {exc}") from None
+    finally:
+        plt.close(fig)
+
+
 def _mean_frame(ds: h5py.Dataset, index: int) -> np.ndarray:
     mean, _ = lcmod.mean_and_finite(ds, index, lcmod.BLOCK_BYTES)
     return mean
@@ -67,8 +99,7 @@ def _plot_frames(plt, f: h5py.File, index: int, title: str, path: Path) -> None:
         ax.set_ylabel("y (row)")
         fig.colorbar(im, ax=ax, label="electrons per bin")
     fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def dq_codes(dq: np.ndarray) -> np.ndarray:
@@ -100,8 +131,7 @@ def _plot_dq(plt, f: h5py.File, index: int, title: str, path: Path) -> None:
         bar = fig.colorbar(im, ax=ax, ticks=np.arange(len(names) + 1))
         bar.ax.set_yticklabels(["good", *names], fontsize=7)
     fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_lightcurves(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
@@ -115,7 +145,8 @@ def _plot_lightcurves(plt, lc: lcmod.LightCurves, title: str, path: Path) -> Non
     ax_w.set_title("white light (normalised to the median)")
     ax_w.set_xlabel("time (h)")
     ax_w.set_ylabel("normalised flux")
-    ax_w.legend(fontsize=8)
+    if ax_w.get_legend_handles_labels()[0]:
+        ax_w.legend(fontsize=8)
     if lc.airs_flux is not None:
         finite = np.flatnonzero(np.isfinite(lc.airs_flux).all(axis=0))
         picks = finite[np.linspace(0, finite.size - 1, min(N_SPECTRAL, finite.size)).astype(int)] \
@@ -124,13 +155,16 @@ def _plot_lightcurves(plt, lc: lcmod.LightCurves, title: str, path: Path) -> Non
             flux, _ = lcmod.normalise(lc.airs_flux[:, j], lc.airs_flux_err[:, j])
             ax_s.plot(lc.airs_time, flux - 0.01 * k, ".-",
                       label=f"{lc.wavelength_label[j]} ({lc.wavelength[j]:.2f} µm) − {0.01 * k:.2f}")
-        ax_s.legend(fontsize=7)
+        if len(picks):
+            ax_s.legend(fontsize=7)
+        else:
+            ax_s.text(0.5, 0.5, "no AIRS column finite at every time", ha="center", va="center",
+                      transform=ax_s.transAxes)
     ax_s.set_title(f"AIRS-CH0 spectral (rows {lc.aperture_rows[0]}–{lc.aperture_rows[1]}), offset")
     ax_s.set_xlabel("time (h)")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_centroid(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
@@ -138,8 +172,9 @@ def _plot_centroid(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
     if lc.fgs1_centroid is not None:
         for axis, name in enumerate("xy"):
             track = lc.fgs1_centroid[:, axis]
-            ax.plot(lc.fgs1_time, track - np.nanmedian(track), ".-",
-                    label=f"{name} (median {np.nanmedian(track):.2f} px)")
+            with _quiet_nan():  # no finite centroid (no FGS1 data in any bin): a NaN median
+                median = np.nanmedian(track)
+            ax.plot(lc.fgs1_time, track - median, ".-", label=f"{name} (median {median:.2f} px)")
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no FGS1 data", ha="center", va="center", transform=ax.transAxes)
@@ -148,8 +183,7 @@ def _plot_centroid(plt, lc: lcmod.LightCurves, title: str, path: Path) -> None:
     ax.set_ylabel("offset from median (px)")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _page(source: Path, entries: list[dict[str, Any]], attrs: dict[str, str]) -> str:
@@ -175,42 +209,68 @@ def _page(source: Path, entries: list[dict[str, Any]], attrs: dict[str, str]) ->
 
 
 def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None = None, **extract_options: Any) -> Path:
-    """Write the PNGs of each chosen (default: every done) observation and ``index.html``; returns the index."""
+    """Write the PNGs of each chosen (default: every done) observation and ``index.html``; returns the index.
+
+    The source is checked (readable, an arielstream file, at least one done observation
+    among those chosen: :class:`InputError`) before ``out_dir`` is created; a folder or
+    file that cannot be written is an :class:`OutputError` naming it.
+    """
     plt = _pyplot()
     path, out_dir = Path(path), Path(out_dir)
     try:
         f = h5py.File(path, "r")
     except (FileNotFoundError, OSError) as exc:
         raise InputError(path, f"cannot read: {exc}") from None
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        f.close()
-        raise OutputError(f"{out_dir}: cannot create the quicklook folder: {exc}") from None
     entries: list[dict[str, Any]] = []
-    with f:
-        lcmod.check_source(f, path)
-        attrs = {k: lcmod.decode(v) for k, v in f.attrs.items()}
-        for index in lcmod.done_observations(f, obs):
-            planet_id, visit = int(f["planet_id"][index]), int(f["visit"][index])
-            stem = f"{planet_id}_visit{visit}"
-            title = f"planet {planet_id} visit {visit} (observation {index})"
-            lc = lcmod.observation_light_curves(f, index, **extract_options)
-            files = []
-            for what in PLOTS:
-                name = f"{stem}_{what}.png"
-                target = out_dir / name
-                if what == "frames":
-                    _plot_frames(plt, f, index, title, target)
-                elif what == "dq":
-                    _plot_dq(plt, f, index, title, target)
-                elif what == "lightcurves":
-                    _plot_lightcurves(plt, lc, title, target)
-                else:
-                    _plot_centroid(plt, lc, title, target)
-                files.append(name)
-            entries.append({"anchor": stem, "title": title, "files": files})
-            log.info("%s: quicklook written (%d images)", title, len(files))
-    index_path = out_dir / "index.html"
-    index_path.write_text(_page(path, entries, attrs))
-    return index_path
+    staged: list[tuple[Path, Path]] = []  # (NAME.partial, NAME): renamed into place once all are written
+    try:
+        with f:
+            lcmod.check_source(f, path)
+            attrs = {k: lcmod.decode(v) for k, v in f.attrs.items()}
+            chosen = lcmod.done_observations(f, obs)
+            if not chosen:
+                among = (f"among observations {[int(i) for i in obs]}" if obs is not None
+                         else f"(none of its {f['status'].shape[0]} observations is done)")
+                raise InputError(path, f"no done observation to show {among}")
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{out_dir}: cannot create the quicklook folder: {exc}") from None
+            for index in chosen:
+                planet_id, visit = int(f["planet_id"][index]), int(f["visit"][index])
+                stem = f"{planet_id}_visit{visit}"
+                title = f"planet {planet_id} visit {visit} (observation {index})"
+                lc = lcmod.observation_light_curves(f, index, **extract_options)
+                files = []
+                for what in PLOTS:
+                    name = f"{stem}_{what}.png"
+                    target = out_dir / name
+                    staged.append((_partial(target), target))
+                    if what == "frames":
+                        _plot_frames(plt, f, index, title, target)
+                    elif what == "dq":
+                        _plot_dq(plt, f, index, title, target)
+                    elif what == "lightcurves":
+                        _plot_lightcurves(plt, lc, title, target)
+                    else:
+                        _plot_centroid(plt, lc, title, target)
+                    files.append(name)
+                entries.append({"anchor": stem, "title": title, "files": files})
+                log.info("%s: quicklook images rendered (%d)", title, len(files))
+        index_path = out_dir / "index.html"
+        page = _page(path, entries, attrs).encode("utf-8", errors="replace")  # the page says charset utf-8
+        staged.append((_partial(index_path), index_path))
+        target = index_path
+        try:
+            _partial(index_path).write_bytes(page)
+            index_path.unlink(missing_ok=True)  # stopped during the renames: no index rather than a mixed one
+            for partial, target in staged:
+                os.replace(partial, target)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write the quicklook file: {exc}") from None
+        log.info("%s: quicklook page written (%d observation(s))", index_path, len(entries))
+        return index_path
+    finally:
+        for partial, _ in staged:  # left only by a failure
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)

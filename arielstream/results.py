@@ -201,21 +201,22 @@ class Results:
         return json.loads(raw) if raw else {}
 
     def light_curves(self, i: int, *, half_width: int = _lc.DEFAULT_HALF_WIDTH, weighted: bool = False,
-                     fgs1_radius: float = _lc.DEFAULT_FGS1_RADIUS) -> _lc.LightCurves:
+                     fgs1_radius: float = _lc.DEFAULT_FGS1_RADIUS, background: bool = True) -> _lc.LightCurves:
         """Spectral and white-light curves of observation ``i`` (see :mod:`arielstream.lightcurves`)."""
         index = self._index(i)
         if int(self.file["status"][index]) != STATUS_DONE:
             raise InputError(self.path, f"observation {index} is not done")
         return _lc.observation_light_curves(self.file, index, half_width=half_width, weighted=weighted,
-                                            fgs1_radius=fgs1_radius)
+                                            fgs1_radius=fgs1_radius, background=background)
 
     # -- xarray
     def to_xarray(self, lazy: bool | None = None):
         """An ``xarray.Dataset`` of the whole file (needs ``xarray``).
 
-        With dask installed (or ``lazy=True``) the cubes are dask arrays with one
-        chunk per observation, read on demand while this object is open;
-        otherwise (``lazy=False``) they are read into memory. Variables:
+        With dask installed (``lazy=None`` or ``True``) the cubes are dask arrays
+        with one chunk per observation, read on demand while this object is open.
+        ``lazy=False`` reads every cube into memory (the whole file: gigabytes for a
+        full split), so it must be asked for: without dask, ``lazy=None`` is an error. Variables:
         ``airs``/``fgs1`` ``(obs, <inst>_time, ...)``, ``airs_dq``/``fgs1_dq``,
         ``status``; coordinates ``planet_id``, ``visit``, the times (hours),
         ``wavelength`` (µm), ``wavelength_label`` and ``column`` along AIRS x.
@@ -223,18 +224,15 @@ class Results:
         try:
             import xarray as xr
         except ImportError:
-            raise MissingDependencyError("to_xarray needs xarray: pip install xarray") from None
-        if lazy is None:
-            try:
-                import dask.array  # noqa: F401
-                lazy = True
-            except ImportError:
-                lazy = False
-        if lazy:
+            raise MissingDependencyError("to_xarray needs xarray: pip install 'arielstream[xarray]'") from None
+        if lazy is None or lazy:
             try:
                 import dask.array as da
             except ImportError:
-                raise MissingDependencyError("a lazy to_xarray needs dask: pip install 'arielstream[dask]'") from None
+                raise MissingDependencyError(
+                    f"{self.path}: a lazy to_xarray needs dask (pip install 'arielstream[xarray]'); "
+                    "to_xarray(lazy=False) reads the whole file into memory instead") from None
+            lazy = True
 
         def array(ds: h5py.Dataset):
             if lazy:

@@ -60,7 +60,7 @@ from .metadata import DatasetInfo, read_dataset_info
 from .pipeline import calibrate_observation, instrument_layout
 from .recipe import describe_recipe
 from .resources import WorkerPlan, available_cores, peak_rss, pin_threads, plan_workers
-from .runs import DEFAULT_RUNS_DIR, prepare_run
+from .runs import DEFAULT_RUNS_DIR, prepare_run, run_output
 from .store import (
     STATUS_DONE,
     STATUS_FAILED,
@@ -441,10 +441,15 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
     if not observations:
         raise InputError(data_dir / split, "no planet folders found")
     if run is not None:  # only once the input is known to be there: no empty run folders
-        options = RunOptions(split=split, planets=tuple(planets) if planets else None, memory=str(memory),
+        options = RunOptions(split=split, planets=tuple(int(p) for p in planets) if planets else None,
+                             memory=str(memory),
                              jobs=jobs, backend=backend, scheduler=scheduler, task_timeout=task_timeout,
                              progress=progress, log_file=log_file)
-        output = prepare_run(run, config, options, runs_dir, force=force)
+        output = run_output(run, split, runs_dir)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{output.parent}: cannot create the run folder: {exc}") from None
     output = Path(output).resolve()
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
     identity = {"arielstream_version": code_version(), "engine": compiled.engine(), "config": config.to_json(),
@@ -453,7 +458,12 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
                              "wavelength_order": config.wavelength_order, "dq_bits": dict(BITS)}
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
     summary = RunSummary(output)
-    with RunLock(output), _log_file(output, log_file), _stop_on_signals():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RunLock(output))
+        if run is not None:  # under the lock: config.toml always describes what the locked run writes
+            prepare_run(run, config, options, runs_dir, force=force)
+        stack.enter_context(_log_file(output, log_file))
+        stack.enter_context(_stop_on_signals())
         prepared = prepare_output(output, observations, list(layouts.values()), attrs, identity, force)
         summary.action = prepared.action
         descriptors = prepared.descriptors

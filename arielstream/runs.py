@@ -13,10 +13,13 @@ replaces a run made with other calibration options: that is refused (a
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from .config import CalibrationConfig, ConfigError, RunOptions, load_config
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUNS_DIR = "runs"
 CONFIG_FILE = "config.toml"
@@ -40,22 +43,32 @@ def prepare_run(name: str, config: CalibrationConfig, run: RunOptions,
     """Create (or reuse) the run folder, record its config, and return the output path of ``run.split``.
 
     An existing run whose ``config.toml`` holds other calibration options is
-    refused unless ``force``; its config file is then rewritten.
+    refused unless ``force``; its config file is then rewritten, and the run's
+    files of other splits, made with the old options, are named in a warning.
+    Called under the output's run lock, so the file always describes the run.
     """
     from .config_template import render_config
 
     folder = run_folder(name, runs_dir)
     config_path = folder / CONFIG_FILE
-    if config_path.exists() and not force:
+    previous: CalibrationConfig | None = None
+    if config_path.exists():
         try:
             previous = load_config(config_path)
         except (ConfigError, OSError) as exc:
-            raise ConfigError(f"{config_path}: run {name!r} exists but its config cannot be read ({exc}); "
-                              "pick another --run name or use --force") from None
-        if previous != config:
-            changed = sorted(k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v)
+            if not force:
+                raise ConfigError(f"{config_path}: run {name!r} exists but its config cannot be read ({exc}); "
+                                  "pick another --run name or use --force") from None
+    if previous is not None and previous != config:
+        changed = sorted(k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v)
+        if not force:
             raise ConfigError(f"run {name!r} ({folder}) was made with other calibration options "
                               f"({', '.join(changed)}); pick another --run name or use --force to replace it")
+        for other in sorted(folder.glob("*.h5")):
+            if other.name != f"{run.split}.h5":
+                log.warning("%s was made with the run's previous options (%s); recalibrate it with --force "
+                            "(--split %s) or it no longer matches %s", other, ", ".join(changed), other.stem,
+                            config_path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if force or not config_path.exists():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from arielstream import calibrate
-from arielstream.cli import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_TEMPFAIL, EXIT_TERMINATED
+from arielstream.cli import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_TEMPFAIL, EXIT_TERMINATED
 from arielstream.layout import discover_observations
 from arielstream.lifecycle import RunLock, partial_path
 
@@ -199,6 +199,30 @@ def test_sigterm_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_ru
         pass
     code, _, stderr = calibrate_cli(out, "--jobs", "1")
     assert code == 0 and same_bytes(out, clean_run)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_on_the_terminal_stops_keeps_what_is_done_and_resumes(clean_run, tmp_path, jobs):
+    """Ctrl-C signals the whole foreground process group: the coordinator and its workers alike."""
+    out = tmp_path / "o.h5"
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", jobs, "--no-progress",
+                     env={"ARIELSTREAM_FAULT": "slow:0.4"}, start_new_session=True)
+    try:
+        _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 1).sum() >= 1, 120,
+                  "the first observation")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "run the same command to resume" in stderr and "Traceback" not in stderr
+    status = statuses(partial_path(out))
+    assert (status == 1).sum() >= 1 and not (status == 3).any()
+    with RunLock(out):
+        pass
+    code, _, stderr = calibrate_cli(out, "--jobs", jobs)
+    assert code == 0 and same_bytes(out, clean_run), stderr
 
 
 def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import logging
+import os
 import shutil
 
 import h5py
@@ -13,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import arielstream
-from arielstream import exports
+from arielstream import cli, exports
 from arielstream import lightcurves as lc
-from arielstream.errors import InputError
+from arielstream.errors import InputError, OutputError
 from arielstream.store import STATUS_FAILED
 
 from .conftest import DATA_SAMPLES
@@ -39,7 +42,7 @@ def one_failed(calibrated, tmp_path_factory):
 
 
 def test_npy_equals_the_hdf5_slices(calibrated, tmp_path):
-    written = exports.export_npy(calibrated, tmp_path)
+    written = exports.export_npy(calibrated, tmp_path, wavelength_order="file")
     airs = np.load(written["AIRS-CH0"], mmap_mode="r")
     fgs1 = np.load(written["FGS1"], mmap_mode="r")
     assert written["AIRS-CH0"].name == "data_train.npy" and written["FGS1"].name == "data_train_FGS.npy"
@@ -67,6 +70,106 @@ def test_npy_in_the_notebooks_detector_order(calibrated, tmp_path):
         expected = np.nan_to_num(f["AIRS-CH0/signal"][2][:, order], nan=0.0)
     assert airs.dtype == np.float32 and not np.isnan(airs).any()
     np.testing.assert_array_equal(airs[2], expected)
+
+
+def test_npy_default_is_the_notebooks_order_and_nan_are_counted(calibrated, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="arielstream"):
+        written = exports.export_npy(calibrated, tmp_path)
+    airs = np.load(written["AIRS-CH0"], mmap_mode="r")
+    with h5py.File(calibrated) as f:
+        order = exports.x_order(f["AIRS-CH0/wavelength"][()], "detector")
+        np.testing.assert_array_equal(f["AIRS-CH0/column"][()][order], np.arange(39, 321))
+        for i in range(airs.shape[0]):
+            np.testing.assert_array_equal(airs[i], f["AIRS-CH0/signal"][i][:, order].astype(np.float64))
+        nans = sum(int(np.isnan(f[f"{inst}/signal"][()]).sum()) for inst in ("AIRS-CH0", "FGS1"))
+    assert nans > 0
+    assert any(f"{nans} NaN" in r.getMessage() and "--fill-value 0" in r.getMessage() for r in caplog.records)
+    assert exports.x_order(np.arange(3.0), "file") is None and exports.x_order(np.arange(3.0), None) is None
+    args = cli.build_parser().parse_args(["export", str(calibrated), "--format", "npy", "-o", str(tmp_path)])
+    assert args.wavelength_order == "detector"
+    assert cli.build_parser().parse_args(["export", str(calibrated), "--format", "npy", "-o", str(tmp_path),
+                                          "--wavelength-order", "file"]).wavelength_order == "file"
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_npy_disk_full_in_the_second_file_keeps_the_previous_export(calibrated, tmp_path, monkeypatch):
+    exports.export_npy(calibrated, tmp_path, dtype="float32", fill_value=0.0)
+    before = _contents(tmp_path)
+    assert set(before) == {"data_train.npy", "data_train_FGS.npy", "data_train_index.csv"}
+    real, calls = os.posix_fallocate, []
+
+    def full_disk_on_the_second(fd, offset, length):
+        calls.append(length)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", full_disk_on_the_second)
+    with pytest.raises(OutputError, match=r"data_train_FGS\.npy: cannot reserve .*No space left"):
+        exports.export_npy(calibrated, tmp_path, observations=[0, 2])
+    assert calls[0] >= 2 * 282 * 8  # the whole file of the first, reserved before its memmap writes
+    assert _contents(tmp_path) == before, "no partial left, earlier files byte-identical"
+
+
+def test_npy_index_write_failure_keeps_the_previous_export(calibrated, tmp_path):
+    exports.export_npy(calibrated, tmp_path, dtype="float32")
+    before = _contents(tmp_path)
+    (tmp_path / "data_train_index.csv.partial").mkdir()  # in the way of the third file
+    with pytest.raises(OutputError, match=r"data_train_index\.csv: cannot write"):
+        exports.export_npy(calibrated, tmp_path, observations=[1])
+    assert _contents(tmp_path) == before
+    assert cli.main(["export", str(calibrated), "--format", "npy", "-o", str(tmp_path), "-q"]) == cli.EXIT_CANTCREAT
+    assert _contents(tmp_path) == before
+
+
+def test_npy_removes_a_stale_file_of_a_missing_instrument(calibrated, tmp_path, caplog):
+    airs_only = tmp_path / "airs_only.h5"
+    shutil.copy(calibrated, airs_only)
+    with h5py.File(airs_only, "r+") as f:
+        del f["FGS1"]
+    out = tmp_path / "npy"
+    exports.export_npy(calibrated, out)
+    with caplog.at_level(logging.WARNING, logger="arielstream"):
+        written = exports.export_npy(airs_only, out)
+    assert set(written) == {"AIRS-CH0", "index"}
+    assert sorted(p.name for p in out.iterdir()) == ["data_train.npy", "data_train_index.csv"]
+    assert any("data_train_FGS.npy: removed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("fmt", "in_the_way"), [("csv", "lightcurves.csv.partial"),
+                                                 ("parquet", "lightcurves.parquet"),
+                                                 ("fits", "FITS")])
+def test_write_failures_are_output_errors_naming_the_file(calibrated, tmp_path, fmt, in_the_way):
+    with h5py.File(calibrated) as f:
+        first = f"{int(f['planet_id'][0])}_visit{int(f['visit'][0])}.fits"
+    name = first if in_the_way == "FITS" else in_the_way
+    (tmp_path / name / "x").mkdir(parents=True)  # a non-empty folder where the file (or its partial) goes
+    target = name.removesuffix(".partial")
+    with pytest.raises(OutputError, match=f"{target}: cannot"):
+        exports.export(calibrated, tmp_path, fmt, observations=[0])
+    assert not (tmp_path / f"{target}.partial").is_file()
+    assert cli.main(["export", str(calibrated), "--format", fmt, "-o", str(tmp_path), "--obs", "0", "-q"]) \
+        == cli.EXIT_CANTCREAT
+
+
+def test_light_curve_file_observations_are_source_indices(calibrated, tmp_path):
+    lc_file = lc.extract(calibrated, tmp_path / "lc.h5", observations=[0, 2])
+    with h5py.File(calibrated) as f:
+        planet, visit = int(f["planet_id"][2]), int(f["visit"][2])
+    [one] = exports.iter_light_curves(lc_file, observations=[2])
+    assert (one.index, one.planet_id, one.visit) == (2, planet, visit)
+    table = pq.read_table(exports.export_table(lc_file, tmp_path / "t", "parquet", observations=[2]))
+    assert set(table.column("planet_id").to_pylist()) == {planet}
+    with pytest.raises(lc.SelectionError, match="observation 1 is not in the light-curve file"):
+        list(exports.iter_light_curves(lc_file, observations=[1]))
+    with pytest.raises(lc.SelectionError):
+        list(exports.iter_light_curves(lc_file, observations=[5]))
+    args = ["export", str(lc_file), "--format", "csv", "-o", str(tmp_path / "t"), "--obs", "1", "-q"]
+    assert cli.main(args) == 2
+    assert not (tmp_path / "t" / "lightcurves.csv").exists()
 
 
 def test_fits_cubes_carry_the_provenance(calibrated, tmp_path):

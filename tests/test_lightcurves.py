@@ -61,6 +61,17 @@ def test_background_is_removed_exactly():
     np.testing.assert_allclose(clean[0], inside - 10 * frame[:, np.r_[0:8, 24:32]].mean(axis=1))
 
 
+def test_a_background_already_subtracted_still_counts_as_noise():
+    frame = gaussian_trace(centre=15.5, sigma=1.2)
+    usable = np.ones(frame.shape, bool)
+    plan = lc.plan_airs(frame, usable, None, n_reads=2, half_width=5, background=False)
+    level = np.full((1, frame.shape[0], 1), 250.0)  # (t, x, 1): what the calibration's background step removed
+    flux, var = lc.apply_weights(frame[None], plan)
+    flux_bg, var_bg = lc.apply_weights(frame[None], plan, subtracted=level)
+    np.testing.assert_array_equal(flux_bg, flux)  # the flux is that of the cube
+    np.testing.assert_allclose(var_bg - var, 10 * 250.0)  # 10 rows in the aperture, 250 e each
+
+
 def test_weighted_extraction_is_unbiased_and_tighter():
     frame = gaussian_trace(centre=15.5, sigma=1.5, flux=5e4)
     usable = np.ones(frame.shape, bool)
@@ -183,6 +194,43 @@ def test_extract_refuses_to_overwrite_its_source(sample_profiles):
         lc.extract(target, target)
 
 
+def test_a_failed_extract_leaves_no_file_that_looks_complete(sample_profiles, tmp_path, monkeypatch):
+    target, _ = sample_profiles
+    out = tmp_path / "lc.h5"
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure in the second observation")
+        return original(*args, **kwargs)
+
+    original = lc.observation_light_curves
+    monkeypatch.setattr(lc, "observation_light_curves", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        lc.extract(target, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "a_dir.h5").mkdir()  # an output path that cannot be replaced: exit 73, not a traceback
+    with pytest.raises(OutputError, match="a_dir.h5: cannot write"):
+        lc.extract(target, tmp_path / "a_dir.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir.h5"]
+
+
+def test_extract_cli_selects_observations_and_switches_the_background_off(sample_profiles, tmp_path):
+    from arielstream import cli
+
+    target, _ = sample_profiles
+    out = tmp_path / "lc.h5"
+    assert cli.main(["-q", "extract", str(target), "-o", str(out), "--obs", "0", "2", "--no-background"]) == 0
+    with h5py.File(out) as f, h5py.File(target) as src:
+        assert f["source_index"][()].tolist() == [0, 2] and not f.attrs["background"]
+        assert f["planet_id"][()].tolist() == src["planet_id"][()][[0, 2]].tolist()
+        expected = lc.observation_light_curves(src, 2, background=False)
+        np.testing.assert_array_equal(f["AIRS-CH0/flux"][1], expected.airs_flux)
+    assert cli.main(["-q", "extract", str(target), "-o", str(out), "--obs", "9"]) == cli.EXIT_USAGE
+
+
 # ---------------------------------------------------------------- the injected transit, per wavelength
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
@@ -251,6 +299,50 @@ def test_transit_depth_per_wavelength_within_the_propagated_noise(simulated, wei
     assert 0.9 < np.median(chi2) < 1.18, f"median chi²/dof {np.median(chi2):.3f}"
     # and informative
     assert np.median(rel_err) < 0.3
+
+
+def test_errors_follow_the_scatter_when_a_large_background_was_subtracted():
+    """Monte Carlo: a sky of 20,000 e per pixel, removed upstream, must stay in the error bars."""
+    rng = np.random.default_rng(7)
+    frame = gaussian_trace(n_x=6, centre=15.5, sigma=1.5, flux=40_000.0)
+    sky = 20_000.0
+    usable = np.ones(frame.shape, bool)
+    read_noise = np.full(frame.shape, 13.0)
+    plan = lc.plan_airs(frame, usable, read_noise, n_reads=60, half_width=5)
+    n = 4000
+    reads = rng.normal(0.0, 13.0 * np.sqrt(60), (n, *frame.shape))
+    cube = rng.poisson(frame + sky, (n, *frame.shape)) - sky + reads  # the calibration removed the sky
+    level = np.full((n, frame.shape[0], 1), sky)
+    flux, var = lc.apply_weights(cube, plan, subtracted=level)
+    truth = lc.apply_weights(frame[None], plan)[0]
+    pulls = (flux - truth) / np.sqrt(var)
+    assert 0.95 < pulls.std() < 1.05, pulls.std()
+    _, var_without = lc.apply_weights(cube, plan)
+    assert ((flux - truth) / np.sqrt(var_without)).std() > 1.5  # what leaving it out would claim
+
+
+def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
+    """``observation_light_curves`` reads ``<inst>/background``: same flux, larger errors where a sky was removed."""
+    import shutil
+
+    data, out = simulated
+    bg_out = out.with_name("out_background.h5")
+    if not bg_out.exists():
+        arielstream.calibrate(data, bg_out, config=arielstream.build_config(background=True), jobs=1,
+                              progress=False, log_file=False)
+    stripped = tmp_path / "stripped.h5"
+    shutil.copy(bg_out, stripped)
+    with h5py.File(stripped, "r+") as f:
+        del f["AIRS-CH0/background"], f["FGS1/background"]
+    with h5py.File(bg_out) as f, h5py.File(stripped) as g:
+        sky = [i for i in lc.done_observations(f)
+               if float(truth_of(data, f["planet_id"][i], f["visit"][i])["background_airs"]) > 0]
+        assert sky, "the seed should give one planet a background"
+        for i in sky:
+            a, b = lc.observation_light_curves(f, i), lc.observation_light_curves(g, i)
+            np.testing.assert_array_equal(a.airs_flux, b.airs_flux)
+            assert np.nanmedian(a.airs_flux_err**2 / b.airs_flux_err**2) > 1.03
+            assert np.median(a.fgs1_flux_err**2 / b.fgs1_flux_err**2) > 1.0
 
 
 def test_without_background_subtraction_the_depth_is_diluted(simulated):

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import struct
 import sys
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 import arielstream
-from arielstream import cli_products, quicklook
-from arielstream.errors import ArielstreamError, InputError
+from arielstream import cli, cli_products, quicklook
+from arielstream.errors import ArielstreamError, InputError, OutputError
+from arielstream.store import STATUS_DONE, STATUS_FAILED
 
 from .conftest import DATA_SAMPLES
 
@@ -128,3 +135,157 @@ def test_cli_quicklook_extract_and_export(calibrated, tmp_path, capsys):
     args = parse(["extract", str(tmp_path / "missing.h5")])
     with pytest.raises(InputError, match="cannot read"):  # cli.main turns it into exit 66
         args.handler(args)
+
+
+def edited_copy(calibrated: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the calibrated file changed by ``edit(f)`` (the module's file stays as it is)."""
+    copy = tmp_path / "edited.h5"
+    shutil.copy(calibrated, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f)
+    return copy
+
+
+def stems(calibrated: Path) -> list[str]:
+    with h5py.File(calibrated, "r") as f:
+        return [f"{p}_visit{v}" for p, v in zip(f["planet_id"][()], f["visit"][()], strict=True)]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file of ``folder``: inode, modification time and content (a rewrite changes one of them)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def not_done(*indices):
+    def edit(f):
+        status = f["status"][()]
+        status[list(indices)] = STATUS_FAILED
+        f["status"][...] = status
+    return edit
+
+
+def no_format(f):
+    del f.attrs["format"]
+
+
+@pytest.mark.parametrize(("case", "match"), [
+    ("not hdf5", "cannot read"),
+    ("not arielstream", "not an arielstream output file"),
+    ("nothing done", r"no done observation to show \(none of its 3 observations is done\)"),
+    ("chosen not done", r"no done observation to show among observations \[1, 2\]"),
+])
+def test_a_bad_source_is_an_input_error_and_creates_no_folder(calibrated, tmp_path, case, match, caplog):
+    pytest.importorskip("matplotlib")
+    obs = None
+    if case == "not hdf5":
+        source = tmp_path / "notes.h5"
+        source.write_text("not HDF5")
+    elif case == "not arielstream":
+        source = edited_copy(calibrated, tmp_path, no_format)
+    elif case == "nothing done":
+        source = edited_copy(calibrated, tmp_path, not_done(0, 1, 2))
+    else:
+        source, obs = edited_copy(calibrated, tmp_path, not_done(1, 2)), [1, 2]
+    out = tmp_path / "deep" / "ql"
+    with pytest.raises(InputError, match=match):
+        quicklook.quicklook(source, out, obs=obs)
+    assert not (tmp_path / "deep").exists()  # checked before anything is created
+    if case == "chosen not done":
+        assert "observation 1 is not done" in caplog.text and "observation 2 is not done" in caplog.text
+        with h5py.File(source, "r") as f:
+            assert f["status"][0] == STATUS_DONE  # the observation not chosen is shown when asked for
+        assert quicklook.quicklook(source, out, obs=[0, 1]).read_text().count("<section") == 1
+    argv = ["quicklook", str(source), "-o", str(tmp_path / "cli"), "-q"] + (["--obs", "1", "2"] if obs else [])
+    assert cli.main(argv) == cli.EXIT_NOINPUT  # 66, not an empty page and exit 0
+    assert not (tmp_path / "cli").exists()
+
+
+def test_an_observation_outside_the_file_creates_no_folder(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ArielstreamError, match="observation 7 outside 0..2"):
+        quicklook.quicklook(calibrated, tmp_path / "ql", obs=[7])
+    assert not (tmp_path / "ql").exists()
+
+
+@pytest.mark.parametrize("obstacle", ["parent is a file", "index is a folder", "image is a folder"])
+def test_an_output_that_cannot_be_written_is_an_output_error_naming_it(calibrated, tmp_path, obstacle, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "ql"
+    if obstacle == "parent is a file":
+        (tmp_path / "file").write_text("a file, not a folder")  # root ignores permissions; this stops it
+        out, blocked = tmp_path / "file" / "ql", tmp_path / "file" / "ql"
+    elif obstacle == "index is a folder":
+        blocked = out / "index.html"
+    else:
+        blocked = out / f"{stems(calibrated)[0]}_frames.png"
+    if blocked != out:
+        blocked.mkdir(parents=True)
+    with pytest.raises(OutputError, match=f"^{blocked}: cannot "):
+        quicklook.quicklook(calibrated, out, obs=[0])
+    assert cli.main(["quicklook", str(calibrated), "--obs", "0", "-o", str(out), "-q"]) == cli.EXIT_CANTCREAT  # 73
+    assert f"arielstream: {blocked}: cannot " in capsys.readouterr().err
+    if out.is_dir():
+        assert not list(out.glob("*.partial"))
+        assert not [p for p in out.iterdir() if p.is_file()]  # no image renamed into place alone
+
+
+def test_images_and_index_are_replaced_never_rewritten_in_place(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, old = tmp_path / "ql", tmp_path / "old"
+    quicklook.quicklook(calibrated, out)
+    old.mkdir()
+    for p in out.iterdir():  # a previous run's files, each also reachable through a second name
+        p.write_bytes(b"old " + p.name.encode())
+        os.link(p, old / p.name)
+    index = quicklook.quicklook(calibrated, out)
+    for p in old.iterdir():  # a file rewritten in place (a reader could see it half written) would show here
+        assert p.read_bytes() == b"old " + p.name.encode()
+        assert not os.path.samefile(p, out / p.name)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in old.iterdir())  # no *.partial left
+    assert index.read_text().count("<section") == 3
+    for p in out.glob("*.png"):
+        check_png(p)
+
+
+def test_a_failed_rerun_leaves_the_previous_page_and_images_as_they_were(calibrated, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    out = tmp_path / "ql"
+    quicklook.quicklook(calibrated, out)
+    before = snapshot(out)
+    savefig, calls = matplotlib.figure.Figure.savefig, []
+
+    def disk_full_on_the_sixth(self, fname, *args, **kwargs):  # observation 1, second image (dq)
+        calls.append(fname)
+        if len(calls) == 6:
+            Path(fname).write_bytes(PNG_SIGNATURE + b"\0\0\0\rIHDR")  # a truncated PNG, then the error
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fname))
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full_on_the_sixth)
+    failed = out / f"{stems(calibrated)[1]}_dq.png"
+    with pytest.raises(OutputError, match=f"^{failed}: cannot write the quicklook image: .*No space left"):
+        quicklook.quicklook(calibrated, out)
+    assert len(calls) == 6
+    assert snapshot(out) == before  # not one image replaced, no truncated one, no *.partial left
+    monkeypatch.undo()
+    assert quicklook.quicklook(calibrated, out).read_text().count("<section") == 3  # the re-run completes
+
+
+def test_an_observation_without_any_finite_pixel_plots_without_warnings(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def all_nan(f):
+        for inst in ("AIRS-CH0", "FGS1"):
+            f[f"{inst}/signal"][0] = np.nan
+
+    source = edited_copy(calibrated, tmp_path, all_nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as pytest's own setting: "All-NaN slice", empty legends, ...
+        index = quicklook.quicklook(source, tmp_path / "ql", obs=[0])
+    pngs = sorted(index.parent.glob("*.png"))
+    assert [p.name for p in pngs] == sorted(f"{stems(calibrated)[0]}_{what}.png" for what in quicklook.PLOTS)
+    for p in pngs:
+        assert png_size(p)[0] >= 300
+    assert index.read_text().count("<section") == 1

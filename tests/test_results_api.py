@@ -101,5 +101,16 @@ def test_to_xarray_is_lazy_and_labelled(calibrated):
 def test_to_xarray_without_xarray_says_what_to_install(calibrated, monkeypatch):
     monkeypatch.setitem(sys.modules, "xarray", None)  # import xarray now raises ImportError
     with results.open(calibrated) as res:
-        with pytest.raises(ArielstreamError, match="pip install xarray"):
+        with pytest.raises(ArielstreamError, match=r"pip install 'arielstream\[xarray\]'"):
             res.to_xarray()
+
+
+def test_to_xarray_without_dask_never_loads_the_whole_file_unasked(calibrated, monkeypatch):
+    xr = pytest.importorskip("xarray")
+    monkeypatch.setitem(sys.modules, "dask.array", None)
+    monkeypatch.setitem(sys.modules, "dask", None)
+    with results.open(calibrated) as res:
+        with pytest.raises(ArielstreamError, match=r"lazy=False\) reads the whole file"):
+            res.to_xarray()
+        eager = res.to_xarray(lazy=False)  # asked for: read into memory
+        assert isinstance(eager, xr.Dataset) and isinstance(eager.airs.data, np.ndarray)

@@ -91,3 +91,21 @@ def test_output_and_run_are_exclusive_and_one_is_needed(capsys):
             cli.main(argv)
         assert exc.value.code == 2
     assert "--run" in capsys.readouterr().err
+
+
+def test_numpy_planet_ids_and_a_refused_run_leave_the_record_right(tmp_path):
+    import numpy as np
+
+    runs = tmp_path / "runs"
+    summary = arielstream.calibrate(DATA_SAMPLES, run="np", runs_dir=runs, planets=np.array([73079497]), jobs=1,
+                                    progress=False, log_file=False)
+    assert summary.ok and load_run_options(runs / "np" / "config.toml").planets == (73079497,)
+    # a second run of the same name and split while the first holds the lock: refused, record untouched
+    from arielstream.lifecycle import LockBusyError, RunLock
+
+    recorded = (runs / "np" / "config.toml").read_text()
+    with RunLock(runs / "np" / "train.h5"):
+        with pytest.raises(LockBusyError):
+            arielstream.calibrate(DATA_SAMPLES, run="np", runs_dir=runs, planets=[73079497], force=True,
+                                  config=build_config(profile="notebook"), jobs=1, progress=False, log_file=False)
+    assert (runs / "np" / "config.toml").read_text() == recorded
