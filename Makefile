@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 OUT    ?= output
 DATA   ?= data_samples
 MEMORY ?= 2GB
+BENCH_ARGS ?= --notebook-nl
 STAMP  := $(VENV)/.installed
 
 .PHONY: install calibrate test lint bench data-samples clean
@@ -34,7 +35,7 @@ lint: $(STAMP)
 
 ## Speed and memory against the Parquet decode floor and the notebook (several minutes; not part of make test).
 bench: $(STAMP)
-	$(BIN)/python -m arielstream.bench
+	$(BIN)/python -m arielstream.bench $(BENCH_ARGS)
 
 ## Regenerate data_samples/ from the simulator (fixed seed): only when the simulator changes.
 data-samples: $(STAMP)
