@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
+from .cli_args import number
 from .cli_products import HANDLERS as PRODUCT_HANDLERS
 from .cli_products import add_commands as add_products
 from .config import PROFILES, ConfigError, load_config, load_run_options
@@ -83,19 +84,6 @@ def _jobs(text: str) -> int | str:
     return value
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arielstream",
@@ -127,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel workers (default auto: from --memory and the cores)")
     cal.add_argument("--backend", choices=["loky", "dask"], help="loky (this machine, default) or dask (a cluster)")
     cal.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
-    cal.add_argument("--task-timeout", type=_positive(float), metavar="SECONDS",
+    cal.add_argument("--task-timeout", type=number(float), metavar="SECONDS",
                      help="a task running longer counts as a dead worker (retried once, then failed)")
     cal.add_argument("--profile", choices=list(PROFILES),
                      help="default: the recipe, non-linearity on, NaN bad pixels; notebook: the organisers' "
@@ -141,15 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"switch steps off: {', '.join(STEP_NAMES)}")
     cal.add_argument("--with", dest="enable", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
                      help="switch steps on (e.g. --profile notebook --with nonlinearity)")
-    cal.add_argument("--airs-bin", type=_positive(int), help="CDS frames per AIRS time bin (default 30)")
-    cal.add_argument("--fgs1-bin", type=_positive(int), help="CDS frames per FGS1 time bin (default 360)")
+    cal.add_argument("--airs-bin", type=number(int), help="CDS frames per AIRS time bin (default 30)")
+    cal.add_argument("--fgs1-bin", type=number(int), help="CDS frames per FGS1 time bin (default 360)")
     cal.add_argument("--wavelength-order", choices=["target", "detector"],
                      help="target: ascending, wl_2..wl_283; detector: columns 39..320 (the notebook's)")
     cal.add_argument("--bad-pixels", choices=["nan", "keep"], help="NaN bad pixels or keep their values")
     cal.add_argument("--missing-calibration", choices=["error", "skip"],
                      help="a missing calibration file fails the observation (error) or skips its step")
     cal.add_argument("--instruments", nargs="+", choices=["AIRS-CH0", "FGS1"])
-    cal.add_argument("--spatial-bin", type=_positive(int), metavar="N", help="sum N x N pixels of the output")
+    cal.add_argument("--spatial-bin", type=number(int), metavar="N", help="sum N x N pixels of the output")
     cal.add_argument("--master-calibration", choices=["off", "planet", "dataset"],
                      help="dark and flat combined over the planet's visits or over the whole run")
     cal.add_argument("--force", action="store_true", default=None,
@@ -162,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth",
                          parents=[verbosity])
     sim.add_argument("out", type=Path, metavar="OUT")
-    sim.add_argument("--planets", type=_positive(int), default=3, help="number of planets (default 3)")
-    sim.add_argument("--scale", type=_positive(float), default=1.0,
+    sim.add_argument("--planets", type=number(int), default=3, help="number of planets (default 3)")
+    sim.add_argument("--scale", type=number(float), default=1.0,
                      help="fraction of the real frame counts (1 = full size; bins stay 30/360)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--split", choices=["train", "test"], default="train")
     sim.add_argument("--two-visit-fraction", type=float, default=0.1)
-    sim.add_argument("--row-group-frames", type=_positive(int), default=None,
+    sim.add_argument("--row-group-frames", type=number(int), default=None,
                      help="frames per Parquet row group (default: one row group per file)")
     sim.add_argument("--cosmic-rate", type=float, default=1.6e-5, help="cosmic rays per pixel per second")
     sim.add_argument("--background-fraction", type=float, default=0.3)

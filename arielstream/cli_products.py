@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .cli_args import number
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 
@@ -35,24 +37,8 @@ def _selection_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[
     return run
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+_non_negative_int = number(int, strict=False)
+_positive_float = number(float)
 
 
 def _extraction_options(p: argparse.ArgumentParser) -> None:
