@@ -71,6 +71,20 @@ if numba is not None:
                 out[p, b] = acc
         return out
 
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
+    def _cds_quintic_samples(raw, q):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_pairs = raw.shape[1] // 2
+        out = np.empty((n_pix, n_pairs))
+        for p in numba.prange(n_pix):
+            q1, q2, q3, q4, q5 = q[1, p], q[2, p], q[3, p], q[4, p], q[5, p]
+            for i in range(n_pairs):
+                s = np.float64(raw[p, 2 * i])
+                e = np.float64(raw[p, 2 * i + 1])
+                out[p, i] = ((((q5 * e + q4) * e + q3) * e + q2) * e + q1) * e \
+                    - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
+        return out
+
     @numba.njit(parallel=True, nogil=True, cache=True)
     def _cds_count_bins(raw, width):  # pragma: no cover - compiled
         n_pix = raw.shape[0]
@@ -98,6 +112,15 @@ def cds_polynomial_bins(raw: np.ndarray, q: np.ndarray, width: int) -> np.ndarra
     the constant ``q0`` cancels and is not used. Frames must span whole bins.
     """
     return _cds_quintic_bins(raw, np.ascontiguousarray(q, dtype=np.float64), int(width))
+
+
+def cds_polynomial_samples(raw: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``Q(end) - Q(start)`` of every CDS pair of raw ``(P, frames)`` uint16: the ``(P, pairs)`` series, float64.
+
+    What cosmic-ray rejection needs (every sample, not only the bin sums); ``q`` as
+    in :func:`cds_polynomial_bins`.
+    """
+    return _cds_quintic_samples(raw, np.ascontiguousarray(q, dtype=np.float64))
 
 
 def cds_count_bins(raw: np.ndarray, width: int) -> np.ndarray:

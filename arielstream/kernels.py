@@ -177,6 +177,8 @@ def cds_samples(raw: np.ndarray, cal: BlockCalibration) -> np.ndarray:
     if cal.coeffs is None:
         samples = np.subtract(raw[:, 1::2], raw[:, 0::2], dtype=np.float64)
         return samples if cal.gain is None else samples / cal.gain
+    if compiled.supports_polynomial(cal.coeffs.shape[0] - 1):  # one pass over the raw block, no float32 copy
+        return compiled.cds_polynomial_samples(raw, fold_adc(cal.coeffs, cal.gain, cal.offset))
     reads = _as_float32(raw)
     return nonlinear_cds(reads[:, 0::2], reads[:, 1::2], cal.coeffs, cal.gain, cal.offset)
 

@@ -45,6 +45,24 @@ def test_folding_the_adc_into_the_polynomial_is_exact():
     np.testing.assert_array_equal(kernels.fold_adc(coeffs, None, -1000.0), coeffs)
 
 
+@pytest.mark.skipif(compiled.numba is None, reason="numba not installed")
+def test_compiled_cds_series_matches_numexpr_and_reference():
+    rng = np.random.default_rng(8)
+    raw = _raw(rng, 13, 48)
+    coeffs = _coeffs(rng, 13)
+    q = kernels.fold_adc(coeffs, 0.4369, -1000.0)
+    fast = compiled.cds_polynomial_samples(raw, q)
+    start, end = raw[:, 0::2].astype(np.float32), raw[:, 1::2].astype(np.float32)
+    numexpr = kernels.nonlinear_cds(start, end, coeffs, 0.4369, -1000.0)
+    ref = kernels.nonlinear_cds_reference(raw[:, 0::2], raw[:, 1::2], coeffs, 0.4369, -1000.0)
+    assert fast.shape == (13, 24) and fast.dtype == np.float64
+    np.testing.assert_allclose(fast, numexpr, rtol=1e-12, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-9 * np.abs(ref).max())
+    # and the bin sums of the series are the binned kernel's
+    np.testing.assert_allclose(fast.reshape(13, 4, 6).sum(axis=-1), compiled.cds_polynomial_bins(raw, q, 6),
+                               rtol=1e-12)
+
+
 def test_nonlinear_reads_matches_reference():
     rng = np.random.default_rng(6)
     raw = _raw(rng, 9, 12)
