@@ -220,6 +220,10 @@ def run_task(task: Task) -> ObservationResult:
     in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
     if in_worker:
         _watch_parent(task.parent_pid)
+        # Ctrl-C on a terminal reaches the whole process group: the coordinator stops the run and its
+        # workers; a worker of its own would only print a KeyboardInterrupt traceback (main thread only)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     pin_threads(task.threads)
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
     token = secrets.randbits(62) + 1
