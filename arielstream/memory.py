@@ -6,9 +6,11 @@ The chunk size is derived from the byte budget and from the shape of the file
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from .config import ConfigError
@@ -67,6 +69,36 @@ def current_rss() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def release_memory() -> None:
+    """Give memory that this process freed back to the system, so that its RSS measures what it holds.
+
+    glibc keeps freed heap pages (a test that read a 1 GB table left the process at
+    1.8 GB of RSS, 0.3 GB after ``malloc_trim``); Arrow's pool keeps its own. The
+    run measures its process's size to plan the budget, and trims after each
+    observation so that a long-lived worker does not carry one observation's
+    garbage into the next. A no-op where glibc is absent.
+    """
+    import gc
+
+    gc.collect()
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from .errors import ArielstreamError, InputError, OutputError, RunInterrupted
 from .layout import INSTRUMENTS, Observation, discover_observations
 from .lifecycle import RunLock, prepare_output, publish, reconcile, verify
 from .masters import load_masters
-from .memory import current_rss, format_bytes, parse_bytes
+from .memory import current_rss, format_bytes, parse_bytes, release_memory
 from .metadata import DatasetInfo, read_dataset_info
 from .pipeline import calibrate_observation, instrument_layout
 from .recipe import describe_recipe
@@ -264,6 +264,7 @@ def run_task(task: Task) -> ObservationResult:
         if owner(descriptors, index) != token:
             return result(STATUS_RUNNING, "revoked")
         record_result(descriptors, index, STATUS_DONE, provenance=provenance)
+        release_memory()  # the next observation starts from what the process holds, not its garbage
         return result(STATUS_DONE)
     if owner(descriptors, index) != token:
         return result(STATUS_RUNNING, "revoked")
@@ -476,6 +477,7 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
             summary.statuses = _statuses(descriptors, observations)
             summary.seconds = time.perf_counter() - t_start
             return summary
+        release_memory()  # measure what this process holds, not what it freed before the run
         if chunk_bytes is not None:  # set directly (tests, experiments): no budget planning
             jobs_now = 1 if backend == "dask" else (jobs or min(available_cores(), len(prepared.todo)))
             plan = WorkerPlan(jobs_now, max(1, available_cores() // jobs_now), int(chunk_bytes), budget,

@@ -54,3 +54,26 @@ def test_reads_shrink_before_blocks_lose_whole_rows():
     plan = plan_chunks(9024, 282, [97] * 116, 11220, 60, 40_000_000)
     assert plan.block_pixels == 282 and plan.rows_per_read < 11220 and plan.chunk_frames is None
     assert plan_chunks(9024, 282, [97] * 116, 11220, 60, 10**9).rows_per_read == 11220
+
+
+def test_release_memory_gives_freed_heap_back_so_the_plan_measures_what_is_held():
+    """glibc keeps freed heap pages; a run measures its process's size to plan the budget (subprocess: clean heap)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = """
+import numpy as np
+from arielstream.memory import current_rss, release_memory
+blocks = [np.ones(100_000 // 8) for _ in range(3000)]  # 300 MB of 100 kB blocks: heap, not mmap
+kept = blocks[::10]  # every tenth stays: the heap cannot shrink from its top
+del blocks
+held = current_rss()
+release_memory()
+print(held, current_rss())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    held, after = map(int, proc.stdout.split())
+    assert held - after > 150 * 2**20, f"released only {(held - after) >> 20} MB of the ~270 MB freed"
