@@ -62,36 +62,17 @@ import h5py
 import numpy as np
 
 from . import lightcurves as lcmod
-from .errors import InputError, OutputError
-from .store import FORMAT_NAME
+from .errors import OutputError
+from .store import open_output, open_readable
+from .store import text as _text
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("npy", "fits", "csv", "parquet")
 WAVELENGTH_ORDERS = ("detector", "target", "file")  # "file" (or None): as stored
-AIRS, FGS1 = "AIRS-CH0", "FGS1"
+AIRS, FGS1 = lcmod.AIRS_NAME, lcmod.FGS1_NAME
 TABLE_COLUMNS = ("planet_id", "visit", "instrument", "wavelength_label", "wavelength", "time", "flux", "flux_err",
                  "normalised_flux", "normalised_flux_err")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _open(path: str | Path) -> h5py.File:
-    path = Path(path)
-    try:
-        return h5py.File(path, "r")
-    except (FileNotFoundError, OSError) as exc:
-        raise InputError(path, f"cannot read: {exc}") from None
-
-
-def _open_calibrated(path: str | Path) -> h5py.File:
-    f = _open(path)
-    if _text(f.attrs.get("format", "")) != FORMAT_NAME:
-        f.close()
-        raise InputError(path, "not an arielstream output file")
-    return f
 
 
 def _make_dir(out_dir: str | Path) -> Path:
@@ -194,7 +175,7 @@ def export_npy(path: str | Path, out_dir: str | Path, *, dtype: str | np.dtype =
                observations: Sequence[int] | None = None) -> dict[str, Path]:
     """Write the notebook's ``data_<split>.npy`` and ``data_<split>_FGS.npy`` (see the module doc)."""
     out_dir = _make_dir(out_dir)
-    with _open_calibrated(path) as f:
+    with open_output(path) as f:
         split = _text(f.attrs.get("split", "train")) or "train"
         chosen = lcmod.done_observations(f, observations)
         targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
@@ -249,7 +230,7 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
 
     out_dir = _make_dir(out_dir)
     written: list[Path] = []
-    with _open_calibrated(path) as f:
+    with open_output(path) as f:
         attrs = {k: _text(v) for k, v in f.attrs.items()}
         instruments = [i for i in (AIRS, FGS1) if f"{i}/signal" in f]
         for index in lcmod.done_observations(f, observations):
@@ -374,7 +355,7 @@ def iter_light_curves(path: str | Path, *, observations: Sequence[int] | None = 
 
     ``observations`` are indices in the calibrated file in both cases.
     """
-    with _open(path) as f:
+    with open_readable(path) as f:
         if lcmod.is_lightcurve_file(f):
             if extract_options:
                 log.warning("%s is a light-curve file: extraction options %s ignored", path, sorted(extract_options))

@@ -10,11 +10,7 @@ import h5py
 import numpy as np
 
 from .errors import OutputError
-from .store import FORMAT_NAME, STATUS_NAMES
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from .store import STATUS_NAMES, is_output_file, text
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
@@ -29,7 +25,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise OutputError(f"{path}: not a readable HDF5 file: {exc}") from None
     with f:
-        if f.attrs.get("format") != FORMAT_NAME:
+        if not is_output_file(f):
             raise OutputError(f"{path}: not an arielstream output file")
         datasets: dict[str, dict[str, Any]] = {}
 
@@ -39,14 +35,14 @@ def summarize(path: str | Path) -> dict[str, Any]:
 
         f.visititems(visit)
         status = f["status"][()]
-        errors = [_text(e).rstrip("\x00") for e in f["error"][()]]
+        errors = [text(e).rstrip("\x00") for e in f["error"][()]]
         observations = [
             {"planet_id": int(p), "visit": int(v), "status": STATUS_NAMES.get(int(s), f"unknown({int(s)})"),
              "error": e}
             for p, v, s, e in zip(f["planet_id"][()], f["visit"][()], status, errors, strict=True)
         ]
         counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
-        attrs = {k: _text(v) for k, v in f.attrs.items()}
+        attrs = {k: text(v) for k, v in f.attrs.items()}
     return {
         "path": str(path),
         "arielstream_version": attrs.get("arielstream_version", "?"),

@@ -96,7 +96,8 @@ import numpy as np
 from . import dq as dqbits
 from ._version import __version__
 from .errors import ArielstreamError, InputError, OutputError
-from .store import FORMAT_NAME, STATUS_DONE
+from .layout import AIRS, FGS1
+from .store import STATUS_DONE, is_output_file, open_output, text
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ log = logging.getLogger(__name__)
 class SelectionError(ArielstreamError, IndexError):
     """An observation index that the file does not have."""
 
-AIRS_NAME, FGS1_NAME = "AIRS-CH0", "FGS1"
+AIRS_NAME, FGS1_NAME = AIRS.name, FGS1.name
 DEFAULT_HALF_WIDTH = 6
 DEFAULT_FGS1_RADIUS = 6.0
 BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the background region
@@ -334,14 +335,9 @@ class LightCurves:
     fgs1_n_pixels: int = 0
 
 
-def decode(value: Any) -> str:
-    """An HDF5 attribute or string value as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def file_config(f: h5py.File) -> dict[str, Any]:
     """The source file's calibration config (JSON attribute) as a dict."""
-    return json.loads(decode(f.attrs.get("config", "{}")))
+    return json.loads(text(f.attrs.get("config", "{}")))
 
 
 def reads_per_bin(config: dict[str, Any], instrument: str) -> int:
@@ -354,7 +350,7 @@ def reads_per_bin(config: dict[str, Any], instrument: str) -> int:
 
 
 def check_source(f: h5py.File, path: str | Path) -> None:
-    if decode(f.attrs.get("format", "")) != FORMAT_NAME:
+    if not is_output_file(f):
         raise InputError(path, "not an arielstream output file")
 
 
@@ -456,7 +452,7 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
         flux, var = flux[:, order], var[:, order]
         lc.airs_time = g["time"][()]
         lc.wavelength = g["wavelength"][()][order]
-        lc.wavelength_label = [decode(s) for s in g["wavelength_label"][()][order]]
+        lc.wavelength_label = [text(s) for s in g["wavelength_label"][()][order]]
         lc.column = g["column"][()][order]
         lc.airs_flux, lc.airs_flux_err = flux, np.sqrt(var)
         white, white_err = white_light(flux, var)
@@ -516,13 +512,9 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
         raise ValueError(f"half_width must be >= 0; got {half_width}")
     if not fgs1_radius > 0:
         raise ValueError(f"fgs1_radius must be positive; got {fgs1_radius}")
-    try:
-        src = h5py.File(path, "r")
-    except (FileNotFoundError, OSError) as exc:
-        raise InputError(path, f"cannot read the calibrated file: {exc}") from None
+    src = open_output(path)
     partial = out.with_name(out.name + ".partial")
     with src:
-        check_source(src, path)
         chosen = done_observations(src, observations)
         n = len(chosen)
         if n == 0:
@@ -549,8 +541,8 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
     n = len(chosen)
     dst.attrs.update({
         "format": LC_FORMAT_NAME, "format_version": LC_FORMAT_VERSION, "source": str(path.resolve()),
-        "source_config": decode(src.attrs.get("config", "{}")), "profile": decode(src.attrs.get("profile", "")),
-        "arielstream_version": decode(src.attrs.get("arielstream_version", "")),
+        "source_config": text(src.attrs.get("config", "{}")), "profile": text(src.attrs.get("profile", "")),
+        "arielstream_version": text(src.attrs.get("arielstream_version", "")),
         "extracted_with": __version__, "half_width": int(half_width), "weighted": bool(weighted),
         "fgs1_radius": float(fgs1_radius), "background": bool(background),
         "background_gap": BACKGROUND_GAP, "variance_model": VARIANCE_MODEL,
@@ -602,4 +594,4 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
 
 
 def is_lightcurve_file(f: h5py.File) -> bool:
-    return decode(f.attrs.get("format", "")) == LC_FORMAT_NAME
+    return text(f.attrs.get("format", "")) == LC_FORMAT_NAME

@@ -35,6 +35,7 @@ import numpy as np
 from . import dq as dqbits
 from . import lightcurves as lcmod
 from .errors import InputError, MissingDependencyError, OutputError
+from .store import open_output, text
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +218,12 @@ def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None =
     """
     plt = _pyplot()
     path, out_dir = Path(path), Path(out_dir)
-    try:
-        f = h5py.File(path, "r")
-    except (FileNotFoundError, OSError) as exc:
-        raise InputError(path, f"cannot read: {exc}") from None
+    f = open_output(path)
     entries: list[dict[str, Any]] = []
     staged: list[tuple[Path, Path]] = []  # (NAME.partial, NAME): renamed into place once all are written
     try:
         with f:
-            lcmod.check_source(f, path)
-            attrs = {k: lcmod.decode(v) for k, v in f.attrs.items()}
+            attrs = {k: text(v) for k, v in f.attrs.items()}
             chosen = lcmod.done_observations(f, obs)
             if not chosen:
                 among = (f"among observations {[int(i) for i in obs]}" if obs is not None

@@ -27,16 +27,16 @@ import numpy as np
 from . import lightcurves as _lc
 from .config import CalibrationConfig, ConfigError, build_config
 from .errors import InputError, MissingDependencyError
-from .store import FORMAT_NAME, STATUS_DONE, STATUS_NAMES
+from .layout import AIRS as _AIRS
+from .layout import FGS1 as _FGS1
+from .store import STATUS_DONE, STATUS_NAMES, open_output
+from .store import text as _text
 
-AIRS, FGS1 = "AIRS-CH0", "FGS1"
+AIRS, FGS1 = _AIRS.name, _FGS1.name
 _ALIASES = {"airs": AIRS, "airs-ch0": AIRS, "fgs1": FGS1, "fgs": FGS1}
 
 __all__ = ["MissingDependencyError", "ObservationInfo", "Results", "open"]
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,7 @@ class Results:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(self.path, "no such file")
-        try:
-            self._file: h5py.File | None = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InputError(self.path, f"not a readable HDF5 file: {exc}") from None
-        if _text(self._file.attrs.get("format", "")) != FORMAT_NAME:
-            self._file.close()
-            raise InputError(self.path, "not an arielstream output file")
+        self._file: h5py.File | None = open_output(self.path)
 
     # -- lifecycle
     def close(self) -> None:

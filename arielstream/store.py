@@ -41,12 +41,42 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .layout import Observation
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "arielstream"
+
+
+def text(value: Any) -> str:
+    """An HDF5 attribute or fixed-length string value as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def is_output_file(f: h5py.File) -> bool:
+    """True for an arielstream output file (its ``format`` attribute)."""
+    return text(f.attrs.get("format", "")) == FORMAT_NAME
+
+
+def open_readable(path: str | Path) -> h5py.File:
+    """An HDF5 file opened read-only; :class:`InputError` naming it when missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "cannot read: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc}") from None
+
+
+def open_output(path: str | Path) -> h5py.File:
+    """An arielstream output file opened read-only (:class:`InputError` if missing, unreadable or foreign)."""
+    f = open_readable(path)
+    if not is_output_file(f):
+        f.close()
+        raise InputError(path, "not an arielstream output file")
+    return f
 FORMAT_VERSION = 1
 STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed", STATUS_RUNNING: "running"}
