@@ -1,4 +1,5 @@
 # arielstream — the two commands of the README:  make calibrate  and  make test
+# (CONTRIBUTING.md: make lint, make test-fast, make bench)
 # A virtual environment is created in .venv on first use (override with VENV=..., PYTHON=...).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ MEMORY ?= 2GB
 BENCH_ARGS ?= --notebook-nl
 STAMP  := $(VENV)/.installed
 
-.PHONY: install calibrate test lint bench data-samples clean
+.PHONY: install calibrate test test-fast lint bench data-samples clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,17 +26,24 @@ calibrate: $(STAMP)
 	$(BIN)/arielstream calibrate $(DATA) --split train -o $(OUT)/data_samples.h5 --memory $(MEMORY) --force
 	$(BIN)/arielstream info $(OUT)/data_samples.h5
 
+LINTED := arielstream tests bin benchmarks examples
+
 ## Lint, then every test (the command CI runs).
-test: $(STAMP)
-	$(BIN)/ruff check arielstream tests bin
+test: lint
 	$(BIN)/python -m pytest
 
+## Lint, then the tests not marked slow (under two minutes on two cores).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
+
+## Style (ruff) and types (mypy, configured in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check arielstream tests bin
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
 
 ## Speed and memory against the Parquet decode floor and the notebook (several minutes; not part of make test).
 bench: $(STAMP)
-	$(BIN)/python -m arielstream.bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 ## Regenerate data_samples/ from the simulator (fixed seed): only when the simulator changes.
 data-samples: $(STAMP)
@@ -43,4 +51,20 @@ data-samples: $(STAMP)
 	$(BIN)/arielstream simulate $(DATA) --planets 2 --scale 0.02 --seed 2025
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(OUT) $(DIST) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+
+## A wheel for offline installs (a Kaggle kernel: README, examples/kaggle_calibrate.py):
+## $(DIST)/arielstream-<version>-py3-none-any.whl, replacing any older one there. No network: built with the
+## venv's setuptools from a temporary copy of the sources, so no build/ or *.egg-info is left here.
+DIST ?= dist
+WHEEL_SOURCES := arielstream setup.cfg pyproject.toml README.md LICENSE
+
+.PHONY: wheel
+wheel: $(STAMP)
+	mkdir -p $(DIST)
+	rm -f $(DIST)/arielstream-*.whl
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	cp -R $(WHEEL_SOURCES) "$$src"/ && \
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-index --no-deps --no-build-isolation \
+		-w "$(abspath $(DIST))" "$$src"
+	ls $(DIST)/arielstream-*.whl

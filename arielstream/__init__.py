@@ -13,13 +13,13 @@ import os as _os
 # Arrow reads this once, at its import: it only takes effect if pyarrow is not imported yet.
 _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from ._version import __version__  # noqa: E402
-from .config import CalibrationConfig, build_config, load_config  # noqa: E402
-from .exports import export  # noqa: E402
-from .lightcurves import extract  # noqa: E402
-from .results import Results, open  # noqa: E402,A004
-from .runner import calibrate  # noqa: E402
+from ._version import __version__
+from .config.options import CalibrationConfig, build_config, load_config
+from .products.exports import export
+from .products.lightcurves import extract
+from .products.results import Results, open  # shadows the builtin inside this namespace only
+from .run.runner import calibrate
 
-# quicklook: ``from arielstream.quicklook import quicklook`` (the module's name, so not re-exported here)
+# quicklook: ``from arielstream.products.quicklook import quicklook`` (the module's name, so not re-exported here)
 __all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "calibrate", "open", "Results",
            "extract", "export"]

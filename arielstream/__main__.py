@@ -1,5 +1,7 @@
+"""``python -m arielstream``: the command-line interface (:mod:`arielstream.cli.app`)."""
+
 import sys
 
-from .cli import main
+from .cli.app import main
 
 sys.exit(main())

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class ConfigError(ValueError):
+    """An option has a value the pipeline cannot run with (exit 78 from the CLI)."""
+
+
 class ArielstreamError(Exception):
     """Base of the errors that the CLI reports without a traceback."""
 
@@ -27,10 +31,10 @@ class OutputError(ArielstreamError):
 
 
 class MissingDependencyError(ArielstreamError):
-    """An optional package (an ``arielstream[...]`` extra) is needed for this feature."""
+    """An optional package (named in the message, with the pip command that installs it) is needed for this feature."""
 
 
-class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, it is not an Exception
+class RunInterrupted(BaseException):  # like KeyboardInterrupt, not an Exception: `except Exception` lets it through
     """SIGTERM arrived: stop dispatching, keep what is done."""
 
     def __init__(self, signum: int):

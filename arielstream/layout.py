@@ -1,20 +1,36 @@
 """The ADC2025 data layout: instrument geometry, file names and folder discovery.
 
-Everything that knows how a competition folder is named lives here, so that the
-reader, the simulator and the pipeline agree on one description (see
-``ADC2025-FORMAT.md``). Nothing in this module reads pixel data.
+Everything that knows how a competition folder is named, and the instruments'
+geometry (names, frame shapes, default bins, the notebook's AIRS cut), lives here,
+so that the reader, the simulator, the pipeline and the readers of the output agree
+on one description. Nothing in this module reads pixel data.
+
+A data folder holds ``adc_info.csv`` (gain and offset per instrument),
+``axis_info.parquet`` (frame times, AIRS wavelengths and integration times, NaN
+padded) and ``<split>/<planet_id>/`` with, per visit ``v`` and instrument,
+``<INST>_signal_<v>.parquet`` (one row per frame, one uint16 column per pixel,
+row-major ``rows x columns``) and ``<INST>_calibration_<v>/`` holding
+``dark``, ``dead``, ``flat``, ``read`` and ``linear_corr`` ``.parquet``.
+Frames alternate start and end of exposure: a CDS sample is the difference of
+two consecutive frames.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
+if TYPE_CHECKING:  # only for the annotation: the data layout does not depend on the config
+    from .config.options import CalibrationConfig
+
 CALIBRATION_NAMES = ("dark", "dead", "flat", "read", "linear_corr")
 NONLINEARITY_ORDER = 6  # coefficients c0..c5, lowest order first
+FRAMES_PER_CDS = 2  # a CDS sample is the end-of-exposure frame minus the start-of-exposure frame
 
 
 @dataclass(frozen=True)
@@ -30,16 +46,20 @@ class Instrument:
 
     @property
     def pixels(self) -> int:
+        """Pixels of a frame (the columns of its signal file)."""
         return self.rows * self.columns
 
     @property
     def frame_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of a frame."""
         return (self.rows, self.columns)
 
     def signal_name(self, visit: int) -> str:
+        """File name of the signal of ``visit``: ``<INST>_signal_<visit>.parquet``."""
         return f"{self.name}_signal_{visit}.parquet"
 
     def calibration_dir(self, visit: int) -> str:
+        """Folder name of the calibration files of ``visit``: ``<INST>_calibration_<visit>``."""
         return f"{self.name}_calibration_{visit}"
 
 
@@ -55,7 +75,18 @@ AIRS_INTEGRATION_TIME = "AIRS-CH0-integration_time"
 AIRS_CUT = (39, 321)
 FGS1_WAVELENGTH_UM = 0.7  # wl_1 of wavelengths.csv
 
-_SIGNAL_RE = re.compile(r"^(?P<inst>AIRS-CH0|FGS1)_signal_(?P<visit>\d+)\.parquet$")
+_SIGNAL_RE = re.compile(rf"^(?P<inst>{'|'.join(map(re.escape, INSTRUMENTS))})_signal_(?P<visit>\d+)\.parquet$")
+
+
+def frames_per_bin(config: CalibrationConfig, instrument: str | Instrument) -> int:
+    """Raw frames (reads) summed into one output time bin of ``instrument`` under ``config``.
+
+    ``config.bin_width`` samples per bin (1 without time binning), each sample
+    :data:`FRAMES_PER_CDS` frames with CDS and one frame without. The same number is
+    the reads per bin of the noise model: each frame is one read.
+    """
+    name = instrument if isinstance(instrument, str) else instrument.name
+    return config.bin_width(name) * (FRAMES_PER_CDS if config.cds else 1)
 
 
 @dataclass(frozen=True)
@@ -67,17 +98,20 @@ class Observation:
     folder: Path  # <root>/<split>/<planet_id>
 
     def signal_path(self, inst: Instrument) -> Path:
+        """The signal file of ``inst`` for this visit."""
         return self.folder / inst.signal_name(self.visit)
 
     def calibration_path(self, inst: Instrument, name: str) -> Path:
+        """The calibration file ``name`` (one of :data:`CALIBRATION_NAMES`) of ``inst`` for this visit."""
         return self.folder / inst.calibration_dir(self.visit) / f"{name}.parquet"
 
     @property
     def label(self) -> str:
+        """``"<planet_id>/visit <visit>"``, how logs and errors name the observation."""
         return f"{self.planet_id}/visit {self.visit}"
 
 
-def discover_observations(root: Path, split: str, planets: list[int] | None = None) -> list[Observation]:
+def discover_observations(root: Path, split: str, planets: Iterable[int] | None = None) -> list[Observation]:
     """List every (planet, visit) under ``root/split``, sorted by planet then visit.
 
     A visit is any index for which either instrument has a signal file or a

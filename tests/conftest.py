@@ -27,7 +27,7 @@ def write_signal(path: Path, data: np.ndarray, row_group_frames: int | None = No
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A small simulated dataset (2 planets, one with two visits), made once per test session."""
-    from arielstream.simulate import simulate_dataset
+    from arielstream.simulate.dataset import simulate_dataset
 
     root = tmp_path_factory.mktemp("sim")
     simulate_dataset(root, n_planets=2, scale=0.05, seed=11)
@@ -37,7 +37,7 @@ def small_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def multi_rowgroup_dataset(tmp_path_factory) -> Path:
     """The same planets as ``small_dataset``, written with row groups that do not align with bins."""
-    from arielstream.simulate import simulate_dataset
+    from arielstream.simulate.dataset import simulate_dataset
 
     root = tmp_path_factory.mktemp("sim_rg")
     simulate_dataset(root, n_planets=2, scale=0.05, seed=11, row_group_frames=250)

@@ -19,9 +19,16 @@ import numpy as np
 import pytest
 
 from arielstream import calibrate
-from arielstream.cli import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_TEMPFAIL, EXIT_TERMINATED
+from arielstream.cli.app import (
+    EXIT_CANTCREAT,
+    EXIT_CONFIG,
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_TEMPFAIL,
+    EXIT_TERMINATED,
+)
 from arielstream.layout import discover_observations
-from arielstream.lifecycle import RunLock, partial_path
+from arielstream.run.lifecycle import RunLock, partial_path
 
 from .conftest import DATA_SAMPLES, REPO
 
@@ -42,6 +49,15 @@ def run_cli(*args, env=None, timeout=300, **kw):
 
 def calibrate_cli(out, *extra, env=None, data=DATA_SAMPLES):
     return run_cli("calibrate", data, "-o", out, "--no-progress", *extra, env=env)
+
+
+TASK_TIMEOUT = 30  # seconds: an observation of the samples takes about one, a hanging one never ends
+
+
+def hang(index: int, marker: Path) -> dict[str, str]:
+    """The fault that makes observation ``index`` of the samples hang, creating ``marker`` when it does."""
+    obs = discover_observations(DATA_SAMPLES, "train")[index]
+    return {"ARIELSTREAM_FAULT": f"hang-obs:{obs.planet_id}:{obs.visit}:{marker}"}
 
 
 def same_bytes(a: Path, b: Path) -> bool:
@@ -164,13 +180,23 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _wait_until_hanging(proc: subprocess.Popen, marker: Path) -> None:
+    """Until the ``hang-obs`` fault fires in ``proc``'s run; fails at once if that run ends first."""
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before the fault fired:\n"
+                                 f"{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the hang-obs fault to fire")
+        time.sleep(0.05)
+
+
 def test_workers_do_not_outlive_a_killed_coordinator(tmp_path):
-    out = tmp_path / "o.h5"
-    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "2", "--no-progress",
-                     env={"ARIELSTREAM_FAULT": "slow:0.5"})
+    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "2", "--no-progress", env=hang(0, hanging))
     try:
-        _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 3).sum() >= 1, 60,
-                  "a worker to start an observation")
+        _wait_until_hanging(proc, hanging)
         workers = [p for p in _children(proc.pid) if _alive(p)]
         assert workers
         proc.kill()
@@ -184,17 +210,19 @@ def test_workers_do_not_outlive_a_killed_coordinator(tmp_path):
 
 
 def test_sigterm_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_run, tmp_path):
-    out = tmp_path / "o.h5"
-    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress",
-                     env={"ARIELSTREAM_FAULT": "slow:0.4"})
-    _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 1).sum() >= 1, 120,
-              "the first observation")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
+    # one job: the first two observations are done when the third hangs, and the run cannot finish
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
+    try:
+        _wait_until_hanging(proc, hanging)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == EXIT_TERMINATED, stderr
     assert "run the same command to resume" in stderr
-    status = statuses(partial_path(out))
-    assert (status == 1).sum() >= 1 and not (status == 3).any()  # nothing left "running"
+    assert list(statuses(partial_path(out))) == [1, 1, 0]  # the one interrupted is pending, not "running"
     with RunLock(out):  # the lock was released
         pass
     code, _, stderr = calibrate_cli(out, "--jobs", "1")
@@ -204,12 +232,12 @@ def test_sigterm_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_ru
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_on_the_terminal_stops_keeps_what_is_done_and_resumes(clean_run, tmp_path, jobs):
     """Ctrl-C signals the whole foreground process group: the coordinator and its workers alike."""
-    out = tmp_path / "o.h5"
-    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", jobs, "--no-progress",
-                     env={"ARIELSTREAM_FAULT": "slow:0.4"}, start_new_session=True)
+    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
+    # the third observation hangs: the run cannot finish before the Ctrl-C, and it starts only once another is done
+    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", jobs, "--no-progress", env=hang(2, hanging),
+                     start_new_session=True)
     try:
-        _wait_for(lambda: partial_path(out).exists() and (statuses(partial_path(out)) == 1).sum() >= 1, 120,
-                  "the first observation")
+        _wait_until_hanging(proc, hanging)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -218,7 +246,7 @@ def test_ctrl_c_on_the_terminal_stops_keeps_what_is_done_and_resumes(clean_run, 
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "run the same command to resume" in stderr and "Traceback" not in stderr
     status = statuses(partial_path(out))
-    assert (status == 1).sum() >= 1 and not (status == 3).any()
+    assert (status == 1).sum() >= 1 and status[2] == 0 and not (status == 3).any()
     with RunLock(out):
         pass
     code, _, stderr = calibrate_cli(out, "--jobs", jobs)
@@ -232,15 +260,19 @@ def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
         code, _, stderr = calibrate_cli(out)
         assert code == EXIT_TEMPFAIL and "another arielstream run is writing it" in stderr
         assert time.monotonic() - t0 < 30
-    first = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress",
-                      env={"ARIELSTREAM_FAULT": "slow:0.3"})
+    hanging = tmp_path / "hanging"
+    first = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
     try:
-        _wait_for(lambda: partial_path(out).exists(), 60, "the first run to start")
+        _wait_until_hanging(first, hanging)
         code, _, stderr = calibrate_cli(out)
         assert code == EXIT_TEMPFAIL and f"pid {first.pid}" in stderr
+        first.send_signal(signal.SIGTERM)  # still running, undisturbed: it stops as it should
+        first.communicate(timeout=60)
     finally:
-        first.communicate(timeout=300)
-    assert first.returncode == 0
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == EXIT_TERMINATED
+    assert list(statuses(partial_path(out))) == [1, 1, 0]
 
 
 def test_a_file_size_limit_fails_cleanly_before_any_worker_starts(tmp_path):
@@ -273,13 +305,14 @@ def _tree_rss(pid: int) -> int:
 @pytest.fixture(scope="module")
 def wide_dataset(tmp_path_factory) -> Path:
     """Two planets with a quarter of the real frames: wide enough that chunks matter."""
-    from arielstream.simulate import simulate_dataset
+    from arielstream.simulate.dataset import simulate_dataset
 
     root = tmp_path_factory.mktemp("wide")
     simulate_dataset(root, n_planets=2, scale=0.25, seed=3, two_visit_fraction=0.0)
     return root
 
 
+@pytest.mark.slow
 def test_the_memory_budget_holds_for_the_whole_process_tree(wide_dataset, tmp_path):
     budget = 900_000_000
     out = tmp_path / "o.h5"
@@ -320,29 +353,34 @@ def test_force_recomputes_even_a_complete_output(clean_run, tmp_path):
     assert same_bytes(out, clean_run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_task_over_the_timeout_is_retried_alone_then_failed_and_the_rest_complete(tmp_path, jobs):
-    obs = discover_observations(DATA_SAMPLES, "train")[2]
-    out = tmp_path / "o.h5"
-    # every chunk of every observation sleeps 0.3 s: the third observation's tasks exceed 2 s, the others do
-    # not, because the fault slows only that planet visit
-    env = {"ARIELSTREAM_FAULT": f"slow-obs:{obs.planet_id}:{obs.visit}:1.0"}
-    code, stdout, stderr = calibrate_cli(out, "--jobs", jobs, "--task-timeout", "3", env=env)
+    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
+    # the third observation hangs on every attempt, the others stay far below the timeout even on a loaded
+    # machine; the test takes twice TASK_TIMEOUT (the task, then its retry alone)
+    code, stdout, stderr = calibrate_cli(out, "--jobs", jobs, "--task-timeout", str(TASK_TIMEOUT),
+                                         env=hang(2, hanging))
+    assert hanging.exists(), "the fault was injected"
     assert code == EXIT_FAILURES, stderr
     assert "Traceback" not in stderr
     assert list(statuses(out)) == [1, 1, 2]
     assert "over the task timeout" in stdout
 
 
+
 def test_coordinator_deaths_are_not_blamed_on_the_observations_of_its_workers(clean_run, tmp_path):
-    out = tmp_path / "o.h5"
-    for _ in range(3):  # three coordinators killed while their workers were mid-observation
+    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
+    for _ in range(3):  # three coordinators killed while a worker was mid-observation (the same one)
+        hanging.unlink(missing_ok=True)
         proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "2", "--no-progress", "--force"
-                         if not partial_path(out).exists() else "--no-log-file",
-                         env={"ARIELSTREAM_FAULT": "slow:0.5"})
-        _wait_for(lambda: (statuses(partial_path(out)) == 3).sum() >= 1, 60, "a running observation")
-        proc.kill()
-        proc.communicate()
+                         if not partial_path(out).exists() else "--no-log-file", env=hang(2, hanging))
+        try:
+            _wait_until_hanging(proc, hanging)
+            assert statuses(partial_path(out))[2] == 3
+        finally:
+            proc.kill()
+            proc.communicate()
     code, stdout, stderr = calibrate_cli(out, "--jobs", "2")
     assert code == 0, stdout + stderr
     assert same_bytes(out, clean_run)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 
 import h5py
@@ -10,7 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arielstream import build_config, calibrate, compiled
+from arielstream import build_config, calibrate
+from arielstream.calibration import compiled, engine
+from arielstream.run import runner
 
 WHOLE = 10**9  # every file in one chunk per instrument
 
@@ -50,7 +54,7 @@ def test_chunked_equals_whole(whole, small_dataset, multi_rowgroup_dataset, tmp_
 def test_bin_sized_chunks_equal_whole_for_fgs1(whole, small_dataset, tmp_path, caplog):
     """A budget below one pixel of a whole row group: the reader hands out a few bins at a time."""
     out = tmp_path / "tiny.h5"
-    with caplog.at_level(logging.DEBUG, logger="arielstream.pipeline"):
+    with caplog.at_level(logging.DEBUG, logger="arielstream.run.observation"):
         calibrate(small_dataset, out, chunk_bytes=200_000, jobs=1, progress=False,
                   config=build_config(instruments=["FGS1"]))
     with h5py.File(out) as f:
@@ -59,14 +63,48 @@ def test_bin_sized_chunks_equal_whole_for_fgs1(whole, small_dataset, tmp_path, c
     assert plans and all(block == "1" and int(frames) % 720 == 0 for block, frames in plans)
 
 
+def _engines(path):
+    """The engine each observation's provenance records."""
+    with h5py.File(path) as f:
+        return [json.loads(p.decode().rstrip("\x00"))["engine"] for p in f["provenance"][()]]
+
+
+@pytest.fixture
+def fresh_engine(monkeypatch):
+    """The process's engine is chosen afresh in the test and again after it (the choice is cached)."""
+    monkeypatch.delenv(engine.ENV, raising=False)
+    engine.current.cache_clear()
+    yield monkeypatch
+    engine.current.cache_clear()
+
+
 @pytest.mark.skipif(compiled.numba is None, reason="one engine only: numba not installed")
-def test_the_numexpr_and_numba_engines_agree_end_to_end(whole, small_dataset, tmp_path, monkeypatch):
-    assert compiled.available()  # the reference run used numba
-    monkeypatch.setenv("ARIELSTREAM_ENGINE", "numexpr")
+def test_the_numexpr_and_numba_engines_agree_end_to_end(whole, small_dataset, tmp_path, fresh_engine):
+    fresh_engine.setenv(engine.ENV, "numexpr")
     out = tmp_path / "numexpr.h5"
     calibrate(small_dataset, out, chunk_bytes=WHOLE, jobs=1, progress=False, log_file=False)
-    with h5py.File(out) as f:
-        assert f.attrs["engine"].startswith("numexpr")
+    assert all(e.startswith("numexpr ") for e in _engines(out))
     cubes = _cubes(out)
     for key, value in whole.items():
         np.testing.assert_allclose(cubes[key], value, rtol=1e-12, atol=1e-9, err_msg=key)
+
+
+@pytest.mark.skipif(compiled.numba is None, reason="the coordinator needs numba to differ from its worker")
+def test_each_observation_records_the_engine_of_the_process_that_computed_it(small_dataset, tmp_path,
+                                                                            fresh_engine):
+    assert engine.current().name == "numba"  # the coordinator's choice
+    run_task = runner.run_task
+
+    def run_task_on_numexpr(task):  # pickled by value into the worker process, where it runs
+        os.environ[engine.ENV] = "numexpr"
+        return run_task(task)
+
+    fresh_engine.setattr(runner, "run_task", run_task_on_numexpr)
+    out = tmp_path / "worker.h5"
+    # one job with a task timeout: every observation runs in a worker process, not in this one
+    summary = calibrate(small_dataset, out, chunk_bytes=WHOLE, jobs=1, task_timeout=600, progress=False,
+                        log_file=False)
+    assert summary.ok and all(r.pid != os.getpid() for r in summary.results)
+    engines = _engines(out)
+    assert len(engines) == 3 and all(e.startswith("numexpr ") for e in engines), engines
+    assert engine.current().name == "numba"

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from arielstream.cli import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_NOINPUT, EXIT_OK
+from arielstream.cli import app as cli
+from arielstream.cli.app import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILURES, EXIT_NOINPUT, EXIT_OK
 
 from .conftest import DATA_SAMPLES, write_signal
 from .test_end_to_end import run_cli
@@ -143,3 +144,23 @@ def test_step_switches_and_binning_from_the_command_line(data_copy, tmp_path):
 def test_simulate_cli_rejects_a_bad_scale(tmp_path):
     proc = run_cli("simulate", tmp_path / "sim", "--scale", "0", check=False)
     assert proc.returncode == 2 and "must be positive" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["extract"], ["export", "--format", "npy", "-o", "{out}"],
+                                     ["export", "--format", "csv", "-o", "{out}"], ["quicklook", "-o", "{out}"]])
+def test_a_missing_input_file_exits_66_for_every_reader(tmp_path, capsys, command):
+    missing = tmp_path / "missing.h5"
+    name, *options = command
+    argv = [name, str(missing), *(o.format(out=tmp_path / "out") for o in options), "-q"]
+    assert cli.main(argv) == EXIT_NOINPUT
+    err = capsys.readouterr().err
+    assert f"arielstream: {missing}: cannot read: no such file" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # the input is checked before any output is created
+
+
+def test_a_missing_output_names_the_partial_an_unfinished_run_left(tmp_path, capsys):
+    missing = tmp_path / "o.h5"
+    (tmp_path / "o.h5.partial").write_bytes(b"")
+    assert cli.main(["info", str(missing)]) == EXIT_NOINPUT
+    assert "an unfinished run left o.h5.partial" in capsys.readouterr().err

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from arielstream.config import CalibrationConfig, ConfigError, build_config, load_config
+from arielstream.config.options import CalibrationConfig, build_config, load_config
+from arielstream.errors import ConfigError
 
 
 def test_default_runs_every_step_with_nonlinearity():
@@ -66,7 +67,7 @@ def test_config_is_frozen_and_round_trips_through_json():
 
 
 def test_run_options_from_toml_and_the_command_line(tmp_path):
-    from arielstream.config import RunOptions, load_run_options
+    from arielstream.config.options import RunOptions, load_run_options
 
     path = tmp_path / "run.toml"
     path.write_text('[run]\nmemory = "24GB"\njobs = "auto"\nsplit = "test"\nplanets = [1, 2]\ntask_timeout = 900\n')

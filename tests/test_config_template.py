@@ -9,8 +9,12 @@ from dataclasses import fields
 
 import pytest
 
-from arielstream import cli_products, config_template
-from arielstream.config import CalibrationConfig, RunOptions, build_config, load_config, load_run_options
+from arielstream.cli import app as cli_app
+from arielstream.cli import calibrate as cli_calibrate
+from arielstream.cli import products as cli_products
+from arielstream.config import template as config_template
+from arielstream.config.descriptions import DESCRIPTIONS
+from arielstream.config.options import CalibrationConfig, RunOptions, build_config, load_config, load_run_options
 from arielstream.errors import OutputError
 
 if sys.version_info >= (3, 11):
@@ -37,17 +41,44 @@ def test_every_option_is_written_with_a_comment(template):
     text = template.read_text()
     for table, cls in (("calibration", CalibrationConfig), ("run", RunOptions)):
         names = [f.name for f in fields(cls)]
-        assert set(config_template.COMMENTS[table]) == set(names), f"[{table}]: comments and options differ"
+        assert set(DESCRIPTIONS[table]) == set(names), f"[{table}]: comments and options differ"
         for name in names:
             line = re.search(rf"^(# )?{name} = .*#\s*(\S.*)$", text, flags=re.M)
             assert line, f"[{table}] {name} missing from the template"
-            assert config_template.COMMENTS[table][name] in line.group(2)
+            assert DESCRIPTIONS[table][name] in line.group(2)
+
+
+def _calibrate_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in cli_app.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["calibrate"]
+
+
+def test_every_calibrate_option_that_sets_a_config_option_has_its_help_from_the_table():
+    tables = {"calibration": {f.name for f in fields(CalibrationConfig)},
+              "run": {f.name for f in fields(RunOptions)}}
+    mapped = []
+    for action in _calibrate_parser()._actions:
+        table = next((t for t, names in tables.items() if action.dest in names), None)
+        if table is None or not action.option_strings:
+            continue
+        mapped.append(action.dest)
+        assert action.help and DESCRIPTIONS[table][action.dest] in action.help, action.option_strings
+    assert set(mapped) == set(cli_calibrate.CALIBRATION_FLAGS) | set(cli_calibrate.RUN_FLAGS)
+    assert {"airs_bin", "memory", "profile", "log_file", "progress"} <= set(mapped)
+
+
+def test_the_help_shows_the_default_of_the_dataclass_or_of_each_profile():
+    assert config_template.option_help("calibration", "airs_bin").endswith(f"(default {CalibrationConfig.airs_bin})")
+    assert config_template.option_help("run", "memory").endswith(f"(default {RunOptions.memory})")
+    order = config_template.option_help("calibration", "wavelength_order")
+    assert '(default by profile default: "target", notebook: "detector"' in order
+    assert config_template.option_help("run", "jobs") == DESCRIPTIONS["run"]["jobs"]  # None: no default shown
 
 
 def test_an_option_without_a_comment_fails_the_render(monkeypatch):
-    comments = {k: dict(v) for k, v in config_template.COMMENTS.items()}
-    del comments["calibration"]["hot_sigma"]
-    monkeypatch.setattr(config_template, "COMMENTS", comments)
+    descriptions = {k: dict(v) for k, v in DESCRIPTIONS.items()}
+    del descriptions["calibration"]["hot_sigma"]
+    monkeypatch.setattr(config_template, "DESCRIPTIONS", descriptions)
     with pytest.raises(KeyError, match=r"\[calibration\] hot_sigma"):
         config_template.render_config_template()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arielstream.calibration_files import read_frame_table
+from arielstream.io.calibration import read_frame_table
 from arielstream.layout import AIRS, INSTRUMENTS, discover_observations
 
 from .conftest import DATA_SAMPLES

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import arielstream
-from arielstream import cli, exports
-from arielstream import lightcurves as lc
+from arielstream.cli import app as cli
 from arielstream.errors import InputError, OutputError
-from arielstream.store import STATUS_FAILED
+from arielstream.io.store import STATUS_FAILED
+from arielstream.products import exports
+from arielstream.products import lightcurves as lc
 
 from .conftest import DATA_SAMPLES
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from arielstream import compiled, kernels
+from arielstream.calibration import compiled, engine, kernels
 
 
 def _coeffs(rng, n):
@@ -77,15 +77,18 @@ ENGINES = ["numexpr"] + (["numba"] if compiled.numba is not None else [])
 
 
 @pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    monkeypatch.setenv("ARIELSTREAM_ENGINE", request.param)
-    assert compiled.available() == (request.param == "numba")
-    return request.param
+def engine_name(request, monkeypatch):
+    """Each engine in turn (the process's choice is cached: cleared before and after)."""
+    monkeypatch.setenv(engine.ENV, request.param)
+    engine.current.cache_clear()
+    assert engine.current().name == request.param
+    yield request.param
+    engine.current.cache_clear()
 
 
 @pytest.mark.parametrize("adc,nonlin,dark,cds,flat", SWITCHES)
 @pytest.mark.parametrize("width", [1, 3])
-def test_calibrate_block_matches_the_step_by_step_recipe(engine, adc, nonlin, dark, cds, flat, width):
+def test_calibrate_block_matches_the_step_by_step_recipe(engine_name, adc, nonlin, dark, cds, flat, width):
     rng = np.random.default_rng(7)
     pixels, frames = 11, 2 * width * 5
     raw = _raw(rng, pixels, frames)
@@ -110,6 +113,22 @@ def test_calibrate_block_refuses_a_block_that_splits_a_bin():
         kernels.calibrate_block(np.zeros((2, 90), np.uint16), None, cal)
 
 
+def test_the_dark_step_refuses_a_block_without_exposure_times():
+    cal = kernels.BlockCalibration(gain=0.4369, offset=-1000.0, coeffs=None, dark=np.full(2, 0.01), flat=None,
+                                   cds=True, width=1)
+    raw = np.zeros((2, 4), np.uint16)
+    for calibrate in (kernels.calibrate_block, kernels.calibrate_block_reference):
+        with pytest.raises(ValueError, match="exposure times"):
+            calibrate(raw, None, cal)
+
+
+def test_outlier_rejection_needs_its_options():
+    cal = kernels.BlockCalibration(gain=0.4369, offset=-1000.0, coeffs=None, dark=None, flat=None, cds=True,
+                                   width=1)
+    with pytest.raises(ValueError, match="outliers is None"):
+        kernels.calibrate_block_with_outliers(np.zeros((2, 4), np.uint16), None, cal)
+
+
 @pytest.mark.skipif(compiled.numba is None, reason="numba not installed")
 def test_compiled_kernels_match_numexpr_and_reference():
     rng = np.random.default_rng(8)
@@ -124,8 +143,30 @@ def test_compiled_kernels_match_numexpr_and_reference():
     np.testing.assert_array_equal(counts, kernels.steps.bin_time(raw[:, 1::2].astype(np.int64) - raw[:, 0::2], 6))
 
 
-def test_integer_cds_path_is_exact(engine):
+def test_integer_cds_path_is_exact(engine_name):
     """Without non-linearity the CDS and binning are integer sums: no rounding at all before the gain."""
     raw = np.array([[100, 65535, 0, 65535]], dtype=np.uint16)
     cal = kernels.BlockCalibration(gain=1.0, offset=-1000.0, coeffs=None, dark=None, flat=None, cds=True, width=2)
     assert kernels.calibrate_block(raw, None, cal)[0, 0] == (65535 - 100) + 65535
+
+
+def test_the_engine_is_chosen_once_per_process(monkeypatch):
+    monkeypatch.setenv(engine.ENV, "numexpr")
+    engine.current.cache_clear()
+    try:
+        first = engine.current()
+        assert first.name == "numexpr" and not first.compiled and str(first).startswith("numexpr ")
+        monkeypatch.setenv(engine.ENV, "numba")  # too late: this process has chosen
+        assert engine.current() is first
+    finally:
+        engine.current.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["auto", "numba", "", "turbo"])
+def test_every_other_setting_uses_numba_when_it_is_installed(monkeypatch, value):
+    monkeypatch.setenv(engine.ENV, value)
+    engine.current.cache_clear()
+    try:
+        assert engine.current().name == ("numba" if compiled.numba is not None else "numexpr")
+    finally:
+        engine.current.cache_clear()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
 
 import arielstream
-from arielstream import lightcurves as lc
+from arielstream.config.options import build_config
 from arielstream.dq import HOT
 from arielstream.errors import OutputError
+from arielstream.layout import frames_per_bin
+from arielstream.nan import quiet_nan
+from arielstream.products import lightcurves as lc
 
 from .conftest import DATA_SAMPLES
 
@@ -137,6 +142,23 @@ def test_reads_per_bin_follows_the_config():
     assert lc.reads_per_bin({"airs_bin": 30, "cds": True, "time_binning": True}, "AIRS-CH0") == 60
     assert lc.reads_per_bin({"fgs1_bin": 12, "cds": False, "time_binning": True}, "FGS1") == 12
     assert lc.reads_per_bin({"airs_bin": 30, "cds": True, "time_binning": False}, "AIRS-CH0") == 2
+    # an older file's config: missing options take today's defaults, options this version lacks are ignored
+    assert lc.reads_per_bin({"removed_option": 1}, "FGS1") == 2 * build_config().fgs1_bin
+    config = build_config(airs_bin=15)
+    assert lc.reads_per_bin(config.to_dict(), "AIRS-CH0") == frames_per_bin(config, "AIRS-CH0") == 30
+
+
+def test_statistics_over_slices_without_data_are_nan_quietly_and_other_warnings_still_show():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with quiet_nan():
+            assert np.isnan(np.nanmedian(np.full(3, np.nan)))
+            assert np.isnan(np.nanmean(np.full(3, np.nan)))
+        assert np.isnan(lc.normalise(np.full((2, 1), np.nan), np.ones((2, 1)))[0]).all()
+        with pytest.raises(RuntimeWarning, match="something else"), quiet_nan():
+            warnings.warn("something else", RuntimeWarning, stacklevel=1)
+        with pytest.raises(RuntimeWarning, match="All-NaN slice"):
+            np.nanmedian(np.full(3, np.nan))  # outside the helper numpy still warns
 
 
 # ---------------------------------------------------------------- the wavelength order of the file does not matter
@@ -218,7 +240,7 @@ def test_a_failed_extract_leaves_no_file_that_looks_complete(sample_profiles, tm
 
 
 def test_extract_cli_selects_observations_and_switches_the_background_off(sample_profiles, tmp_path):
-    from arielstream import cli
+    from arielstream.cli import app as cli
 
     target, _ = sample_profiles
     out = tmp_path / "lc.h5"
@@ -234,7 +256,7 @@ def test_extract_cli_selects_observations_and_switches_the_background_off(sample
 # ---------------------------------------------------------------- the injected transit, per wavelength
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    from arielstream.simulate import simulate_dataset
+    from arielstream.simulate.dataset import simulate_dataset
 
     root = tmp_path_factory.mktemp("lc_sim")
     simulate_dataset(root / "data", n_planets=2, scale=0.1, seed=5)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from arielstream.errors import MemoryBudgetError
-from arielstream.memory import (
+from arielstream.io.signal import (
     COLUMN_OVERHEAD_BYTES,
     COMPUTE_BYTES_PER_VALUE,
     READS_IN_FLIGHT,
     RESIDENT_BYTES_PER_VALUE,
-    parse_bytes,
     plan_chunks,
 )
+from arielstream.units import parse_bytes
 
 
 def test_parse_bytes():
@@ -65,7 +65,7 @@ def test_release_memory_gives_freed_heap_back_so_the_plan_measures_what_is_held(
 
     code = """
 import numpy as np
-from arielstream.memory import current_rss, release_memory
+from arielstream.run.budget import current_rss, release_memory
 blocks = [np.ones(100_000 // 8) for _ in range(3000)]  # 300 MB of 100 kB blocks: heap, not mmap
 kept = blocks[::10]  # every tenth stays: the heap cannot shrink from its top
 del blocks

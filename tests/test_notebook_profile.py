@@ -8,7 +8,7 @@ import pytest
 
 from arielstream import build_config, calibrate
 from arielstream.layout import discover_observations
-from arielstream.notebook_recipe import notebook_calibrate
+from benchmarks.notebook_recipe import notebook_calibrate
 
 RTOL = 1e-5
 
@@ -48,6 +48,7 @@ def test_notebook_profile_matches_the_notebook_recipe_on_good_pixels(small_datas
             assert np.isfinite(airs).all()
 
 
+@pytest.mark.slow  # a calibration of its own and the notebook's per-pixel poly1d loop
 def test_notebook_profile_with_nonlinearity_matches_the_notebook_loop(small_dataset, tmp_path):
     """The notebook's own (slow) poly1d loop, switched on, agrees with the vectorised Horner."""
     obs = discover_observations(small_dataset, "train")[0]

@@ -1,4 +1,4 @@
-"""Issue 5: cosmic rays, spatial outliers, background, tracking, master calibrations, spatial binning."""
+"""The steps beyond the notebook: cosmic rays, spatial outliers, background, tracking, masters, spatial binning."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import h5py
 import numpy as np
 import pytest
 
-from arielstream import build_config, calibrate, compiled, frame_steps, steps
-from arielstream.kernels import BlockCalibration, cds_samples
+from arielstream import build_config, calibrate
+from arielstream.calibration import compiled, steps
+from arielstream.calibration.kernels import BlockCalibration, cds_samples
+from arielstream.calibration.steps import master_frame
+from arielstream.config.recipe import RECIPE
+from arielstream.io.dataset import read_dataset_info
+from arielstream.io.signal import ChunkPlan, SignalFile
 from arielstream.layout import AIRS, discover_observations
-from arielstream.masters import master_frame
-from arielstream.memory import ChunkPlan
-from arielstream.metadata import read_dataset_info
-from arielstream.pipeline import instrument_layout, select_pixels
-from arielstream.reader import SignalFile
-from arielstream.recipe import RECIPE
+from arielstream.run.observation import instrument_layout, outlier_options, select_pixels
 
 NEW_STEPS = ["cosmic_rays", "spatial_outliers", "interpolate_bad_pixels", "background", "tracking"]
 
@@ -60,7 +60,7 @@ def test_temporal_outliers_are_found_and_removed_from_the_bins(replace):
 @pytest.fixture(scope="module")
 def hits_dataset(tmp_path_factory):
     """Two planets with many cosmic rays and a background on every planet."""
-    from arielstream.simulate import simulate_dataset
+    from arielstream.simulate.dataset import simulate_dataset
 
     root = tmp_path_factory.mktemp("hits")
     simulate_dataset(root, n_planets=2, scale=0.1, seed=21, cosmic_rate=2e-4, background_fraction=1.0,
@@ -79,13 +79,13 @@ def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
     n_frames = layout.n_bins * 60
     reader = SignalFile(obs.signal_path(AIRS), AIRS, info.n_frames(AIRS))
     (chunk,) = list(reader.iter_chunks(sel.pixels, ChunkPlan(len(sel.pixels), n_frames, None, 0), n_frames, 60))
-    from arielstream.calibration_files import load_calibration
+    from arielstream.io.calibration import load_calibration
 
     coeffs = load_calibration(obs, AIRS, {"linear_corr": True}).linear_corr[:, sel.region[0][:, None],
                                                                             sel.region[1][None, :]]
     cal = BlockCalibration(0.4369, -1000.0, coeffs.reshape(6, -1), None, None, True, 30)
     series = cds_samples(chunk.data, cal)
-    _, flagged = steps.reject_temporal_outliers(series, 30, **_cr_args(config))
+    _, flagged = steps.reject_temporal_outliers(series, 30, **outlier_options(config))
 
     position = {int(p): i for i, p in enumerate(sel.pixels)}
     dead = truth["dead_airs"].ravel()
@@ -105,11 +105,6 @@ def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
     assert visible.sum() > 200
     assert recall >= 0.95
     assert false_rate <= 0.001
-
-
-def _cr_args(config):
-    return dict(sigmas=config.cr_sigmas, until_clean=config.cr_until_clean, clean_sigma=config.cr_clean_sigma,
-                max_iters=config.cr_max_iters, replace=config.cr_replace)
 
 
 def _white_depth(cube, shape):
@@ -211,12 +206,3 @@ def test_master_dark_over_a_planets_visits(small_dataset, tmp_path):
     assert prov["AIRS-CH0"]["calibration"]["dark"].startswith("master of 2 visit(s)")
     frames = np.stack([np.full((2, 3), 1.0), np.full((2, 3), 3.0), np.full((2, 3), 2.0), np.full((2, 3), 50.0)])
     np.testing.assert_allclose(master_frame(frames), 2.0)
-
-
-def test_isolated_bad_pixels_are_interpolated_along_the_spatial_axis():
-    cube = np.arange(2 * 3 * 5, dtype=np.float64).reshape(2, 3, 5)
-    cube[:, 1, 2] = np.nan  # isolated: both row neighbours good
-    cube[:, 2, 0] = np.nan  # on the edge: left alone
-    out, filled = frame_steps.interpolate_isolated(cube, ~np.isfinite(cube))
-    np.testing.assert_allclose(out[:, 1, 2], 0.5 * (cube[:, 1, 1] + cube[:, 1, 3]))
-    assert np.isnan(out[:, 2, 0]).all() and filled.sum() == 2

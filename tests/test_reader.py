@@ -6,12 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from arielstream.calibration_files import read_frame_table
 from arielstream.errors import InputError
+from arielstream.io.calibration import read_frame_table
+from arielstream.io.dataset import read_dataset_info
+from arielstream.io.signal import ChunkPlan, SignalFile
 from arielstream.layout import AIRS, FGS1, Instrument
-from arielstream.memory import ChunkPlan
-from arielstream.metadata import read_dataset_info
-from arielstream.reader import SignalFile
 
 from .conftest import REFERENCE, REFERENCE_PLANET, write_signal
 

@@ -8,10 +8,10 @@ import h5py
 import pytest
 
 import arielstream
-from arielstream import cli
-from arielstream.config import ConfigError, RunOptions, build_config, load_config, load_run_options
-from arielstream.config_template import render_config
-from arielstream.runs import prepare_run, run_folder, run_output
+from arielstream.cli import app as cli
+from arielstream.config.options import ConfigError, RunOptions, build_config, load_config, load_run_options
+from arielstream.config.template import render_config
+from arielstream.run.runs import prepare_run, run_folder, run_output
 
 from .conftest import DATA_SAMPLES
 
@@ -101,7 +101,7 @@ def test_numpy_planet_ids_and_a_refused_run_leave_the_record_right(tmp_path):
                                     progress=False, log_file=False)
     assert summary.ok and load_run_options(runs / "np" / "config.toml").planets == (73079497,)
     # a second run of the same name and split while the first holds the lock: refused, record untouched
-    from arielstream.lifecycle import LockBusyError, RunLock
+    from arielstream.run.lifecycle import LockBusyError, RunLock
 
     recorded = (runs / "np" / "config.toml").read_text()
     with RunLock(runs / "np" / "train.h5"):

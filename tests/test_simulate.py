@@ -17,16 +17,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from arielstream import simulate as sim
 from arielstream.layout import AIRS, AIRS_CUT, CALIBRATION_NAMES, FGS1
-from arielstream.simulate import frame_counts, simulate_dataset
+from arielstream.simulate import dataset as sim
+from arielstream.simulate.dataset import frame_counts, simulate_dataset
+
+from .conftest import REFERENCE
 
 SCALE = 0.02  # 4 bins: 270 AIRS / 3240 FGS1 frames
 SEED = 7
 GAIN, OFFSET = 0.4369, -1000.0
 EXPOSURE = {AIRS.name: (0.1, 4.6), FGS1.name: (0.1, 0.2)}
-REFERENCE_DIRS = [Path("/work/shared/reference-data"),
-                  Path(__file__).resolve().parent.parent / "data_samples" / "reference"]
 
 
 # ---------------------------------------------------------------- helpers
@@ -150,10 +150,7 @@ def test_frame_counts():
 
 
 def test_axis_times_and_wavelengths_reproduce_the_real_file():
-    ref = next((d for d in REFERENCE_DIRS if (d / "axis_info.parquet").exists()), None)
-    if ref is None:
-        pytest.skip("no reference axis_info.parquet")
-    table = pq.read_table(ref / "axis_info.parquet")
+    table = pq.read_table(REFERENCE / "axis_info.parquet")  # the competition's own file, committed
 
     def col(name):
         a = table[name].to_numpy()
@@ -163,7 +160,7 @@ def test_axis_times_and_wavelengths_reproduce_the_real_file():
     np.testing.assert_allclose(airs, col("AIRS-CH0-axis0-h"), rtol=0, atol=1e-9)
     np.testing.assert_allclose(fgs1, col("FGS1-axis0-h"), rtol=0, atol=1e-9)
     np.testing.assert_allclose(sim.airs_wavelengths(), col("AIRS-CH0-axis2-um"), rtol=0, atol=1e-8)
-    _, rows = read_csv(ref / "wavelengths.csv")
+    _, rows = read_csv(REFERENCE / "wavelengths.csv")
     np.testing.assert_allclose(sim.target_wavelengths(), np.array(rows[0], float), rtol=0, atol=1e-8)
 
 
@@ -360,6 +357,7 @@ def test_a_different_seed_gives_different_data(sim_a, tmp_path):
     assert a.shape == b.shape and np.mean(a != b) > 0.5
 
 
+@pytest.mark.slow  # a simulation of its own with 101-frame row groups
 def test_row_groups_change_the_file_not_the_data(sim_a, sim_row_groups):
     root, result = sim_a
     pid, n_visits = result[0]

@@ -9,8 +9,9 @@ import pytest
 from astropy.stats import sigma_clip
 from astropy.utils.exceptions import AstropyUserWarning
 
-from arielstream import dq, steps
-from arielstream.calibration_files import read_frame_table
+from arielstream import dq
+from arielstream.calibration import steps
+from arielstream.io.calibration import read_frame_table
 
 from .conftest import REFERENCE_PLANET
 

@@ -1,0 +1,253 @@
+"""Optional compiled fast paths (numba), used when numba is installed.
+
+numexpr evaluates an expression one operation at a time over cache-sized blocks,
+so the 19 operations of a non-linear CDS pair cost ~1 s per full-size
+observation on two cores, twice the Parquet decode itself (see BENCHMARKS.md).
+These kernels make one pass over the raw uint16 block instead: for each pixel
+and time bin they convert both reads of every pair, evaluate the polynomial by
+Horner's method and accumulate the bin, with no intermediate arrays, in
+parallel over pixels. They compute what :func:`arielstream.calibration.kernels.calibrate_block`
+computes (tested against the same numpy twin); only the order of the float64
+additions inside a bin differs.
+
+Install with ``pip install numba`` (the ``fast`` extra). Whether they are used is decided
+once per process by :mod:`arielstream.calibration.engine` (``ARIELSTREAM_ENGINE=numexpr``
+disables them); without numba everything runs on numexpr, unchanged.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+numba: ModuleType | None  # None without numba; its attributes (numba.config's are set at run time) are Any
+try:  # pragma: no cover - exercised where numba is installed
+    import numba
+except ImportError:  # pragma: no cover
+    numba = None
+
+POLYNOMIAL_ORDER = 5  # the non-linear kernels are written out for the competition's quintic (6 coefficients)
+
+
+def set_threads(threads: int) -> None:
+    """Let the compiled kernels use ``threads`` threads (1 to numba's maximum); nothing without numba."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+if numba is not None:
+    # fastmath: "contract" lets LLVM fuse multiply-adds, "reassoc" lets it vectorise the sum of a bin;
+    # results are deterministic for a given machine and numba, and differ from numexpr's by ~1e-16.
+    _FLAGS = {"contract", "reassoc"}
+    prange = numba.prange  # bound here, where numba is known to be installed (the kernels below use it)
+
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
+    def _cds_quintic_bins(raw, q, width):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_bins = raw.shape[1] // (2 * width)
+        out = np.empty((n_pix, n_bins))
+        for p in prange(n_pix):
+            q1, q2, q3, q4, q5 = q[1, p], q[2, p], q[3, p], q[4, p], q[5, p]
+            for b in range(n_bins):
+                acc = 0.0
+                base = 2 * width * b
+                for i in range(width):
+                    s = np.float64(raw[p, base + 2 * i])
+                    e = np.float64(raw[p, base + 2 * i + 1])
+                    acc += ((((q5 * e + q4) * e + q3) * e + q2) * e + q1) * e \
+                        - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
+                out[p, b] = acc
+        return out
+
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
+    def _cds_quintic_samples(raw, q):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_pairs = raw.shape[1] // 2
+        out = np.empty((n_pix, n_pairs))
+        for p in prange(n_pix):
+            q1, q2, q3, q4, q5 = q[1, p], q[2, p], q[3, p], q[4, p], q[5, p]
+            for i in range(n_pairs):
+                s = np.float64(raw[p, 2 * i])
+                e = np.float64(raw[p, 2 * i + 1])
+                out[p, i] = ((((q5 * e + q4) * e + q3) * e + q2) * e + q1) * e \
+                    - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
+        return out
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def _cds_count_bins(raw, width):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_bins = raw.shape[1] // (2 * width)
+        out = np.empty((n_pix, n_bins), dtype=np.int64)
+        for p in prange(n_pix):
+            for b in range(n_bins):
+                acc = 0
+                base = 2 * width * b
+                for i in range(width):
+                    acc += np.int64(raw[p, base + 2 * i + 1]) - np.int64(raw[p, base + 2 * i])
+                out[p, b] = acc
+        return out
+
+
+def cds_polynomial_bins(raw: np.ndarray, q: np.ndarray, width: int) -> np.ndarray:
+    """``sum over each bin of Q(end) - Q(start)`` for raw ``(P, frames)`` uint16; ``q`` is ``(6, P)``.
+
+    ``q`` holds the coefficients in raw counts (:func:`arielstream.calibration.kernels.fold_adc`);
+    the constant ``q0`` cancels and is not used. Frames must span whole bins.
+    """
+    return _cds_quintic_bins(raw, np.ascontiguousarray(q, dtype=np.float64), int(width))
+
+
+def cds_polynomial_samples(raw: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``Q(end) - Q(start)`` of every CDS pair of raw ``(P, frames)`` uint16: the ``(P, pairs)`` series, float64.
+
+    What cosmic-ray rejection needs (every sample, not only the bin sums); ``q`` as
+    in :func:`cds_polynomial_bins`.
+    """
+    return _cds_quintic_samples(raw, np.ascontiguousarray(q, dtype=np.float64))
+
+
+def cds_count_bins(raw: np.ndarray, width: int) -> np.ndarray:
+    """``sum over each bin of end - start`` in raw counts (int64, exact)."""
+    return _cds_count_bins(raw, int(width))
+
+
+if numba is not None:
+
+    @numba.njit(nogil=True, cache=True)
+    def _median_sorting(a, k):  # pragma: no cover - compiled
+        """Median of ``a[:k]``, reordering it in place: insertion sort when short, quickselect otherwise.
+
+        Much cheaper than ``np.median``, which copies, on the millions of short bins.
+        """
+        if k == 0:
+            return np.nan
+        if k <= 64:  # insertion sort: no call overhead on the short bins
+            for i in range(1, k):
+                v = a[i]
+                j = i - 1
+                while j >= 0 and a[j] > v:
+                    a[j + 1] = a[j]
+                    j -= 1
+                a[j + 1] = v
+            half = k // 2
+            return a[half] if k % 2 else 0.5 * (a[half - 1] + a[half])
+        half = k // 2
+        upper = _select(a, k, half)
+        if k % 2:
+            return upper
+        lower = a[0]  # after the selection a[:half] holds the smaller half: its maximum
+        for i in range(1, half):
+            if a[i] > lower:
+                lower = a[i]
+        return 0.5 * (lower + upper)
+
+    @numba.njit(nogil=True, cache=True)
+    def _select(a, k, n):  # pragma: no cover - compiled
+        """Quickselect: reorder ``a[:k]`` so that ``a[n]`` is its n-th smallest and return it."""
+        lo, hi = 0, k - 1
+        while lo < hi:
+            pivot = a[(lo + hi) // 2]
+            i, j = lo, hi
+            while i <= j:
+                while a[i] < pivot:
+                    i += 1
+                while a[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    a[i], a[j] = a[j], a[i]
+                    i += 1
+                    j -= 1
+            if n <= j:
+                hi = j
+            elif n >= i:
+                lo = i
+            else:
+                break
+        return a[n]
+
+    @numba.njit(nogil=True, cache=True)
+    def _refresh_statistics(xp, flags, width, ref, dirty, tmp, absr):  # pragma: no cover - compiled
+        """One pixel's statistics: the medians ``ref`` of its ``dirty`` bins, then its robust spread (returned).
+
+        ``xp`` and ``flags`` are the pixel's series and flags; flagged samples are left
+        out. ``tmp`` (``width``) and ``absr`` (the series' length) are scratch.
+        """
+        for b in range(ref.shape[0]):
+            if not dirty[b]:
+                continue
+            k = 0
+            for i in range(width):
+                if not flags[b * width + i]:
+                    tmp[k] = xp[b * width + i]
+                    k += 1
+            ref[b] = _median_sorting(tmp, k)
+            dirty[b] = False
+        k = 0
+        for t in range(xp.shape[0]):
+            if not flags[t]:
+                absr[k] = abs(xp[t] - ref[t // width])
+                k += 1
+        return 1.4826 * _median_sorting(absr, k)
+
+    @numba.njit(nogil=True, cache=True)
+    def _bin_unflagged(xp, flags, width, replace_median, tmp, out):  # pragma: no cover - compiled
+        """One pixel's bin sums into ``out``, without its flagged samples.
+
+        A flagged sample is replaced by the median of the rest of its bin
+        (``replace_median``), or left out with the bin's sum rescaled to ``width``
+        samples. ``tmp`` (``width``) is scratch.
+        """
+        for b in range(out.shape[0]):
+            k = 0
+            for i in range(width):
+                if not flags[b * width + i]:
+                    tmp[k] = xp[b * width + i]
+                    k += 1
+            median = _median_sorting(tmp, k) if replace_median and k < width else np.nan
+            acc = 0.0
+            for i in range(width):
+                t = b * width + i
+                if not flags[t]:
+                    acc += xp[t]
+                elif replace_median:
+                    acc += median
+            out[b] = acc if replace_median else (acc * width / k if k > 0 else np.nan)
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def _reject_outliers(x, width, levels, n_fixed, replace_median):  # pragma: no cover - compiled
+        n_pix, n = x.shape
+        n_bins = n // width
+        flags = np.zeros((n_pix, n), dtype=np.bool_)
+        binned = np.empty((n_pix, n_bins))
+        for p in prange(n_pix):
+            xp, fp = x[p], flags[p]
+            ref = np.empty(n_bins)
+            tmp = np.empty(width)
+            absr = np.empty(n)
+            dirty = np.ones(n_bins, dtype=np.bool_)  # bins whose median must be (re)computed
+            spread = np.nan
+            changed = True
+            for it in range(levels.shape[0]):
+                if changed:  # statistics only move when flags did
+                    spread = _refresh_statistics(xp, fp, width, ref, dirty, tmp, absr)
+                new = 0
+                for t in range(n):
+                    if not fp[t] and abs(xp[t] - ref[t // width]) > levels[it] * spread:
+                        fp[t] = True
+                        dirty[t // width] = True
+                        new += 1
+                changed = new > 0
+                if it >= n_fixed and new == 0:
+                    break
+            _bin_unflagged(xp, fp, width, replace_median, tmp, binned[p])
+        return binned, flags
+
+
+def reject_temporal_outliers(samples: np.ndarray, width: int, sigmas: tuple[float, ...] = (8.0,),
+                             until_clean: bool = True, clean_sigma: float = 5.0, max_iters: int = 10,
+                             replace: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Compiled twin of :func:`arielstream.calibration.steps.reject_temporal_outliers` (same arguments and results)."""
+    levels = np.array(list(sigmas) + ([clean_sigma] * max_iters if until_clean else []), dtype=np.float64)
+    return _reject_outliers(np.ascontiguousarray(samples, dtype=np.float64), int(width), levels, len(sigmas),
+                            replace == "median")

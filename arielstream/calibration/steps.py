@@ -1,0 +1,231 @@
+"""The calibration steps as pure functions over arrays (plain numpy).
+
+Each step takes its calibration data as arguments and never opens a file. These
+are the readable definitions of the maths and the reference twins of the fast
+kernels in :mod:`arielstream.calibration.kernels`.
+
+Layout convention: **time is the last axis**. A block of raw data is
+``(pixels..., frames)``; calibration frames have the pixel shape (the leading
+axes) and broadcast over time; a per-frame vector (``dt``) has the length of the
+time axis. This pixel-major layout is what the streaming reader produces, and it
+makes the CDS difference and the time binning contiguous operations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dq import DARK_INVALID, DEAD, DO_NOT_USE, FLAT_INVALID, HOT, NONLINEARITY_INVALID
+from ..layout import AIRS
+from ..nan import quiet_nan
+
+
+def adc_convert(raw: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """Undo the analogue-to-digital conversion: ``raw / gain + offset`` (float64)."""
+    return np.asarray(raw, dtype=np.float64) / gain + offset
+
+
+def sigma_clip_mask(data: np.ndarray, sigma: float = 5.0, maxiters: int = 5) -> np.ndarray:
+    """Outliers of ``data`` by iterative median/std clipping, as ``astropy.stats.sigma_clip``.
+
+    Same rule as astropy's defaults: centre = median and spread = standard
+    deviation of the values kept so far, bounds ``centre ± sigma*spread``, stop
+    when an iteration clips nothing or after ``maxiters``; the mask is every value
+    outside the last bounds, plus the non-finite ones. Reimplemented so that a
+    worker does not import astropy; ``tests/test_steps.py`` holds it to astropy.
+    """
+    values = np.asarray(data, dtype=np.float64)
+    finite = np.isfinite(values)
+    kept = values[finite]
+    lower, upper = -np.inf, np.inf
+    for _ in range(maxiters):
+        if kept.size == 0:
+            break
+        centre = np.median(kept)
+        spread = np.std(kept)
+        lower, upper = centre - sigma * spread, centre + sigma * spread
+        inside = kept[(kept >= lower) & (kept <= upper)]
+        changed = kept.size - inside.size
+        kept = inside
+        if changed == 0:
+            break
+    with np.errstate(invalid="ignore"):
+        return ~finite | (values < lower) | (values > upper)
+
+
+def pixel_quality(
+    dark: np.ndarray | None,
+    dead: np.ndarray | None,
+    flat: np.ndarray | None = None,
+    coeffs: np.ndarray | None = None,
+    sigma: float = 5.0,
+    maxiters: int = 5,
+) -> np.ndarray:
+    """The static data-quality plane of a detector (bit flags from :mod:`arielstream.dq`).
+
+    Hot pixels are the sigma-clipped outliers of the dark frame (both tails, as the
+    notebook); dead pixels come from the dead map; a flat that is not finite and
+    positive, or non-finite non-linearity coefficients, make a pixel unusable too.
+    Pass ``None`` for a calibration that is not used.
+    """
+    shapes = [np.shape(a) for a in (dark, dead, flat) if a is not None]
+    if coeffs is not None:
+        shapes.append(np.shape(coeffs)[1:])
+    if not shapes:
+        raise ValueError("pixel_quality needs at least one calibration frame")
+    dq = np.zeros(shapes[0], dtype=np.uint16)
+    if dead is not None:
+        dq[np.asarray(dead, dtype=bool)] |= DEAD
+    if dark is not None:
+        dark = np.asarray(dark, dtype=np.float64)
+        finite = np.isfinite(dark)
+        dq[~finite] |= DARK_INVALID
+        dq[sigma_clip_mask(dark, sigma, maxiters) & finite] |= HOT
+    if flat is not None:
+        flat = np.asarray(flat)
+        with np.errstate(invalid="ignore"):
+            dq[~(np.isfinite(flat) & (flat > 0))] |= FLAT_INVALID
+    if coeffs is not None:
+        dq[~np.all(np.isfinite(coeffs), axis=0)] |= NONLINEARITY_INVALID
+    return dq
+
+
+def correct_nonlinearity(x: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """Apply the per-pixel polynomial ``c0 + c1 x + ... + cN x^N`` by Horner's method.
+
+    ``coeffs`` has shape ``(N+1, *pixel_shape)``, lowest order first (the layout of
+    ``linear_corr.parquet`` reshaped to ``(6, rows, cols)``).
+    """
+    c = np.asarray(coeffs, dtype=np.float64)[..., np.newaxis]  # broadcast over time
+    out = np.broadcast_to(c[-1], np.shape(x)).astype(np.float64)
+    for k in range(c.shape[0] - 2, -1, -1):
+        out *= x
+        out += c[k]
+    return out
+
+
+def subtract_dark(x: np.ndarray, dark: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """``x - dark * dt`` per frame: ``dark`` is per pixel (e/s), ``dt`` per frame (s)."""
+    return x - np.asarray(dark, dtype=np.float64)[..., np.newaxis] * np.asarray(dt, dtype=np.float64)
+
+
+def correlated_double_sampling(x: np.ndarray) -> np.ndarray:
+    """End-of-exposure read minus start read: ``x[..., 1::2] - x[..., 0::2]``.
+
+    An odd trailing frame (no partner) is dropped.
+    """
+    n = x.shape[-1] // 2
+    return x[..., 1 : 2 * n : 2] - x[..., 0 : 2 * n : 2]
+
+
+def bin_time(x: np.ndarray, width: int) -> np.ndarray:
+    """Sum consecutive groups of ``width`` samples along time; the incomplete tail is dropped."""
+    nbins = x.shape[-1] // width
+    trimmed = x[..., : nbins * width]
+    return trimmed.reshape(*x.shape[:-1], nbins, width).sum(axis=-1)
+
+
+def flat_field(x: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Divide by the flat field (per pixel, broadcast over time)."""
+    return x / np.asarray(flat, dtype=np.float64)[..., np.newaxis]
+
+
+def apply_quality(x: np.ndarray, dq: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """Replace unusable pixels (``dq & DO_NOT_USE``) with ``fill`` at every time."""
+    bad = (np.asarray(dq) & DO_NOT_USE) != 0
+    out = np.array(x, dtype=np.result_type(x, np.float32), copy=True)
+    out[bad] = fill
+    return out
+
+
+def frame_dt(instrument: str, n_frames: int, integration_time: np.ndarray | None = None) -> np.ndarray:
+    """The notebook's per-frame exposure times for the dark subtraction (seconds).
+
+    AIRS-CH0: the ``AIRS-CH0-integration_time`` column of ``axis_info`` with 0.1 s
+    added to the odd (end-of-exposure) frames. FGS1: 0.1 s on even, 0.2 s on odd
+    frames.
+    """
+    if instrument == AIRS.name:
+        if integration_time is None:
+            raise ValueError(f"{AIRS.name} needs the integration_time axis for its dt")
+        dt = np.array(integration_time[:n_frames], dtype=np.float64)
+        if dt.shape[0] != n_frames:
+            raise ValueError(f"integration_time has {dt.shape[0]} values for {n_frames} frames")
+        dt[1::2] += 0.1
+        return dt
+    dt = np.full(n_frames, 0.1)
+    dt[1::2] += 0.1
+    return dt
+
+
+def reject_temporal_outliers(samples: np.ndarray, width: int, sigmas: tuple[float, ...] = (8.0,),
+                             until_clean: bool = True, clean_sigma: float = 5.0, max_iters: int = 10,
+                             replace: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Cosmic rays: temporal outliers of each pixel's sample series, and the series' bin sums without them.
+
+    ``samples`` is ``(P, T)`` (CDS samples, time last) with ``T`` a multiple of
+    ``width``. The reference of each sample is the median of its time bin (its
+    ``width`` neighbours: the signal changes slowly within a bin, a hit does not
+    last); the spread is the pixel's robust standard deviation (1.4826 x the
+    median absolute residual over the whole series, flagged samples left out).
+    One pass per level of ``sigmas``, then, with ``until_clean``, passes at
+    ``clean_sigma`` until a pass flags nothing new (at most ``max_iters``).
+    Flagged samples are replaced by their bin's median (``replace="median"``) or
+    left out with the bin sum rescaled to ``width`` samples (``"mask"``).
+
+    Returns ``(binned, flagged)``: ``(P, T // width)`` float64 bin sums and the
+    ``(P, T)`` boolean mask of flagged samples.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    n_pix, n = x.shape
+    if n % width:
+        raise ValueError(f"{n} samples do not split into bins of {width}")
+    bins = x.reshape(n_pix, n // width, width)
+    flagged = np.zeros(bins.shape, dtype=bool)
+    levels = list(sigmas) + ([clean_sigma] * max_iters if until_clean else [])
+    for i, level in enumerate(levels):
+        masked = np.where(flagged, np.nan, bins)
+        with np.errstate(invalid="ignore"), quiet_nan():
+            reference = np.nanmedian(masked, axis=-1, keepdims=True)
+            residual = bins - reference
+            spread = 1.4826 * np.nanmedian(np.abs(np.where(flagged, np.nan, residual)).reshape(n_pix, -1),
+                                           axis=-1)
+            new = (np.abs(residual) > level * spread[:, None, None]) & ~flagged
+        if i >= len(sigmas) and not new.any():
+            break
+        flagged |= new
+    with np.errstate(invalid="ignore"), quiet_nan():
+        reference = np.nanmedian(np.where(flagged, np.nan, bins), axis=-1, keepdims=True)
+    if replace == "median":
+        cleaned = np.where(flagged, reference, bins)
+        binned = cleaned.sum(axis=-1)
+    else:
+        good = (~flagged).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            binned = np.where(flagged, 0.0, bins).sum(axis=-1) * width / good
+    return binned, flagged.reshape(n_pix, n)
+
+
+# Master calibration frames: refstis and eloy build superdarks and master flats from many frames;
+# here the frames of every visit of a planet (``planet``) or of every observation of the run
+# (``dataset``) are combined per pixel, and the usual hot-pixel clip then runs on the master.
+def master_frame(frames: np.ndarray, sigma: float = 3.0, maxiters: int = 5) -> np.ndarray:
+    """Per-pixel clipped mean of ``(n, rows, cols)`` frames (the plain mean of fewer than three).
+
+    The spread is the median absolute deviation (x1.4826), not the standard
+    deviation: with a handful of frames one bad frame inflates the standard
+    deviation enough to hide itself.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.shape[0] < 3:
+        return frames.mean(axis=0)
+    keep = np.isfinite(frames)
+    for _ in range(maxiters):
+        kept = np.where(keep, frames, np.nan)
+        centre = np.nanmedian(kept, axis=0)
+        spread = 1.4826 * np.nanmedian(np.abs(kept - centre), axis=0)
+        new = keep & (np.abs(frames - centre) <= sigma * np.maximum(spread, 1e-300))
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return np.nanmean(np.where(keep, frames, np.nan), axis=0)

@@ -1,0 +1,118 @@
+"""Command line: the ``arielstream`` parser, :func:`main`, its exit codes and logging.
+
+The sub-commands live in :mod:`.calibrate` (``calibrate``, ``simulate``, ``info``)
+and :mod:`.products` (``extract``, ``quicklook``, ``export``, ``init-config``);
+:func:`main` runs one and turns the errors a user can act on into a message and
+an exit code (:mod:`.exits`, re-exported here), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from .._version import __version__
+from ..config.options import ConfigError
+from ..errors import (
+    ArielstreamError,
+    InputError,
+    MemoryBudgetError,
+    MissingDependencyError,
+    OutputError,
+    RunInterrupted,
+)
+from ..run.lifecycle import ConfigMismatchError, LockBusyError
+from . import calibrate, products
+from .exits import (
+    EXIT_CANTCREAT,
+    EXIT_CONFIG,
+    EXIT_FAILURES,
+    EXIT_INTERRUPTED,
+    EXIT_NOINPUT,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_TEMPFAIL,
+    EXIT_TERMINATED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+
+__all__ = ["EXIT_CANTCREAT", "EXIT_CONFIG", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_NOINPUT", "EXIT_OK",
+           "EXIT_SOFTWARE", "EXIT_TEMPFAIL", "EXIT_TERMINATED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser",
+           "main", "setup_logging"]
+
+log = logging.getLogger("arielstream")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``arielstream`` parser with every sub-command (each stores its ``handler``)."""
+    parser = argparse.ArgumentParser(
+        prog="arielstream",
+        description="Calibrate Ariel Data Challenge 2025 detector data into binned HDF5 cubes, in bounded memory.")
+    parser.add_argument("--version", action="version", version=f"arielstream {__version__}")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="more log output (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="only warnings and errors on the console")
+    for action in verbosity._actions:
+        parser._add_action(action)
+    sub = parser.add_subparsers(dest="command", required=True)
+    calibrate.add_commands(sub, [verbosity])
+    products.add_commands(sub, [verbosity])
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Console verbosity; the logger itself passes INFO on so that the run's log file gets it."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    root = logging.getLogger("arielstream")
+    root.handlers[:] = [handler]
+    root.setLevel(min(level, logging.INFO))
+
+
+# errors a user can act on, and their exit codes; the first match wins (subclasses before their bases)
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
+    (LockBusyError, EXIT_TEMPFAIL, ""),
+    ((ConfigError, ConfigMismatchError), EXIT_CONFIG, "configuration error: "),
+    (InputError, EXIT_NOINPUT, ""),
+    (MemoryBudgetError, EXIT_CONFIG, ""),
+    (OutputError, EXIT_CANTCREAT, ""),
+    (MissingDependencyError, EXIT_UNAVAILABLE, ""),
+    (ArielstreamError, EXIT_CONFIG, ""),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        return args.handler(args)
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        print(f"arielstream: {why}; what is done is kept, run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+    except BrokenPipeError:  # e.g. `arielstream info OUT.h5 | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        for kinds, code, prefix in EXIT_CODES:
+            if isinstance(exc, kinds):
+                print(f"arielstream: {prefix}{exc}", file=sys.stderr)
+                return code
+        log.exception("internal error")
+        return EXIT_SOFTWARE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Command line for making data: ``calibrate``, ``simulate`` and ``info``.
+
+:func:`add_commands` adds the sub-commands to the parser of :mod:`.app`; each
+handler is stored as the parser default ``handler`` and returns an exit code
+(:mod:`.exits`). The help of every option that sets a config or run option comes
+from :data:`arielstream.config.descriptions.DESCRIPTIONS` (:func:`option_help`),
+the table the TOML template's comments come from too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config.options import (
+    BACKENDS,
+    BAD_PIXEL_MODES,
+    MASTER_MODES,
+    MISSING_CALIBRATION_MODES,
+    PROFILES,
+    WAVELENGTH_ORDERS,
+    CalibrationConfig,
+    load_config,
+    load_run_options,
+)
+from ..config.recipe import RECIPE
+from ..config.template import option_help
+from ..layout import INSTRUMENTS
+from .args import number
+from .exits import EXIT_FAILURES, EXIT_OK
+
+STEP_NAMES = [s.name for s in RECIPE]
+
+
+def _steps(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STEP_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEP_NAMES)}")
+    return names
+
+
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto: {text!r}")
+    return value
+
+
+def _calibration(name: str, **kw) -> dict:
+    """``add_argument`` keywords of an option that sets ``[calibration] name``: its dest and help."""
+    return {"dest": name, "help": option_help("calibration", name), **kw}
+
+
+def _run(name: str, **kw) -> dict:
+    """``add_argument`` keywords of an option that sets ``[run] name``: its dest and help."""
+    return {"dest": name, "help": option_help("run", name), **kw}
+
+
+def _switch_off(table: str, name: str) -> dict:
+    """``add_argument`` keywords of a ``--no-...`` flag that sets ``[table] name`` to false."""
+    return {"dest": name, "action": "store_false", "default": None,
+            "help": f"{name} = false ({option_help(table, name, default=False)})"}
+
+
+def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``calibrate`` (a data folder into one HDF5 file) to the sub-parsers ``sub``."""
+    cal = sub.add_parser("calibrate", help="calibrate a data folder into one HDF5 file", parents=parents,
+                         description="Calibrate every visit of the planets of DATA_DIR/SPLIT into OUT.h5. Every "
+                                     "option below can also be set in a TOML file (--config; "
+                                     "arielstream init-config writes one with every default).")
+    cal.set_defaults(handler=cmd_calibrate)
+    cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    target = cal.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", type=Path, metavar="OUT.h5", help="the calibrated file to write")
+    target.add_argument("--run", metavar="NAME",
+                        help="a named run: writes RUNS_DIR/NAME/<split>.h5 and RUNS_DIR/NAME/config.toml; "
+                             "runs with other names are kept side by side, and NAME is never reused with other "
+                             "calibration options (unless --force)")
+    cal.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                     help="folder of the named runs (default ./runs)")
+    cal.add_argument("--config", type=Path, metavar="FILE.toml",
+                     help="options from a TOML file ([calibration] and [run] tables); the command line overrides it")
+
+    run = cal.add_argument_group("run options", "how the run is executed ([run] of a config file)")
+    run.add_argument("--split", **_run("split"))
+    run.add_argument("--planets", type=int, nargs="+", metavar="ID", **_run("planets"))
+    run.add_argument("--memory", metavar="SIZE", **_run("memory"))
+    run.add_argument("--jobs", type=_jobs, metavar="N|auto", **_run("jobs"))
+    run.add_argument("--backend", choices=BACKENDS, **_run("backend"))
+    run.add_argument("--scheduler", metavar="ADDRESS", **_run("scheduler"))
+    run.add_argument("--task-timeout", type=number(float), metavar="SECONDS", **_run("task_timeout"))
+    run.add_argument("--force", action="store_true", default=None, dest="force",
+                     help=option_help("run", "force", default=False))
+    run.add_argument("--no-progress", **_switch_off("run", "progress"))
+    run.add_argument("--no-log-file", **_switch_off("run", "log_file"))
+
+    science = cal.add_argument_group("calibration options", "what is computed ([calibration] of a config file)")
+    science.add_argument("--profile", choices=PROFILES, **_calibration("profile"))
+    science.add_argument("--skip", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
+                         help=f"switch steps off: {', '.join(STEP_NAMES)}")
+    science.add_argument("--with", dest="enable", type=_steps, action="append", default=[], metavar="STEP[,STEP]",
+                         help="switch steps on (e.g. --profile notebook --with nonlinearity)")
+    science.add_argument("--airs-bin", type=number(int), metavar="N", **_calibration("airs_bin"))
+    science.add_argument("--fgs1-bin", type=number(int), metavar="N", **_calibration("fgs1_bin"))
+    science.add_argument("--wavelength-order", choices=WAVELENGTH_ORDERS, **_calibration("wavelength_order"))
+    science.add_argument("--bad-pixels", choices=BAD_PIXEL_MODES, **_calibration("bad_pixels"))
+    science.add_argument("--missing-calibration", choices=MISSING_CALIBRATION_MODES,
+                         **_calibration("missing_calibration"))
+    science.add_argument("--instruments", nargs="+", choices=list(INSTRUMENTS), **_calibration("instruments"))
+    science.add_argument("--spatial-bin", type=number(int), metavar="N", **_calibration("spatial_bin"))
+    science.add_argument("--master-calibration", choices=MASTER_MODES, **_calibration("master_calibration"))
+
+
+# command-line options that set a calibration option (steps come from --skip / --with)
+CALIBRATION_FLAGS = ("profile", "airs_bin", "fgs1_bin", "wavelength_order", "bad_pixels", "missing_calibration",
+                     "instruments", "spatial_bin", "master_calibration")
+RUN_FLAGS = ("split", "planets", "memory", "jobs", "backend", "scheduler", "task_timeout", "force", "progress",
+             "log_file")
+
+
+def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
+    """The calibration config: defaults < ``--config`` file < the command line."""
+    overrides = {name: getattr(args, name) for name in CALIBRATION_FLAGS}
+    for names, value in ((args.skip, False), (args.enable, True)):
+        for group in names:
+            for name in group:
+                overrides[name] = value
+    return load_config(args.config, **overrides)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``arielstream calibrate``: run the calibration, print its summary and the failed observations."""
+    from ..run.runner import calibrate
+
+    config = config_from_args(args)
+    run = load_run_options(args.config, **{name: getattr(args, name) for name in RUN_FLAGS})
+    summary = calibrate(args.data_dir, args.output, run=args.run, runs_dir=args.runs_dir,
+                        split=run.split, planets=None if run.planets is None else list(run.planets), config=config,
+                        memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
+                        task_timeout=run.task_timeout, force=run.force, progress=run.progress,
+                        log_file=run.log_file)
+    total = len(summary.statuses)
+    done = total - len(summary.failed)
+    if summary.action == "complete":
+        print(f"{summary.output}: already complete ({done} of {total} observation(s)); nothing to do")
+        return EXIT_OK
+    rate = 60 * len(summary.results) / max(summary.seconds, 1e-9)
+    print(f"{summary.output}: {done} of {total} observation(s) calibrated; this run computed "
+          f"{len(summary.results)} in {summary.seconds:.1f} s ({rate:.1f} obs/min), "
+          f"peak RSS of the process tree <= {summary.peak_rss_bound / 1e6:.0f} MB")
+    if summary.failed:
+        print(f"{'planet_id':>12}  visit  status  error")
+        for planet, visit, status, error in summary.failed:
+            print(f"{planet:>12}  {visit:>5}  {status:<6}  {error}")
+    return EXIT_OK if summary.ok else EXIT_FAILURES
+
+
+def add_simulate(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``simulate`` (a simulated data folder with known truth) to the sub-parsers ``sub``."""
+    sim = sub.add_parser("simulate", help="write a simulated ADC2025 data folder with known truth", parents=parents)
+    sim.set_defaults(handler=cmd_simulate)
+    sim.add_argument("out", type=Path, metavar="OUT")
+    sim.add_argument("--planets", type=number(int), default=3, help="number of planets (default 3)")
+    sim.add_argument("--scale", type=number(float), default=1.0,
+                     help="fraction of the real frame counts (1 = full size; bins stay 30/360)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--split", choices=["train", "test"], default="train")
+    sim.add_argument("--two-visit-fraction", type=float, default=0.1)
+    sim.add_argument("--row-group-frames", type=number(int), default=None,
+                     help="frames per Parquet row group (default: one row group per file)")
+    sim.add_argument("--cosmic-rate", type=float, default=1.6e-5, help="cosmic rays per pixel per second")
+    sim.add_argument("--background-fraction", type=float, default=0.3)
+    sim.add_argument("--compression", default="zstd")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``arielstream simulate``: write the simulated data folder and say what it holds."""
+    from ..simulate.dataset import simulate_dataset
+
+    planets = simulate_dataset(args.out, n_planets=args.planets, scale=args.scale, seed=args.seed,
+                               split=args.split, two_visit_fraction=args.two_visit_fraction,
+                               row_group_frames=args.row_group_frames, cosmic_rate=args.cosmic_rate,
+                               background_fraction=args.background_fraction, compression=args.compression)
+    visits = sum(v for _, v in planets)
+    print(f"{args.out}: {len(planets)} planet(s), {visits} visit(s) simulated ({args.split}, scale {args.scale})")
+    return EXIT_OK
+
+
+def add_info(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``info`` (a summary of an output file) to the sub-parsers ``sub``."""
+    inf = sub.add_parser("info", help="summarise an arielstream HDF5 file", parents=parents)
+    inf.set_defaults(handler=cmd_info)
+    inf.add_argument("path", type=Path, metavar="OUT.h5")
+    inf.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``arielstream info``: print the datasets and the status of every observation (or JSON)."""
+    from ..products.summary import summarize
+
+    info = summarize(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    print(f"{args.path}  (arielstream {info['arielstream_version']}, profile {info['profile']}, "
+          f"split {info['split']})")
+    for name, d in info["datasets"].items():
+        print(f"  {name:24s} {str(tuple(d['shape'])):28s} {d['dtype']}")
+    counts = info["status_counts"]
+    print(f"  observations: {len(info['observations'])} — " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for o in info["observations"]:
+        line = f"    {o['planet_id']:>12d}  visit {o['visit']}  {o['status']}"
+        if o["error"]:
+            line += f"  {o['error']}"
+        print(line)
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "calibrate": cmd_calibrate,
+    "simulate": cmd_simulate,
+    "info": cmd_info,
+}
+
+
+def add_commands(sub, parents: list[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add ``calibrate``, ``simulate`` and ``info`` to ``sub``; returns :data:`HANDLERS` (name -> handler)."""
+    add_calibrate(sub, parents)
+    add_simulate(sub, parents)
+    add_info(sub, parents)
+    return HANDLERS

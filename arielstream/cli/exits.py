@@ -1,0 +1,33 @@
+"""Exit codes of the ``arielstream`` command (sysexits style, for cron jobs).
+
+====  ==========================================================
+0     everything asked for was done (or already done: nothing to do)
+2     the command line is wrong (argparse), or ``--obs`` names an observation the file does not have
+65    the run finished but some observations failed (bad input data, or a
+      worker that died twice on them); the output holds them as failed, with
+      the reason; running again retries only those
+66    an input is missing or unreadable: a data folder or dataset-level file, or
+      the file given to ``info``, ``extract``, ``quicklook`` or ``export`` (also
+      when it is not an arielstream file, or has no done observation to show)
+69    an optional package is needed (e.g. matplotlib for quicklook: the
+      message names the extra to install)
+70    internal error (a bug: please report it with the log)
+73    the output cannot be created (folder missing, disk full, file too large)
+75    another run is writing the same output (try again later)
+78    the configuration is invalid, or an existing output was made with another
+      config, code version or observation list (use --force)
+130   interrupted by Ctrl-C; 143 by SIGTERM (what is done is kept: run again to resume)
+====  ==========================================================
+"""
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_FAILURES = 65
+EXIT_NOINPUT = 66
+EXIT_UNAVAILABLE = 69
+EXIT_SOFTWARE = 70
+EXIT_CANTCREAT = 73
+EXIT_TEMPFAIL = 75
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143

@@ -1,0 +1,309 @@
+"""One recipe, one config: the options of a calibration run, validated before any data flows.
+
+The config is a frozen dataclass with its defaults in code. It can be overridden
+from a TOML file and then from the command line (``load_config``); it is never
+built with ``eval``. Two profiles exist:
+
+``default``
+    every step of the organisers' recipe, non-linearity included, bad pixels as
+    NaN, wavelengths in the target order (``wl_2`` ... ``wl_283``, ascending).
+``notebook``
+    reproduces the organisers' notebook on good pixels: non-linearity off, bad
+    pixels keep their computed values (the notebook loses its mask), AIRS
+    columns 39:321 in detector order (long to short wavelength).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..layout import AIRS, INSTRUMENTS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PROFILES = ("default", "notebook", "full")
+WAVELENGTH_ORDERS = ("target", "detector")
+BAD_PIXEL_MODES = ("nan", "keep")
+CR_REPLACE_MODES = ("median", "mask")
+MASTER_MODES = ("off", "planet", "dataset")
+MISSING_CALIBRATION_MODES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which steps run and how. Every step can be switched off."""
+
+    profile: str = "default"
+    # the recipe, in the notebook's order
+    adc: bool = True
+    mask: bool = True  # hot/dead pixel mask into the data-quality plane
+    hot_sigma: float = 5.0
+    hot_maxiters: int = 5
+    nonlinearity: bool = True
+    dark: bool = True
+    cds: bool = True
+    time_binning: bool = True
+    airs_bin: int = 30
+    fgs1_bin: int = 360
+    flat: bool = True
+    wavelength_cut: bool = True
+    cut_start: int = 39
+    cut_stop: int = 321
+    # beyond the notebook: all off by default, all on in the "full" profile
+    cosmic_rays: bool = False  # temporal outliers of each pixel's CDS series
+    cr_sigmas: tuple[float, ...] = (8.0,)  # fixed iterations, one clip level each
+    cr_until_clean: bool = True  # then iterate at cr_clean_sigma until nothing new is flagged
+    cr_clean_sigma: float = 5.0
+    cr_max_iters: int = 10
+    cr_replace: str = "median"  # "median": the median of the sample's bin; "mask": left out, bin rescaled
+    spatial_outliers: bool = False  # AIRS: residual from a median filter along the wavelength axis
+    spatial_kernel: int = 5
+    spatial_sigma: float = 10.0
+    interpolate_bad_pixels: bool = False  # isolated NaN pixels from their spatial neighbours
+    master_calibration: str = "off"  # "planet": dark and flat combined over the planet's visits; "dataset"
+    background: bool = False
+    airs_background_rows: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
+    fgs1_background_width: int = 3  # FGS1: pixels this close to the frame's edge
+    background_sigma: float = 3.0
+    tracking: bool = False  # FGS1 centroid and AIRS trace row per time bin
+    spatial_bin: int = 1  # sum spatial_bin x spatial_bin pixels of the output
+    # output conventions
+    wavelength_order: str = "target"
+    bad_pixels: str = "nan"
+    missing_calibration: str = "error"
+    instruments: tuple[str, ...] = field(default=tuple(INSTRUMENTS))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first option whose value the pipeline cannot run with."""
+        self._validate_choices()
+        self._validate_numbers()
+        self._validate_ranges()
+
+    def _validate_choices(self) -> None:
+        def choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+        choose("profile", self.profile, PROFILES)
+        choose("wavelength_order", self.wavelength_order, WAVELENGTH_ORDERS)
+        choose("bad_pixels", self.bad_pixels, BAD_PIXEL_MODES)
+        choose("missing_calibration", self.missing_calibration, MISSING_CALIBRATION_MODES)
+        choose("cr_replace", self.cr_replace, CR_REPLACE_MODES)
+        choose("master_calibration", self.master_calibration, MASTER_MODES)
+        known = tuple(INSTRUMENTS)
+        if not self.instruments or any(i not in known for i in self.instruments):
+            raise ConfigError(f"instruments must be a non-empty subset of {known}; got {self.instruments!r}")
+        if len(set(self.instruments)) != len(self.instruments):
+            raise ConfigError(f"instruments repeated: {self.instruments!r}")
+        if self.cosmic_rays and not self.cds:
+            raise ConfigError("cosmic_rays works on the CDS series: it needs cds")
+
+    def _validate_numbers(self) -> None:
+        for name in ("cr_max_iters", "spatial_kernel", "fgs1_background_width", "spatial_bin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if self.spatial_kernel % 2 == 0:
+            raise ConfigError(f"spatial_kernel must be odd; got {self.spatial_kernel}")
+        for name in ("cr_clean_sigma", "spatial_sigma", "background_sigma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive; got {getattr(self, name)!r}")
+        for name in ("airs_bin", "fgs1_bin"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not (self.hot_sigma > 0):
+            raise ConfigError(f"hot_sigma must be positive; got {self.hot_sigma!r}")
+        if not isinstance(self.hot_maxiters, int) or self.hot_maxiters < 1:
+            raise ConfigError(f"hot_maxiters must be a positive integer; got {self.hot_maxiters!r}")
+
+    def _validate_ranges(self) -> None:
+        if not self.cr_sigmas or any(not (x > 0) for x in self.cr_sigmas):
+            raise ConfigError(f"cr_sigmas must be a non-empty list of positive numbers; got {self.cr_sigmas!r}")
+        if any(not 0 <= r < AIRS.rows for r in self.airs_background_rows) or len(self.airs_background_rows) < 2:
+            raise ConfigError(f"airs_background_rows must be at least two rows in 0..{AIRS.rows - 1}; got "
+                              f"{self.airs_background_rows!r}")
+        if not (0 <= self.cut_start < self.cut_stop <= AIRS.columns):
+            raise ConfigError(f"wavelength cut must satisfy 0 <= start < stop <= {AIRS.columns}; "
+                              f"got {self.cut_start}:{self.cut_stop}")
+
+    def bin_width(self, instrument: str) -> int:
+        """Samples summed per time bin (1 when binning is off)."""
+        if not self.time_binning:
+            return 1
+        return self.airs_bin if instrument == AIRS.name else self.fgs1_bin
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON-able values (tuples as lists)."""
+        d = dataclasses.asdict(self)
+        d["instruments"] = list(self.instruments)
+        d["cr_sigmas"] = list(self.cr_sigmas)
+        d["airs_background_rows"] = list(self.airs_background_rows)
+        return d
+
+    def to_json(self) -> str:
+        """The options as canonical JSON (sorted keys): what the output records and compares."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> CalibrationConfig:
+        """A copy with ``changes`` applied and validated."""
+        return build_config(base=self, **changes)
+
+
+_NOTEBOOK = {
+    "profile": "notebook",
+    "nonlinearity": False,
+    "bad_pixels": "keep",
+    "wavelength_order": "detector",
+}
+_FULL = {
+    "profile": "full",
+    "cosmic_rays": True,
+    "spatial_outliers": True,
+    "interpolate_bad_pixels": True,
+    "background": True,
+    "tracking": True,
+}
+
+
+def option_names() -> list[str]:
+    """The names of the calibration options, in declaration order."""
+    return [f.name for f in fields(CalibrationConfig)]
+
+
+def build_config(base: CalibrationConfig | None = None, **options: Any) -> CalibrationConfig:
+    """Make a config from a profile name and overrides, rejecting unknown options.
+
+    ``profile`` is applied first (its defaults), then every other option, so
+    ``build_config(profile="notebook", nonlinearity=True)`` is the notebook
+    recipe with the non-linearity switched back on.
+    """
+    unknown = sorted(set(options) - set(option_names()))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)} (known: {', '.join(option_names())})")
+    values = {} if base is None else base.to_dict()
+    profile = options.get("profile", values.get("profile", "default"))
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    if "profile" in options or base is None:
+        values = {"profile": profile}
+        if profile == "notebook":
+            values.update(_NOTEBOOK)
+        elif profile == "full":
+            values.update(_FULL)
+    values.update({k: v for k, v in options.items() if k != "profile"})
+    if "instruments" in values:
+        inst = values["instruments"]
+        values["instruments"] = (inst,) if isinstance(inst, str) else tuple(inst)
+    for name in ("cr_sigmas", "airs_background_rows"):
+        if name in values and not isinstance(values[name], tuple):
+            try:
+                values[name] = tuple(values[name])
+            except TypeError:
+                raise ConfigError(f"{name} must be a list; got {values[name]!r}") from None
+    types = {f.name: f.type for f in fields(CalibrationConfig)}
+    for name, value in values.items():
+        expected = types[name]
+        if expected == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false; got {value!r}")
+        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+    return CalibrationConfig(**values)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict, with errors that name the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return data
+
+
+BACKENDS = ("loky", "dask")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed (the ``[run]`` table of a config file): not part of the science."""
+
+    split: str = "train"
+    planets: tuple[int, ...] | None = None
+    memory: str = "2GB"  # RAM budget of the process tree on this machine (a task's, with dask)
+    jobs: int | None = None  # None: "auto", from the budget and the cores
+    backend: str = "loky"
+    scheduler: str | None = None  # dask.distributed scheduler address
+    task_timeout: float | None = None  # seconds; a task running longer counts as a dead worker
+    force: bool = False  # recompute everything even if an output made differently exists
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    log_file: bool = True  # OUT.h5.log beside the output
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1):
+            raise ConfigError(f"jobs must be a positive integer or \"auto\"; got {self.jobs!r}")
+        if self.task_timeout is not None and not (self.task_timeout > 0):
+            raise ConfigError(f"task_timeout must be positive; got {self.task_timeout!r}")
+        if self.backend == "dask" and not self.scheduler:
+            raise ConfigError("the dask backend needs a scheduler address (--scheduler tcp://host:8786)")
+        if not isinstance(self.memory, (str, int)):
+            raise ConfigError(f"memory must be a size such as \"2GB\"; got {self.memory!r}")
+
+
+def _table(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return dict(table)
+
+
+def load_run_options(toml_path: str | Path | None = None, **overrides: Any) -> RunOptions:
+    """Defaults < TOML file ``[run]`` table < explicit overrides (the CLI); ``None`` overrides nothing."""
+    options = _table(read_toml(toml_path), "run", toml_path) if toml_path is not None else {}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(RunOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"{toml_path or 'run options'}: unknown option(s) in [run]: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+    if options.get("jobs") == "auto":
+        options["jobs"] = None
+    if options.get("planets") is not None:
+        options["planets"] = tuple(int(p) for p in options["planets"])
+    try:
+        return RunOptions(**options)
+    except ConfigError as exc:
+        raise ConfigError(f"{toml_path}: {exc}" if toml_path is not None else str(exc)) from None
+
+
+def load_config(toml_path: str | Path | None = None, **overrides: Any) -> CalibrationConfig:
+    """Defaults < TOML file ``[calibration]`` table < explicit overrides (the CLI)."""
+    options: dict[str, Any] = {}
+    if toml_path is not None:
+        options.update(_table(read_toml(toml_path), "calibration", toml_path))
+    if "profile" in overrides and overrides["profile"] is not None and "profile" in options:
+        # a profile named on the command line replaces the file's profile and its defaults
+        options = {k: v for k, v in options.items() if k != "profile"}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return build_config(**options)
+    except ConfigError as exc:
+        where = f"{toml_path}: " if toml_path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None

@@ -1,0 +1,407 @@
+"""The HDF5 output: its schema, laid out once by the coordinator, then written as raw bytes.
+
+The coordinating process creates every dataset **contiguous, unfiltered and
+allocated early**, reads each one's byte offset, reserves the file's disk space and
+closes the file. From then on, observations are written through ``numpy.memmap``
+views opened from :class:`ArrayDescriptor` ``(path, offset, shape, dtype)``
+records, never through HDF5: HDF5 keeps its metadata (superblock, object headers,
+B-trees) in the file and updates it on writes, so a writer killed in the middle
+of an HDF5 write can leave a file h5py cannot open, whereas a killed memmap write
+leaves a valid file with wrong bytes in one observation, which its status and
+checksum expose. Readers can use plain h5py, or map the same offsets themselves.
+
+Layout (``obs`` = one planet visit, ``time`` = time bins, ``x`` = detector column /
+wavelength, ``y`` = spatial row, the notebook's axis order)::
+
+    /planet_id (obs,) int64      /visit (obs,) int16
+    /status (obs,) int8          0 pending, 1 done, 2 failed, 3 running (being written, or its writer died)
+    /attempts (obs,) int8        unfinished starts in the coordinator's own process (two fail it); 0 once done
+    /owner (obs,) int64          token of the attempt allowed to write it (0: none); a revoked writer stops
+    /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
+    /error (obs,) S512           why an observation failed
+    /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
+    /AIRS-CH0/signal (obs, time, x, y) float32    /FGS1/signal (obs, time, x, y) float32
+    /<inst>/dq (obs, x, y) uint16                 data-quality bits (arielstream.dq.BITS)
+    /<inst>/read_noise (obs, x, y) float32        read noise per read (e), from read.parquet
+    /<inst>/dq_time (obs, time, x, y) uint8       per-bin data-quality bits (arielstream.dq.TIME_BITS), optional
+    /<inst>/background, trace_row, centroid       optional, per bin (the background and tracking steps)
+    /<inst>/time (time,) float64 hours            mean frame time of each bin
+    /<inst>/column (x,) int16                     detector column of each x
+    /<inst>/wavelength (x,) float64 µm            /<inst>/wavelength_label (x,) S8 (wl_k)
+
+File attributes: ``format`` (``"arielstream"``), ``format_version``,
+``status_codes``, ``dq_bits`` and ``dq_time_bits`` (JSON name -> value), and what
+the run passes (config, profile, recipe, version, split, source, ...).
+
+The names above are declared once here (:data:`PLANET_ID`, :data:`SIGNAL`, ...,
+:func:`dataset`); the readers of :mod:`arielstream.products` use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from .. import dq as dqbits
+from ..errors import InputError, OutputError
+from ..layout import INSTRUMENTS, Observation
+from .atomic import partial_path
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "arielstream"
+FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------- the schema
+# per-observation datasets at the root
+PLANET_ID, VISIT = "planet_id", "visit"
+STATUS, ATTEMPTS, OWNER, CHECKSUM, ERROR, PROVENANCE = "status", "attempts", "owner", "checksum", "error", "provenance"
+# per-instrument datasets, under /<instrument>/
+SIGNAL, DQ, READ_NOISE = "signal", "dq", "read_noise"
+DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID = "dq_time", "background", "trace_row", "centroid"  # optional steps
+TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL = "time", "column", "wavelength", "wavelength_label"  # axes
+# file attributes written here (the run adds its own: config, profile, recipe, arielstream_version, split, ...)
+ATTR_FORMAT, ATTR_FORMAT_VERSION, ATTR_STATUS_CODES = "format", "format_version", "status_codes"
+ATTR_DQ_BITS, ATTR_DQ_TIME_BITS = "dq_bits", "dq_time_bits"
+
+STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING = 0, 1, 2, 3
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed", STATUS_RUNNING: "running"}
+ERROR_BYTES = 512
+PROVENANCE_BYTES = 4096
+CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
+
+# bookkeeping per observation, written through memmaps: name -> dtype, shape (obs,)
+PER_OBSERVATION_DTYPES = {
+    STATUS: "|i1",
+    ATTEMPTS: "|i1",
+    OWNER: "<i8",
+    CHECKSUM: f"|S{CHECKSUM_BYTES}",
+    ERROR: f"|S{ERROR_BYTES}",
+    PROVENANCE: f"|S{PROVENANCE_BYTES}",
+}
+PER_OBSERVATION = tuple(PER_OBSERVATION_DTYPES)
+# per-instrument planes every file has: name -> (dtype, axes, units); shapes (obs, x, y) except the signal
+PLANES = {
+    SIGNAL: ("<f4", "obs,time,x,y", "electrons per time bin (flat-fielded)"),
+    DQ: ("<u2", "obs,x,y", ""),
+    READ_NOISE: ("<f4", "obs,x,y", "electrons per read (read.parquet; NaN if absent)"),
+}
+OPTIONAL_PLANES = (DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID)  # added by InstrumentLayout.extras
+# per-instrument, per-observation datasets, written through memmaps (suffixes of their keys)
+PER_PIXEL = tuple(f"/{name}" for name in (*PLANES, *OPTIONAL_PLANES))
+
+
+def dataset(instrument: str, name: str) -> str:
+    """The key of an instrument's dataset, e.g. ``dataset("FGS1", SIGNAL)`` is ``"FGS1/signal"``."""
+    return f"{instrument}/{name}"
+
+
+def instruments_in(f: h5py.File) -> list[str]:
+    """The instruments an output file holds cubes of, in the layout's order."""
+    return [name for name in INSTRUMENTS if dataset(name, SIGNAL) in f]
+
+
+# ---------------------------------------------------------------- opening a file to read it
+def text(value: Any) -> str:
+    """An HDF5 attribute or fixed-length string value as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def is_output_file(f: h5py.File) -> bool:
+    """True for an arielstream output file (its ``format`` attribute)."""
+    return text(f.attrs.get(ATTR_FORMAT, "")) == FORMAT_NAME
+
+
+def check_output(f: h5py.File, path: str | Path) -> None:
+    """:class:`InputError` naming ``path`` unless ``f`` is an arielstream output file."""
+    if not is_output_file(f):
+        raise InputError(path, "not an arielstream output file")
+
+
+def open_readable(path: str | Path) -> h5py.File:
+    """An HDF5 file opened read-only; :class:`InputError` naming it when missing or unreadable.
+
+    Every reader of arielstream files opens them here, so a missing input is the
+    same error (and the same exit code, 66) for every command.
+    """
+    path = Path(path)
+    if not path.exists():
+        partial = partial_path(path)
+        hint = f" (an unfinished run left {partial.name}: run the calibration again)" if partial.exists() else ""
+        raise InputError(path, f"cannot read: no such file{hint}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(path, f"cannot read: not a readable HDF5 file: {exc}") from None
+
+
+def open_output(path: str | Path) -> h5py.File:
+    """An arielstream output file opened read-only (:class:`InputError` if missing, unreadable or foreign)."""
+    f = open_readable(path)
+    try:
+        check_output(f, path)
+    except InputError:
+        f.close()
+        raise
+    return f
+
+
+@dataclass(frozen=True)
+class ArrayDescriptor:
+    """Where a dataset's bytes are: enough to map it from any process or machine."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one observation's slice (the first axis indexes observations)."""
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def open(self, index: int | None = None, mode: Literal["r", "r+"] = "r+") -> np.memmap:
+        """Map the whole dataset, or only observation ``index`` (its first axis)."""
+        if index is None:
+            return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape)
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"observation {index} outside 0..{self.shape[0] - 1}")
+        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset + index * self.item_bytes,
+                         shape=self.shape[1:])
+
+
+@dataclass(frozen=True)
+class InstrumentLayout:
+    """The output axes of one instrument, decided before any data is read."""
+
+    name: str
+    time: np.ndarray  # (n_bins,) hours
+    columns: np.ndarray  # (n_x,) detector column of each output x
+    rows: int  # n_y
+    wavelength: np.ndarray  # (n_x,) µm
+    labels: list[str]  # (n_x,) target labels, "" where none
+    spatial_bin: int = 1  # output pixels sum spatial_bin x spatial_bin of these
+    extras: tuple[tuple[str, tuple[int, ...], str, str], ...] = ()  # (name, shape after obs, dtype, axes)
+
+    @property
+    def n_bins(self) -> int:
+        """Output time bins."""
+        return int(self.time.shape[0])
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """``(x, y)`` of the output, after spatial binning."""
+        return (int(self.columns.shape[0]) // self.spatial_bin, self.rows // self.spatial_bin)
+
+    @property
+    def signal_shape(self) -> tuple[int, int, int]:
+        """``(time, x, y)`` of one observation's cube."""
+        return (self.n_bins, *self.plane_shape)
+
+    def binned_axis(self, values: np.ndarray) -> np.ndarray:
+        """An x axis (columns, wavelengths) averaged over the spatial bins."""
+        f = self.spatial_bin
+        n = values.shape[0] // f
+        return values[: n * f].reshape(n, f).mean(axis=1)
+
+
+def _create_early(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _json_attr(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_room(path: Path, data_bytes: int) -> None:
+    """Refuse early, naming the cause, when the data alone cannot fit (file-size limit, free disk)."""
+    need = data_bytes + 2**20  # plus HDF5 metadata
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise OutputError(f"{path}: cannot create the output file: it needs {need} bytes but the file-size limit "
+                          f"(ulimit -f) is {limit} bytes (File too large)")
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OutputError(f"{path}: cannot create the output file: it needs {need} bytes but only {free} are "
+                          "free on that disk (No space left on device)")
+
+
+def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
+    """Create the file with every dataset allocated; return the memmap descriptors.
+
+    The file is closed before this returns, and its whole size is reserved on
+    disk, so a full disk is an error here and not a SIGBUS in a writer later.
+    """
+    path = Path(path)
+    n = len(observations)
+    memmapped: dict[str, tuple[tuple[int, ...], str]] = {name: ((n,), dtype)
+                                                         for name, dtype in PER_OBSERVATION_DTYPES.items()}
+    axes: dict[str, str] = {}
+    for lay in layouts:
+        for name, (dtype, plane_axes, _) in PLANES.items():
+            per_obs: tuple[int, ...] = lay.signal_shape if name == SIGNAL else lay.plane_shape
+            memmapped[dataset(lay.name, name)] = ((n, *per_obs), dtype)
+            axes[dataset(lay.name, name)] = plane_axes
+        for name, shape, dtype, extra_axes in lay.extras:
+            memmapped[dataset(lay.name, name)] = ((n, *shape), dtype)
+            axes[dataset(lay.name, name)] = extra_axes
+    _check_room(path, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values()))
+    try:
+        with h5py.File(path, "w", libver="earliest") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) \
+                    else _json_attr(value)
+            f.attrs[ATTR_FORMAT] = FORMAT_NAME
+            f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+            f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
+            f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
+            f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
+            f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
+            f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
+            for lay in layouts:
+                g = f.create_group(lay.name)
+                g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
+                g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
+                                                                                  else np.int16))
+                g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
+                labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
+                g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
+            datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
+            for key, plane_axes in axes.items():
+                datasets[key].attrs["axes"] = plane_axes
+            for lay in layouts:
+                for name, (_, _, units) in PLANES.items():
+                    if units:
+                        datasets[dataset(lay.name, name)].attrs["units"] = units
+            f.flush()
+            offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
+        path.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot create the output file: {exc}") from None
+    if any(off is None for off in offsets.values()):
+        raise OutputError(f"{path}: HDF5 did not allocate every dataset early")
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot reserve {size} bytes on disk: {exc}") from None
+    return {key: ArrayDescriptor(str(path), int(offsets[key]), shape, np.dtype(dtype).str)
+            for key, (shape, dtype) in memmapped.items()}
+
+
+def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
+    """Descriptors of an existing arielstream file (for readers and for resuming)."""
+    path = Path(path)
+    out: dict[str, ArrayDescriptor] = {}
+    with h5py.File(path, "r") as f:
+        if not is_output_file(f):
+            raise OutputError(f"{path}: not an arielstream output file")
+
+        def visit(name: str, obj: Any) -> None:
+            if not isinstance(obj, h5py.Dataset):
+                return
+            if name in PER_OBSERVATION or name.endswith(PER_PIXEL):
+                offset = obj.id.get_offset()
+                if offset is None or obj.chunks is not None:
+                    raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
+                out[name] = ArrayDescriptor(str(path), int(offset), tuple(obj.shape), obj.dtype.str)
+
+        f.visititems(visit)
+    return out
+
+
+def cube_keys(descriptors: dict[str, ArrayDescriptor]) -> list[str]:
+    """The per-observation science datasets (cubes and DQ planes), in a fixed order."""
+    return sorted(k for k in descriptors if k.endswith(PER_PIXEL))
+
+
+def checksum(descriptors: dict[str, ArrayDescriptor], index: int) -> str:
+    """BLAKE2b (8 bytes, hex) of observation ``index``'s cubes and DQ planes as stored."""
+    digest = hashlib.blake2b(digest_size=CHECKSUM_BYTES // 2)
+    for key in cube_keys(descriptors):
+        mm = descriptors[key].open(index, mode="r")
+        digest.update(np.ascontiguousarray(mm).data.cast("B"))
+        del mm
+    return digest.hexdigest()
+
+
+def read_field(descriptors: dict[str, ArrayDescriptor], key: str) -> np.ndarray:
+    """A copy of one per-observation bookkeeping dataset (status, attempts, ...)."""
+    mm = descriptors[key].open(mode="r")
+    out = np.array(mm)
+    del mm
+    return out
+
+
+def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, value: Any) -> None:
+    """Write ``value`` into observation ``index`` of the per-observation dataset ``key`` and flush it."""
+    mm = descriptors[key].open(index)
+    mm[()] = value
+    mm.flush()
+    del mm
+
+
+def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
+                  provenance: dict[str, Any] | None = None) -> None:
+    """Write an observation's provenance, error and checksum, then (last, so it is true) its status.
+
+    ``owner`` goes back to 0, and a done observation's ``attempts`` too: they only
+    matter while it is unfinished, so a file finished after a crash is
+    byte-identical to one made in a single run; the log keeps the history.
+    """
+    write_field(descriptors, OWNER, index, 0)
+    if status == STATUS_DONE:
+        write_field(descriptors, ATTEMPTS, index, 0)
+    write_field(descriptors, CHECKSUM, index, checksum(descriptors, index).encode() if status == STATUS_DONE
+                else b"")
+    for key, value, size in ((ERROR, error, ERROR_BYTES),
+                             (PROVENANCE, _json_attr(provenance or {}), PROVENANCE_BYTES)):
+        raw = value.encode("utf-8", "replace")
+        if len(raw) > size:
+            raw = raw[: size - 3] + b"..."
+            if key == PROVENANCE:
+                log.warning("provenance of observation %d truncated to %d bytes", index, size)
+        write_field(descriptors, key, index, raw)
+    write_field(descriptors, STATUS, index, status)
+
+
+def owner(descriptors: dict[str, ArrayDescriptor], index: int) -> int:
+    """The owner token of observation ``index``: who may write it now (0: nobody)."""
+    mm = descriptors[OWNER].open(index, mode="r")
+    value = int(mm[()])
+    del mm
+    return value
+
+
+def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, message: str) -> None:
+    """NaN every cube of an observation and record why, so nothing half-written looks valid.
+
+    Called by the coordinator, it first revokes the observation's owner token, so a
+    writer still running somewhere (a dask task, a worker being killed) stops before
+    its next write instead of mixing its bytes with these.
+    """
+    write_field(descriptors, OWNER, index, 0)
+    for key in cube_keys(descriptors):
+        if key.endswith(f"/{SIGNAL}"):
+            mm = descriptors[key].open(index)
+            mm[...] = np.nan
+            mm.flush()
+            del mm
+    record_result(descriptors, index, STATUS_FAILED, error=message)

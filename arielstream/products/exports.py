@@ -1,0 +1,409 @@
+"""Exports of a calibrated file for other tools, streamed one observation at a time.
+
+``npy`` — the organisers' notebook's files
+    ``data_<split>.npy`` ``(obs, bins, 282, 32)`` and ``data_<split>_FGS.npy``
+    ``(obs, bins, 32, 32)`` (``data_train.npy`` / ``data_train_FGS.npy`` for the
+    train split), float64 by default, written with
+    :func:`numpy.lib.format.open_memmap` one observation at a time (memory: one
+    observation) into files whose disk space is reserved first (a full disk is an
+    ``OutputError``, not a SIGBUS). ``obs`` holds the *done* observations in the
+    file's order (every visit, where the notebook kept visit 0 only);
+    ``data_<split>_index.csv`` lists their ``planet_id`` and ``visit``, row by row.
+    The three files are staged (:func:`arielstream.io.atomic.staged`) and renamed
+    together once all are complete: a failure leaves the previous export as it was; a file of an
+    instrument the source lacks, left by an earlier export, is removed.
+    ``wavelength_order``: ``"detector"`` (the default) gives the notebook's order
+    (detector columns 39..320, long to short wavelength, what baseline models
+    trained on the notebook's output read), ``"target"`` ascending
+    ``wl_2 .. wl_283``, ``"file"`` (or ``None``) keeps the file's order. Bad pixels
+    are NaN in the default profile (a warning counts them); ``fill_value``
+    replaces NaN (e.g. 0, as the notebook's models expect).
+``fits`` — one FITS file per observation, ``<planet_id>_visit<v>.fits``
+    HDU 0 ``PRIMARY``: no data; provenance keywords ``ORIGIN``, ``ASVER``
+    (arielstream version), ``PROFILE``, ``PLANETID``, ``VISIT``, ``SPLIT``,
+    ``WLORDER``, ``SOURCE``, ``BUNIT``, and ``CONFIG`` (the calibration config as
+    JSON; long values continue on ``CONTINUE`` cards, which astropy reassembles).
+    HDU 1 ``CONFIG``: a one-row table with the full ``config``, ``recipe`` and
+    ``provenance`` JSON strings. Then per instrument (``AIRS-CH0``, ``FGS1``):
+    ``<INST>`` the cube float32 (numpy ``(time, x, y)``, i.e. FITS
+    ``NAXIS1 = y``, ``NAXIS2 = x``, ``NAXIS3 = time``; ``BUNIT``), ``<INST>_DQ``
+    the DQ bits ``(x, y)`` (uint16, stored by astropy as int16 with BZERO = 32768),
+    ``<INST>_READNOISE`` ``(x, y)`` float32 electrons per read, ``<INST>_TIME`` a
+    table ``TIME`` (hours) per bin and ``<INST>_AXIS`` a table of x: ``COLUMN``,
+    ``WAVELENGTH`` (µm) and ``LABEL`` (``wl_k``). The x order is the file's.
+``csv`` / ``parquet`` — the light curves as one long table, ``lightcurves.csv`` / ``lightcurves.parquet``
+    one row per observation, instrument, wavelength and time bin: ``planet_id``,
+    ``visit``, ``instrument`` (``AIRS-CH0``, ``AIRS-CH0-white``, ``FGS1``),
+    ``wavelength_label`` (``wl_k``; ``white`` for the AIRS white light, ``wl_1``
+    for FGS1), ``wavelength`` (µm; NaN for the white light), ``time`` (hours),
+    ``flux``, ``flux_err`` (electrons per bin, 1 sigma), ``normalised_flux``,
+    ``normalised_flux_err`` (divided by the median over time of that light curve).
+    The source can be a calibrated file (light curves extracted on the fly with
+    :mod:`arielstream.products.lightcurves` options) or a light-curve file from
+    ``arielstream extract``; ``observations`` are indices in the calibrated file
+    either way (a light-curve file maps them through its ``source_index``).
+    Parquet gets one row group per observation.
+
+Every file is written as ``NAME.partial`` and renamed into place when complete
+(:mod:`arielstream.io.atomic`); write failures (disk full, a folder in the way) are
+``OutputError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import OutputError
+from ..io import store
+from ..io.atomic import Staging, atomic_write, output_errors, staged
+from ..io.store import open_output, open_readable
+from ..io.store import text as _text
+from ..layout import AIRS as _AIRS
+from ..layout import FGS1 as _FGS1
+from ..layout import FGS1_WAVELENGTH_UM
+from . import lightcurves as lcmod
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npy", "fits", "csv", "parquet")
+WAVELENGTH_ORDERS = ("detector", "target", "file")  # "file" (or None): as stored
+AIRS, FGS1 = _AIRS.name, _FGS1.name
+TABLE_TYPES = {"planet_id": "int64", "visit": "int16", "instrument": "string", "wavelength_label": "string",
+               "wavelength": "float64", "time": "float64", "flux": "float64", "flux_err": "float64",
+               "normalised_flux": "float64", "normalised_flux_err": "float64"}  # pyarrow type names
+TABLE_COLUMNS = tuple(TABLE_TYPES)
+
+
+def _make_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    with output_errors(out_dir, "create the export folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def x_order(wavelength: np.ndarray, order: str | None) -> np.ndarray | None:
+    """Indices putting the stored AIRS x axis in ``order`` (``"file"`` or ``None``: as stored, no reordering)."""
+    if order not in (*WAVELENGTH_ORDERS, None):
+        raise ValueError(f"wavelength_order must be one of {', '.join(WAVELENGTH_ORDERS)} or None; got {order!r}")
+    if order in ("file", None):
+        return None
+    ascending = lcmod.target_order(wavelength)
+    return ascending if order == "target" else ascending[::-1].copy()
+
+
+# ---------------------------------------------------------------- npy
+def _reserve(partial: Path, target: Path) -> None:
+    """Allocate the whole file on disk now: a full disk is then an error here, not a SIGBUS in a memmap write."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the file stays sparse
+        return
+    with output_errors(target, "reserve its disk space"), open(partial, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+
+
+def _write_npy(ds: h5py.Dataset, chosen: list[int], staging: Staging, target: Path, *, dtype: np.dtype,
+               order: np.ndarray | None, fill_value: float | None) -> int:
+    """Stage the ``chosen`` observations of ``ds`` as ``target``; the number of NaN written."""
+    partial = staging.path(target)
+    with output_errors(target, "create"):
+        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(len(chosen), *ds.shape[1:]))
+    nans = 0
+    try:
+        _reserve(partial, target)
+        for k, index in enumerate(chosen):
+            cube = ds[index]
+            if order is not None:
+                cube = cube[:, order]
+            if fill_value is not None:
+                cube = np.where(np.isnan(cube), fill_value, cube)
+            else:
+                nans += int(np.count_nonzero(np.isnan(cube)))
+            mm[k] = cube
+        with output_errors(target):
+            mm.flush()
+    finally:
+        del mm
+    return nans
+
+
+def _write_index(f: h5py.File, chosen: list[int], staging: Staging, target: Path) -> None:
+    """Stage the CSV naming the planet and visit of each row of the ``.npy`` files as ``target``."""
+    planet_id, visit = f[store.PLANET_ID][()], f[store.VISIT][()]
+    with output_errors(target), staging.path(target).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "planet_id", "visit"])
+        for k, index in enumerate(chosen):
+            w.writerow([k, int(planet_id[index]), int(visit[index])])
+
+
+def _remove_stale(targets: dict[str, Path], written: dict[str, Path], path: str | Path) -> None:
+    """Remove the files of an earlier export that this source has no data for (an instrument it lacks)."""
+    for key, target in targets.items():
+        if key not in written and target.exists():
+            with output_errors(target, "remove it"):
+                target.unlink()
+            log.warning("%s: removed: left by an earlier export, and %s has no %s data", target, path, key)
+
+
+def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = np.float64,
+               wavelength_order: str | None = "detector", fill_value: float | None = None,
+               observations: Sequence[int] | None = None) -> dict[str, Path]:
+    """Write the notebook's ``data_<split>.npy`` and ``data_<split>_FGS.npy`` (see the module doc)."""
+    with open_output(path) as f:
+        out_dir = _make_dir(out_dir)
+        split = _text(f.attrs.get("split", "train")) or "train"
+        chosen = lcmod.done_observations(f, observations)
+        targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
+                   "index": out_dir / f"data_{split}_index.csv"}
+        held = store.instruments_in(f)
+        orders = {AIRS: x_order(f[store.dataset(AIRS, store.WAVELENGTH)][()], wavelength_order) if AIRS in held
+                  else None, FGS1: None}
+        nans = 0
+        with staged() as staging:
+            written = {key: targets[key] for key in (*held, "index")}
+            for inst in held:
+                nans += _write_npy(f[store.dataset(inst, store.SIGNAL)], chosen, staging, targets[inst],
+                                   dtype=np.dtype(dtype), order=orders[inst], fill_value=fill_value)
+            _write_index(f, chosen, staging, targets["index"])
+            staging.commit()
+        _remove_stale(targets, written, path)
+    log.info("%s: %d observation(s) exported to %s", path, len(chosen), ", ".join(str(p) for p in written.values()))
+    if nans:
+        log.warning("%s: %d NaN value(s) (bad pixels) written; --fill-value 0 (fill_value=0) replaces them",
+                    out_dir, nans)
+    return written
+
+
+# ---------------------------------------------------------------- fits
+def fits_header_cards(attrs: dict[str, str], planet_id: int, visit: int) -> list[tuple[str, Any, str]]:
+    """The provenance keywords of the primary header."""
+    return [
+        ("ORIGIN", "arielstream", "calibrated Ariel Data Challenge 2025 data"),
+        ("ASVER", attrs.get("arielstream_version", ""), "arielstream version (and source digest)"),
+        ("PROFILE", attrs.get("profile", ""), "calibration profile"),
+        ("PLANETID", int(planet_id), "planet_id"),
+        ("VISIT", int(visit), "visit of the planet"),
+        ("SPLIT", attrs.get("split", ""), "train or test"),
+        ("WLORDER", attrs.get("wavelength_order", ""), "AIRS x order: target or detector"),
+        ("SOURCE", attrs.get("source", ""), "raw data folder"),
+        ("BUNIT", "electron", "per time bin, flat-fielded"),
+        ("CONFIG", attrs.get("config", "{}"), "calibration config (JSON)"),
+    ]
+
+
+def _set(header: Any, key: str, value: Any, comment: str) -> None:
+    """A header card; long strings continue on CONTINUE cards and carry no comment (it would be cut)."""
+    long = isinstance(value, str) and len(value) + len(comment) > 60
+    header[key] = value if long else (value, comment)
+
+
+def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence[int] | None = None,
+                overwrite: bool = True) -> list[Path]:
+    """One FITS file per done observation (layout in the module doc)."""
+    from astropy.io import fits
+
+    written: list[Path] = []
+    with open_output(path) as f:
+        out_dir = _make_dir(out_dir)
+        attrs = {k: _text(v) for k, v in f.attrs.items()}
+        instruments = store.instruments_in(f)
+        for index in lcmod.done_observations(f, observations):
+            planet_id, visit = int(f[store.PLANET_ID][index]), int(f[store.VISIT][index])
+            primary = fits.PrimaryHDU()
+            for key, value, comment in fits_header_cards(attrs, planet_id, visit):
+                _set(primary.header, key, value, comment)
+            provenance = _text(f[store.PROVENANCE][index]).rstrip("\x00") if store.PROVENANCE in f else ""
+            table = fits.BinTableHDU.from_columns([
+                fits.Column(name=name, format=f"{max(1, len(value.encode()))}A", array=np.array([value.encode()]))
+                for name, value in (("CONFIG", attrs.get("config", "{}")), ("RECIPE", attrs.get("recipe", "")),
+                                    ("PROVENANCE", provenance))
+            ], name="CONFIG")
+            hdus: list[Any] = [primary, table]
+            for inst in instruments:
+                g = f[inst]
+                image = fits.ImageHDU(g[store.SIGNAL][index], name=inst)
+                image.header["BUNIT"] = ("electron", "per time bin, flat-fielded")
+                image.header["AXES"] = ("time,x,y", "numpy order: NAXIS1=y NAXIS2=x NAXIS3=time")
+                image.header["PLANETID"], image.header["VISIT"] = planet_id, visit
+                dq = fits.ImageHDU(g[store.DQ][index], name=f"{inst}_DQ")
+                _set(dq.header, "BITS", attrs.get(store.ATTR_DQ_BITS, ""), "data-quality bit values")
+                hdus += [image, dq]
+                if store.READ_NOISE in g:
+                    rn = fits.ImageHDU(g[store.READ_NOISE][index], name=f"{inst}_READNOISE")
+                    rn.header["BUNIT"] = ("electron", "per read")
+                    hdus.append(rn)
+                hdus.append(fits.BinTableHDU.from_columns(
+                    [fits.Column(name="TIME", format="D", unit="h", array=g[store.TIME][()])], name=f"{inst}_TIME"))
+                labels = np.array([_text(s).encode() or b"-" for s in g[store.WAVELENGTH_LABEL][()]])
+                column = g[store.COLUMN][()]  # float (a mean) when the output is spatially binned
+                hdus.append(fits.BinTableHDU.from_columns([
+                    fits.Column(name="COLUMN", format="I" if column.dtype.kind in "iu" else "E", array=column),
+                    fits.Column(name="WAVELENGTH", format="D", unit="um", array=g[store.WAVELENGTH][()]),
+                    fits.Column(name="LABEL", format="8A", array=labels),
+                ], name=f"{inst}_AXIS"))
+            target = out_dir / f"{planet_id}_visit{visit}.fits"
+            if target.exists() and not overwrite:
+                raise OutputError(f"{target}: exists")
+            with atomic_write(target) as partial:
+                fits.HDUList(hdus).writeto(partial, overwrite=True, output_verify="exception")
+            written.append(target)
+    log.info("%s: %d FITS file(s) written to %s", path, len(written), out_dir)
+    return written
+
+
+# ---------------------------------------------------------------- light-curve tables
+def _rows_of(lc: lcmod.LightCurves) -> dict[str, np.ndarray]:
+    """The long-format columns of one observation's light curves."""
+    parts: list[dict[str, np.ndarray]] = []
+
+    def add(instrument: str, labels: Sequence[str], wavelength: np.ndarray, time: np.ndarray, flux: np.ndarray,
+            err: np.ndarray) -> None:
+        # flux, err: (t, w) -> rows ordered by wavelength, then time
+        nflux, nerr = lcmod.normalise(flux, err, axis=0)
+        t, w = flux.shape
+        parts.append({
+            "instrument": np.full(t * w, instrument, dtype=object),
+            "wavelength_label": np.repeat(np.asarray(labels, dtype=object), t),
+            "wavelength": np.repeat(np.asarray(wavelength, dtype=np.float64), t),
+            "time": np.tile(time, w),
+            "flux": flux.T.ravel(), "flux_err": err.T.ravel(),
+            "normalised_flux": nflux.T.ravel(), "normalised_flux_err": nerr.T.ravel(),
+        })
+
+    if lc.airs_flux is not None:
+        # both sources of light curves (extraction, light-curve file) set these with airs_flux
+        assert lc.wavelength_label is not None and lc.wavelength is not None and lc.airs_time is not None
+        assert lc.airs_flux_err is not None and lc.airs_white is not None and lc.airs_white_err is not None
+        add(AIRS, lc.wavelength_label, lc.wavelength, lc.airs_time, lc.airs_flux, lc.airs_flux_err)
+        add(f"{AIRS}-white", ["white"], np.array([np.nan]), lc.airs_time, lc.airs_white[:, None],
+            lc.airs_white_err[:, None])
+    if lc.fgs1_flux is not None:
+        assert lc.fgs1_time is not None and lc.fgs1_flux_err is not None  # set with fgs1_flux
+        add(FGS1, ["wl_1"], np.array([FGS1_WAVELENGTH_UM]), lc.fgs1_time, lc.fgs1_flux[:, None],
+            lc.fgs1_flux_err[:, None])
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    n = len(out.get("time", ()))
+    out["planet_id"] = np.full(n, lc.planet_id, dtype=np.int64)
+    out["visit"] = np.full(n, lc.visit, dtype=np.int16)
+    return {k: out[k] for k in TABLE_COLUMNS}
+
+
+def _from_lightcurve_file(f: h5py.File, k: int) -> lcmod.LightCurves:
+    lc = lcmod.LightCurves(index=int(f["source_index"][k]), planet_id=int(f[store.PLANET_ID][k]),
+                           visit=int(f[store.VISIT][k]))
+    if AIRS in f:
+        g = f[AIRS]
+        lc.airs_time, lc.wavelength = g[store.TIME][()], g[store.WAVELENGTH][()]
+        lc.wavelength_label = [_text(s) for s in g[store.WAVELENGTH_LABEL][()]]
+        lc.airs_flux, lc.airs_flux_err = g["flux"][k], g["flux_err"][k]
+        lc.airs_white, lc.airs_white_err = g["white_flux"][k], g["white_flux_err"][k]
+    if FGS1 in f:
+        g = f[FGS1]
+        lc.fgs1_time, lc.fgs1_flux, lc.fgs1_flux_err = g[store.TIME][()], g["flux"][k], g["flux_err"][k]
+    return lc
+
+
+def lightcurve_rows(f: h5py.File, path: str | Path, observations: Sequence[int] | None) -> list[int]:
+    """Rows of a light-curve file holding ``observations``, indices in its calibrated source (``source_index``)."""
+    source = f["source_index"][()]
+    if observations is None:
+        return list(range(source.shape[0]))
+    row = {int(s): k for k, s in enumerate(source)}
+    for i in observations:
+        if int(i) not in row:
+            held = f"{source.min()}..{source.max()}" if source.size else "none"
+            raise lcmod.SelectionError(f"observation {i} is not in the light-curve file {path} (it holds "
+                                       f"{source.size} observation(s) of its source file, indices {held})")
+    return [row[int(i)] for i in observations]
+
+
+def iter_light_curves(path: str | Path, *, observations: Sequence[int] | None = None,
+                      **extract_options: Any) -> Iterator[lcmod.LightCurves]:
+    """Light curves one observation at a time, from a calibrated file or a light-curve file.
+
+    ``observations`` are indices in the calibrated file in both cases.
+    """
+    with open_readable(path) as f:
+        yield from _light_curves(f, path, observations, **extract_options)
+
+
+def _light_curves(f: h5py.File, path: str | Path, observations: Sequence[int] | None,
+                  **extract_options: Any) -> Iterator[lcmod.LightCurves]:
+    if lcmod.is_lightcurve_file(f):
+        if extract_options:
+            log.warning("%s is a light-curve file: extraction options %s ignored", path, sorted(extract_options))
+        for k in lightcurve_rows(f, path, observations):
+            yield _from_lightcurve_file(f, k)
+        return
+    lcmod.check_source(f, path)
+    for index in lcmod.done_observations(f, observations):
+        yield lcmod.observation_light_curves(f, index, **extract_options)
+
+
+def _table_writer(partial: Path, target: Path, fmt: str, schema: Any) -> Any:
+    with output_errors(target, "create"):
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetWriter(partial, schema, compression="zstd")
+        import pyarrow.csv as pacsv
+
+        return pacsv.CSVWriter(partial, schema)
+
+
+def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
+                 observations: Sequence[int] | None = None, **extract_options: Any) -> Path:
+    """Write the long light-curve table ``lightcurves.csv`` or ``lightcurves.parquet`` (see the module doc)."""
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"table format must be csv or parquet; got {fmt!r}")
+    import pyarrow as pa
+
+    schema = pa.schema([(name, getattr(pa, TABLE_TYPES[name])()) for name in TABLE_COLUMNS])
+    n = 0
+    with open_readable(path) as source:  # checked before anything is created
+        target = _make_dir(out_dir) / f"lightcurves.{fmt}"
+        with atomic_write(target) as partial:
+            writer = _table_writer(partial, target, fmt, schema)
+            try:
+                for lc in _light_curves(source, path, observations, **extract_options):
+                    columns = _rows_of(lc)
+                    writer.write_table(pa.table({k: pa.array(v, type=schema.field(k).type)
+                                                 for k, v in columns.items()}, schema=schema))
+                    n += 1
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.close()  # let go of the file before it is removed
+                raise
+            writer.close()
+    log.info("%s: light curves of %d observation(s) written to %s", path, n, target)
+    return target
+
+
+# ---------------------------------------------------------------- one entry point
+def export(path: str | Path, out_dir: str | Path, fmt: str, **options: Any) -> list[Path]:
+    """Export ``path`` as ``fmt`` (npy, fits, csv, parquet) into ``out_dir``; the files written."""
+    if fmt == "npy":
+        return list(export_npy(path, out_dir, **options).values())
+    if fmt == "fits":
+        return export_fits(path, out_dir, **options)
+    if fmt in ("csv", "parquet"):
+        return [export_table(path, out_dir, fmt, **options)]
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def config_from_fits(path: str | Path) -> dict[str, Any]:
+    """The calibration config stored in a FITS export's primary header."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return json.loads(hdul[0].header["CONFIG"])

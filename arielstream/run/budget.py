@@ -1,0 +1,230 @@
+"""Memory and cores: what this process holds, what the machine (or container) offers, and the parallel policy.
+
+Host-wide figures lie inside containers: the memory limit is read from the cgroup
+(v2 ``memory.max``, v1 ``memory.limit_in_bytes``) and the cores from the CPU
+affinity and the cgroup CPU quota. :func:`plan_workers` is the one place that
+turns a RAM budget into a worker count, a thread count per worker and a chunk
+budget per worker; the choice is logged by the runner. How a chunk budget becomes
+blocks and reads of a file is :func:`arielstream.io.signal.plan_chunks`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MemoryBudgetError
+from ..io.signal import MAX_CHUNK_BYTES
+from ..units import format_bytes
+
+log = logging.getLogger(__name__)
+
+# A worker whose chunks get less than this is slower than one more worker is worth.
+MIN_CHUNK_BYTES = 48 * 10**6
+# Per-process allowance beyond the measured import footprint: the output slice of an
+# observation being written (~8 MB AIRS), calibration frames, Parquet footers (~40 MB for a
+# one-row-group AIRS file), allocator slack.
+PROCESS_RESERVE_BYTES = 64 * 10**6
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text.split()[0])
+    except ValueError:
+        return None
+
+
+def _cgroup_paths() -> list[tuple[str, str]]:
+    """``(controllers, path)`` of each cgroup line of this process ("" controllers: cgroup v2)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    return [(parts[1], parts[2]) for parts in (line.split(":", 2) for line in lines) if len(parts) == 3]
+
+
+def cgroup_memory_limit() -> int | None:
+    """The container's memory limit in bytes, or None where there is none."""
+    candidates = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for controllers, path in _cgroup_paths():
+        if controllers == "":
+            candidates.insert(0, f"/sys/fs/cgroup{path}/memory.max")
+        elif "memory" in controllers.split(","):
+            candidates.insert(0, f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    for candidate in candidates:
+        value = _read_int(candidate)
+        if value is not None and value < 2**60:  # v1 reports "no limit" as a huge number
+            return value
+    return None
+
+
+def physical_memory() -> int:
+    """The machine's RAM in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory() -> int:
+    """The RAM this process tree may use: the cgroup limit, else the machine's."""
+    limit = cgroup_memory_limit()
+    return min(limit, physical_memory()) if limit else physical_memory()
+
+
+def available_cores() -> int:
+    """Cores this process may run on: CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except OSError:
+        text = []
+    if text and text[0] != "max":
+        try:
+            cores = min(cores, max(1, math.floor(int(text[0]) / int(text[1]))))
+        except (ValueError, IndexError, ZeroDivisionError):
+            pass
+    quota, period = _read_int("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read_int("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if quota and period and quota > 0:
+        cores = min(cores, max(1, quota // period))
+    return max(1, cores)
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far (bytes).
+
+    Read from ``VmHWM``, which starts afresh at ``exec``: ``getrusage``'s ``ru_maxrss``
+    survives fork+exec on Linux and would report a big parent's size as ours.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pin_threads(threads: int) -> None:
+    """Limit this process's compute threads (numexpr, Arrow, numba) to ``threads``.
+
+    BLAS/OpenMP pools are fixed when numpy loads; loky workers get their limits from
+    joblib (``inner_max_num_threads``) before they start. arielstream calls no BLAS.
+    """
+    import numexpr
+    import pyarrow
+
+    from ..calibration import compiled
+
+    threads = max(1, int(threads))
+    numexpr.set_num_threads(threads)
+    pyarrow.set_cpu_count(threads)
+    compiled.set_threads(threads)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What :func:`plan_workers` decided for a run."""
+
+    jobs: int
+    threads: int  # compute threads per worker
+    chunk_bytes: int  # chunk budget per worker
+    budget: int
+    process_bytes: int  # measured footprint of one process before any data
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return (f"{self.jobs} worker(s) x {self.threads} thread(s), {format_bytes(self.chunk_bytes)} of chunks each "
+                f"(budget {format_bytes(self.budget)}, {format_bytes(self.process_bytes)} per process before data)")
+
+    @property
+    def promised_peak(self) -> int:
+        """What the process tree may hold at most under this plan."""
+        workers = self.jobs if self.jobs > 1 else 0
+        per_process = self.process_bytes + PROCESS_RESERVE_BYTES
+        return per_process + workers * per_process + self.jobs * self.chunk_bytes
+
+
+def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, process_bytes: int,
+                 max_chunk: int = MAX_CHUNK_BYTES) -> WorkerPlan:
+    """Worker count, threads and chunk budget for a RAM ``budget`` (bytes) shared by the tree.
+
+    ``process_bytes`` is the measured resident size of one arielstream process
+    before it reads any data (the coordinator's own, since workers import the same
+    modules). With one job everything runs in the coordinator; with more, each
+    worker is a process of its own. ``jobs=None`` means "auto": as many workers as
+    cores and tasks allow while each still gets at least ``MIN_CHUNK_BYTES``.
+    """
+    per_process = process_bytes + PROCESS_RESERVE_BYTES
+
+    def chunk_for(n: int) -> int:
+        workers = n if n > 1 else 0
+        return (budget - per_process - workers * per_process) // n
+
+    limit = max(1, min(cores, n_tasks))
+    if jobs is None:
+        jobs = 1
+        for n in range(limit, 0, -1):
+            if chunk_for(n) >= MIN_CHUNK_BYTES:
+                jobs = n
+                break
+    jobs = max(1, int(jobs))
+    chunk = min(chunk_for(jobs), max_chunk)
+    if chunk < MIN_CHUNK_BYTES // 4:
+        need = per_process * (1 + (jobs if jobs > 1 else 0)) + jobs * MIN_CHUNK_BYTES // 4
+        raise MemoryBudgetError(
+            f"memory budget {format_bytes(budget)} is too small for {jobs} worker(s): each process holds "
+            f"~{format_bytes(per_process)} before any data; at least {format_bytes(need)} is needed")
+    threads = max(1, cores // jobs)
+    return WorkerPlan(jobs, threads, int(chunk), budget, process_bytes)
+
+
+def current_rss() -> int:
+    """Resident set size of this process now (bytes); 0 where /proc is absent."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def release_memory() -> None:
+    """Give memory that this process freed back to the system, so that its RSS measures what it holds.
+
+    glibc keeps freed heap pages (a test that read a 1 GB table left the process at
+    1.8 GB of RSS, 0.3 GB after ``malloc_trim``); Arrow's pool keeps its own. The
+    run measures its process's size to plan the budget, and trims after each
+    observation so that a long-lived worker does not carry one observation's
+    garbage into the next. A no-op where glibc is absent.
+    """
+    import gc
+
+    gc.collect()
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -1,0 +1,192 @@
+"""Units: the steps over binned frames, on tiny seeded cubes whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arielstream.calibration import frame_steps
+from arielstream.io.calibration import read_frame_table
+
+from .conftest import REFERENCE_PLANET
+
+
+def _noisy_spectrum(seed=0, t=3, nx=40, ny=4):
+    """A smooth ramp along x (wavelength), unit-variance noise; the variance cube that says so."""
+    rng = np.random.default_rng(seed)
+    cube = 1000.0 + 5.0 * np.arange(nx)[None, :, None] + rng.normal(0, 1, (t, nx, ny))
+    return cube, np.ones(cube.shape)
+
+
+def test_the_typical_read_noise_is_that_of_the_real_airs_read_file():
+    read = read_frame_table(REFERENCE_PLANET / "AIRS-CH0_calibration_0" / "read.parquet", 32, 356, "float")
+    assert abs(np.median(read) - frame_steps.TYPICAL_READ_NOISE) < 0.1
+
+
+def test_unknown_read_noise_is_the_typical_one():
+    out = frame_steps.read_noise_or_typical(np.array([[np.nan, 12.0]], dtype=np.float32))
+    np.testing.assert_array_equal(out, [[frame_steps.TYPICAL_READ_NOISE, 12.0]])
+
+
+def test_pixel_variance_is_photons_plus_reads_times_read_noise_squared():
+    cube = np.array([[[-5.0, 100.0, np.nan]]], dtype=np.float32)  # (t, x, y) = (1, 1, 3)
+    read_noise = np.array([[2.0, 3.0, 4.0]], dtype=np.float32)
+    out = frame_steps.pixel_variance(cube, read_noise, 60)
+    np.testing.assert_array_equal(out, [[[60 * 4.0, 100 + 60 * 9.0, 60 * 16.0]]])  # negative and NaN: no photons
+    assert out.dtype == np.float32
+
+
+def test_spatial_outliers_finds_an_injected_spike_and_nothing_else():
+    cube, variance = _noisy_spectrum()
+    cube[1, 20, 2] += 50.0  # 50 sigma
+    cube[2, 7, 1] = np.nan
+    flagged = frame_steps.spatial_outliers(cube, variance, kernel=5, sigma=10.0)
+    expected = np.zeros(cube.shape, bool)
+    expected[1, 20, 2] = True
+    np.testing.assert_array_equal(flagged, expected)
+
+
+def test_spatial_outliers_scales_with_the_expected_noise():
+    cube, variance = _noisy_spectrum(seed=1)
+    cube[0, 10, 0] += 50.0
+    assert not frame_steps.spatial_outliers(cube, variance * 100, kernel=5, sigma=10.0).any()  # 5 sigma now
+
+
+def test_spatial_outliers_refuses_an_even_kernel():
+    cube, variance = _noisy_spectrum()
+    with pytest.raises(ValueError, match="odd kernel"):
+        frame_steps.spatial_outliers(cube, variance, kernel=4)
+
+
+def test_isolated_bad_pixels_are_interpolated_along_the_spatial_axis():
+    cube = np.arange(2 * 3 * 5, dtype=np.float64).reshape(2, 3, 5)
+    cube[:, 1, 2] = np.nan  # isolated: both row neighbours good
+    cube[:, 2, 0] = np.nan  # on the edge: left alone
+    cube[:, 0, 2:4] = np.nan  # a cluster of two: left alone
+    out, filled = frame_steps.interpolate_isolated(cube, ~np.isfinite(cube))
+    np.testing.assert_array_equal(out[:, 1, 2], 0.5 * (cube[:, 1, 1] + cube[:, 1, 3]))
+    expected = np.zeros(cube.shape, bool)
+    expected[:, 1, 2] = True
+    np.testing.assert_array_equal(filled, expected)
+    assert np.isnan(out[:, 2, 0]).all() and np.isnan(out[:, 0, 2:4]).all()
+    np.testing.assert_array_equal(out[~np.isnan(cube)], cube[~np.isnan(cube)])
+
+
+def test_a_static_bad_plane_applies_at_every_time():
+    cube = np.arange(2 * 1 * 3, dtype=np.float64).reshape(2, 1, 3)
+    bad = np.array([[False, True, False]])  # (x, y): a finite but unusable pixel
+    out, filled = frame_steps.interpolate_isolated(cube, bad)
+    np.testing.assert_array_equal(out[:, 0, 1], 0.5 * (cube[:, 0, 0] + cube[:, 0, 2]))
+    assert filled.shape == cube.shape and filled[:, 0, 1].all() and filled.sum() == 2
+
+
+def test_clipped_mean_ignores_an_outlier_and_nans():
+    row = np.append(np.arange(1.0, 21.0), 1000.0)
+    values = np.stack([row, np.append(np.arange(1.0, 21.0), np.nan)])
+    np.testing.assert_array_equal(frame_steps.clipped_mean(values, sigma=3.0), [10.5, 10.5])
+    with pytest.raises(ValueError, match="sigma"):
+        frame_steps.clipped_mean(values, sigma=0.0)
+
+
+def test_airs_background_is_the_level_of_the_rows_off_the_trace():
+    rows = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
+    level = np.array([[10.0, 20.0, 30.0], [11.0, 21.0, 31.0]])  # (t, x)
+    cube = np.repeat(level[:, :, None], 32, axis=2)
+    cube[:, :, 12:20] += 5000.0  # the star's trace
+    cube[0, 1, 3] += 1000.0  # a hot pixel among the background rows
+    np.testing.assert_array_equal(frame_steps.airs_background(cube, rows, sigma=3.0), level)
+
+
+def test_fgs1_background_is_the_level_near_the_edge():
+    level = np.array([7.0, 9.0])
+    cube = np.repeat(level, 12 * 12).reshape(2, 12, 12)
+    cube[:, 5:7, 5:7] += 1000.0  # a compact star in the middle
+    np.testing.assert_array_equal(frame_steps.fgs1_background(cube, width=3), level)
+    ring = frame_steps.edge_mask(5, 5, 1)
+    assert ring.sum() == 16 and not ring[1:4, 1:4].any()
+
+
+def _gaussian(nx, ny, x0, y0, sigma=1.0, amplitude=1000.0):
+    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    return amplitude * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+
+
+def test_centroids_find_a_gaussian_star():
+    truth = np.array([[10.3, 7.6], [10.8, 7.1]])
+    cube = np.stack([_gaussian(21, 17, x, y) for x, y in truth])
+    cube[0, 0, 0] = np.nan  # far from the star: left out
+    np.testing.assert_allclose(frame_steps.centroids(cube), truth, atol=1e-5)
+
+
+def test_trace_rows_are_the_flux_weighted_mean_row():
+    cube = np.zeros((2, 4, 32))
+    cube[0, :, 14:17] = [1.0, 2.0, 1.0]  # centred on row 15
+    cube[1, :, 15:18] = [1.0, 2.0, 1.0]  # on row 16
+    cube[:, :, 3] = -5.0  # negative flux does not pull the trace
+    cube[1, 2, 20] = np.nan
+    np.testing.assert_allclose(frame_steps.trace_rows(cube), [15.0, 16.0], rtol=1e-12)
+
+
+def test_spatial_bin_sums_blocks_and_drops_the_tail():
+    cube = np.arange(5 * 4, dtype=np.float64).reshape(1, 5, 4)
+    out = frame_steps.spatial_bin(cube, 2)
+    expected = [[cube[0, 0:2, 0:2].sum(), cube[0, 0:2, 2:4].sum()],
+                [cube[0, 2:4, 0:2].sum(), cube[0, 2:4, 2:4].sum()]]
+    np.testing.assert_array_equal(out, [expected])
+    cube[0, 3, 3] = np.nan
+    with_nan = frame_steps.spatial_bin(cube, 2)
+    assert np.isnan(with_nan[0, 1, 1]) and np.isfinite(with_nan[0, 0]).all() and np.isfinite(with_nan[0, 1, 0])
+    assert frame_steps.spatial_bin(cube, 1) is cube
+
+
+def test_bin_planes_reduces_each_block():
+    bits = np.array([[1, 2, 0, 0], [4, 0, 8, 0]], dtype=np.uint16)  # (x, y) = (2, 4)
+    np.testing.assert_array_equal(frame_steps.bin_planes(bits, 2, "or"), [[1 | 2 | 4, 8]])
+    noise = np.array([[3.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_allclose(frame_steps.bin_planes(noise, 2, "rms"), [[5.0]])
+    np.testing.assert_array_equal(frame_steps.bin_planes(noise, 2, "sum"), [[7.0]])
+    np.testing.assert_array_equal(frame_steps.bin_planes(noise, 2, "mean"), [[1.75]])
+    over_time = np.stack([bits, bits << 4])  # (t, x, y)
+    np.testing.assert_array_equal(frame_steps.bin_planes(over_time, 2, "or"), [[[7, 8]], [[7 << 4, 8 << 4]]])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: frame_steps.bin_planes(np.zeros((2, 2)), 2, "max"),
+    lambda: frame_steps.bin_planes(np.zeros((2, 2)), 0, "or"),
+    lambda: frame_steps.spatial_bin(np.zeros((1, 2, 2)), 0),
+    lambda: frame_steps.bin_background(np.zeros(3), -1),
+])
+def test_bad_parameters_raise(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_a_binned_background_is_the_background_of_the_binned_pixels():
+    airs = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]])  # (t, x): the same on every row
+    np.testing.assert_array_equal(frame_steps.bin_background(airs, 2), [[(1 + 2) * 2, (3 + 4) * 2]])
+    per_pixel = np.repeat(airs[:, :, None], 4, axis=2)
+    np.testing.assert_array_equal(frame_steps.bin_background(airs, 2), frame_steps.spatial_bin(per_pixel, 2)[:, :, 0])
+    fgs1 = np.array([3.0, 4.0])  # (t,)
+    np.testing.assert_array_equal(frame_steps.bin_background(fgs1, 2), [12.0, 16.0])
+    np.testing.assert_array_equal(frame_steps.bin_positions(np.array([3.0, 7.0]), 2), [1.5, 3.5])
+
+
+def test_frame_steps_do_not_modify_their_inputs():
+    cube, variance = _noisy_spectrum(t=2, nx=12, ny=32)
+    cube[0, 3, 16] = np.nan
+    read_noise = np.full((12, 32), np.nan, dtype=np.float32)
+    inputs = [cube, variance, read_noise]
+    kept = [a.copy() for a in inputs]
+    frame_steps.read_noise_or_typical(read_noise)
+    frame_steps.pixel_variance(cube, read_noise, 60)
+    frame_steps.spatial_outliers(cube, variance)
+    frame_steps.interpolate_isolated(cube, ~np.isfinite(cube))
+    frame_steps.clipped_mean(cube)
+    frame_steps.airs_background(cube, (0, 1, 30, 31))
+    frame_steps.fgs1_background(cube[:, :, :12])
+    frame_steps.centroids(cube)
+    frame_steps.trace_rows(cube)
+    frame_steps.spatial_bin(cube, 2)
+    frame_steps.bin_planes(variance, 2, "rms")
+    for before, after in zip(kept, inputs, strict=True):
+        np.testing.assert_array_equal(after, before)

@@ -1,0 +1,80 @@
+"""The output file's schema: declared once in ``arielstream.io.store``, written as declared, read back by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from arielstream import dq
+from arielstream.errors import InputError
+from arielstream.io import store
+from arielstream.layout import AIRS, FGS1, Observation
+
+
+def _layout(name: str, n_x: int, extras=()) -> store.InstrumentLayout:
+    return store.InstrumentLayout(name, time=np.array([0.1, 0.2, 0.3]), columns=np.arange(n_x), rows=2,
+                                  wavelength=np.linspace(1.0, 2.0, n_x), labels=[f"wl_{k}" for k in range(n_x)],
+                                  extras=tuple(extras))
+
+
+@pytest.fixture()
+def output(tmp_path):
+    path = tmp_path / "o.h5"
+    observations = [Observation(11, 0, tmp_path), Observation(12, 1, tmp_path)]
+    layouts = [_layout(AIRS.name, 4, [(store.DQ_TIME, (3, 4, 2), "|u1", "obs,time,x,y")]), _layout(FGS1.name, 2)]
+    descriptors = store.create_output(path, observations, layouts, {"profile": "default"})
+    return path, descriptors
+
+
+def test_the_file_holds_the_declared_datasets_with_their_dtypes(output):
+    path, descriptors = output
+    with h5py.File(path) as f:
+        for name, dtype in store.PER_OBSERVATION_DTYPES.items():
+            assert f[name].shape == (2,) and f[name].dtype == np.dtype(dtype), name
+        for inst, n_x in ((AIRS.name, 4), (FGS1.name, 2)):
+            for name, (dtype, axes, _) in store.PLANES.items():
+                ds = f[store.dataset(inst, name)]
+                assert ds.dtype == np.dtype(dtype) and ds.attrs["axes"] == axes
+                assert ds.shape == ((2, 3, n_x, 2) if name == store.SIGNAL else (2, n_x, 2))
+            assert f[store.dataset(inst, store.TIME)].shape == (3,)
+        assert f[store.dataset(AIRS.name, store.DQ_TIME)].shape == (2, 3, 4, 2)
+        assert store.dataset(FGS1.name, store.DQ_TIME) not in f
+        assert f[store.PLANET_ID][()].tolist() == [11, 12] and f[store.VISIT][()].tolist() == [0, 1]
+        assert store.instruments_in(f) == [AIRS.name, FGS1.name]
+    assert set(descriptors) == set(store.read_descriptors(path))
+    assert store.cube_keys(descriptors) == sorted(k for k in descriptors if "/" in k)
+
+
+def test_both_data_quality_planes_name_their_bits_in_the_attributes(output):
+    path, _ = output
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs[store.ATTR_DQ_BITS]) == dq.BITS
+        assert json.loads(f.attrs[store.ATTR_DQ_TIME_BITS]) == dq.TIME_BITS
+        assert store.is_output_file(f)
+    assert dq.describe(dq.TIME_COSMIC_RAY | dq.TIME_INTERPOLATED, dq.TIME_BITS) == ["COSMIC_RAY", "INTERPOLATED"]
+    assert dq.describe(dq.DEAD | dq.HOT) == ["DEAD", "HOT"]
+
+
+def test_readers_open_one_way_and_name_the_file(output, tmp_path):
+    path, _ = output
+    with store.open_output(path) as f:
+        assert f.mode == "r"
+    missing = tmp_path / "nowhere.h5"
+    with pytest.raises(InputError, match=rf"^{missing}: cannot read: no such file$"):
+        store.open_output(missing)
+    (tmp_path / "nowhere.h5.partial").write_bytes(b"")
+    with pytest.raises(InputError, match="an unfinished run left nowhere.h5.partial"):
+        store.open_output(missing)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    with pytest.raises(InputError, match=rf"^{foreign}: not an arielstream output file"):
+        store.open_output(foreign)
+    text_file = Path(tmp_path / "notes.h5")
+    text_file.write_text("not HDF5")
+    with pytest.raises(InputError, match=rf"^{text_file}: cannot read: not a readable HDF5 file"):
+        store.open_readable(text_file)
