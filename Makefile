@@ -45,6 +45,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
+## Depth errors and noise of each profile against simulated truth (a few minutes; not part of make test).
+.PHONY: bench-science
+bench-science: $(STAMP)
+	$(BIN)/python -m benchmarks.science $(SCIENCE_ARGS)
+
 ## Regenerate data_samples/ from the simulator (fixed seed): only when the simulator changes.
 data-samples: $(STAMP)
 	rm -rf $(DATA)/train $(DATA)/simulation_truth $(DATA)/*.csv $(DATA)/axis_info.parquet

@@ -9,7 +9,8 @@ file names them in its attributes (``dq_bits``, ``dq_time_bits``: name -> value)
   the notebook profile);
 * the time-resolved plane ``<instrument>/dq_time`` ``(obs, time, x, y)`` uint8,
   :data:`TIME_BITS`: what happened to a pixel in one time bin (written only by the
-  steps beyond the notebook: cosmic rays, spatial outliers, interpolation).
+  steps beyond the notebook: cosmic rays, spatial outliers, interpolation; a
+  saturated bin is marked there when the plane is written).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 # static plane <inst>/dq
 DEAD = 1 << 0  # dead.parquet: the pixel does not respond
 HOT = 1 << 1  # dark current outlier (sigma-clipped dark, both tails, as the notebook)
-FLAT_INVALID = 1 << 2  # flat not finite or not positive
-NONLINEARITY_INVALID = 1 << 3  # non-finite non-linearity coefficients
-DARK_INVALID = 1 << 4  # non-finite dark current
+FLAT_INVALID = 1 << 2  # flat not finite or outside FLAT_RANGE
+NONLINEARITY_INVALID = 1 << 3  # non-linearity coefficients not finite or a term over NONLINEARITY_TERM_MAX
+DARK_INVALID = 1 << 4  # dark current not finite or outside DARK_RANGE
+SATURATED = 1 << 5  # at least one read of the visit at or above the saturation level (those bins: TIME_SATURATED)
+READ_NOISE_INVALID = 1 << 6  # read noise not finite-and-in READ_NOISE_RANGE: the typical value is used instead
 
 DO_NOT_USE = DEAD | HOT | FLAT_INVALID | NONLINEARITY_INVALID | DARK_INVALID
 
@@ -29,17 +32,31 @@ BITS = {
     "FLAT_INVALID": FLAT_INVALID,
     "NONLINEARITY_INVALID": NONLINEARITY_INVALID,
     "DARK_INVALID": DARK_INVALID,
+    "SATURATED": SATURATED,
+    "READ_NOISE_INVALID": READ_NOISE_INVALID,
 }
+
+# Physical bounds of the calibration values: a finite value outside them is as unusable as a NaN and
+# gets the same *_INVALID bit. Chosen wide, so that they flag nothing in the competition's real files
+# (data_samples/reference, planet 342072318, both instruments; ranges in the comments) and only catch
+# values that no detector produces.
+FLAT_RANGE = (0.1, 10.0)  # relative response; real positive flats 0.89-1.11 (the non-positive ones were flagged)
+DARK_RANGE = (-1.0, 1.0e3)  # e/s; real -0.024 to 11.9 (a slightly negative dark is measurement noise)
+READ_NOISE_RANGE = (0.0, 1.0e3)  # e per read, lower bound excluded; real 11.8 to 153
+NONLINEARITY_SCALE = 65535.0  # the ADC ceiling: each polynomial term c_k x^k is judged at x = this
+NONLINEARITY_TERM_MAX = 1.0e6  # |c_k| * NONLINEARITY_SCALE**k; real at most 6.7e4 (the linear term)
 
 # time-resolved plane <inst>/dq_time
 TIME_COSMIC_RAY = 1 << 0  # at least one sample of this bin was rejected as a temporal outlier
 TIME_SPATIAL_OUTLIER = 1 << 1  # this pixel of this binned frame stood out from its neighbours
 TIME_INTERPOLATED = 1 << 2  # the value was interpolated from its spatial neighbours
+TIME_SATURATED = 1 << 3  # a raw read of this bin was at or above the saturation level (NaN unless kept)
 
 TIME_BITS = {
     "COSMIC_RAY": TIME_COSMIC_RAY,
     "SPATIAL_OUTLIER": TIME_SPATIAL_OUTLIER,
     "INTERPOLATED": TIME_INTERPOLATED,
+    "SATURATED": TIME_SATURATED,
 }
 
 

@@ -26,6 +26,10 @@ class MemoryBudgetError(ArielstreamError):
     """The memory budget cannot hold the smallest chunk the data allows."""
 
 
+class OutOfMemoryError(ArielstreamError):
+    """The machine, container or address-space limit cannot hold what the run needs (not an input's fault)."""
+
+
 class OutputError(ArielstreamError):
     """The output file cannot be created or is not an arielstream file."""
 

@@ -61,6 +61,31 @@ def test_npy_equals_the_hdf5_slices(calibrated, tmp_path):
     assert np.isnan(airs[0]).any(), "default profile: bad pixels stay NaN unless a fill value is asked for"
 
 
+@pytest.mark.parametrize("visits", ["first", "mean"])
+def test_npy_one_row_per_planet_for_the_baseline(calibrated, tmp_path, visits, capsys):
+    assert cli.main(["export", str(calibrated), "--format", "npy", "-o", str(tmp_path), "--visits", visits,
+                     "--wavelength-order", "file", "--fill-value", "0"]) == 0
+    airs = np.load(tmp_path / "data_train.npy")
+    fgs1 = np.load(tmp_path / "data_train_FGS.npy")
+    with open(tmp_path / "data_train_index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with h5py.File(calibrated) as f:
+        pairs = list(zip(f["planet_id"][()].tolist(), f["visit"][()].tolist(), strict=True))
+        planets = list(dict.fromkeys(p for p, _ in pairs))
+        assert [int(r["planet_id"]) for r in rows] == planets and airs.shape[0] == fgs1.shape[0] == len(planets)
+        two = next(p for p in planets if sum(q == p for q, _ in pairs) == 2)  # the sample planet with two visits
+        k = planets.index(two)
+        first, second = pairs.index((two, 0)), pairs.index((two, 1))
+        both = f["AIRS-CH0/signal"][[first, second]].astype(np.float64)
+        valid = ~np.isnan(both)  # the mean ignores NaN, written by hand: nanmean warns on all-NaN pixels
+        mean = np.where(valid.any(axis=0), np.where(valid, both, 0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1),
+                        np.nan)
+        expected = both[0] if visits == "first" else mean
+        np.testing.assert_allclose(airs[k], np.nan_to_num(expected, nan=0.0), rtol=1e-12)
+        assert rows[k]["visit"] == "0" and rows[k]["visits"] == {"first": "0", "mean": "0;1"}[visits]
+    assert not np.isnan(airs).any() and not np.isnan(fgs1).any()  # --fill-value 0: what the baseline's models read
+
+
 def test_npy_in_the_notebooks_detector_order(calibrated, tmp_path):
     written = exports.export_npy(calibrated, tmp_path, wavelength_order="detector", dtype="float32", fill_value=0.0)
     airs = np.load(written["AIRS-CH0"])
@@ -201,6 +226,37 @@ def test_fits_cubes_carry_the_provenance(calibrated, tmp_path):
             axis = hdul["AIRS-CH0_AXIS"].data
             np.testing.assert_array_equal(axis["COLUMN"], f["AIRS-CH0/column"][()])
             assert axis["LABEL"][0] == "wl_2"
+
+
+def test_fits_is_standard_with_a_wavelength_and_time_wcs(calibrated, tmp_path):
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    paths = exports.export_fits(calibrated, tmp_path, observations=[0])
+    with h5py.File(calibrated) as f, fits.open(paths[0]) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("error")  # astropy's verify: no warning (long strings, card lengths, ...)
+        hdul.verify("exception")
+        header = hdul[0].header
+        assert header["TELESCOP"] == "Ariel" and header["OBJECT"] == str(f["planet_id"][0])
+        assert header["INSTRUME"] == "AIRS-CH0,FGS1" and header["DATE"].startswith("20")
+        cube = hdul["AIRS-CH0"]
+        assert cube.header["INSTRUME"] == "AIRS-CH0" and cube.header["BUNIT"] == "electron"
+        wcs = WCS(cube.header, fobj=hdul)
+        wavelength, time = f["AIRS-CH0/wavelength"][()], f["AIRS-CH0/time"][()]
+        _, world_x, _ = wcs.pixel_to_world_values(np.zeros(wavelength.size), np.arange(wavelength.size),
+                                                  np.zeros(wavelength.size))
+        np.testing.assert_allclose(world_x, wavelength, rtol=1e-12)  # WAVE-TAB: exact, not a linear fit
+        _, _, world_t = wcs.pixel_to_world_values(np.zeros(time.size), np.zeros(time.size), np.arange(time.size))
+        np.testing.assert_allclose(world_t, time, rtol=1e-9)
+        assert wcs.world_axis_units[1:] == ["um", "h"]
+    if shutil.which("fitsverify") is None:
+        pytest.skip("fitsverify is not installed (Debian: apt-get install fitsverify)")
+    import subprocess
+
+    report = subprocess.run(["fitsverify", "-q", str(paths[0])], capture_output=True, text=True).stdout
+    assert "0 warnings and 0 errors" in report or report.startswith("verification OK"), report
 
 
 def expected_rows(f) -> int:

@@ -28,6 +28,20 @@ def test_unknown_read_noise_is_the_typical_one():
     np.testing.assert_array_equal(out, [[frame_steps.TYPICAL_READ_NOISE, 12.0]])
 
 
+def test_unknown_read_noise_of_a_binned_pixel_is_the_typical_one_of_its_block():
+    out = frame_steps.read_noise_or_typical(np.array([np.nan, 12.0]), factor=3)
+    np.testing.assert_array_equal(out, [3 * frame_steps.TYPICAL_READ_NOISE, 12.0])  # sqrt(9 * 13^2)
+    np.testing.assert_array_equal(frame_steps.read_noise_or_typical(None, shape=(2,)), [13.0, 13.0])
+
+
+def test_the_light_curves_use_the_same_variance_model():
+    from arielstream.products import lightcurves
+
+    assert lightcurves.pixel_variance is frame_steps.pixel_variance
+    plan = lightcurves.plan_airs(np.ones((2, 20)), np.ones((2, 20), bool), np.full((2, 20), np.nan), n_reads=4)
+    np.testing.assert_array_equal(plan.read_noise, frame_steps.TYPICAL_READ_NOISE)
+
+
 def test_pixel_variance_is_photons_plus_reads_times_read_noise_squared():
     cube = np.array([[[-5.0, 100.0, np.nan]]], dtype=np.float32)  # (t, x, y) = (1, 1, 3)
     read_noise = np.array([[2.0, 3.0, 4.0]], dtype=np.float32)
@@ -168,7 +182,22 @@ def test_a_binned_background_is_the_background_of_the_binned_pixels():
     np.testing.assert_array_equal(frame_steps.bin_background(airs, 2), frame_steps.spatial_bin(per_pixel, 2)[:, :, 0])
     fgs1 = np.array([3.0, 4.0])  # (t,)
     np.testing.assert_array_equal(frame_steps.bin_background(fgs1, 2), [12.0, 16.0])
-    np.testing.assert_array_equal(frame_steps.bin_positions(np.array([3.0, 7.0]), 2), [1.5, 3.5])
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_a_binned_position_is_the_centroid_of_the_binned_frame(factor):
+    # a point source filling detector pixels of output pixel (2, 1) only: its detector centroid is the
+    # centre of that block, (2f + (f-1)/2, f + (f-1)/2); in output pixels it is exactly (2, 1)
+    cube = np.zeros((1, 4 * factor, 3 * factor))
+    cube[0, 2 * factor:3 * factor, factor:2 * factor] = 5.0
+    detector = frame_steps.centroids(cube, radius=10.0 * factor)
+    np.testing.assert_allclose(detector, [[2 * factor + (factor - 1) / 2, factor + (factor - 1) / 2]])
+    binned = frame_steps.spatial_bin(cube, factor)
+    np.testing.assert_allclose(frame_steps.bin_positions(detector, factor), frame_steps.centroids(binned, radius=10.0))
+    np.testing.assert_allclose(frame_steps.bin_positions(detector, factor), [[2.0, 1.0]])
+    rows = frame_steps.trace_rows(cube)
+    np.testing.assert_allclose(frame_steps.bin_positions(rows, factor), frame_steps.trace_rows(binned))
+    np.testing.assert_allclose(frame_steps.bin_positions(np.array([3.0, 7.0]), 2), [1.25, 3.25])
 
 
 def test_frame_steps_do_not_modify_their_inputs():

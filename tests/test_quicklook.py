@@ -291,3 +291,9 @@ def test_an_observation_without_any_finite_pixel_plots_without_warnings(calibrat
     for p in pngs:
         assert png_size(p)[0] >= 300
     assert index.read_text().count("<section") == 1
+
+
+def test_every_dq_bit_has_a_colour():
+    from arielstream import dq as dqbits
+
+    assert len(quicklook.DQ_COLOURS) >= len(dqbits.BITS) + 1

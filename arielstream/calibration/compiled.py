@@ -89,6 +89,32 @@ if numba is not None:
         return out
 
 
+if numba is not None:
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def _saturated_bins(raw, level, frames_per_bin):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_bins = raw.shape[1] // frames_per_bin
+        out = np.zeros((n_pix, n_bins), dtype=np.int64)
+        for p in prange(n_pix):
+            for b in range(n_bins):
+                n = 0
+                base = frames_per_bin * b
+                for i in range(frames_per_bin):
+                    if raw[p, base + i] >= level:
+                        n += 1
+                out[p, b] = n
+        return out
+
+
+def saturated_bins(raw: np.ndarray, level: int, frames_per_bin: int) -> np.ndarray:
+    """Reads ``>= level`` per pixel and bin of raw ``(P, frames)`` uint16, ``(P, bins)`` int64, in one pass.
+
+    Compiled twin of :func:`arielstream.calibration.steps.saturated_reads`; frames must span whole bins.
+    """
+    return _saturated_bins(raw, int(level), int(frames_per_bin))
+
+
 def cds_polynomial_bins(raw: np.ndarray, q: np.ndarray, width: int) -> np.ndarray:
     """``sum over each bin of Q(end) - Q(start)`` for raw ``(P, frames)`` uint16; ``q`` is ``(6, P)``.
 

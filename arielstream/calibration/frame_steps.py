@@ -18,9 +18,22 @@ from ..nan import quiet_nan
 TYPICAL_READ_NOISE = 13.0
 
 
-def read_noise_or_typical(read_noise: np.ndarray) -> np.ndarray:
-    """``read_noise`` (electrons per read) with NaN replaced by :data:`TYPICAL_READ_NOISE`."""
-    return np.nan_to_num(read_noise, nan=TYPICAL_READ_NOISE)
+def read_noise_or_typical(read_noise: np.ndarray | None, factor: int = 1,
+                          shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``read_noise`` (electrons per read) with NaN (or a missing plane) replaced by the typical value.
+
+    The one policy for an unknown read noise, used by the frame steps and the light
+    curves: :data:`TYPICAL_READ_NOISE` per detector pixel, ``factor`` times that per
+    output pixel of a ``factor x factor`` spatial binning (the root of the summed
+    squares, as the ``read_noise`` plane is binned). ``read_noise=None`` (no plane at
+    all) gives that value everywhere in ``shape``.
+    """
+    typical = TYPICAL_READ_NOISE * factor
+    if read_noise is None:
+        if shape is None:
+            raise ValueError("read_noise_or_typical needs the shape when there is no read noise plane")
+        return np.full(shape, typical)
+    return np.nan_to_num(read_noise, nan=typical)
 
 
 def pixel_variance(cube: np.ndarray, read_noise: np.ndarray, n_reads: int) -> np.ndarray:
@@ -30,9 +43,10 @@ def pixel_variance(cube: np.ndarray, read_noise: np.ndarray, n_reads: int) -> np
     bin, ``read_noise`` the ``(x, y)`` plane in electrons per read (no NaN: see
     :func:`read_noise_or_typical`), ``n_reads`` the reads summed into a bin
     (:func:`arielstream.layout.frames_per_bin`). A NaN pixel of the cube counts as
-    no photons. Keeps the cube's precision (float32 in, float32 out).
+    no photons. Keeps the cube's precision (float32 in, float32 out). The one variance
+    model of the package: the light curves use it too.
     """
-    return np.clip(np.nan_to_num(cube), 0, None) + n_reads * read_noise**2
+    return np.clip(np.nan_to_num(cube), 0, None) + n_reads * np.square(read_noise)
 
 
 def _median_filter_x(cube: np.ndarray, kernel: int) -> np.ndarray:
@@ -208,9 +222,9 @@ def bin_background(level: np.ndarray, factor: int) -> np.ndarray:
 def bin_positions(position: np.ndarray, factor: int) -> np.ndarray:
     """Positions in detector pixels (centroids, trace rows) in the output pixels of :func:`spatial_bin`.
 
-    Plain division (the convention of the files written so far): with output pixel
-    ``j``'s centre at ``j``, the result is ``(factor - 1) / (2 factor)`` of an output
-    pixel more than the position's output-pixel coordinate, the same at every time.
+    Output pixel ``j`` sums detector pixels ``j*factor .. j*factor + factor - 1``, whose
+    centre is at ``j*factor + (factor - 1) / 2``; that point maps to ``j``, so a
+    detector position ``p`` becomes ``(p - (factor - 1) / 2) / factor``.
     """
     _check_factor(factor)
-    return position / factor
+    return (position - (factor - 1) / 2) / factor

@@ -221,6 +221,23 @@ def calibrate_block_with_outliers(raw: np.ndarray, dt: np.ndarray | None,
     return _dark_and_flat(binned, dt, cal), np.minimum(counts, 255).astype(np.uint8)
 
 
+def saturation_counts(raw: np.ndarray, level: int, frames_per_bin: int) -> np.ndarray | None:
+    """Saturated reads per pixel and bin of a raw block (:func:`arielstream.calibration.steps.saturated_reads`).
+
+    ``None`` when no read of the block reaches ``level`` (or ``level`` is 0: detection
+    off): one max-reduction of the uint16 block, the whole cost on the usual path.
+    Otherwise the ``(P, bins)`` counts, one pass of the compiled kernel where the
+    engine is numba, numpy's comparison and bin sums otherwise.
+    """
+    if level <= 0 or raw.size == 0 or int(raw.max()) < level:
+        return None
+    if raw.ndim != 2 or raw.shape[1] % frames_per_bin:
+        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {frames_per_bin} frames")
+    if engine.current().compiled:
+        return compiled.saturated_bins(raw, level, frames_per_bin)
+    return np.count_nonzero((raw >= level).reshape(raw.shape[0], -1, frames_per_bin), axis=-1).astype(np.int64)
+
+
 def calibrate_block_reference(raw: np.ndarray, dt: np.ndarray | None, cal: BlockCalibration) -> np.ndarray:
     """The recipe step by step, in the notebook's order (numpy twin of :func:`calibrate_block`)."""
     x = np.asarray(raw, np.float64) if cal.gain is None else steps.adc_convert(raw, cal.gain, cal.offset)

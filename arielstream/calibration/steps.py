@@ -15,7 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dq import DARK_INVALID, DEAD, DO_NOT_USE, FLAT_INVALID, HOT, NONLINEARITY_INVALID
+from ..dq import (
+    DARK_INVALID,
+    DARK_RANGE,
+    DEAD,
+    DO_NOT_USE,
+    FLAT_INVALID,
+    FLAT_RANGE,
+    HOT,
+    NONLINEARITY_INVALID,
+    NONLINEARITY_SCALE,
+    NONLINEARITY_TERM_MAX,
+    READ_NOISE_INVALID,
+    READ_NOISE_RANGE,
+)
 from ..layout import AIRS
 from ..nan import quiet_nan
 
@@ -53,6 +66,41 @@ def sigma_clip_mask(data: np.ndarray, sigma: float = 5.0, maxiters: int = 5) -> 
         return ~finite | (values < lower) | (values > upper)
 
 
+def invalid_dark(dark: np.ndarray) -> np.ndarray:
+    """Dark current (e/s) that is not finite or outside :data:`arielstream.dq.DARK_RANGE`."""
+    return _outside(dark, *DARK_RANGE)
+
+
+def invalid_flat(flat: np.ndarray) -> np.ndarray:
+    """Flat values that are not finite or outside :data:`arielstream.dq.FLAT_RANGE` (zero and negative included)."""
+    return _outside(flat, *FLAT_RANGE)
+
+
+def invalid_read_noise(read: np.ndarray) -> np.ndarray:
+    """Read noise (e per read) that is not finite, not positive or above :data:`arielstream.dq.READ_NOISE_RANGE`."""
+    read = np.asarray(read, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return _outside(read, *READ_NOISE_RANGE) | (read <= READ_NOISE_RANGE[0])
+
+
+def invalid_nonlinearity(coeffs: np.ndarray) -> np.ndarray:
+    """Pixels of ``(N+1, ...)`` coefficients with a term ``|c_k| x^k`` not finite or over the bound at the ADC ceiling.
+
+    ``x`` = :data:`arielstream.dq.NONLINEARITY_SCALE`, bound :data:`arielstream.dq.NONLINEARITY_TERM_MAX`.
+    """
+    c = np.asarray(coeffs, dtype=np.float64)
+    scale = NONLINEARITY_SCALE ** np.arange(c.shape[0], dtype=np.float64).reshape(-1, *([1] * (c.ndim - 1)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.isfinite(c) & (np.abs(c) * scale <= NONLINEARITY_TERM_MAX)
+    return ~np.all(ok, axis=0)
+
+
+def _outside(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(values) & (values >= low) & (values <= high))
+
+
 def pixel_quality(
     dark: np.ndarray | None,
     dead: np.ndarray | None,
@@ -60,15 +108,17 @@ def pixel_quality(
     coeffs: np.ndarray | None = None,
     sigma: float = 5.0,
     maxiters: int = 5,
+    read: np.ndarray | None = None,
 ) -> np.ndarray:
     """The static data-quality plane of a detector (bit flags from :mod:`arielstream.dq`).
 
     Hot pixels are the sigma-clipped outliers of the dark frame (both tails, as the
-    notebook); dead pixels come from the dead map; a flat that is not finite and
-    positive, or non-finite non-linearity coefficients, make a pixel unusable too.
-    Pass ``None`` for a calibration that is not used.
+    notebook); dead pixels come from the dead map; a dark, flat or non-linearity
+    coefficient that is not finite or outside its physical bounds (:mod:`arielstream.dq`)
+    makes a pixel unusable too; such a read noise gets ``READ_NOISE_INVALID``, which
+    does not. Pass ``None`` for a calibration that is not used.
     """
-    shapes = [np.shape(a) for a in (dark, dead, flat) if a is not None]
+    shapes = [np.shape(a) for a in (dark, dead, flat, read) if a is not None]
     if coeffs is not None:
         shapes.append(np.shape(coeffs)[1:])
     if not shapes:
@@ -79,14 +129,14 @@ def pixel_quality(
     if dark is not None:
         dark = np.asarray(dark, dtype=np.float64)
         finite = np.isfinite(dark)
-        dq[~finite] |= DARK_INVALID
+        dq[invalid_dark(dark)] |= DARK_INVALID
         dq[sigma_clip_mask(dark, sigma, maxiters) & finite] |= HOT
     if flat is not None:
-        flat = np.asarray(flat)
-        with np.errstate(invalid="ignore"):
-            dq[~(np.isfinite(flat) & (flat > 0))] |= FLAT_INVALID
+        dq[invalid_flat(flat)] |= FLAT_INVALID
     if coeffs is not None:
-        dq[~np.all(np.isfinite(coeffs), axis=0)] |= NONLINEARITY_INVALID
+        dq[invalid_nonlinearity(coeffs)] |= NONLINEARITY_INVALID
+    if read is not None:
+        dq[invalid_read_noise(read)] |= READ_NOISE_INVALID
     return dq
 
 
@@ -136,6 +186,20 @@ def apply_quality(x: np.ndarray, dq: np.ndarray, fill: float = np.nan) -> np.nda
     out = np.array(x, dtype=np.result_type(x, np.float32), copy=True)
     out[bad] = fill
     return out
+
+
+def saturated_reads(raw: np.ndarray, level: int, frames_per_bin: int) -> np.ndarray:
+    """Reads at or above the ADC saturation ``level`` in each time bin: ``(P, bins)`` int64 counts.
+
+    ``raw`` is ``(P, frames)`` raw counts, ``frames`` a multiple of ``frames_per_bin``
+    (with CDS, both reads of every pair of the bin). A bin holding such a read is
+    wrong by up to all of its value (the charge above the ceiling is lost).
+    """
+    raw = np.asarray(raw)
+    if raw.ndim != 2 or raw.shape[1] % frames_per_bin:
+        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {frames_per_bin} frames")
+    hit = raw >= level
+    return hit.reshape(raw.shape[0], -1, frames_per_bin).sum(axis=-1, dtype=np.int64)
 
 
 def frame_dt(instrument: str, n_frames: int, integration_time: np.ndarray | None = None) -> np.ndarray:
@@ -229,3 +293,40 @@ def master_frame(frames: np.ndarray, sigma: float = 3.0, maxiters: int = 5) -> n
             break
         keep = new
     return np.nanmean(np.where(keep, frames, np.nan), axis=0)
+
+
+# Hot pixels with a physical meaning (``hot_rule = "physical"``, the default profile). The notebook's
+# rule (``pixel_quality``: a 5-sigma clip of the dark frame) flags pixels by how unusual their dark is
+# among the detector's, down to ~0.01 e/s on the real AIRS dark, which is no harm to anything. Here a
+# pixel is hot when its dark signal over one exposure matters against the noise of a read.
+HOT_DARK_FRACTION = 0.1  # k: hot when |dark| * exposure > k * read noise. Below it, even a dark that is
+# wrong by all of its value (an unstable hot pixel) adds under k**2 = 1% of one read's noise variance.
+
+
+def exposure_time(dt: np.ndarray) -> float:
+    """The exposure of one CDS (s): the median of ``dt[1::2] - dt[0::2]`` of :func:`frame_dt`.
+
+    AIRS-CH0 4.5 s, FGS1 0.1 s on the real axes: the dark charge a CDS difference holds.
+    """
+    dt = np.asarray(dt, dtype=np.float64)
+    n = dt.shape[-1] // 2
+    if n < 1:
+        raise ValueError("the exposure time needs at least one read pair")
+    return float(np.median(dt[1 : 2 * n : 2] - dt[0 : 2 * n : 2]))
+
+
+def hot_pixels_physical(dark: np.ndarray, read_noise: np.ndarray, exposure: float,
+                        k: float = HOT_DARK_FRACTION) -> np.ndarray:
+    """Hot pixels: ``|dark| * exposure > k * read_noise`` (e/s, s, e per read).
+
+    The dark charge of one exposure against the read noise of the same pixel. A
+    pixel whose dark or read noise is not finite is not judged here (the dark's
+    own bit, ``DARK_INVALID``, covers a non-finite dark).
+    """
+    if not (exposure > 0) or not (k > 0):
+        raise ValueError(f"exposure and k must be positive; got {exposure!r}, {k!r}")
+    dark = np.asarray(dark, dtype=np.float64)
+    read_noise = np.asarray(read_noise, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        hot = np.abs(dark) * exposure > k * read_noise
+    return hot & np.isfinite(dark) & np.isfinite(read_noise)

@@ -2,6 +2,7 @@
 
 The sub-commands live in :mod:`.calibrate` (``calibrate``, ``simulate``, ``info``)
 and :mod:`.products` (``extract``, ``quicklook``, ``export``, ``init-config``);
+:mod:`.science` (``spectrum``, ``score``);
 :func:`main` runs one and turns the errors a user can act on into a message and
 an exit code (:mod:`.exits`, re-exported here), never a traceback.
 """
@@ -21,18 +22,22 @@ from ..errors import (
     InputError,
     MemoryBudgetError,
     MissingDependencyError,
+    OutOfMemoryError,
     OutputError,
     RunInterrupted,
 )
+from ..run.budget import out_of_memory_cause
 from ..run.lifecycle import ConfigMismatchError, LockBusyError
-from . import calibrate, products
+from . import calibrate, integrity, products, science
 from .exits import (
     EXIT_CANTCREAT,
     EXIT_CONFIG,
     EXIT_FAILURES,
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_NOINPUT,
     EXIT_OK,
+    EXIT_OSERR,
     EXIT_SOFTWARE,
     EXIT_TEMPFAIL,
     EXIT_TERMINATED,
@@ -40,11 +45,23 @@ from .exits import (
     EXIT_USAGE,
 )
 
-__all__ = ["EXIT_CANTCREAT", "EXIT_CONFIG", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_NOINPUT", "EXIT_OK",
-           "EXIT_SOFTWARE", "EXIT_TEMPFAIL", "EXIT_TERMINATED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser",
-           "main", "setup_logging"]
+__all__ = ["EXIT_CANTCREAT", "EXIT_CONFIG", "EXIT_FAILURES", "EXIT_HANGUP", "EXIT_INTERRUPTED", "EXIT_NOINPUT",
+           "EXIT_OK", "EXIT_OSERR", "EXIT_SOFTWARE", "EXIT_TEMPFAIL", "EXIT_TERMINATED", "EXIT_UNAVAILABLE",
+           "EXIT_USAGE", "build_parser", "main", "setup_logging"]
 
 log = logging.getLogger("arielstream")
+
+
+class _Version(argparse.Action):
+    """``--version``: what an output file records as ``arielstream_version`` (computed only when asked)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..run.identity import code_version
+
+        digest = code_version().partition("+")[2]
+        print(f"arielstream {__version__} (numerical code {digest}; output files record "
+              f"arielstream_version = {code_version()})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arielstream",
         description="Calibrate Ariel Data Challenge 2025 detector data into binned HDF5 cubes, in bounded memory.")
-    parser.add_argument("--version", action="version", version=f"arielstream {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="the version and the numerical code's digest that output files record, then exit")
     verbosity = argparse.ArgumentParser(add_help=False)
     verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                            help="more log output (-vv: debug)")
@@ -63,15 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     calibrate.add_commands(sub, [verbosity])
     products.add_commands(sub, [verbosity])
+    integrity.add_commands(sub, [verbosity])
+    science.add_commands(sub, [verbosity])
     return parser
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
-    """Console verbosity; the logger itself passes INFO on so that the run's log file gets it."""
+    """Console verbosity; the logger itself passes INFO on so that the run's log file gets it.
+
+    Without ``-v`` the console leaves out the lines a progress bar already shows (one per
+    observation); ``-v`` prints them too (with each one's time, worker and peak memory),
+    ``-vv`` adds debug output.
+    """
+    from ..run.runner import CONSOLE_OPTIONAL
+
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     handler.setLevel(level)
+    if not verbose:
+        handler.addFilter(lambda record: not getattr(record, CONSOLE_OPTIONAL, False))
     root = logging.getLogger("arielstream")
     root.handlers[:] = [handler]
     root.setLevel(min(level, logging.INFO))
@@ -80,6 +109,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 # errors a user can act on, and their exit codes; the first match wins (subclasses before their bases)
 EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
     (LockBusyError, EXIT_TEMPFAIL, ""),
+    (OutOfMemoryError, EXIT_OSERR, ""),
     ((ConfigError, ConfigMismatchError), EXIT_CONFIG, "configuration error: "),
     (InputError, EXIT_NOINPUT, ""),
     (MemoryBudgetError, EXIT_CONFIG, ""),
@@ -101,11 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, RunInterrupted) as exc:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         print(f"arielstream: {why}; what is done is kept, run the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        return EXIT_HANGUP if exc.signum == signal.SIGHUP else EXIT_TERMINATED
     except BrokenPipeError:  # e.g. `arielstream info OUT.h5 | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as exc:
+        cause = out_of_memory_cause(exc)
+        if cause is not None and not isinstance(exc, OutOfMemoryError):  # whatever it surfaced as, or inside
+            print(f"arielstream: out of memory ({str(cause) or type(cause).__name__}); no input is blamed: give the "
+                  "run more memory (or fewer --jobs) and run it again", file=sys.stderr)
+            return EXIT_OSERR
         for kinds, code, prefix in EXIT_CODES:
             if isinstance(exc, kinds):
                 print(f"arielstream: {prefix}{exc}", file=sys.stderr)

@@ -27,9 +27,12 @@ from ..config.options import (
 )
 from ..config.recipe import RECIPE
 from ..config.template import option_help
+from ..errors import OutputError
+from ..io.manifest import MANIFEST_NAME
 from ..layout import INSTRUMENTS
+from ..simulate.dataset import COMPRESSIONS
 from .args import number
-from .exits import EXIT_FAILURES, EXIT_OK
+from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR
 
 STEP_NAMES = [s.name for s in RECIPE]
 
@@ -101,6 +104,14 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
                      help=option_help("run", "force", default=False))
     run.add_argument("--no-progress", **_switch_off("run", "progress"))
     run.add_argument("--no-log-file", **_switch_off("run", "log_file"))
+    run.add_argument("--dry-run", nargs="?", const="estimate", choices=("estimate", "measure"), metavar="measure",
+                     help="print the observations, output size, free disk, worker plan and an estimated time, then "
+                          "exit without writing anything; --dry-run=measure times one planet in a temporary folder")
+    run.add_argument("--verify-inputs", action="store_const", const="", dest="verify_inputs", default=None,
+                     help=option_help("run", "verify_inputs") + "; this flag insists on DATA_DIR/" + MANIFEST_NAME +
+                     " (--manifest FILE names another)")
+    run.add_argument("--manifest", dest="verify_inputs", metavar="FILE", default=None,
+                     help=option_help("run", "verify_inputs"))
 
     science = cal.add_argument_group("calibration options", "what is computed ([calibration] of a config file)")
     science.add_argument("--profile", choices=PROFILES, **_calibration("profile"))
@@ -116,14 +127,16 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
                          **_calibration("missing_calibration"))
     science.add_argument("--instruments", nargs="+", choices=list(INSTRUMENTS), **_calibration("instruments"))
     science.add_argument("--spatial-bin", type=number(int), metavar="N", **_calibration("spatial_bin"))
+    science.add_argument("--saturation-level", type=number(int, strict=False, maximum=65535), metavar="COUNTS",
+                         **_calibration("saturation_level"))
     science.add_argument("--master-calibration", choices=MASTER_MODES, **_calibration("master_calibration"))
 
 
 # command-line options that set a calibration option (steps come from --skip / --with)
 CALIBRATION_FLAGS = ("profile", "airs_bin", "fgs1_bin", "wavelength_order", "bad_pixels", "missing_calibration",
-                     "instruments", "spatial_bin", "master_calibration")
+                     "instruments", "spatial_bin", "master_calibration", "saturation_level")
 RUN_FLAGS = ("split", "planets", "memory", "jobs", "backend", "scheduler", "task_timeout", "force", "progress",
-             "log_file")
+             "log_file", "verify_inputs")
 
 
 def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
@@ -141,12 +154,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..run.runner import calibrate
 
     config = config_from_args(args)
+    if args.verify_inputs == "":  # --verify-inputs without a file: the data folder's own manifest
+        args.verify_inputs = str(args.data_dir / MANIFEST_NAME)
     run = load_run_options(args.config, **{name: getattr(args, name) for name in RUN_FLAGS})
+    if args.dry_run:
+        from ..run.dryrun import dry_run
+
+        plan = dry_run(args.data_dir, config, run, output=args.output, run_name=args.run, runs_dir=args.runs_dir,
+                       measure=args.dry_run == "measure")
+        print("\n".join(plan.lines()))
+        return EXIT_OK
     summary = calibrate(args.data_dir, args.output, run=args.run, runs_dir=args.runs_dir,
                         split=run.split, planets=None if run.planets is None else list(run.planets), config=config,
                         memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
                         task_timeout=run.task_timeout, force=run.force, progress=run.progress,
-                        log_file=run.log_file)
+                        log_file=run.log_file, verify_inputs=run.verify_inputs)
     total = len(summary.statuses)
     done = total - len(summary.failed)
     if summary.action == "complete":
@@ -160,6 +182,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"{'planet_id':>12}  visit  status  error")
         for planet, visit, status, error in summary.failed:
             print(f"{planet:>12}  {visit:>5}  {status:<6}  {error}")
+    if summary.out_of_memory:  # not the input's fault: its own code, and the rerun retries them
+        return EXIT_OSERR
     return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
@@ -171,24 +195,31 @@ def add_simulate(sub, parents: list[argparse.ArgumentParser]) -> None:
     sim.add_argument("--planets", type=number(int), default=3, help="number of planets (default 3)")
     sim.add_argument("--scale", type=number(float), default=1.0,
                      help="fraction of the real frame counts (1 = full size; bins stay 30/360)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=number(int, strict=False), default=0, help="a non-negative integer (default 0)")
     sim.add_argument("--split", choices=["train", "test"], default="train")
-    sim.add_argument("--two-visit-fraction", type=float, default=0.1)
+    sim.add_argument("--two-visit-fraction", type=number(float, strict=False, maximum=1), default=0.1)
     sim.add_argument("--row-group-frames", type=number(int), default=None,
                      help="frames per Parquet row group (default: one row group per file)")
-    sim.add_argument("--cosmic-rate", type=float, default=1.6e-5, help="cosmic rays per pixel per second")
-    sim.add_argument("--background-fraction", type=float, default=0.3)
-    sim.add_argument("--compression", default="zstd")
+    sim.add_argument("--cosmic-rate", type=number(float, strict=False), default=1.6e-5,
+                     help="cosmic rays per pixel per second")
+    sim.add_argument("--background-fraction", type=number(float, strict=False, maximum=1), default=0.3)
+    sim.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
+    sim.add_argument("--page-checksums", action="store_true",
+                     help="write a CRC32 in every Parquet page of the signal and calibration files (the readers "
+                          "verify them; the competition's files have none)")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``arielstream simulate``: write the simulated data folder and say what it holds."""
     from ..simulate.dataset import simulate_dataset
 
+    if args.out.exists() and not args.out.is_dir():
+        raise OutputError(f"{args.out}: is a file; simulate writes a data folder (name a new or existing folder)")
     planets = simulate_dataset(args.out, n_planets=args.planets, scale=args.scale, seed=args.seed,
                                split=args.split, two_visit_fraction=args.two_visit_fraction,
                                row_group_frames=args.row_group_frames, cosmic_rate=args.cosmic_rate,
-                               background_fraction=args.background_fraction, compression=args.compression)
+                               background_fraction=args.background_fraction, compression=args.compression,
+                               page_checksums=args.page_checksums)
     visits = sum(v for _, v in planets)
     print(f"{args.out}: {len(planets)} planet(s), {visits} visit(s) simulated ({args.split}, scale {args.scale})")
     return EXIT_OK

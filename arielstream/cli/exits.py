@@ -12,11 +12,15 @@
 69    an optional package is needed (e.g. matplotlib for quicklook: the
       message names the extra to install)
 70    internal error (a bug: please report it with the log)
+71    out of memory: the machine, the container (cgroup) or ``ulimit -v``
+      could not hold the run; no input is blamed; observations it failed are
+      retried by the next run (give it more memory, or fewer ``--jobs``)
 73    the output cannot be created (folder missing, disk full, file too large)
 75    another run is writing the same output (try again later)
 78    the configuration is invalid, or an existing output was made with another
       config, code version or observation list (use --force)
-130   interrupted by Ctrl-C; 143 by SIGTERM (what is done is kept: run again to resume)
+129   the terminal closed (SIGHUP); 130 interrupted by Ctrl-C; 143 by SIGTERM
+      (what is done is kept: run again to resume)
 ====  ==========================================================
 """
 
@@ -26,8 +30,10 @@ EXIT_FAILURES = 65
 EXIT_NOINPUT = 66
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
+EXIT_OSERR = 71
 EXIT_CANTCREAT = 73
 EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
+EXIT_HANGUP = 129
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143

@@ -93,7 +93,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options: dict = {}
     if args.format == "npy":
-        options.update(dtype=args.dtype, wavelength_order=args.wavelength_order, fill_value=args.fill_value)
+        options.update(dtype=args.dtype, wavelength_order=args.wavelength_order, fill_value=args.fill_value,
+                       visits=args.visits)
     elif args.format in ("csv", "parquet"):
         options.update(_extraction_kwargs(args))
     if args.obs is not None:
@@ -132,7 +133,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add the product commands to ``subparsers``; returns :data:`HANDLERS` (name -> handler)."""
-    from ..products.exports import FORMATS, WAVELENGTH_ORDERS
+    from ..products.exports import FORMATS, NPY_VISITS, WAVELENGTH_ORDERS
 
     ext = subparsers.add_parser(
         "extract", help="write light curves (AIRS spectral and white, FGS1) with uncertainties", parents=parents,
@@ -167,6 +168,10 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
     exp.add_argument("--wavelength-order", choices=WAVELENGTH_ORDERS, default=WAVELENGTH_ORDERS[0],
                      help="npy: AIRS x order (detector, the default: the notebook's; file: as stored)")
     exp.add_argument("--fill-value", type=float, default=None, metavar="X", help="npy: replace NaN with X")
+    exp.add_argument("--visits", choices=NPY_VISITS, default="all",
+                     help="npy: one row per observation (all, the default), or one per planet: its first done "
+                          "visit (first, what the organisers' baseline expects) or the mean of its visits (mean); "
+                          "the index CSV names each row's visit(s)")
     _extraction_options(exp)
     exp.set_defaults(handler=cmd_export)
 

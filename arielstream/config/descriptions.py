@@ -18,6 +18,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "mask": "step mask: flag dead and hot pixels in the data-quality plane (and NaN them)",
         "hot_sigma": "hot-pixel threshold: sigma-clipped dark outliers beyond this many sigma",
         "hot_maxiters": "iterations of the sigma clipping of the dark",
+        "hot_rule": "hot pixels: physical (dark charge of one exposure > 0.1 x read noise; needs read.parquet) "
+                    "| sigma (the notebook: hot_sigma clip of the dark frame)",
         "nonlinearity": "step nonlinearity: the per-pixel correction of linear_corr.parquet",
         "dark": "step dark: subtract dark current times the integration time",
         "cds": "step cds: correlated double sampling (end read minus start read)",
@@ -25,6 +27,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "airs_bin": "CDS frames per AIRS-CH0 time bin",
         "fgs1_bin": "CDS frames per FGS1 time bin",
         "flat": "step flat: divide by the flat field",
+        "saturation_level": "raw counts at or above which a read is saturated: flagged (dq SATURATED), its time "
+                            "bin NaN unless bad_pixels = keep; 0: no check",
         "wavelength_cut": "step wavelength_cut: keep AIRS detector columns cut_start:cut_stop",
         "cut_start": "first AIRS detector column kept (the notebook's 39)",
         "cut_stop": "AIRS detector column after the last one kept (the notebook's 321)",
@@ -44,7 +48,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "fgs1_background_width": "FGS1: background pixels are this close to the frame's edge",
         "background_sigma": "background: sigma clipping of the background pixels",
         "tracking": "record the FGS1 centroid and the AIRS trace row of each time bin",
-        "spatial_bin": "sum spatial_bin x spatial_bin pixels of the output into one (1: no binning)",
+        "spatial_bin": "sum spatial_bin x spatial_bin pixels of the output into one: 1 (no binning), 2, 4, 8, 16 or 32",
         "wavelength_order": "AIRS x axis: target (ascending, wl_2..wl_283) or detector (columns 39..320, the "
                             "notebook's)",
         "bad_pixels": "nan: bad pixels are NaN in the cube | keep: keep their computed values (DQ still flags them)",
@@ -63,5 +67,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "force": "recompute everything even if an output made with another config or code version exists",
         "progress": "true: a progress bar, false: log lines; leave out for a bar on a terminal only",
         "log_file": "write OUT.h5.log beside the output",
+        "verify_inputs": "input manifest (arielstream manifest) that every input file is checked against before "
+                         "it is read; leave out to use DATA_DIR/arielstream-manifest.json when it exists",
     },
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,6 +37,8 @@ BAD_PIXEL_MODES = ("nan", "keep")
 CR_REPLACE_MODES = ("median", "mask")
 MASTER_MODES = ("off", "planet", "dataset")
 MISSING_CALIBRATION_MODES = ("error", "skip")
+HOT_RULES = ("physical", "sigma")
+SATURATION_MAX = 65535  # the ceiling of the raw uint16 counts
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class CalibrationConfig:
     mask: bool = True  # hot/dead pixel mask into the data-quality plane
     hot_sigma: float = 5.0
     hot_maxiters: int = 5
+    hot_rule: str = "physical"  # "physical": dark charge of an exposure vs read noise; "sigma": the notebook's clip
     nonlinearity: bool = True
     dark: bool = True
     cds: bool = True
@@ -55,6 +59,7 @@ class CalibrationConfig:
     airs_bin: int = 30
     fgs1_bin: int = 360
     flat: bool = True
+    saturation_level: int = 65535  # raw counts: a read at or above it is saturated (its bin NaN); 0: no check
     wavelength_cut: bool = True
     cut_start: int = 39
     cut_stop: int = 321
@@ -102,6 +107,7 @@ class CalibrationConfig:
         choose("missing_calibration", self.missing_calibration, MISSING_CALIBRATION_MODES)
         choose("cr_replace", self.cr_replace, CR_REPLACE_MODES)
         choose("master_calibration", self.master_calibration, MASTER_MODES)
+        choose("hot_rule", self.hot_rule, HOT_RULES)
         known = tuple(INSTRUMENTS)
         if not self.instruments or any(i not in known for i in self.instruments):
             raise ConfigError(f"instruments must be a non-empty subset of {known}; got {self.instruments!r}")
@@ -128,6 +134,10 @@ class CalibrationConfig:
             raise ConfigError(f"hot_sigma must be positive; got {self.hot_sigma!r}")
         if not isinstance(self.hot_maxiters, int) or self.hot_maxiters < 1:
             raise ConfigError(f"hot_maxiters must be a positive integer; got {self.hot_maxiters!r}")
+        level = self.saturation_level
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= SATURATION_MAX:
+            raise ConfigError(f"saturation_level must be an integer in 0..{SATURATION_MAX} (raw counts; 0: off); "
+                              f"got {level!r}")
 
     def _validate_ranges(self) -> None:
         if not self.cr_sigmas or any(not (x > 0) for x in self.cr_sigmas):
@@ -138,6 +148,11 @@ class CalibrationConfig:
         if not (0 <= self.cut_start < self.cut_stop <= AIRS.columns):
             raise ConfigError(f"wavelength cut must satisfy 0 <= start < stop <= {AIRS.columns}; "
                               f"got {self.cut_start}:{self.cut_stop}")
+        rows = math.gcd(*(inst.rows for inst in INSTRUMENTS.values()))
+        if rows % self.spatial_bin:  # a partial block of rows would be dropped (or none left at all)
+            accepted = ", ".join(str(n) for n in range(1, rows + 1) if rows % n == 0)
+            raise ConfigError(f"spatial_bin must divide the {rows} detector rows: one of {accepted}; "
+                              f"got {self.spatial_bin}")
 
     def bin_width(self, instrument: str) -> int:
         """Samples summed per time bin (1 when binning is off)."""
@@ -165,6 +180,7 @@ class CalibrationConfig:
 _NOTEBOOK = {
     "profile": "notebook",
     "nonlinearity": False,
+    "hot_rule": "sigma",
     "bad_pixels": "keep",
     "wavelength_order": "detector",
 }
@@ -204,23 +220,42 @@ def build_config(base: CalibrationConfig | None = None, **options: Any) -> Calib
         elif profile == "full":
             values.update(_FULL)
     values.update({k: v for k, v in options.items() if k != "profile"})
-    if "instruments" in values:
-        inst = values["instruments"]
-        values["instruments"] = (inst,) if isinstance(inst, str) else tuple(inst)
-    for name in ("cr_sigmas", "airs_background_rows"):
+    if isinstance(values.get("instruments"), str):
+        values["instruments"] = (values["instruments"],)
+    for name in ("instruments", "cr_sigmas", "airs_background_rows"):
         if name in values and not isinstance(values[name], tuple):
-            try:
-                values[name] = tuple(values[name])
-            except TypeError:
-                raise ConfigError(f"{name} must be a list; got {values[name]!r}") from None
+            if not isinstance(values[name], (list, tuple)):
+                raise ConfigError(f"{name} must be a list; got {values[name]!r}")
+            values[name] = tuple(values[name])
     types = {f.name: f.type for f in fields(CalibrationConfig)}
     for name, value in values.items():
-        expected = types[name]
-        if expected == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false; got {value!r}")
-        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
-            values[name] = float(value)
+        values[name] = _typed(name, value, str(types[name]))
     return CalibrationConfig(**values)
+
+
+_TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+_TYPE_PLURALS = {"bool": "true or false values", "int": "integers", "float": "numbers", "str": "strings"}
+
+
+def _typed(name: str, value: Any, expected: str) -> Any:
+    """``value`` if it has the ``expected`` type (a field annotation; ints pass as floats), else ConfigError."""
+    def fits(item: Any, kind: str) -> bool:
+        if kind == "bool" or isinstance(item, bool):
+            return kind == "bool" and isinstance(item, bool)
+        classes: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str}
+        return isinstance(item, classes.get(kind, object))
+
+    if expected.startswith("tuple[") and isinstance(value, tuple):
+        kind = expected[len("tuple["):].split(",")[0].strip()
+        bad = [item for item in value if not fits(item, kind)]
+        if bad:
+            raise ConfigError(f"{name} must be a list of {_TYPE_PLURALS.get(kind, kind)}; got {value!r}")
+        return value
+    if expected in _TYPE_WORDS:
+        if not fits(value, expected):
+            raise ConfigError(f"{name} must be {_TYPE_WORDS[expected]}; got {value!r}")
+        return float(value) if expected == "float" else value
+    return value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -231,6 +266,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a TOML config file is UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return data
@@ -253,21 +294,46 @@ class RunOptions:
     force: bool = False  # recompute everything even if an output made differently exists
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     log_file: bool = True  # OUT.h5.log beside the output
+    verify_inputs: str | None = None  # input manifest; None: DATA_DIR/arielstream-manifest.json when it exists
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1):
             raise ConfigError(f"jobs must be a positive integer or \"auto\"; got {self.jobs!r}")
-        if self.task_timeout is not None and not (self.task_timeout > 0):
-            raise ConfigError(f"task_timeout must be positive; got {self.task_timeout!r}")
+        if self.task_timeout is not None and (not isinstance(self.task_timeout, (int, float))
+                                              or isinstance(self.task_timeout, bool)
+                                              or not 0 < self.task_timeout < float("inf")):
+            raise ConfigError(f"task_timeout must be a positive number of seconds; got {self.task_timeout!r}")
         if self.backend == "dask" and not self.scheduler:
             raise ConfigError("the dask backend needs a scheduler address (--scheduler tcp://host:8786)")
-        if not isinstance(self.memory, (str, int)):
+        if not isinstance(self.memory, (str, int)) or isinstance(self.memory, bool):
             raise ConfigError(f"memory must be a size such as \"2GB\"; got {self.memory!r}")
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Raise :class:`ConfigError` naming the first option of the wrong type (e.g. ``split = 5``)."""
+        if not isinstance(self.split, str) or not self.split:
+            raise ConfigError(f"split must be a folder name such as \"train\" or \"test\"; got {self.split!r}")
+        if self.planets is not None and (not isinstance(self.planets, tuple) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in self.planets)):
+            raise ConfigError(f"planets must be a list of planet ids (integers); got {self.planets!r}")
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise ConfigError(f"scheduler must be an address such as \"tcp://host:8786\"; got {self.scheduler!r}")
+        for name in ("force", "progress", "log_file"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name == "progress"):
+                raise ConfigError(f"{name} must be true or false; got {value!r}")
+
+
+CONFIG_TABLES = ("calibration", "run")  # the tables of a config file
 
 
 def _table(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
+    unknown = sorted(set(data) - set(CONFIG_TABLES))
+    if unknown:  # a misspelt [calbration] would otherwise be ignored with everything in it
+        raise ConfigError(f"{path}: unknown table(s) or top-level key(s) {', '.join(unknown)} "
+                          f"(a config file holds {' and '.join(f'[{t}]' for t in CONFIG_TABLES)})")
     table = data.get(name, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}] must be a table")
@@ -285,8 +351,8 @@ def load_run_options(toml_path: str | Path | None = None, **overrides: Any) -> R
                           f"(known: {', '.join(sorted(known))})")
     if options.get("jobs") == "auto":
         options["jobs"] = None
-    if options.get("planets") is not None:
-        options["planets"] = tuple(int(p) for p in options["planets"])
+    if isinstance(options.get("planets"), list):
+        options["planets"] = tuple(options["planets"])
     try:
         return RunOptions(**options)
     except ConfigError as exc:

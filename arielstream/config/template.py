@@ -36,6 +36,7 @@ EXAMPLES: dict[str, Any] = {
     "scheduler": "tcp://10.0.0.5:8786",
     "task_timeout": 900,
     "progress": True,
+    "verify_inputs": "/kaggle/working/arielstream-manifest.json",
 }
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..layout import NONLINEARITY_ORDER, Instrument, Observation
+from .signal import damaged
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,11 @@ def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarr
     ``kind`` is ``"float"`` or ``"bool"``.
     """
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except FileNotFoundError:
         raise InputError(path, "calibration file missing") from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(path, f"not a readable Parquet file: {exc}") from None
+        raise InputError(path, f"not a readable Parquet file{damaged(exc)}: {exc}") from None
     if table.num_columns != columns or table.num_rows != rows:
         raise InputError(path, f"shape {table.num_rows} x {table.num_columns}, expected {rows} x {columns}")
     out = np.empty((rows, columns), dtype=bool if kind == "bool" else np.float64)

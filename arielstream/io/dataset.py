@@ -72,7 +72,11 @@ def _axis(table: pa.Table, name: str, path: Path) -> np.ndarray:
     if name not in table.column_names:
         raise InputError(path, f"column {name!r} missing")
     values = table[name].to_numpy().astype(np.float64)
-    return values[~np.isnan(values)]
+    values = values[~np.isnan(values)]  # NaN pads the shorter axes
+    infinite = int(np.count_nonzero(np.isinf(values)))
+    if infinite:
+        raise InputError(path, f"column {name!r} has {infinite} infinite value(s): the axis must be finite")
+    return values
 
 
 def read_axis_info(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

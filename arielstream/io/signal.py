@@ -59,6 +59,11 @@ READS_IN_FLIGHT = 2
 MAX_CHUNK_BYTES = 64 * 10**6
 
 
+def damaged(exc: BaseException) -> str:
+    """``" (page checksum mismatch: the file is damaged)"`` when pyarrow's error is a failed page CRC, else ``""``."""
+    return " (page checksum mismatch: the file is damaged)" if "checksum" in str(exc).lower() else ""
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """How a file is read within a budget: see :func:`plan_chunks`."""
@@ -168,7 +173,9 @@ class SignalFile:
         if not self.path.exists():
             raise InputError(self.path, f"{inst.name} signal file missing")
         try:
-            self._file = pq.ParquetFile(self.path, memory_map=False, pre_buffer=True)
+            # pages written with a CRC (write_page_checksum) are checked as they are decoded; others are not
+            self._file = pq.ParquetFile(self.path, memory_map=False, pre_buffer=True,
+                                        page_checksum_verification=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(self.path, f"not a readable Parquet file: {exc}") from None
         meta = self._file.metadata
@@ -197,7 +204,7 @@ class SignalFile:
         try:
             table = self._file.read_row_groups(row_groups, columns=columns, use_threads=self.use_threads)
         except (pa.ArrowException, OSError) as exc:
-            raise InputError(self.path, f"{where} could not be decoded: {exc}") from None
+            raise InputError(self.path, f"{where} could not be decoded{damaged(exc)}: {exc}") from None
         out = np.empty((len(columns), table.num_rows), dtype=np.uint16)
         for i, column in enumerate(table.columns):
             if column.null_count:

@@ -54,7 +54,7 @@ import numpy as np
 
 from .. import dq as dqbits
 from ..errors import InputError, OutputError
-from ..layout import INSTRUMENTS, Observation
+from ..layout import AIRS, INSTRUMENTS, Observation
 from .atomic import partial_path
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _json_attr(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _check_room(path: Path, data_bytes: int) -> None:
+def check_room(path: Path, data_bytes: int) -> None:
     """Refuse early, naming the cause, when the data alone cannot fit (file-size limit, free disk)."""
     need = data_bytes + 2**20  # plus HDF5 metadata
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
@@ -240,15 +240,86 @@ def _check_room(path: Path, data_bytes: int) -> None:
                           "free on that disk (No space left on device)")
 
 
-def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
-                  attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
-    """Create the file with every dataset allocated; return the memmap descriptors.
+# ---------------------------------------------------------------- named dimensions (netCDF-4 / xarray / ncdump)
+OBS, ROW, XY = "obs", "row", "xy"  # dimension coordinates added beside the axes above
+LONG_NAMES = {
+    OBS: "observation index (one planet visit)", PLANET_ID: "planet id", VISIT: "visit of the planet",
+    STATUS: "calibration status", ATTEMPTS: "unfinished attempts", OWNER: "token of the writing attempt",
+    CHECKSUM: "BLAKE2b of the observation's cubes", ERROR: "why the observation failed",
+    PROVENANCE: "steps run or skipped (JSON)",
+    SIGNAL: "calibrated signal per time bin", DQ: "data-quality bits", READ_NOISE: "read noise per read",
+    DQ_TIME: "data-quality bits per time bin", BACKGROUND: "background per time bin", TRACE_ROW: "trace row",
+    CENTROID: "FGS1 centroid (x, y)", TIME: "mean time of the frames of each bin", COLUMN: "detector column",
+    WAVELENGTH: "wavelength", WAVELENGTH_LABEL: "target label (wl_k)", ROW: "spatial row (after spatial binning)",
+    XY: "centroid axis",
+}
+TIME_REFERENCE = "hours from the start of each observation (the time axis of axis_info.parquet, same for all)"
 
-    The file is closed before this returns, and its whole size is reserved on
-    disk, so a full disk is an error here and not a SIGBUS in a writer later.
+
+def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: dict[str, str]) -> None:
+    """Name every axis with an HDF5 dimension scale, and add CF attributes, so netCDF-4 tools read the file.
+
+    ``xarray.open_dataset(path, engine="h5netcdf")`` (``group="AIRS-CH0"`` for a cube) and
+    ``ncdump -h`` then show the dimensions ``obs`` (root), ``time``, ``wavelength``/``column``
+    and ``row`` (per instrument) with their coordinate variables. Only attributes and a few
+    small datasets are added: the data stay contiguous, at the offsets the memmaps use.
     """
-    path = Path(path)
-    n = len(observations)
+    obs_scale = f.create_dataset(OBS, data=np.arange(f[PLANET_ID].shape[0], dtype=np.int32))
+    obs_scale.make_scale(OBS)
+    for name in (PLANET_ID, VISIT, *PER_OBSERVATION):
+        f[name].dims[0].attach_scale(obs_scale)
+        if name not in (PLANET_ID, VISIT):
+            f[name].attrs["coordinates"] = f"{PLANET_ID} {VISIT}"
+    for lay in layouts:
+        g = f[lay.name]
+        x_name = WAVELENGTH if lay.name == AIRS.name else COLUMN
+        row = g.create_dataset(ROW, data=np.arange(lay.plane_shape[1], dtype=np.int16))
+        for scale_name in (TIME, x_name, ROW):
+            g[scale_name].make_scale(scale_name)
+        for name in (COLUMN, WAVELENGTH, WAVELENGTH_LABEL):
+            if name != x_name:
+                g[name].dims[0].attach_scale(g[x_name])
+        scales = {"obs": obs_scale, "time": g[TIME], "x": g[x_name], "y": row}
+        for key, plane_axes in axes.items():
+            if not key.startswith(f"{lay.name}/"):
+                continue
+            ds = f[key]
+            for i, axis in enumerate(plane_axes.split(",", 3)):
+                if axis == "(x":  # the centroid's (x, y) pair
+                    if XY not in g:
+                        g.create_dataset(XY, data=np.array([b"x", b"y"], dtype="S1")).make_scale(XY)
+                    ds.dims[i].attach_scale(g[XY])
+                    break
+                ds.dims[i].attach_scale(scales[axis])
+            aux = [n for n in (COLUMN, WAVELENGTH, WAVELENGTH_LABEL) if n != x_name and "x" in plane_axes.split(",")]
+            if aux:
+                ds.attrs["coordinates"] = " ".join(aux)
+    _cf_attributes(f, layouts)
+
+
+def _cf_attributes(f: h5py.File, layouts: list[InstrumentLayout]) -> None:
+    """``long_name``, ``units`` and the DQ planes' ``flag_masks``/``flag_meanings`` (CF conventions)."""
+    f.attrs["Conventions"] = "CF-1.10"
+    for name in (OBS, PLANET_ID, VISIT, *PER_OBSERVATION):
+        f[name].attrs["long_name"] = LONG_NAMES[name]
+    f[STATUS].attrs["flag_values"] = np.array(list(STATUS_NAMES), dtype=np.int8)
+    f[STATUS].attrs["flag_meanings"] = " ".join(STATUS_NAMES.values())
+    for lay in layouts:
+        g = f[lay.name]
+        for name, obj in g.items():
+            if name in LONG_NAMES:
+                obj.attrs["long_name"] = LONG_NAMES[name]
+        g[TIME].attrs["reference"] = TIME_REFERENCE
+        g[WAVELENGTH].attrs["standard_name"] = "radiation_wavelength"
+        for name, bits, dtype in ((DQ, dqbits.BITS, np.uint16), (DQ_TIME, dqbits.TIME_BITS, np.uint8)):
+            if name in g:
+                g[name].attrs["flag_masks"] = np.array(list(bits.values()), dtype=dtype)
+                g[name].attrs["flag_meanings"] = " ".join(bits)
+
+
+def _memmapped_datasets(n: int, layouts: list[InstrumentLayout],
+                        ) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    """Every dataset written through memmaps for ``n`` observations: key -> (shape, dtype), and key -> axes."""
     memmapped: dict[str, tuple[tuple[int, ...], str]] = {name: ((n,), dtype)
                                                          for name, dtype in PER_OBSERVATION_DTYPES.items()}
     axes: dict[str, str] = {}
@@ -260,7 +331,25 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
         for name, shape, dtype, extra_axes in lay.extras:
             memmapped[dataset(lay.name, name)] = ((n, *shape), dtype)
             axes[dataset(lay.name, name)] = extra_axes
-    _check_room(path, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values()))
+    return memmapped, axes
+
+
+def output_bytes(n: int, layouts: list[InstrumentLayout]) -> int:
+    """Bytes of the data of an output file of ``n`` observations (its size, less ~1 MB of HDF5 metadata)."""
+    memmapped, _ = _memmapped_datasets(n, layouts)
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values())
+
+
+def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
+    """Create the file with every dataset allocated; return the memmap descriptors.
+
+    The file is closed before this returns, and its whole size is reserved on
+    disk, so a full disk is an error here and not a SIGBUS in a writer later.
+    """
+    path = Path(path)
+    memmapped, axes = _memmapped_datasets(len(observations), layouts)
+    check_room(path, output_bytes(len(observations), layouts))
     try:
         with h5py.File(path, "w", libver="earliest") as f:
             for key, value in attrs.items():
@@ -288,6 +377,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
                 for name, (_, _, units) in PLANES.items():
                     if units:
                         datasets[dataset(lay.name, name)].attrs["units"] = units
+            _describe_dimensions(f, layouts, axes)
             f.flush()
             offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
     except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
@@ -350,12 +440,24 @@ def read_field(descriptors: dict[str, ArrayDescriptor], key: str) -> np.ndarray:
     return out
 
 
+def write_slice(descriptor: ArrayDescriptor, index: int, value: Any) -> None:
+    """Write ``value`` into observation ``index``'s slice of a dataset through a memmap, and flush it.
+
+    An ``OSError`` (an I/O error, a full disk under a sparse file) becomes an
+    :class:`OutputError` naming the file: the run stops, and no observation is blamed.
+    """
+    try:
+        mm = descriptor.open(index)
+        mm[...] = value
+        mm.flush()
+        del mm
+    except OSError as exc:
+        raise OutputError(f"{descriptor.path}: cannot write the output file: {exc}") from None
+
+
 def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, value: Any) -> None:
     """Write ``value`` into observation ``index`` of the per-observation dataset ``key`` and flush it."""
-    mm = descriptors[key].open(index)
-    mm[()] = value
-    mm.flush()
-    del mm
+    write_slice(descriptors[key], index, value)
 
 
 def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
@@ -400,8 +502,5 @@ def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, messag
     write_field(descriptors, OWNER, index, 0)
     for key in cube_keys(descriptors):
         if key.endswith(f"/{SIGNAL}"):
-            mm = descriptors[key].open(index)
-            mm[...] = np.nan
-            mm.flush()
-            del mm
+            write_slice(descriptors[key], index, np.nan)
     record_result(descriptors, index, STATUS_FAILED, error=message)

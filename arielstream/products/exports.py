@@ -1,14 +1,17 @@
 """Exports of a calibrated file for other tools, streamed one observation at a time.
 
 ``npy`` — the organisers' notebook's files
-    ``data_<split>.npy`` ``(obs, bins, 282, 32)`` and ``data_<split>_FGS.npy``
-    ``(obs, bins, 32, 32)`` (``data_train.npy`` / ``data_train_FGS.npy`` for the
+    ``data_<split>.npy`` ``(rows, bins, 282, 32)`` and ``data_<split>_FGS.npy``
+    ``(rows, bins, 32, 32)`` (``data_train.npy`` / ``data_train_FGS.npy`` for the
     train split), float64 by default, written with
     :func:`numpy.lib.format.open_memmap` one observation at a time (memory: one
     observation) into files whose disk space is reserved first (a full disk is an
     ``OutputError``, not a SIGBUS). ``obs`` holds the *done* observations in the
-    file's order (every visit, where the notebook kept visit 0 only);
-    ``data_<split>_index.csv`` lists their ``planet_id`` and ``visit``, row by row.
+    file's order (every visit, where the notebook kept visit 0 only), or with
+    ``visits="first"`` one row per planet (its first done visit, what the baseline
+    expects) or ``visits="mean"`` one row per planet (the NaN-ignoring mean of its done
+    visits); ``data_<split>_index.csv`` lists each row's ``planet_id``, ``visit`` (its
+    first) and ``visits`` (all it holds, ``;``-separated).
     The three files are staged (:func:`arielstream.io.atomic.staged`) and renamed
     together once all are complete: a failure leaves the previous export as it was; a file of an
     instrument the source lacks, left by an earlier export, is removed.
@@ -19,14 +22,19 @@
     are NaN in the default profile (a warning counts them); ``fill_value``
     replaces NaN (e.g. 0, as the notebook's models expect).
 ``fits`` — one FITS file per observation, ``<planet_id>_visit<v>.fits``
-    HDU 0 ``PRIMARY``: no data; provenance keywords ``ORIGIN``, ``ASVER``
+    HDU 0 ``PRIMARY``: no data; ``TELESCOP`` (``Ariel``), ``INSTRUME``, ``OBJECT``
+    (the planet id), ``DATE`` (when written); provenance keywords ``ORIGIN``, ``ASVER``
     (arielstream version), ``PROFILE``, ``PLANETID``, ``VISIT``, ``SPLIT``,
     ``WLORDER``, ``SOURCE``, ``BUNIT``, and ``CONFIG`` (the calibration config as
     JSON; long values continue on ``CONTINUE`` cards, which astropy reassembles).
     HDU 1 ``CONFIG``: a one-row table with the full ``config``, ``recipe`` and
     ``provenance`` JSON strings. Then per instrument (``AIRS-CH0``, ``FGS1``):
     ``<INST>`` the cube float32 (numpy ``(time, x, y)``, i.e. FITS
-    ``NAXIS1 = y``, ``NAXIS2 = x``, ``NAXIS3 = time``; ``BUNIT``), ``<INST>_DQ``
+    ``NAXIS1 = y``, ``NAXIS2 = x``, ``NAXIS3 = time``; ``BUNIT``, ``INSTRUME``, ``OBJECT``
+    and a WCS: time in hours along axis 3, linear when the bins are evenly spaced, and for
+    AIRS the wavelength (µm) along axis 2 as ``WAVE-TAB``, looked up in the table
+    ``<INST>_WCSTAB`` that follows the cube, so ``astropy.wcs.WCS(header, fobj=hdul)``
+    gives the exact wavelengths; ``LONGSTRN`` where ``CONTINUE`` cards are used), ``<INST>_DQ``
     the DQ bits ``(x, y)`` (uint16, stored by astropy as int16 with BZERO = 32768),
     ``<INST>_READNOISE`` ``(x, y)`` float32 electrons per read, ``<INST>_TIME`` a
     table ``TIME`` (hours) per bin and ``<INST>_AXIS`` a table of x: ``COLUMN``,
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import json
 import logging
 import os
@@ -78,6 +87,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("npy", "fits", "csv", "parquet")
 WAVELENGTH_ORDERS = ("detector", "target", "file")  # "file" (or None): as stored
+NPY_VISITS = ("all", "first", "mean")  # rows of an npy export: every observation, or one per planet
 AIRS, FGS1 = _AIRS.name, _FGS1.name
 TABLE_TYPES = {"planet_id": "int64", "visit": "int16", "instrument": "string", "wavelength_label": "string",
                "wavelength": "float64", "time": "float64", "flux": "float64", "flux_err": "float64",
@@ -111,17 +121,49 @@ def _reserve(partial: Path, target: Path) -> None:
         os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
 
-def _write_npy(ds: h5py.Dataset, chosen: list[int], staging: Staging, target: Path, *, dtype: np.dtype,
+def _row_cube(ds: h5py.Dataset, group: list[int]) -> np.ndarray:
+    """One row of an ``.npy`` export: an observation's cube, or the NaN-ignoring mean of several (visits)."""
+    if len(group) == 1:
+        return ds[group[0]]
+    total, count = np.zeros(ds.shape[1:], np.float64), np.zeros(ds.shape[1:], np.int64)
+    for index in group:
+        cube = ds[index]
+        valid = ~np.isnan(cube)
+        total += np.where(valid, cube, 0.0)
+        count += valid
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def npy_rows(f: h5py.File, chosen: list[int], visits: str = "all") -> list[list[int]]:
+    """The observations of each ``.npy`` row: each one (``all``), or per planet its first done visit or all of them.
+
+    ``visits``: ``"all"`` one row per observation; ``"first"`` one row per planet, its
+    done visit with the lowest number (the baseline's visit 0 where it is done);
+    ``"mean"`` one row per planet, the mean of its done visits (bins aligned, NaN ignored).
+    """
+    if visits == "all":
+        return [[index] for index in chosen]
+    if visits not in NPY_VISITS:
+        raise ValueError(f"visits must be one of {', '.join(NPY_VISITS)}: {visits!r}")
+    planet_id, visit = f[store.PLANET_ID][()], f[store.VISIT][()]
+    groups: dict[int, list[int]] = {}
+    for index in chosen:
+        groups.setdefault(int(planet_id[index]), []).append(index)
+    rows = [sorted(group, key=lambda i: int(visit[i])) for group in groups.values()]
+    return [row[:1] for row in rows] if visits == "first" else rows
+
+
+def _write_npy(ds: h5py.Dataset, chosen: list[list[int]], staging: Staging, target: Path, *, dtype: np.dtype,
                order: np.ndarray | None, fill_value: float | None) -> int:
-    """Stage the ``chosen`` observations of ``ds`` as ``target``; the number of NaN written."""
+    """Stage the rows ``chosen`` (observations of each, :func:`npy_rows`) of ``ds`` as ``target``; NaN written."""
     partial = staging.path(target)
     with output_errors(target, "create"):
         mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(len(chosen), *ds.shape[1:]))
     nans = 0
     try:
         _reserve(partial, target)
-        for k, index in enumerate(chosen):
-            cube = ds[index]
+        for k, group in enumerate(chosen):
+            cube = _row_cube(ds, group)
             if order is not None:
                 cube = cube[:, order]
             if fill_value is not None:
@@ -136,14 +178,17 @@ def _write_npy(ds: h5py.Dataset, chosen: list[int], staging: Staging, target: Pa
     return nans
 
 
-def _write_index(f: h5py.File, chosen: list[int], staging: Staging, target: Path) -> None:
-    """Stage the CSV naming the planet and visit of each row of the ``.npy`` files as ``target``."""
+def _write_index(f: h5py.File, chosen: list[list[int]], staging: Staging, target: Path) -> None:
+    """Stage the CSV naming the planet and visit(s) of each row of the ``.npy`` files as ``target``.
+
+    ``visit`` is the row's (first) visit; ``visits`` every visit the row holds, ``;``-separated.
+    """
     planet_id, visit = f[store.PLANET_ID][()], f[store.VISIT][()]
     with output_errors(target), staging.path(target).open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["row", "planet_id", "visit"])
-        for k, index in enumerate(chosen):
-            w.writerow([k, int(planet_id[index]), int(visit[index])])
+        w.writerow(["row", "planet_id", "visit", "visits"])
+        for k, group in enumerate(chosen):
+            w.writerow([k, int(planet_id[group[0]]), int(visit[group[0]]), ";".join(str(int(visit[i])) for i in group)])
 
 
 def _remove_stale(targets: dict[str, Path], written: dict[str, Path], path: str | Path) -> None:
@@ -157,12 +202,12 @@ def _remove_stale(targets: dict[str, Path], written: dict[str, Path], path: str 
 
 def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = np.float64,
                wavelength_order: str | None = "detector", fill_value: float | None = None,
-               observations: Sequence[int] | None = None) -> dict[str, Path]:
+               observations: Sequence[int] | None = None, visits: str = "all") -> dict[str, Path]:
     """Write the notebook's ``data_<split>.npy`` and ``data_<split>_FGS.npy`` (see the module doc)."""
     with open_output(path) as f:
         out_dir = _make_dir(out_dir)
         split = _text(f.attrs.get("split", "train")) or "train"
-        chosen = lcmod.done_observations(f, observations)
+        chosen = npy_rows(f, lcmod.done_observations(f, observations), visits)
         targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
                    "index": out_dir / f"data_{split}_index.csv"}
         held = store.instruments_in(f)
@@ -177,7 +222,8 @@ def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = 
             _write_index(f, chosen, staging, targets["index"])
             staging.commit()
         _remove_stale(targets, written, path)
-    log.info("%s: %d observation(s) exported to %s", path, len(chosen), ", ".join(str(p) for p in written.values()))
+    log.info("%s: %d row(s) (visits: %s) exported to %s", path, len(chosen), visits,
+             ", ".join(str(p) for p in written.values()))
     if nans:
         log.warning("%s: %d NaN value(s) (bad pixels) written; --fill-value 0 (fill_value=0) replaces them",
                     out_dir, nans)
@@ -185,9 +231,15 @@ def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = 
 
 
 # ---------------------------------------------------------------- fits
-def fits_header_cards(attrs: dict[str, str], planet_id: int, visit: int) -> list[tuple[str, Any, str]]:
+def fits_header_cards(attrs: dict[str, str], planet_id: int, visit: int,
+                      instruments: Sequence[str] = ()) -> list[tuple[str, Any, str]]:
     """The provenance keywords of the primary header."""
     return [
+        ("TELESCOP", "Ariel", "ESA Ariel (ADC2025 simulated data)"),
+        ("INSTRUME", ",".join(instruments), "instruments of the image extensions"),
+        ("OBJECT", str(int(planet_id)), "planet_id"),
+        ("DATE", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+         "UTC date this file was written"),
         ("ORIGIN", "arielstream", "calibrated Ariel Data Challenge 2025 data"),
         ("ASVER", attrs.get("arielstream_version", ""), "arielstream version (and source digest)"),
         ("PROFILE", attrs.get("profile", ""), "calibration profile"),
@@ -205,6 +257,53 @@ def _set(header: Any, key: str, value: Any, comment: str) -> None:
     """A header card; long strings continue on CONTINUE cards and carry no comment (it would be cut)."""
     long = isinstance(value, str) and len(value) + len(comment) > 60
     header[key] = value if long else (value, comment)
+    if long and "LONGSTRN" not in header:  # fitsverify warns about CONTINUE cards without it
+        header["LONGSTRN"] = ("OGIP 1.0", "CONTINUE long string convention")
+
+
+def _uniform_step(values: np.ndarray) -> float | None:
+    """The step of an evenly spaced axis (to 1e-6 of a step), or None."""
+    if values.shape[0] < 2:
+        return 1.0 if values.shape[0] == 1 else None
+    steps = np.diff(values)
+    step = float(steps.mean())
+    return step if step != 0 and np.allclose(steps, step, rtol=1e-6, atol=0) else None
+
+
+def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: np.ndarray) -> Any | None:
+    """World coordinates of a cube (FITS axes 1 row, 2 x, 3 time); the ``-TAB`` table it needs, or None.
+
+    The time axis is linear (hours) when its bins are evenly spaced, else looked up in the
+    table; AIRS's wavelength (quadratic in the detector column) is always looked up there
+    (``WAVE-TAB``, FITS WCS Paper III), in the table ``<INST>_WCSTAB``.
+    """
+    header["WCSAXES"] = (3, "row, x, time")
+    header["CNAME1"], header["CTYPE1"] = "spatial row", "LINEAR"
+    header["CRPIX1"], header["CRVAL1"], header["CDELT1"] = 1.0, 0.0, 1.0
+    columns: list[Any] = []
+    steps = np.diff(wavelength)
+    spectral = inst == AIRS and bool(np.all(np.isfinite(wavelength))) and (bool(np.all(steps > 0))
+                                                                          or bool(np.all(steps < 0)))
+    if spectral:
+        header["CTYPE2"], header["CUNIT2"], header["CNAME2"] = "WAVE-TAB", "um", "wavelength"
+        header["PS2_0"], header["PS2_1"] = (f"{inst}_WCSTAB", "table of the -TAB axes"), ("WAVELENGTH", "column")
+        header["CRPIX2"], header["CRVAL2"], header["CDELT2"] = 1.0, 1.0, 1.0
+        columns.append(fits.Column(name="WAVELENGTH", format=f"{wavelength.shape[0]}D", unit="um",
+                                   dim=f"(1,{wavelength.shape[0]})", array=wavelength.reshape(1, 1, -1)))
+    else:
+        header["CNAME2"], header["CTYPE2"] = "detector column", "LINEAR"
+        header["CRPIX2"], header["CRVAL2"], header["CDELT2"] = 1.0, 0.0, 1.0
+    step = _uniform_step(time)
+    header["CTYPE3"], header["CUNIT3"] = ("TIME" if step is not None else "TIME-TAB"), "h"
+    header["CNAME3"] = "time from the start of the observation"
+    if step is not None:
+        header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, float(time[0]), step
+    else:
+        header["PS3_0"], header["PS3_1"] = (f"{inst}_WCSTAB", "table of the -TAB axes"), ("TIME", "column")
+        header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, 1.0, 1.0
+        columns.append(fits.Column(name="TIME", format=f"{time.shape[0]}D", unit="h", dim=f"(1,{time.shape[0]})",
+                                   array=time.reshape(1, 1, -1)))
+    return fits.BinTableHDU.from_columns(columns, name=f"{inst}_WCSTAB") if columns else None
 
 
 def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence[int] | None = None,
@@ -220,7 +319,7 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
         for index in lcmod.done_observations(f, observations):
             planet_id, visit = int(f[store.PLANET_ID][index]), int(f[store.VISIT][index])
             primary = fits.PrimaryHDU()
-            for key, value, comment in fits_header_cards(attrs, planet_id, visit):
+            for key, value, comment in fits_header_cards(attrs, planet_id, visit, instruments):
                 _set(primary.header, key, value, comment)
             provenance = _text(f[store.PROVENANCE][index]).rstrip("\x00") if store.PROVENANCE in f else ""
             table = fits.BinTableHDU.from_columns([
@@ -235,9 +334,11 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
                 image.header["BUNIT"] = ("electron", "per time bin, flat-fielded")
                 image.header["AXES"] = ("time,x,y", "numpy order: NAXIS1=y NAXIS2=x NAXIS3=time")
                 image.header["PLANETID"], image.header["VISIT"] = planet_id, visit
+                image.header["INSTRUME"], image.header["OBJECT"] = inst, str(planet_id)
+                wcs_table = _fits_wcs(fits, image.header, inst, g[store.TIME][()], g[store.WAVELENGTH][()])
                 dq = fits.ImageHDU(g[store.DQ][index], name=f"{inst}_DQ")
                 _set(dq.header, "BITS", attrs.get(store.ATTR_DQ_BITS, ""), "data-quality bit values")
-                hdus += [image, dq]
+                hdus += [image, dq] if wcs_table is None else [image, wcs_table, dq]
                 if store.READ_NOISE in g:
                     rn = fits.ImageHDU(g[store.READ_NOISE][index], name=f"{inst}_READNOISE")
                     rn.header["BUNIT"] = ("electron", "per read")

@@ -26,18 +26,31 @@ The extraction of one observation
   time-constant weighted sum ``sum W D`` of the pixels, and its variance
   ``sum W² V`` includes the background estimate's noise.
 * **Plain sum** (default): the flux of a wavelength column in a bin is the sum of
-  its usable aperture pixels (minus the background).
+  its usable aperture pixels (minus the background), divided by the fraction of
+  the column's flux those pixels hold (below).
+* **Bad pixels in the aperture** are filled from the trace's spatial profile
+  (Horne 1986): the mean normalised time-averaged profile of the complete columns
+  within ``FILL_NEIGHBOURS`` gives the fraction ``kept`` of a column's flux that
+  its usable pixels hold, and the column's usable sum is divided by it (the
+  weighted extraction normalises its profile to ``kept``). Without it a column
+  with a bad pixel in the trace core held 0.5-0.8 of its neighbours' flux. The
+  weights stay time-constant, so the variance ``sum W² V`` carries the filled
+  pixels' extra noise; the profile's own error is a constant factor of the
+  column, which the relative light curve (the depth) does not see. A column
+  whose usable pixels hold under ``MIN_KEPT`` of its flux is left unfilled.
+  ``n_filled`` records the filled pixels per column.
 * **Variance-weighted** (``weighted=True``): optimal extraction (Horne 1986) with a
   *time-constant* spatial profile ``P`` and variance ``V0``, both from the
   time-averaged frame: ``flux_t = sum_y w_y D_ty`` with ``w = (P / V0) / sum(P² / V0)``.
   The weights do not change with time, so the relative light curve (the transit
-  depth) is unbiased. With an empirical profile, both give the flux of the usable
-  aperture pixels; the weighted one with less noise where read noise dominates.
+  depth) is unbiased. With an empirical profile, both give the flux of the whole
+  aperture; the weighted one with less noise where read noise dominates.
 * **Variance model** (electrons², per pixel and bin):
   ``V = max(D, 0) + n_reads * read_noise²`` with ``n_reads = 2 * n_cds`` (each CDS
   is the difference of two reads; a bin sums ``n_cds`` = ``airs_bin`` / ``fgs1_bin``
   of them) and ``read_noise`` the file's ``<inst>/read_noise`` (electrons per read;
-  taken as 0, with a warning, where it is NaN). Where the calibration already
+  where it is NaN or absent, the typical 13 e per detector pixel is assumed, as the
+  calibration's own steps do, with a warning). Where the calibration already
   subtracted a background (``<inst>/background``, the ``background`` step), it is
   added back into ``D`` for ``V``: its photons are noise all the same. ``D`` is flat-fielded, so this
   ignores the flat's few-per-cent scaling of both terms; it also leaves out the
@@ -69,6 +82,7 @@ The light-curve file written by :func:`extract`
     /AIRS-CH0/flux, /flux_err (obs, t, w) float64    electrons per bin (spectral light curves)
     /AIRS-CH0/white_flux, /white_flux_err (obs, t) float64
     /AIRS-CH0/n_pixels (obs, w) int16                usable aperture pixels of each wavelength
+    /AIRS-CH0/n_filled (obs, w) int16                bad aperture pixels filled from the spatial profile
     /AIRS-CH0/trace_row (obs,) float64               /AIRS-CH0/aperture_rows (obs, 2) int16 first, last
     /FGS1/time (t,) float64 hours
     /FGS1/flux, /flux_err (obs, t) float64           /FGS1/centroid (obs, t, 2) float64 (x, y) px
@@ -93,6 +107,7 @@ import numpy as np
 
 from .. import dq as dqbits
 from .._version import __version__
+from ..calibration import frame_steps
 from ..config.options import build_config
 from ..errors import ArielstreamError, OutputError
 from ..io import store as _s
@@ -114,7 +129,8 @@ BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the 
 LC_FORMAT_NAME = "arielstream-lightcurves"
 LC_FORMAT_VERSION = 1
 BLOCK_BYTES = 64 * 2**20  # float64 working set of one time block
-VARIANCE_MODEL = "V = max(D, 0) + n_reads * read_noise**2 per pixel and bin, n_reads = 2 * CDS per bin (electrons)"
+VARIANCE_MODEL = ("V = max(D, 0) + n_reads * read_noise**2 per pixel and bin, n_reads = 2 * CDS per bin (electrons); "
+                  f"unknown read noise: {frame_steps.TYPICAL_READ_NOISE} e per detector pixel")
 
 
 # ---------------------------------------------------------------- pure functions over arrays
@@ -126,9 +142,7 @@ def usable_pixels(finite_always: np.ndarray, dq: np.ndarray | None = None) -> np
     return usable
 
 
-def pixel_variance(signal: np.ndarray, read_noise: np.ndarray, n_reads: int) -> np.ndarray:
-    """Variance (electrons²) of each pixel of a bin: ``max(signal, 0) + n_reads * read_noise²``."""
-    return np.maximum(signal, 0.0) + n_reads * np.square(read_noise)
+pixel_variance = frame_steps.pixel_variance  # the calibration's variance model: one model, one policy
 
 
 def trace_row(mean_frame: np.ndarray, usable: np.ndarray) -> float:
@@ -183,17 +197,15 @@ class Extraction:
 
     weights: np.ndarray  # (x, y) float64, 0 outside the aperture and on unusable pixels
     n_reads: int  # reads per bin (2 per CDS)
-    read_noise: np.ndarray  # (x, y) electrons per read, NaN replaced by 0
+    read_noise: np.ndarray  # (x, y) electrons per read, NaN replaced by the typical value
     n_pixels: np.ndarray  # (x,) usable pixels given a weight
     extra: dict[str, Any] = field(default_factory=dict)  # trace_row, aperture_rows / centre
 
 
-def _clean_read_noise(read_noise: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
-    if read_noise is None:
-        return np.zeros(shape), True
-    rn = np.asarray(read_noise, dtype=np.float64)
-    missing = ~np.isfinite(rn)
-    return np.where(missing, 0.0, rn), bool(missing.all())
+def _clean_read_noise(read_noise: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The read noise plane with unknown values replaced as the calibration does (per detector pixel)."""
+    rn = None if read_noise is None else np.asarray(read_noise, dtype=np.float64)
+    return frame_steps.read_noise_or_typical(rn, shape=shape)
 
 
 def background_weights(region: np.ndarray) -> np.ndarray:
@@ -216,7 +228,7 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     background the calibration already removed (for the optimal weights' variance).
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
-    rn, _ = _clean_read_noise(read_noise, mean_frame.shape)
+    rn = _clean_read_noise(read_noise, mean_frame.shape)
     centre = trace_row(mean_frame, usable)
     rows = aperture_rows(centre, half_width, mean_frame.shape[1])
     inside = usable & rows[None, :]
@@ -224,10 +236,11 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     outside = usable & (np.abs(y - centre) >= half_width + background_gap - 1e-9)[None, :]
     b = background_weights(outside) if background else np.zeros_like(mean_frame)
     sky = np.einsum("xy,xy->x", np.where(outside, mean_frame, 0.0), b)  # mean background per column
+    clean = np.where(inside, np.clip(mean_frame - sky[:, None], 0.0, None), 0.0)
+    kept, n_filled = profile_fill(clean, rows, usable)
     if weighted:
-        clean = np.where(inside, np.clip(mean_frame - sky[:, None], 0.0, None), 0.0)
         norm = clean.sum(axis=1, keepdims=True)
-        profile = np.divide(clean, norm, out=np.zeros_like(clean), where=norm > 0)
+        profile = np.divide(clean, norm, out=np.zeros_like(clean), where=norm > 0) * kept[:, None]
         photons = np.where(inside, mean_frame + np.nan_to_num(subtracted), 0.0)
         v0 = np.where(inside, pixel_variance(photons, rn, n_reads), np.inf)
         v0 = np.where(v0 > 0, v0, np.inf)
@@ -235,7 +248,7 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
         denom = (profile * p_over_v).sum(axis=1, keepdims=True)
         weights = np.divide(p_over_v, denom, out=np.zeros_like(p_over_v), where=denom > 0)
     else:
-        weights = inside.astype(np.float64)
+        weights = inside / kept[:, None]
     n_pixels = (weights != 0).sum(axis=1)
     weights = weights - weights.sum(axis=1, keepdims=True) * b
     first, last = np.flatnonzero(rows)[[0, -1]] if rows.any() else (-1, -1)
@@ -243,7 +256,48 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=n_pixels,
                       extra={"trace_row": centre, "aperture_rows": (int(first), int(last)),
                              "background_pixels": outside.sum(axis=1) if background else np.zeros(len(sky), int),
-                             "no_background_columns": uncorrected})
+                             "no_background_columns": uncorrected, "n_filled": n_filled,
+                             "kept_fraction": kept})
+
+
+# ---- bad pixels of the AIRS aperture filled from the trace's spatial profile (Horne 1986)
+FILL_NEIGHBOURS = 3  # columns on each side whose normalised profile stands in for a column's missing pixels
+MIN_KEPT = 0.5  # a column whose usable pixels hold less of its flux is not filled (more guess than data)
+
+
+def profile_fill(clean: np.ndarray, rows: np.ndarray, usable: np.ndarray,
+                 neighbours: int = FILL_NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of each column's aperture flux that its usable pixels hold, and how many pixels it misses.
+
+    ``clean`` is the ``(x, y)`` time-mean frame, background-subtracted and clipped
+    at 0 on the usable aperture pixels (0 elsewhere); ``rows`` the aperture rows.
+    The reference profile of a column is the mean normalised profile of the
+    complete columns (every aperture pixel usable) within ``neighbours`` columns
+    (all complete columns when none is that close); the missing pixels hold its
+    sum over their rows. Dividing a column's usable sum by ``kept`` estimates the
+    whole aperture's flux; the estimate stays one time-constant weighted sum, so
+    its variance (``sum W² V``) carries the extra noise of the filled pixels.
+    Returns ``(kept (x,), n_filled (x,) int)``: 1 and 0 for a column not filled
+    (nothing missing, no usable pixel, no reference, or ``kept < MIN_KEPT``).
+    """
+    aperture = np.broadcast_to(np.asarray(rows, dtype=bool)[None, :], clean.shape)
+    missing = aperture & ~np.asarray(usable, dtype=bool)
+    norm = clean.sum(axis=1)
+    profile = np.divide(clean, norm[:, None], out=np.zeros_like(clean), where=norm[:, None] > 0)
+    complete = ~missing.any(axis=1) & (norm > 0)
+    kept = np.ones(clean.shape[0])
+    n_filled = np.zeros(clean.shape[0], dtype=np.int64)
+    x = np.arange(clean.shape[0])
+    for col in np.flatnonzero(missing.any(axis=1) & (norm > 0)):
+        near = complete & (np.abs(x - col) <= neighbours)
+        if not near.any():
+            near = complete
+        if not near.any():
+            continue
+        fraction = 1.0 - float(profile[near].mean(axis=0)[missing[col]].sum())
+        if fraction >= MIN_KEPT:
+            kept[col], n_filled[col] = fraction, int(missing[col].sum())
+    return kept, n_filled
 
 
 def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
@@ -256,7 +310,7 @@ def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     of the usable pixels farther than ``radius + background_gap``.
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
-    rn, _ = _clean_read_noise(read_noise, mean_frame.shape)
+    rn = _clean_read_noise(read_noise, mean_frame.shape)
     centre = centroid(mean_frame, usable)
     if not np.isfinite(centre).all():
         centre = np.array([(mean_frame.shape[0] - 1) / 2, (mean_frame.shape[1] - 1) / 2])
@@ -324,6 +378,7 @@ class LightCurves:
     airs_white: np.ndarray | None = None  # (t,)
     airs_white_err: np.ndarray | None = None
     airs_n_pixels: np.ndarray | None = None  # (w,)
+    airs_n_filled: np.ndarray | None = None  # (w,) bad aperture pixels filled from the spatial profile
     trace_row: float = float("nan")
     aperture_rows: tuple[int, int] = (-1, -1)
     fgs1_time: np.ndarray | None = None
@@ -378,15 +433,17 @@ def mean_and_finite(ds: h5py.Dataset, index: int, block_bytes: int) -> tuple[np.
         return total / count, finite
 
 
-def _read_noise(f: h5py.File, instrument: str, index: int, label: str) -> np.ndarray | None:
+def _read_noise(f: h5py.File, instrument: str, index: int, label: str,
+                shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """The observation's read noise per output pixel, unknown values replaced by the typical one; and how many."""
     key = _s.dataset(instrument, _s.READ_NOISE)
-    if key not in f:
-        log.warning("%s %s: the file has no read noise; uncertainties hold photon noise only", label, instrument)
-        return None
-    rn = f[key][index].astype(np.float64)
-    if not np.isfinite(rn).any():
-        log.warning("%s %s: read noise absent (NaN); uncertainties hold photon noise only", label, instrument)
-    return rn
+    rn = f[key][index].astype(np.float64) if key in f else None
+    assumed = int(np.prod(shape)) if rn is None else int((~np.isfinite(rn)).sum())
+    factor = int(file_config(f).get("spatial_bin", 1))
+    if assumed:
+        log.warning("%s %s: read noise unknown for %d pixel(s); the typical %.1f e per detector pixel is assumed",
+                    label, instrument, assumed, frame_steps.TYPICAL_READ_NOISE)
+    return frame_steps.read_noise_or_typical(rn, factor, shape), assumed
 
 
 def subtracted_background(f: h5py.File, instrument: str, index: int) -> np.ndarray | None:
@@ -410,8 +467,9 @@ def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, bloc
     usable = usable_pixels(finite, dq)
     subtracted = subtracted_background(f, instrument, index)
     mean_subtracted = 0.0 if subtracted is None else subtracted.mean(axis=0)
-    plan = plan_fn(mean, usable, _read_noise(f, instrument, index, label), reads_per_bin(file_config(f), instrument),
-                   mean_subtracted)
+    rn, assumed = _read_noise(f, instrument, index, label, mean.shape)
+    plan = plan_fn(mean, usable, rn, reads_per_bin(file_config(f), instrument), mean_subtracted)
+    plan.extra["assumed_read_noise_pixels"] = assumed
     if plan.extra.get("no_background_columns"):
         log.warning("%s %s: %d column(s) have no background pixels outside the aperture (aperture too wide for "
                     "the rows?): their light curves are not background-corrected", label, instrument,
@@ -462,6 +520,7 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
         white, white_err = white_light(flux, var)
         lc.airs_white, lc.airs_white_err = white, white_err
         lc.airs_n_pixels = plan.n_pixels[order]
+        lc.airs_n_filled = plan.extra["n_filled"][order]
         lc.trace_row = plan.extra["trace_row"]
         lc.aperture_rows = plan.extra["aperture_rows"]
     if FGS1.name in held:
@@ -556,7 +615,7 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
         g.create_dataset(_s.COLUMN, data=s[_s.COLUMN][()][order])
         for name, shape, dtype in (("flux", (n, t, w), "f8"), ("flux_err", (n, t, w), "f8"),
                                    ("white_flux", (n, t), "f8"), ("white_flux_err", (n, t), "f8"),
-                                   ("n_pixels", (n, w), "i2"), ("trace_row", (n,), "f8"),
+                                   ("n_pixels", (n, w), "i2"), ("n_filled", (n, w), "i2"), ("trace_row", (n,), "f8"),
                                    ("aperture_rows", (n, 2), "i2")):
             targets[f"{AIRS.name}/{name}"] = g.create_dataset(name, shape=shape, dtype=dtype)
     if FGS1.name in held:
@@ -575,7 +634,8 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
         values = {
             f"{AIRS.name}/flux": lc.airs_flux, f"{AIRS.name}/flux_err": lc.airs_flux_err,
             f"{AIRS.name}/white_flux": lc.airs_white, f"{AIRS.name}/white_flux_err": lc.airs_white_err,
-            f"{AIRS.name}/n_pixels": lc.airs_n_pixels, f"{AIRS.name}/trace_row": lc.trace_row,
+            f"{AIRS.name}/n_pixels": lc.airs_n_pixels, f"{AIRS.name}/n_filled": lc.airs_n_filled,
+            f"{AIRS.name}/trace_row": lc.trace_row,
             f"{AIRS.name}/aperture_rows": lc.aperture_rows,
             f"{FGS1.name}/flux": lc.fgs1_flux, f"{FGS1.name}/flux_err": lc.fgs1_flux_err,
             f"{FGS1.name}/centroid": lc.fgs1_centroid,

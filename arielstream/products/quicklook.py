@@ -94,6 +94,11 @@ def _plot_frames(plt, f: h5py.File, index: int, title: str, partial: Path, path:
     _save(plt, fig, partial, path)
 
 
+# "good" first, then one colour per DQ bit (tests check there is one for every bit of dq.BITS)
+DQ_COLOURS = ["#ffffff", "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", "#e377c2", "#8c564b",
+              "#17becf", "#bcbd22"]
+
+
 def dq_codes(dq: np.ndarray) -> np.ndarray:
     """0 where no bit is set, else 1 + the index of the lowest bit set (for a categorical map)."""
     dq = np.asarray(dq).astype(np.int64)
@@ -107,7 +112,7 @@ def _plot_dq(plt, f: h5py.File, index: int, title: str, partial: Path, path: Pat
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     names = list(dqbits.BITS)
-    cmap = ListedColormap(["#ffffff", "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c"][: len(names) + 1])
+    cmap = ListedColormap(DQ_COLOURS[: len(names) + 1])
     norm = BoundaryNorm(np.arange(len(names) + 2) - 0.5, cmap.N)
     instruments = [i for i in store.instruments_in(f) if store.dataset(i, store.DQ) in f]
     fig, axes = _panels(plt, instruments)

@@ -218,6 +218,11 @@ class Results:
         ``airs``/``fgs1`` ``(obs, <inst>_time, ...)``, ``airs_dq``/``fgs1_dq``,
         ``status``; coordinates ``planet_id``, ``visit``, the times (hours),
         ``wavelength`` (µm), ``wavelength_label`` and ``column`` along AIRS x.
+
+        The lazy cubes read the file through read-only memory maps of their own (the
+        file's datasets are contiguous), so the dataset keeps working after this object
+        is closed. The file itself also opens directly:
+        ``xarray.open_dataset(path, engine="h5netcdf", group="AIRS-CH0")``.
         """
         try:
             import xarray as xr
@@ -232,9 +237,11 @@ class Results:
                     "to_xarray(lazy=False) reads the whole file into memory instead") from None
             lazy = True
 
+        maps = _s.read_descriptors(self.path) if lazy else {}
+
         def array(ds: h5py.Dataset):
-            if lazy:
-                return da.from_array(ds, chunks=(1, *ds.shape[1:]))
+            if lazy:  # a memmap, not the h5py dataset: it outlives this object's open file
+                return da.from_array(maps[ds.name.lstrip("/")].open(mode="r"), chunks=(1, *ds.shape[1:]))
             return ds[()]
 
         f = self.file

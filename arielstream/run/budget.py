@@ -10,6 +10,7 @@ blocks and reads of a file is :func:`arielstream.io.signal.plan_chunks`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -19,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MemoryBudgetError
+from ..errors import MemoryBudgetError, OutOfMemoryError
 from ..io.signal import MAX_CHUNK_BYTES
 from ..units import format_bytes
 
@@ -31,6 +32,23 @@ MIN_CHUNK_BYTES = 48 * 10**6
 # observation being written (~8 MB AIRS), calibration frames, Parquet footers (~40 MB for a
 # one-row-group AIRS file), allocator slack.
 PROCESS_RESERVE_BYTES = 64 * 10**6
+# What a fresh worker process holds before any data: the interpreter with numpy, pyarrow, h5py,
+# numexpr and numba imported (~210 MB measured by `arielstream calibrate`, "per process before
+# data"; BENCHMARKS.md: ~142 MB of imports, ~47 MB numba, ~40 MB Parquet libraries). Workers are
+# new processes (loky, dask): they never inherit what the calling process holds, so a notebook
+# kernel with gigabytes of its own data is counted once, as the coordinator, not once per worker.
+WORKER_PROCESS_BYTES = 240 * 10**6
+# Under an address-space limit (ulimit -v, RLIMIT_AS) a process reserves several times what it
+# holds: thread stacks and malloc arenas, mapped libraries, allocator pools. How much it reserves
+# grows with the limit (arenas are taken while they fit), so the address space in use says little;
+# the plan scales what the process holds instead. Measured on the samples (200 MB resident before
+# data, 2 threads): 1.1 GiB aborts in glibc ("cannot allocate memory for thread-local data"),
+# 1.2 GiB runs (1186 MB of address space at the peak under a 1.4 GiB limit).
+ADDRESS_SPACE_PER_RESIDENT_BYTE = 4
+THREAD_STACK_BYTES = 8 * 2**20
+# What out-of-memory looks like when it does not arrive as MemoryError (Arrow, numpy, C++, glibc).
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "bad_alloc", "failed to launch worker thread", "unable to allocate",
+                          "cannot allocate memory", "can't start new thread")
 
 
 def _read_int(path: str) -> int | None:
@@ -68,6 +86,56 @@ def cgroup_memory_limit() -> int | None:
         if value is not None and value < 2**60:  # v1 reports "no limit" as a huge number
             return value
     return None
+
+
+def address_space_limit() -> int | None:
+    """This process's address-space limit (``ulimit -v``, ``RLIMIT_AS``) in bytes, or None."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else int(limit)
+
+
+def address_headroom() -> int | None:
+    """What an address-space limit lets one process hold (bytes): a third of the limit; None: no limit.
+
+    Workers inherit the limit and hold about what the coordinator does (the same imports).
+    """
+    limit = address_space_limit()
+    return None if limit is None else limit // ADDRESS_SPACE_PER_RESIDENT_BYTE
+
+
+def effective_budget(budget: int) -> int:
+    """``budget``, or the container's memory limit (cgroup ``memory.max``) when that is lower (logged)."""
+    limit = cgroup_memory_limit()
+    if limit is not None and limit < budget:
+        log.warning("--memory %s is above this container's memory limit %s (cgroup memory.max): planning for %s",
+                    format_bytes(budget), format_bytes(limit), format_bytes(limit))
+        return limit
+    return budget
+
+
+def out_of_memory_cause(exc: BaseException) -> BaseException | None:
+    """The exception in ``exc``'s chain (itself, what it was raised from or during) saying memory ran out.
+
+    ``MemoryError``, ``ENOMEM``, and the messages Arrow, numpy and C++ give when an
+    allocation or a thread fails: a reader that wraps them in an input error must not
+    get the input blamed. None: not a lack of memory.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or getattr(current, "errno", None) == errno.ENOMEM:
+            return current
+        text = str(current).lower()
+        if any(marker in text for marker in OUT_OF_MEMORY_MESSAGES):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means memory ran out, not bad data (:func:`out_of_memory_cause`)."""
+    return out_of_memory_cause(exc) is not None
 
 
 def physical_memory() -> int:
@@ -157,21 +225,44 @@ class WorkerPlan:
         return per_process + workers * per_process + self.jobs * self.chunk_bytes
 
 
+def _address_space_plan(headroom: int, process_bytes: int, threads: int, chunk: int) -> tuple[int, int]:
+    """Threads and chunk budget for a process that may hold ``headroom`` bytes under an address-space limit."""
+    def fits(n: int) -> int:
+        return headroom - process_bytes - PROCESS_RESERVE_BYTES - n * THREAD_STACK_BYTES
+
+    while threads > 1 and fits(threads) < MIN_CHUNK_BYTES // 4:
+        threads -= 1
+    if fits(threads) < MIN_CHUNK_BYTES // 4:
+        need = ADDRESS_SPACE_PER_RESIDENT_BYTE * (headroom - fits(1) + MIN_CHUNK_BYTES // 4)
+        raise OutOfMemoryError(
+            f"out of memory: the address-space limit (ulimit -v) of "
+            f"{format_bytes(headroom * ADDRESS_SPACE_PER_RESIDENT_BYTE)} is too small for a process that holds "
+            f"{format_bytes(process_bytes)} before any data; it needs at least {format_bytes(need)}: raise the limit")
+    log.info("the address-space limit (ulimit -v) lets each process hold about %s: %d thread(s), chunks up to %s",
+             format_bytes(headroom), threads, format_bytes(fits(threads)))
+    return threads, min(chunk, fits(threads))
+
+
 def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, process_bytes: int,
-                 max_chunk: int = MAX_CHUNK_BYTES) -> WorkerPlan:
+                 max_chunk: int = MAX_CHUNK_BYTES, address_headroom: int | None = None) -> WorkerPlan:
     """Worker count, threads and chunk budget for a RAM ``budget`` (bytes) shared by the tree.
 
-    ``process_bytes`` is the measured resident size of one arielstream process
-    before it reads any data (the coordinator's own, since workers import the same
-    modules). With one job everything runs in the coordinator; with more, each
-    worker is a process of its own. ``jobs=None`` means "auto": as many workers as
-    cores and tasks allow while each still gets at least ``MIN_CHUNK_BYTES``.
+    ``process_bytes`` is the measured resident size of the calling process before
+    it reads any data. Workers import the same modules but start empty, so each is
+    counted as the smaller of that and :data:`WORKER_PROCESS_BYTES`. With one job
+    everything runs in the coordinator; with more, each worker is a process of its own.
+    ``jobs=None`` means "auto": as many workers as cores and tasks allow while each
+    still gets at least ``MIN_CHUNK_BYTES``.
+    ``address_headroom`` is what an address-space limit lets each process hold
+    (:func:`address_headroom`): threads and chunks shrink to fit it, or the run is refused
+    (:class:`OutOfMemoryError`) before anything is written.
     """
-    per_process = process_bytes + PROCESS_RESERVE_BYTES
+    per_process = process_bytes + PROCESS_RESERVE_BYTES  # the coordinator (and the only process with one job)
+    per_worker = min(process_bytes, WORKER_PROCESS_BYTES) + PROCESS_RESERVE_BYTES
 
     def chunk_for(n: int) -> int:
         workers = n if n > 1 else 0
-        return (budget - per_process - workers * per_process) // n
+        return (budget - per_process - workers * per_worker) // n
 
     limit = max(1, min(cores, n_tasks))
     if jobs is None:
@@ -183,11 +274,16 @@ def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, proces
     jobs = max(1, int(jobs))
     chunk = min(chunk_for(jobs), max_chunk)
     if chunk < MIN_CHUNK_BYTES // 4:
-        need = per_process * (1 + (jobs if jobs > 1 else 0)) + jobs * MIN_CHUNK_BYTES // 4
+        workers = jobs if jobs > 1 else 0
+        need = per_process + workers * per_worker + jobs * MIN_CHUNK_BYTES // 4
+        holds = (f"this process holds ~{format_bytes(per_process)}" +
+                 (f" and each worker ~{format_bytes(per_worker)}" if workers else "") + " before any data")
         raise MemoryBudgetError(
-            f"memory budget {format_bytes(budget)} is too small for {jobs} worker(s): each process holds "
-            f"~{format_bytes(per_process)} before any data; at least {format_bytes(need)} is needed")
+            f"memory budget {format_bytes(budget)} is too small for {jobs} worker(s): {holds}; "
+            f"at least {format_bytes(need)} is needed")
     threads = max(1, cores // jobs)
+    if address_headroom is not None:
+        threads, chunk = _address_space_plan(address_headroom, process_bytes, threads, chunk)
     return WorkerPlan(jobs, threads, int(chunk), budget, process_bytes)
 
 

@@ -6,9 +6,11 @@ States of ``OUT.h5`` and ``OUT.h5.partial`` and what a run does with them:
 * ``OUT.h5.partial`` exists and was made by the same numerical code, config, split,
   data folder and observation list (:mod:`arielstream.run.identity`) → **resume**:
   only what is not done is computed;
-* ``OUT.h5`` exists, the same, and every observation is done → **nothing to do**;
-  the same but some observations failed → it goes back to ``.partial`` and only
-  the failed ones are retried;
+* ``OUT.h5`` exists, the same, and every observation is done and still matches its
+  checksum → **nothing to do**; the same but some observations failed, or some
+  done ones no longer match their checksum (bytes damaged after publishing) → it
+  goes back to ``.partial`` and only those are computed again (**retry-failed**,
+  **repair**);
 * anything made differently → refused (:class:`ConfigMismatchError`, naming what
   differs and what to do);
 * ``force`` → always start afresh (the old ``OUT.h5`` stays until the new one is
@@ -41,6 +43,7 @@ from ..io.store import (
     STATUS_RUNNING,
     ArrayDescriptor,
     InstrumentLayout,
+    check_room,
     checksum,
     create_output,
     fail_observation,
@@ -62,6 +65,14 @@ class LockBusyError(ArielstreamError):
 
 class ConfigMismatchError(ArielstreamError):
     """An existing output was made with other numerical code, config, input or observation list."""
+
+
+def _held_open(path: Path, exc: OSError) -> LockBusyError | None:
+    """The lock conflict hidden in h5py's open error, when another process holds ``path`` open for writing."""
+    if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc):
+        return LockBusyError(f"{path}: another process holds it open for writing (an h5py reader in 'r+' or 'a' "
+                             "mode?); close it and run again")
+    return None
 
 
 def partial_path(output: Path) -> Path:
@@ -125,7 +136,7 @@ class RunLock:
 class PreparedOutput:
     """Where a run writes and what is left to do there."""
 
-    action: str  # "new", "resume", "retry-failed", "complete"
+    action: str  # "new", "resume", "retry-failed", "repair" (damaged done observations), "complete"
     partial: Path
     descriptors: dict[str, ArrayDescriptor] = field(default_factory=dict)
     todo: list[int] = field(default_factory=list)
@@ -149,6 +160,9 @@ def _identity_mismatch(path: Path, identity: dict[str, str], observations: list[
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
+        busy = _held_open(path, exc)
+        if busy is not None:
+            raise busy from None
         return [f"not an HDF5 file arielstream can open ({exc})"]
     with f:
         problems = identity_differences(f.attrs, identity)
@@ -184,14 +198,20 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
         status = read_field(descriptors, "status")
         if published:
             failed = np.flatnonzero(status != STATUS_DONE)
-            if failed.size == 0:
+            damaged = verify(descriptors)  # never call "complete" a file whose bytes changed since publishing
+            if failed.size == 0 and not damaged:
                 return PreparedOutput("complete", partial, descriptors, [])
             # a copy goes back under construction; OUT.h5 stays readable until the retry is published
-            staging = partial.with_name(partial.name + ".new")
-            shutil.copyfile(output, staging)
-            os.replace(staging, partial)
-            descriptors = read_descriptors(partial)
+            descriptors = _copy_for_retry(output, partial)
             action = "retry-failed"
+            if damaged:
+                log.warning("%s: %d done observation(s) no longer match their checksum (the file was damaged "
+                            "after it was published): %s; they go back to pending and are recomputed",
+                            output, len(damaged), ", ".join(observations[i].label for i in damaged))
+                for index in damaged:
+                    write_field(descriptors, "status", index, STATUS_PENDING)
+                status = read_field(descriptors, "status")
+                action = "repair"
         else:
             action = "resume"
         todo = reconcile(descriptors, status, retry_failed=True)
@@ -201,9 +221,35 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     staging = partial.with_name(partial.name + ".new")
     staging.unlink(missing_ok=True)
     create_output(staging, observations, layouts, attrs)
-    os.replace(staging, partial)
-    descriptors = read_descriptors(partial)
+    with atomic.output_errors(partial, "create the output file"):
+        try:
+            os.replace(staging, partial)
+        except OSError:
+            atomic.discard(staging)
+            raise
+        descriptors = read_descriptors(partial)
     return PreparedOutput("new", partial, descriptors, list(range(len(observations))))
+
+
+def _copy_for_retry(output: Path, partial: Path) -> dict[str, ArrayDescriptor]:
+    """Copy ``OUT.h5`` to ``OUT.h5.partial`` (through a staging name), with its space reserved first.
+
+    A full disk or an I/O error is an :class:`OutputError` and leaves only ``OUT.h5``, untouched.
+    """
+    staging = partial.with_name(partial.name + ".new")
+    size = output.stat().st_size
+    check_room(staging, size)
+    try:
+        with open(staging, "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        shutil.copyfile(output, staging)
+        os.replace(staging, partial)
+    except OSError as exc:
+        atomic.discard(staging)
+        raise OutputError(f"{partial}: cannot copy {output.name} back to retry its failed observations: {exc}") \
+            from None
+    with atomic.output_errors(partial, "read the output file"):
+        return read_descriptors(partial)
 
 
 def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None = None,
@@ -256,10 +302,16 @@ def publish(partial: Path, output: Path) -> None:
         with h5py.File(partial, "r") as f:
             f["status"][()]
     except OSError as exc:
+        busy = _held_open(partial, exc)
+        if busy is not None:
+            raise busy from None
         raise OutputError(f"{partial}: does not open as HDF5 after writing ({exc}); not published") from None
-    with open(partial, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(partial, output)
+    try:
+        with open(partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, output)
+    except OSError as exc:  # the .partial stays, whole: the rerun publishes it
+        raise OutputError(f"{output}: cannot publish {partial.name}: {exc}; run again to publish it") from None
     try:
         dir_fd = os.open(output.parent, os.O_RDONLY)
         os.fsync(dir_fd)

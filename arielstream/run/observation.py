@@ -29,16 +29,32 @@ from typing import Any
 import numpy as np
 
 from ..calibration import engine, frame_steps, steps
-from ..calibration.kernels import BlockCalibration, calibrate_block, calibrate_block_with_outliers
+from ..calibration.kernels import (
+    BlockCalibration,
+    calibrate_block,
+    calibrate_block_with_outliers,
+    saturation_counts,
+)
 from ..calibration.steps import master_frame
 from ..config.options import CalibrationConfig
 from ..config.recipe import needed_calibration, runs, step_status
-from ..dq import DARK_INVALID, DO_NOT_USE, TIME_COSMIC_RAY, TIME_INTERPOLATED, TIME_SPATIAL_OUTLIER
+from ..dq import (
+    DARK_INVALID,
+    DO_NOT_USE,
+    HOT,
+    READ_NOISE_INVALID,
+    SATURATED,
+    TIME_COSMIC_RAY,
+    TIME_INTERPOLATED,
+    TIME_SATURATED,
+    TIME_SPATIAL_OUTLIER,
+)
 from ..errors import InputError
 from ..io.calibration import DetectorCalibration, load_calibration, read_master_stacks
 from ..io.dataset import DatasetInfo, target_labels
+from ..io.manifest import check_observation_inputs
 from ..io.signal import SignalFile, plan_chunks, prefetch
-from ..io.store import ArrayDescriptor, InstrumentLayout
+from ..io.store import ArrayDescriptor, InstrumentLayout, write_slice
 from ..layout import AIRS, FGS1_WAVELENGTH_UM, INSTRUMENTS, Instrument, Observation, frames_per_bin
 
 log = logging.getLogger(__name__)
@@ -119,24 +135,43 @@ def _flat_pixels(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: CalibrationConfig,
-                  sel: PixelSelection) -> np.ndarray:
-    """Data-quality bits of the selected region, ``(rows, columns)`` in file order."""
+                  sel: PixelSelection, exposure: float | None = None) -> np.ndarray:
+    """Data-quality bits of the selected region, ``(rows, columns)`` in file order.
+
+    ``exposure``: the CDS exposure (s) that the ``physical`` hot-pixel rule weighs the dark over.
+    """
     dark = _region(cal.dark, sel)
+    read = _region(cal.read, sel)
     masked = runs(status, "mask")
     parts = {
         "dark": dark if masked else None,
         "dead": _region(cal.dead, sel) if masked else None,
         "flat": _region(cal.flat, sel) if runs(status, "flat") else None,
         "coeffs": _region(cal.linear_corr, sel) if runs(status, "nonlinearity") else None,
+        "read": read,  # an invalid read noise is flagged and replaced by the typical one
     }
     shape = (sel.region[0].shape[0], sel.region[1].shape[0])
     if all(v is None for v in parts.values()):
         dq = np.zeros(shape, dtype=np.uint16)
     else:
         dq = steps.pixel_quality(**parts, sigma=config.hot_sigma, maxiters=config.hot_maxiters)
+        if masked and dark is not None and config.hot_rule == "physical":
+            valid = None if read is None else np.where(steps.invalid_read_noise(read), np.nan, read)
+            _physical_hot_pixels(dq, dark, valid, exposure)  # an invalid read noise judges nothing
     if runs(status, "dark") and dark is not None:
-        dq[~np.isfinite(dark)] |= DARK_INVALID
+        dq[steps.invalid_dark(dark)] |= DARK_INVALID
     return dq
+
+
+def _physical_hot_pixels(dq: np.ndarray, dark: np.ndarray, read: np.ndarray | None,
+                         exposure: float | None) -> None:
+    """Replace the sigma-clipped HOT bits of ``dq`` by the physical rule (in place); keep them without read noise."""
+    if read is None or exposure is None:
+        log.warning("hot_rule 'physical' needs the read noise (read.parquet) and the exposure: "
+                    "hot pixels by the sigma clip of the dark instead")
+        return
+    dq &= np.uint16(~HOT & 0xFFFF)
+    dq[steps.hot_pixels_physical(dark, read, exposure)] |= HOT
 
 
 def load_masters(observations: list[Observation], inst: Instrument) -> tuple[dict[str, np.ndarray], int]:
@@ -194,13 +229,16 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     """
     t0 = time.perf_counter()
     arrays = prepare_arrays(obs, inst, info, config, layout, masters)
-    cube, dq_time, n_cosmic = stream(obs, inst, info, config, layout, arrays, budget, checkpoint)
+    cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, budget, checkpoint)
     products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status)
     counts["cosmic_ray_samples"] = n_cosmic
     checkpoint()
     write_outputs(output_planes(products, dq_time, arrays, outputs, config.spatial_bin), outputs, index)
     log.debug("%s %s: calibrated in %.2f s", obs.label, inst.name, time.perf_counter() - t0)
-    return instrument_provenance(arrays, counts, info.root)
+    provenance = instrument_provenance(arrays, counts, info.root)
+    if config.saturation_level:
+        provenance["saturation"] = saturation
+    return provenance
 
 
 def prepare_arrays(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
@@ -216,13 +254,14 @@ def prepare_arrays(obs: Observation, inst: Instrument, info: DatasetInfo, config
                 cal.sources[name] = origin
     status = step_status(config, inst.name, cal)
     sel = select_pixels(inst, layout)
-    dq = quality_plane(cal, status, config, sel).ravel()
+    exposure = steps.exposure_time(steps.frame_dt(inst.name, info.n_frames(inst), info.airs_integration_time))
+    dq = quality_plane(cal, status, config, sel, exposure).ravel()
     bad = (dq & DO_NOT_USE) != 0 if config.bad_pixels == "nan" else np.zeros(dq.shape, bool)
     n_x, n_y = layout.columns.shape[0], layout.rows
     read = _region(cal.read, sel)
     read_plane = np.full((n_x, n_y), np.nan, dtype=np.float32)
     if read is not None:
-        read_plane[sel.x, sel.y] = read.ravel()
+        read_plane[sel.x, sel.y] = np.where((dq & READ_NOISE_INVALID) != 0, np.nan, read.ravel())
     dq_plane = np.zeros((n_x, n_y), dtype=np.uint16)
     dq_plane[sel.x, sel.y] = dq
     dark_on = runs(status, "dark")
@@ -243,13 +282,15 @@ def outlier_options(config: CalibrationConfig) -> dict[str, Any]:
 
 def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
            layout: InstrumentLayout, arrays: InstrumentArrays, budget: int,
-           checkpoint: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, int]:
+           checkpoint: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
     """The signal file, chunk by chunk, through the kernels into the binned cube.
 
     Returns the ``(t, x, y)`` float32 cube (unusable pixels NaN when
     ``bad_pixels="nan"``), the ``(t, x, y)`` uint8 time-resolved quality plane (cosmic
-    rays so far) and the number of samples rejected as cosmic rays on usable pixels.
-    ``checkpoint`` is called after every chunk.
+    rays and saturated bins so far), the number of samples rejected as cosmic rays on
+    usable pixels and the saturation counts (:func:`_flag_saturation`, which also sets
+    ``SATURATED`` in ``arrays.dq`` and ``arrays.dq_plane``). ``checkpoint`` is called
+    after every chunk.
     """
     status, sel, bad = arrays.status, arrays.sel, arrays.bad
     fpb = frames_per_bin(config, inst)
@@ -264,6 +305,7 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
     cube = np.full((layout.n_bins, layout.columns.shape[0], layout.rows), np.nan, dtype=np.float32)
     dq_time = np.zeros(cube.shape, dtype=np.uint8)
     n_cosmic = 0
+    saturation = {"level": config.saturation_level, "reads": 0, "bins": 0, "pixels": 0}
     for chunk in prefetch(reader.iter_chunks(sel.pixels, plan, n_used, fpb)):
         p = chunk.pixels
         block_cal = BlockCalibration(
@@ -284,10 +326,37 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
             dq_time[b0:b1, sel.x[p], sel.y[p]] |= np.where(counts.T > 0, TIME_COSMIC_RAY, 0).astype(np.uint8)
         else:
             binned = calibrate_block(chunk.data, chunk_dt, block_cal)
+        saturated = saturation_counts(chunk.data, config.saturation_level, fpb)
+        if saturated is not None:
+            _flag_saturation(saturated, binned, dq_time[b0:b1], p, arrays, saturation, config.bad_pixels == "nan")
         binned[bad[p]] = np.nan
         cube[b0:b1, sel.x[p], sel.y[p]] = binned.T
         checkpoint()
-    return cube, dq_time, n_cosmic
+    return cube, dq_time, n_cosmic, saturation
+
+
+def _flag_saturation(saturated: np.ndarray, binned: np.ndarray, dq_time: np.ndarray, p: slice,
+                     arrays: InstrumentArrays, totals: dict[str, int], to_nan: bool) -> None:
+    """Mark the bins of a chunk that hold a saturated read, in place; add to ``totals``.
+
+    ``saturated`` is the chunk's ``(P, bins)`` count of saturated reads
+    (:func:`arielstream.calibration.kernels.saturation_counts`), ``binned`` its
+    calibrated bins, ``dq_time`` the ``(bins, x, y)`` slice of the time-resolved plane
+    for the chunk's bins, ``p`` the chunk's pixels. The bins become NaN when ``to_nan``;
+    each bin gets ``TIME_SATURATED``, each pixel ``SATURATED`` in the static plane.
+    """
+    sel = arrays.sel
+    hit = saturated > 0
+    if to_nan:
+        binned[hit] = np.nan
+    dq_time[:, sel.x[p], sel.y[p]] |= np.where(hit.T, TIME_SATURATED, 0).astype(np.uint8)
+    pixels = np.arange(len(sel.pixels))[p][hit.any(axis=1)]
+    newly = (arrays.dq[pixels] & SATURATED) == 0
+    arrays.dq[pixels] |= SATURATED
+    arrays.dq_plane[sel.x[pixels], sel.y[pixels]] |= SATURATED
+    totals["reads"] += int(saturated.sum())
+    totals["bins"] += int(hit.sum())
+    totals["pixels"] += int(newly.sum())
 
 
 def frame_stage(cube: np.ndarray, dq_time: np.ndarray, read_plane: np.ndarray, inst: Instrument,
@@ -348,10 +417,7 @@ def output_planes(products: dict[str, np.ndarray], dq_time: np.ndarray, arrays: 
 def write_outputs(planes: dict[str, np.ndarray], outputs: dict[str, ArrayDescriptor], index: int) -> None:
     """Write each plane into observation ``index``'s slice of its dataset, through a memmap."""
     for key, value in planes.items():
-        mm = outputs[key].open(index)
-        mm[...] = value
-        mm.flush()
-        del mm
+        write_slice(outputs[key], index, value)
 
 
 _COUNT_STEP = {"cosmic_ray_samples": "cosmic_rays", "spatial_outliers": "spatial_outliers",
@@ -380,13 +446,16 @@ def _relative(path: str, root: Path) -> str:
 def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, config: CalibrationConfig,
                           layouts: dict[str, InstrumentLayout], descriptors: dict[str, ArrayDescriptor],
                           budget: int, checkpoint: Callable[[], None] = lambda: None,
-                          masters: dict[str, Any] | None = None) -> dict[str, Any]:
+                          masters: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
     """Every configured instrument of ``obs``; raises on bad input (the caller records it).
 
     Returns the observation's provenance: ``engine``, the compute engine of this
     process (:mod:`arielstream.calibration.engine`), and per instrument what
-    :func:`calibrate_instrument` returns.
+    :func:`calibrate_instrument` returns. With an input ``manifest``, every file the
+    observation reads is first checked against it (:mod:`arielstream.io.manifest`).
     """
+    if manifest is not None:
+        check_observation_inputs(manifest, obs, info.root, config.instruments, config.master_calibration == "planet")
     provenance: dict[str, Any] = {"engine": str(engine.current())}
     for name in config.instruments:
         inst = INSTRUMENTS[name]

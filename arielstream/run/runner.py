@@ -21,7 +21,7 @@ which runs four stages:
    verified, and ``OUT.h5`` is published by an atomic rename;
 4. **summary** (:func:`summarize`): the time taken and a bound on the process tree's peak RSS.
 
-SIGTERM and Ctrl-C stop the dispatch, leave what is done in ``OUT.h5.partial``,
+SIGTERM, SIGHUP and Ctrl-C stop the dispatch, leave what is done in ``OUT.h5.partial``,
 release the lock and exit; running the same command again resumes.
 
 Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in production):
@@ -56,8 +56,9 @@ from typing import Any
 
 from ..config.options import CalibrationConfig, RunOptions
 from ..config.recipe import describe_recipe
-from ..errors import ArielstreamError, InputError, OutputError, RunInterrupted
+from ..errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
 from ..io.dataset import DatasetInfo, read_dataset_info
+from ..io.manifest import resolve_manifest
 from ..io.store import (
     STATUS_DONE,
     STATUS_FAILED,
@@ -72,19 +73,35 @@ from ..io.store import (
     record_result,
     write_field,
 )
-from ..layout import INSTRUMENTS, Observation, discover_observations
+from ..layout import AIRS, INSTRUMENTS, Instrument, Observation, discover_observations, frames_per_bin
 from ..units import format_bytes, parse_bytes
 from . import identity
-from .budget import WorkerPlan, available_cores, current_rss, peak_rss, pin_threads, plan_workers, release_memory
+from .budget import (
+    WorkerPlan,
+    address_headroom,
+    available_cores,
+    available_memory,
+    current_rss,
+    effective_budget,
+    is_out_of_memory,
+    out_of_memory_cause,
+    peak_rss,
+    physical_memory,
+    pin_threads,
+    plan_workers,
+    release_memory,
+)
 from .lifecycle import PreparedOutput, RunLock, prepare_output, publish, reconcile, verify
 from .observation import calibrate_observation, instrument_layout, load_masters
 from .runs import DEFAULT_RUNS_DIR, prepare_run, run_output
+from .worker_logs import LogChannel, LogForwarder, above_bar, forward_to
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = "2GB"
 IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
 MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
+CONSOLE_OPTIONAL = "arielstream_console_optional"  # log-record flag: the console may drop it (a bar shows it)
 HANG_SECONDS = 3600  # how long the hang-obs test hook sleeps: far longer than any test waits
 
 
@@ -111,6 +128,8 @@ class Task:
     parent_pid: int | None  # the coordinator, when the task runs in a local worker process
     in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
     masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
+    manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
+    log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
 
 
 @dataclass
@@ -125,6 +144,7 @@ class ObservationResult:
     seconds: float = 0.0
     pid: int = 0
     peak_rss: int = 0
+    out_of_memory: bool = False  # failed for want of memory, not for its input
 
     @property
     def ok(self) -> bool:
@@ -137,11 +157,11 @@ class RunSummary:
     """What a run did: its output, how it started, every observation's status and what it computed."""
 
     output: Path
-    action: str = "new"  # "new", "resume", "retry-failed" or "complete" (nothing to do)
+    action: str = "new"  # "new", "resume", "retry-failed", "repair" or "complete" (nothing to do)
     statuses: list[tuple[int, int, str, str]] = field(default_factory=list)  # planet, visit, status, error
     results: list[ObservationResult] = field(default_factory=list)  # what this run computed
     seconds: float = 0.0
-    peak_rss_bound: int = 0  # coordinator peak + every worker's peak: >= the tree's peak
+    peak_rss_bound: int = 0  # coordinator + every worker + resource trackers, each at its peak: >= the tree's
     plan: WorkerPlan | None = None
 
     @property
@@ -153,6 +173,18 @@ class RunSummary:
     def ok(self) -> bool:
         """Every observation of the output is done."""
         return not self.failed
+
+    def __repr__(self) -> str:
+        """One readable line (a notebook shows it): output, counts, time and peak memory."""
+        done = len(self.statuses) - len(self.failed)
+        return (f"<RunSummary {self.output}: {self.action}, {done} done, {len(self.failed)} failed of "
+                f"{len(self.statuses)}; this run computed {len(self.results)} in {self.seconds:.1f} s, "
+                f"peak RSS <= {format_bytes(self.peak_rss_bound)}>")
+
+    @property
+    def out_of_memory(self) -> list[ObservationResult]:
+        """What this run failed for want of memory (not for its input): a rerun with more retries them."""
+        return [r for r in self.results if r.out_of_memory]
 
 
 @lru_cache(maxsize=4)
@@ -230,10 +262,15 @@ def run_task(task: Task) -> ObservationResult:
     in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
     if in_worker:
         # Ctrl-C on a terminal reaches the whole process group: the coordinator stops the run and its
-        # workers; a worker of its own would only print a KeyboardInterrupt traceback (main thread only)
+        # workers; a worker of its own would only print a KeyboardInterrupt traceback (main thread only).
+        # A closed terminal's SIGHUP too: the coordinator stops the run and cleans up
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if in_worker and task.log_channel is not None:
+        forward_to(task.log_channel)
     pin_threads(task.threads)
+    _system_arrow_pool()
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
     token = secrets.randbits(62) + 1
     write_field(descriptors, "owner", index, token)
@@ -248,27 +285,26 @@ def run_task(task: Task) -> ObservationResult:
             raise Superseded()
         fault.worker_chunk(obs)
 
-    def result(status: int, message: str = "") -> ObservationResult:
+    def result(status: int, message: str = "", oom: bool = False) -> ObservationResult:
         return ObservationResult(index, obs.planet_id, obs.visit, status, message, time.perf_counter() - t0,
-                                 os.getpid(), peak_rss())
+                                 os.getpid(), peak_rss(), oom)
+
+    oom = False
 
     try:
         info = dataset_info(task.data_dir)
         provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
-                                           task.chunk_bytes, checkpoint, task.masters)
+                                           task.chunk_bytes, checkpoint, task.masters, task.manifest)
     except OrphanedWorker:
         log.warning("%s: the coordinator is gone; abandoning it", obs.label)
         os._exit(1)
     except Superseded:
         log.warning("%s: this attempt was revoked by the coordinator; abandoning it", obs.label)
         return result(STATUS_RUNNING, "revoked")
-    except ArielstreamError as exc:
-        message = str(exc)
-    except MemoryError:
-        message = f"{obs.label}: out of memory (chunk budget {format_bytes(task.chunk_bytes)})"
-    except Exception as exc:  # a bug must not sink the batch either; keep the traceback in the log
-        message = f"{obs.label}: internal error {type(exc).__name__}: {exc}"
-        log.exception("%s failed with an unexpected error", obs.label)
+    except OutputError:  # the output cannot be written (disk full, I/O error): the run stops, not only this one
+        raise
+    except Exception as exc:  # bad input fails this observation alone; so do a bug and a lack of memory
+        message, oom = _failure_message(obs, exc, task.chunk_bytes), is_out_of_memory(exc)
     else:
         if owner(descriptors, index) != token:
             return result(STATUS_RUNNING, "revoked")
@@ -278,7 +314,21 @@ def run_task(task: Task) -> ObservationResult:
     if owner(descriptors, index) != token:
         return result(STATUS_RUNNING, "revoked")
     fail_observation(descriptors, index, message)
-    return result(STATUS_FAILED, message)
+    return result(STATUS_FAILED, message, oom)
+
+
+def _failure_message(obs: Observation, exc: Exception, chunk_bytes: int) -> str:
+    """Why an observation failed: out of memory (whatever wrapped it), its input, or a bug (traceback logged)."""
+    cause = out_of_memory_cause(exc)
+    if cause is not None:
+        where = "" if cause is exc else f", while: {exc}"
+        return (f"{obs.label}: out of memory, not an input error ({str(cause) or type(cause).__name__}{where}; chunk "
+                f"budget {format_bytes(chunk_bytes)}); a rerun retries it: lower --jobs or --memory, or raise the "
+                "memory limit")
+    if isinstance(exc, ArielstreamError):
+        return str(exc)
+    log.error("%s failed with an unexpected error", obs.label, exc_info=exc)  # a bug must not sink the batch
+    return f"{obs.label}: internal error {type(exc).__name__}: {exc}"
 
 
 def _local_worker_options() -> dict[str, Any]:
@@ -338,20 +388,49 @@ def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: fl
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM into :class:`RunInterrupted` while the run dispatches (main thread only)."""
+    """Turn SIGTERM and SIGHUP (terminal closed) into :class:`RunInterrupted` while the run dispatches.
+
+    Main thread only; elsewhere signals are left alone.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         raise RunInterrupted(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, action in previous.items():
+            signal.signal(signum, action)
+
+
+class _RunLogHandler(logging.handlers.RotatingFileHandler):
+    """The run's log file: a full disk or an I/O error under it stops the file (one warning), never the run."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` unless the file already failed."""
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Stop writing the file and say so once on the console, instead of a traceback per record."""
+        if not self.failed:
+            self.failed = True
+            log.warning("%s: cannot write the log file (%s); the run goes on without it", self.baseFilename,
+                        sys.exc_info()[1])
+
+    def close(self) -> None:
+        """Close the file; a flush that fails (full disk) has already been reported or does not matter now."""
+        try:
+            super().close()
+        except OSError:
+            self.stream = None
 
 
 @contextlib.contextmanager
@@ -360,25 +439,81 @@ def _log_file(output: Path, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    handler = logging.handlers.RotatingFileHandler(output.with_name(output.name + ".log"),
-                                                   maxBytes=5 * 2**20, backupCount=3)
+    try:
+        handler = _RunLogHandler(output.with_name(output.name + ".log"), maxBytes=5 * 2**20, backupCount=3)
+    except OSError as exc:
+        log.warning("%s.log: cannot open the log file (%s); the run goes on without it", output, exc)
+        yield
+        return
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger("arielstream")
+    level = root.level
+    if root.getEffectiveLevel() > logging.INFO:  # called from Python: logging is not set up, WARNING applies
+        root.setLevel(logging.INFO)  # the console still shows only warnings (Python's last-resort handler)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
         handler.close()
+
+
+def _system_arrow_pool() -> None:
+    """Allocate Arrow buffers with the system allocator in this process (run only, never at import).
+
+    Arrow's default allocator (mimalloc) keeps what a process freed: ~50 MB more peak
+    RSS per worker on a full-size observation than the system allocator, for no speed
+    (BENCHMARKS.md). Set per task, so importing arielstream changes nothing process-wide.
+    """
+    import pyarrow
+
+    if pyarrow.default_memory_pool().backend_name != "system":
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+@contextlib.contextmanager
+def _arrow_pool_kept() -> Iterator[None]:
+    """For the run only: the system allocator for workers started now, and the caller's pool back after.
+
+    Worker processes get ``ARROW_DEFAULT_MEMORY_POOL=system`` in the environment they
+    inherit: switching the pool inside an already started worker
+    (:func:`_system_arrow_pool`) leaves what pyarrow allocated at import in mimalloc,
+    and measured ~40 MB more per worker (the tree budget test). A value the user set is
+    kept; the variable and the caller's own pool (tasks run here with ``--jobs 1``) are
+    restored when the run ends.
+    """
+    import pyarrow
+
+    pool = pyarrow.default_memory_pool()
+    had = os.environ.get(ARROW_POOL_ENV)
+    if had is None:
+        os.environ[ARROW_POOL_ENV] = "system"
+    try:
+        yield
+    finally:
+        if had is None:
+            os.environ.pop(ARROW_POOL_ENV, None)
+        pyarrow.set_memory_pool(pool)
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (a progress widget there, though stderr is no TTY)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def _progress(total: int, enabled: bool | None):
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = sys.stderr.isatty() or _in_notebook()
     if not enabled:
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, a text bar on a terminal
 
     return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True, smoothing=0.1)
 
@@ -433,7 +568,8 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
               memory: str | int = DEFAULT_MEMORY, jobs: int | None = None, backend: str = "loky",
               scheduler: str | None = None, task_timeout: float | None = None, force: bool = False,
               progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None, *,
-              run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunSummary:
+              run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
+              verify_inputs: str | None = None) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
     Give either ``output`` or ``run``: a named run writes ``runs_dir/run/<split>.h5``
@@ -447,7 +583,8 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
     """
     options = RunOptions(split=split, planets=None if planets is None else tuple(int(p) for p in planets),
                          memory=str(memory), jobs=jobs, backend=backend, scheduler=scheduler,
-                         task_timeout=task_timeout, force=force, progress=progress, log_file=log_file)
+                         task_timeout=task_timeout, force=force, progress=progress, log_file=log_file,
+                         verify_inputs=verify_inputs)
     return run_calibration(data_dir, config or CalibrationConfig(), options, output=output, run_name=run,
                            runs_dir=runs_dir, chunk_bytes=chunk_bytes)
 
@@ -458,6 +595,7 @@ def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: Ru
     """:func:`calibrate` with its options as a :class:`RunOptions`: identity, plan, dispatch, summary."""
     t_start = time.perf_counter()
     budget = parse_bytes(options.memory)  # a bad size fails before anything is created
+    check_options(options, budget, chunk_bytes)
     job = identify(data_dir, config, options, output, run_name, runs_dir)
     summary = RunSummary(job.output)
     with contextlib.ExitStack() as stack:
@@ -465,19 +603,25 @@ def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: Ru
         if run_name is not None:  # under the lock: config.toml always describes what the locked run writes
             prepare_run(run_name, config, options, runs_dir, force=options.force)
         stack.enter_context(_log_file(job.output, options.log_file))
+        _report_dropped(job)
         stack.enter_context(_stop_on_signals())
+        stack.enter_context(_arrow_pool_kept())
+        # planned before the layout: a budget or an address-space limit the run cannot use leaves nothing behind
+        plan = plan_run(options, budget, len(job.observations), chunk_bytes)
         prepared = prepare_output(job.output, job.observations, list(job.layouts.values()), job.attrs,
                                   job.identity, options.force)
         summary.action = prepared.action
         if prepared.action == "complete":
             log.info("%s: already complete with this config and numerical code; nothing to do", job.output)
         else:
-            summary.plan = plan_run(options, budget, len(prepared.todo), chunk_bytes)
+            if len(prepared.todo) < plan.jobs:  # fewer left than workers planned: fewer, bigger workers
+                plan = plan_run(options, budget, len(prepared.todo), chunk_bytes)
+            summary.plan = plan
             dispatch(job, options, summary.plan, prepared, summary)
         summary.statuses = _statuses(prepared.descriptors, job.observations)
         if prepared.action != "complete":
             publish(prepared.partial, job.output)
-    return summarize(summary, t_start)
+        return summarize(summary, t_start)  # inside: the log file ends with the summary line
 
 
 @dataclass(frozen=True)
@@ -492,16 +636,23 @@ class RunJob:
     layouts: dict[str, InstrumentLayout]
     identity: dict[str, str]  # what an existing output must share with this run to be resumed by it
     attrs: dict[str, Any]  # the attributes of a new output: the identity and what describes the file
+    manifest: str | None = None  # input manifest the workers check each input file against
 
 
 def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOptions,
-             output: str | Path | None, run_name: str | None, runs_dir: str | Path) -> RunJob:
-    """Stage 1: the input, the output path and the output's identity; a named run's folder is created."""
+             output: str | Path | None, run_name: str | None, runs_dir: str | Path, *, create: bool = True,
+             ) -> RunJob:
+    """Stage 1: the input, the output path and the output's identity; a named run's folder is created.
+
+    ``create=False`` (``--dry-run``) creates nothing: the run folder is only named.
+    """
     if (output is None) == (run_name is None):
         raise ValueError("give either an output file or a run name (not both)")
     data_dir = Path(data_dir).resolve()
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise OutputError(f"{Path(output).resolve().parent}: output folder does not exist")
+    if output is not None and Path(output).is_dir():
+        raise OutputError(f"{output}: is a folder; -o names the HDF5 file to write (e.g. {Path(output) / 'out.h5'})")
     info = dataset_info(data_dir)
     observations = discover_observations(data_dir, options.split, options.planets)
     if not observations:
@@ -509,7 +660,8 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     if run_name is not None:  # only once the input is known to be there: no empty run folders
         output = run_output(run_name, options.split, runs_dir)
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{output.parent}: cannot create the run folder: {exc}") from None
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
@@ -519,7 +671,75 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     if output is None:
         raise ValueError("give either an output file or a run name")
     return RunJob(data_dir, options.split, Path(output).resolve(), config, observations, layouts, run_identity,
-                  attrs)
+                  attrs, resolve_manifest(data_dir, options.verify_inputs))
+
+
+def _report_dropped(job: RunJob) -> None:
+    """Log what the time and spatial bins leave out of every observation: never silently.
+
+    A bin width that does not divide a visit's samples drops its incomplete last bin (the
+    organisers' notebook does so with the default widths: half a bin of the real visits);
+    a spatial bin that does not divide the columns drops the last columns. A width other
+    than the default gets a warning, the default an info line.
+    """
+    config, info = job.config, dataset_info(job.data_dir)
+    defaults = CalibrationConfig()
+    for name, layout in job.layouts.items():
+        inst = INSTRUMENTS[name]
+        option = "airs_bin" if name == AIRS.name else "fgs1_bin"
+        per_sample = frames_per_bin(config, inst) // config.bin_width(name)
+        samples, width = info.n_frames(inst) // per_sample, config.bin_width(name)
+        if config.time_binning and samples % width:
+            exact = [str(n) for n in range(1, min(samples, 2000) + 1) if samples % n == 0]
+            level = logging.INFO if width == getattr(defaults, option) else logging.WARNING
+            log.log(level, "%s: %s %d leaves the last %d of %d %s of every observation out of a whole time bin: "
+                    "they are dropped (widths that divide %d: %s)", name, option, width, samples % width, samples,
+                    "CDS samples" if config.cds else "frames", samples, ", ".join(exact[:12]))
+        columns = int(layout.columns.shape[0])
+        if columns % config.spatial_bin:
+            log.warning("%s: spatial_bin %d leaves the last %d of %d output columns out of a whole block: they "
+                        "are dropped", name, config.spatial_bin, columns % config.spatial_bin, columns)
+
+
+def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = None) -> None:
+    """Refuse a memory budget or a scheduler the run cannot use, before any output is laid out.
+
+    ``--memory`` above this machine's RAM, or too small for one worker (what :func:`plan_run`
+    would refuse later), and an unreachable dask scheduler stop the run here.
+    """
+    if options.backend == "loky" and budget > physical_memory():
+        raise MemoryBudgetError(f"--memory {options.memory} is more than this machine's memory "
+                                f"({format_bytes(physical_memory())}); give at most that")
+    if chunk_bytes is None:  # what plan_run refuses later, for one task, without its log lines
+        release_memory()
+        jobs = options.jobs if options.backend == "loky" else 1
+        try:
+            plan_workers(min(budget, available_memory()), 1, jobs, available_cores(), current_rss())
+        except MemoryBudgetError as exc:
+            raise MemoryBudgetError(f"--memory {options.memory}: {exc}") from None
+    if options.backend == "dask" and options.scheduler:
+        _probe_scheduler(options.scheduler)
+
+
+def _probe_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Raise :class:`ArielstreamError` if nothing listens at a ``tcp://`` scheduler ``address``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(address if "://" in address else f"tcp://{address}")
+    if url.scheme != "tcp":  # tls://, ucx://, inproc://: left to dask.distributed to check
+        return
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ArielstreamError(f"--scheduler {address}: not a scheduler address (use tcp://HOST:PORT)")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ArielstreamError(f"--scheduler {address}: cannot reach the dask scheduler "
+                               f"({exc.strerror or type(exc).__name__})") from None
 
 
 def plan_run(options: RunOptions, budget: int, n_todo: int, chunk_bytes: int | None = None) -> WorkerPlan:
@@ -530,7 +750,8 @@ def plan_run(options: RunOptions, budget: int, n_todo: int, chunk_bytes: int | N
         return WorkerPlan(jobs, max(1, available_cores() // jobs), int(chunk_bytes), budget, current_rss())
     if options.backend == "dask":
         return plan_workers(budget, 1, 1, 1, current_rss())
-    return plan_workers(budget, n_todo, options.jobs, available_cores(), current_rss())
+    return plan_workers(effective_budget(budget), n_todo, options.jobs, available_cores(), current_rss(),
+                        address_headroom=address_headroom())
 
 
 def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
@@ -547,7 +768,7 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
     dispatcher = _Dispatcher(job, options, worker_plan, prepared.descriptors, summary, len(prepared.todo))
     client = _dask_client(options.scheduler) if options.backend == "dask" else contextlib.nullcontext()
     try:
-        with client:
+        with client, _worker_logs(dispatcher):
             todo = prepared.todo
             for _ in range(MAX_ROUNDS):
                 dispatcher.round(todo)
@@ -561,9 +782,55 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
         log.warning("interrupted: %d observation(s) done are kept in %s; run the same command to resume",
                     sum(r.ok for r in summary.results), prepared.partial)
         raise
+    except OutputError:  # the output cannot be written: stop; what is done stays in .partial for the rerun
+        with contextlib.suppress(OutputError):  # the disk may refuse this too: the rerun reconciles it then
+            _abandon_running(prepared.descriptors)
+        raise
     finally:
         if dispatcher.bar is not None:
             dispatcher.bar.close()
+
+
+@contextlib.contextmanager
+def _worker_logs(dispatcher: _Dispatcher) -> Iterator[None]:
+    """While dispatching: local workers' log records logged here (run/worker_logs.py), console lines above the bar."""
+    forwarder = None
+    if dispatcher.parent is None:
+        log.debug("dask backend: the workers' log records stay in the dask workers' own logs")
+    elif not dispatcher.in_coordinator:
+        forwarder = LogForwarder()
+        dispatcher.log_channel = forwarder.channel
+    try:
+        with above_bar(dispatcher.bar is not None):
+            yield
+    finally:
+        dispatcher.log_channel = None
+        if forwarder is not None:
+            forwarder.close()
+
+
+def _helper_peaks() -> dict[int, int]:
+    """Peak RSS of the resource-tracker processes that loky and multiprocessing started for this run.
+
+    They belong to the process tree too (~30 MB each) but run no observation, so no result reports them.
+    """
+    import multiprocessing.resource_tracker as mp_tracker
+
+    trackers = [mp_tracker._resource_tracker]
+    with contextlib.suppress(ImportError):
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+        trackers.append(loky_tracker._resource_tracker)
+    peaks: dict[int, int] = {}
+    for tracker in trackers:
+        pid = getattr(tracker, "_pid", None)
+        if not isinstance(pid, int):  # never started
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[pid] = int(line.split()[1]) * 1024
+    return peaks
 
 
 def summarize(summary: RunSummary, t_start: float) -> RunSummary:
@@ -576,9 +843,11 @@ def summarize(summary: RunSummary, t_start: float) -> RunSummary:
     for result in summary.results:
         if result.pid != own:
             workers[result.pid] = max(workers.get(result.pid, 0), result.peak_rss)
-    summary.peak_rss_bound = peak_rss() + sum(workers.values())
-    log.debug("peak RSS: coordinator %s, workers %s", format_bytes(peak_rss()),
-              ", ".join(f"{pid}: {format_bytes(v)}" for pid, v in workers.items()))
+    helpers = _helper_peaks()
+    summary.peak_rss_bound = peak_rss() + sum(workers.values()) + sum(helpers.values())
+    log.debug("peak RSS: coordinator %s, workers %s, resource trackers %s", format_bytes(peak_rss()),
+              ", ".join(f"{pid}: {format_bytes(v)}" for pid, v in workers.items()),
+              ", ".join(f"{pid}: {format_bytes(v)}" for pid, v in helpers.items()) or "none")
     log.info("%d done, %d failed in %.1f s (%.1f obs/min); peak RSS of the process tree <= %s; wrote %s",
              len(summary.statuses) - len(summary.failed), len(summary.failed), summary.seconds,
              60 * len(summary.results) / max(summary.seconds, 1e-9), format_bytes(summary.peak_rss_bound),
@@ -598,15 +867,36 @@ class _Dispatcher:
         self.parent = os.getpid() if options.backend == "loky" else None
         self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
         self.masters = None
+        self.log_channel: LogChannel | None = None  # set while local workers forward their logs here
+        self.unusable: dict[int, str] = {}  # observations failed before dispatch, and why
         if job.config.master_calibration == "dataset":
-            self.masters = {name: load_masters(job.observations, INSTRUMENTS[name]) for name in job.config.instruments}
-            log.info("master dark and flat combined over %d observation(s)", len(job.observations))
+            self.masters = {name: self._dataset_master(INSTRUMENTS[name]) for name in job.config.instruments}
         self.bar = _progress(total, options.progress)  # last: nothing after it may fail and leave it open
+
+    def _dataset_master(self, inst: Instrument) -> Any:
+        """The master over every observation whose calibration files read; the others fail, not the run."""
+        usable = [i for i in range(len(self.job.observations)) if i not in self.unusable]
+        while True:
+            try:
+                master = load_masters([self.job.observations[i] for i in usable], inst)
+            except InputError as exc:
+                bad = [i for i in usable
+                       if exc.path.parent == self.job.observations[i].calibration_path(inst, "dark").parent]
+                if not bad or len(bad) == len(usable):
+                    raise
+                for i in bad:
+                    self.unusable[i] = f"{exc}; left out of the {inst.name} master dark and flat"
+                    log.error("%s: %s", self.job.observations[i].label, self.unusable[i])
+                usable = [i for i in usable if i not in bad]
+                continue
+            log.info("%s master dark and flat combined over %d observation(s)", inst.name, len(usable))
+            return master
 
     def task(self, index: int) -> Task:
         job = self.job
         return Task(index, job.observations[index], str(job.data_dir), job.config, job.layouts, self.descriptors,
-                    self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters)
+                    self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
+                    job.manifest, self.log_channel)
 
     def collect(self, result: ObservationResult) -> None:
         if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
@@ -618,6 +908,11 @@ class _Dispatcher:
     def round(self, todo: list[int]) -> None:
         """Run ``todo``; if the pool breaks, retry each observation it was running alone, once."""
         timeout = self.options.task_timeout
+        for index in [i for i in todo if i in self.unusable]:  # its calibration files do not read
+            obs = self.job.observations[index]
+            fail_observation(self.descriptors, index, self.unusable[index])
+            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, self.unusable[index]))
+        todo = [i for i in todo if i not in self.unusable]
         try:
             for result in _execute([self.task(i) for i in todo], self.plan, self.options.backend, timeout):
                 self.collect(result)
@@ -654,8 +949,9 @@ def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:
         log.error("%s failed: %s", label, result.error)
     if bar is not None:
         bar.update(1)
-    else:
-        log.info("[%d/%d] %s %s in %.1f s", done, total, label, "done" if result.ok else "FAILED", result.seconds)
+    # always in the log file; on the console beside a progress bar only with -v (``cli.app.setup_logging``)
+    log.info("[%d/%d] %s %s in %.1f s (pid %d, peak RSS %s)", done, total, label, "done" if result.ok else "FAILED",
+             result.seconds, result.pid, format_bytes(result.peak_rss), extra={CONSOLE_OPTIONAL: bar is not None})
 
 
 def _dask_client(scheduler: str | None):
@@ -665,5 +961,8 @@ def _dask_client(scheduler: str | None):
         raise ArielstreamError("the dask backend needs dask.distributed: pip install 'arielstream[dask]'") from None
     if not scheduler:
         raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
-    return Client(scheduler)
+    try:
+        return Client(scheduler)
+    except (OSError, TimeoutError) as exc:
+        raise ArielstreamError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc})") from None
 

@@ -147,7 +147,7 @@ _SPLIT_CODE = {"train": 0, "test": 1}
 _INST_CODE = {"planet": 0, AIRS.name: 1, FGS1.name: 2}
 # purposes of the random streams
 _P_ID, _P_PLANET, _P_VISITS, _P_DETECTOR, _P_DARK, _P_VISIT, _P_CR, _P_NOISE = range(8)
-_COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 
 
 # ---------------------------------------------------------------- geometry
@@ -640,13 +640,14 @@ class _SignalSink:
     """
 
     def __init__(self, path: Path, n_pixels: int, n_frames: int, row_group_frames: int | None,
-                 compression: str, executor: ThreadPoolExecutor):
+                 compression: str, executor: ThreadPoolExecutor, page_checksums: bool = False):
         self.path, self.n_pixels, self.n_frames = path, n_pixels, n_frames
         self.rg = n_frames if row_group_frames is None else min(row_group_frames, n_frames)
         self.schema = pa.schema([pa.field(f"column_{p}", pa.uint16(), nullable=False)
                                  for p in range(n_pixels)])
         self.tmp = path.with_name(path.name + ".tmp")
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression=compression)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression=compression,
+                                       write_page_checksum=page_checksums)
         self.executor = executor
         self.pending: Future | None = None
         self.buf = np.empty((n_pixels, self.rg), dtype=np.uint16)
@@ -702,18 +703,20 @@ class _SignalSink:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_table(path: Path, columns: list[np.ndarray], names: list[str]) -> None:
+def _write_table(path: Path, columns: list[np.ndarray], names: list[str], page_checksums: bool = False) -> None:
     table = pa.Table.from_arrays([pa.array(c) for c in columns], names=names)
-    pq.write_table(table, path, compression="zstd", row_group_size=max(1, table.num_rows))
+    pq.write_table(table, path, compression="zstd", row_group_size=max(1, table.num_rows),
+                   write_page_checksum=page_checksums)
 
 
-def _write_calibration(folder: Path, det: Detector) -> None:
+def _write_calibration(folder: Path, det: Detector, page_checksums: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tables = det.calibration_tables()
     for name in CALIBRATION_NAMES:
         arr = tables[name]
         cols = [np.ascontiguousarray(arr[:, j]) for j in range(arr.shape[1])]
-        _write_table(folder / f"{name}.parquet", cols, [f"column_{j}" for j in range(arr.shape[1])])
+        _write_table(folder / f"{name}.parquet", cols, [f"column_{j}" for j in range(arr.shape[1])],
+                     page_checksums)
 
 
 # ---------------------------------------------------------------- metadata files
@@ -804,7 +807,8 @@ def _simulate_instrument(sink: _SignalSink, inst: Instrument, det: Detector, sta
 
 def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int,
                     dets: dict[str, Detector], axis: tuple[np.ndarray, np.ndarray], *,
-                    cosmic_rate: float, row_group_frames: int | None, compression: str) -> dict:
+                    cosmic_rate: float, row_group_frames: int | None, compression: str,
+                    page_checksums: bool = False) -> dict:
     airs_t, fgs1_t = axis
     vrng = _rng(seed, split, planet.index, visit, "planet", _P_VISIT)
     t0_h = float(vrng.uniform(*MIDTIME_RANGE_H))
@@ -842,13 +846,13 @@ def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int
                 cosmic = _draw_cosmic_rays(n_frames // 2, inst.pixels, t_exp[1] - t_exp[0], cosmic_rate,
                                            _rng(seed, split, planet.index, visit, inst.name, _P_CR))
                 det = dets[inst.name]
-                _write_calibration(folder / inst.calibration_dir(visit), det)
+                _write_calibration(folder / inst.calibration_dir(visit), det, page_checksums)
 
                 def rng_for_tile(t: int, inst: Instrument = inst) -> np.random.Generator:
                     return _rng(seed, split, planet.index, visit, inst.name, _P_NOISE, t)
 
                 sinks[inst.name] = _SignalSink(folder / inst.signal_name(visit), inst.pixels, n_frames,
-                                               row_group_frames, compression, executor)
+                                               row_group_frames, compression, executor, page_checksums)
                 _simulate_instrument(sinks[inst.name], inst, det, rate_fn, backgrounds[inst.name], n_frames,
                                      cosmic, rng_for_tile)
                 key = "airs" if inst is AIRS else "fgs1"
@@ -909,8 +913,8 @@ def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: 
         raise ValueError(f"row_group_frames must be None or an integer >= 1, got {row_group_frames!r}")
     if not (isinstance(cosmic_rate, (int, float)) and math.isfinite(cosmic_rate) and cosmic_rate >= 0):
         raise ValueError(f"cosmic_rate must be a finite number >= 0, got {cosmic_rate!r}")
-    if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
 def _warn_foreign_planets(split_dir: Path, taken: set[int]) -> None:
@@ -926,7 +930,7 @@ def _warn_foreign_planets(split_dir: Path, taken: set[int]) -> None:
 def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0, seed: int = 0, split: str = "train",
                      two_visit_fraction: float = 0.1, row_group_frames: int | None = None,
                      cosmic_rate: float = 1.6e-5, background_fraction: float = 0.3,
-                     compression: str = "zstd") -> list[tuple[int, int]]:
+                     compression: str = "zstd", page_checksums: bool = False) -> list[tuple[int, int]]:
     """Write an ADC2025-shaped folder; return ``[(planet_id, n_visits), ...]`` in simulation order.
 
     Parameters
@@ -942,6 +946,8 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
     cosmic_rate : cosmic-ray hits per pixel per second of exposure.
     background_fraction : probability that a planet has a diffuse background.
     compression : Parquet codec of the signal files (calibration files are always zstd).
+    page_checksums : write a CRC32 in every Parquet page of the signal and calibration files (the
+        competition's files have none); the readers verify them.
     """
     _check_arguments(n_planets, seed, split, two_visit_fraction, background_fraction, row_group_frames,
                      cosmic_rate, compression)
@@ -986,7 +992,8 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
                 dets = {name: _next_visit_detector(d, _rng(seed, split, p.index, v, name, _P_DARK))
                         for name, d in dets.items()}
             visits.append(_simulate_visit(out, split, seed, p, v, dets, axis, cosmic_rate=cosmic_rate,
-                                          row_group_frames=row_group_frames, compression=compression))
+                                          row_group_frames=row_group_frames, compression=compression,
+                                          page_checksums=page_checksums))
         planet_entries.append({**p.manifest(), "visits": visits})
         log.info("planet %d (%d/%d): %d visit(s) in %.1f s", p.planet_id, p.index + 1, n_planets,
                  p.n_visits, time.perf_counter() - t_start)

@@ -1,0 +1,211 @@
+"""Digests of a data folder's input files, and the check of each file against them before it is read.
+
+The competition's Parquet files carry no page checksums, so a flipped bit or a
+zeroed range in a data page decodes into wrong numbers without an error.
+``arielstream manifest DATA_DIR`` records the size and a BLAKE2b digest of every
+input file (``*.parquet`` and ``*.csv`` under ``DATA_DIR``) in
+``DATA_DIR/arielstream-manifest.json`` (:data:`MANIFEST_NAME`; or another file
+where ``DATA_DIR`` is read-only). A run given that manifest
+(``--verify-inputs``, or automatically when ``DATA_DIR`` holds one) hashes each
+file an observation reads in the worker just before reading it
+(:func:`check_observation_inputs`): a file whose size or digest differs, or that
+the manifest lists and is gone, fails that observation with a reason naming the
+file; a file the manifest does not list is read with a warning.
+
+Keys are paths relative to the data folder, with ``/`` separators, so a manifest
+written elsewhere (``-o``) still applies to the folder it was made from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import InputError
+from ..layout import INSTRUMENTS, Observation
+from ..units import format_bytes
+from . import atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "arielstream-manifest.json"
+FORMAT = "arielstream-input-manifest"
+VERSION = 1
+ALGORITHM = "blake2b-128"
+INPUT_SUFFIXES = (".parquet", ".csv")  # what a data folder's inputs are; anything else is not recorded
+DATASET_FILES = ("adc_info.csv", "axis_info.parquet")  # read by every observation
+
+
+def digest_file(path: str | Path) -> str:
+    """Hex BLAKE2b (128-bit) digest of a file's bytes, read in 1 MiB blocks (hashlib releases the GIL)."""
+    h = hashlib.blake2b(digest_size=16)
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def input_files(root: Path) -> list[Path]:
+    """Every input file under ``root`` (sorted), leaving out hidden folders and files."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / n for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
+    return sorted(found)
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def write_manifest(data_dir: str | Path, output: str | Path | None = None,
+                   threads: int | None = None) -> tuple[Path, int, int, float]:
+    """Digest every input file of ``data_dir`` into ``output`` (default ``data_dir/MANIFEST_NAME``).
+
+    Returns ``(manifest path, number of files, bytes digested, seconds)``. The
+    manifest is written atomically; the files are digested on ``threads`` threads
+    (default: one per CPU).
+    """
+    root = Path(data_dir).resolve()
+    if not root.is_dir():
+        raise InputError(root, "data folder not found")
+    target = Path(output) if output is not None else root / MANIFEST_NAME
+    files = input_files(root)
+    if not files:
+        raise InputError(root, f"no input files ({', '.join('*' + s for s in INPUT_SUFFIXES)}) to record")
+    t0 = time.perf_counter()
+    threads = threads or os.cpu_count() or 1
+
+    def entry(path: Path) -> tuple[int, str]:
+        try:
+            return path.stat().st_size, digest_file(path)
+        except OSError as exc:
+            raise InputError(path, f"cannot be read: {exc}") from None
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="arielstream-digest") as pool:
+        digests = list(pool.map(entry, files))
+    seconds = time.perf_counter() - t0
+    entries = {_key(p, root): {"size": size, "digest": digest}
+               for p, (size, digest) in zip(files, digests, strict=True)}
+    total = sum(size for size, _ in digests)
+    document = {"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM, "data_dir": str(root),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": entries}
+    with atomic.atomic_write(target, "write the input manifest") as tmp:
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    log.info("%s: %d input file(s), %s digested in %.1f s", target, len(entries), format_bytes(total), seconds)
+    return target, len(entries), total, seconds
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The recorded ``(size, digest)`` of each input file, by path relative to the data folder."""
+
+    path: Path
+    files: dict[str, tuple[int, str]]
+
+    def check(self, path: Path, root: Path) -> bool:
+        """Raise :class:`InputError` naming ``path`` if it differs from its record; False if it has none."""
+        entry = self.files.get(_key(path, root))
+        if entry is None:
+            return False
+        size, digest = entry
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise InputError(path, f"missing, but the input manifest {self.path} lists it") from None
+        if actual != size:
+            raise InputError(path, f"{actual} bytes, the input manifest {self.path} records {size} "
+                                   "(changed or truncated since the manifest was written)")
+        if digest_file(path) != digest:
+            raise InputError(path, f"content differs from the input manifest {self.path} (BLAKE2b digest "
+                                   "mismatch: damaged or changed since the manifest was written)")
+        return True
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and check a manifest written by :func:`write_manifest`; :class:`InputError` if it is not one."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "input manifest not found (write one with: arielstream manifest DATA_DIR)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable input manifest: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != VERSION \
+            or document.get("algorithm") != ALGORITHM or not isinstance(document.get("files"), dict):
+        raise InputError(path, f"not an arielstream input manifest ({FORMAT} version {VERSION}, {ALGORITHM})")
+    try:
+        files = {str(k): (int(v["size"]), str(v["digest"])) for k, v in document["files"].items()}
+    except (TypeError, KeyError, ValueError):
+        raise InputError(path, "malformed entry in the input manifest (each needs a size and a digest)") from None
+    return Manifest(path, files)
+
+
+def resolve_manifest(data_dir: str | Path, option: str | None) -> str | None:
+    """The manifest a run checks its inputs against, checked readable now, or None.
+
+    ``option`` is the ``verify_inputs`` run option: a manifest file (it must exist),
+    or None for ``data_dir/MANIFEST_NAME`` when that exists and no check otherwise.
+    """
+    path = Path(option) if option else Path(data_dir) / MANIFEST_NAME
+    if option is None and not path.exists():
+        return None
+    manifest = load_manifest(path)
+    log.info("checking every input file against %s (%d file(s) recorded) before it is read",
+             path, len(manifest.files))
+    return str(path.resolve())
+
+
+@lru_cache(maxsize=2)
+def _cached(path: str, stamp: int) -> Manifest:
+    return load_manifest(path)
+
+
+_UNLISTED: set[Path] = set()  # files already warned about in this process
+
+
+def observation_inputs(obs: Observation, root: Path, instruments: Iterable[str], all_visits: bool) -> list[Path]:
+    """The files an observation reads: dataset-level files, its signal files and its calibration folders.
+
+    ``all_visits``: the calibration folders of every visit of the planet (a master per planet).
+    """
+    paths = [root / name for name in DATASET_FILES]
+    for name in instruments:
+        inst = INSTRUMENTS[name]
+        paths.append(obs.signal_path(inst))
+        folders = sorted(obs.folder.glob(f"{inst.name}_calibration_*")) if all_visits else \
+            [obs.folder / inst.calibration_dir(obs.visit)]
+        for folder in folders:
+            paths += sorted(folder.glob("*.parquet"))
+    return paths
+
+
+def check_observation_inputs(manifest_path: str, obs: Observation, root: Path, instruments: Iterable[str],
+                             all_visits: bool = False) -> None:
+    """Check each file ``obs`` reads against the manifest (in the worker, just before reading them).
+
+    Files the manifest lists in the observation's calibration folders but that are
+    gone count as missing. Raises :class:`InputError` naming the first bad file.
+    """
+    manifest = _cached(manifest_path, os.stat(manifest_path).st_mtime_ns)
+    paths = observation_inputs(obs, root, instruments, all_visits)
+    folders = {_key(p.parent, root) + "/" for p in paths if p.parent not in (root, obs.folder)}
+    listed = {root / k for k in manifest.files if k.rsplit("/", 1)[0] + "/" in folders}
+    t0, checked = time.perf_counter(), 0
+    for path in sorted(set(paths) | listed):
+        if manifest.check(path, root):
+            checked += 1
+        elif path.exists() and path not in _UNLISTED:
+            _UNLISTED.add(path)
+            log.warning("%s: not in the input manifest %s; read without a check", path, manifest.path)
+    log.debug("%s: %d input file(s) match the manifest (%.2f s)", obs.label, checked, time.perf_counter() - t0)

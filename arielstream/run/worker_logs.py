@@ -1,0 +1,178 @@
+"""Worker log records in the coordinator's log: forwarded, formatted once, and printed above the progress bar.
+
+A local worker process has no handler of its own: what it logs (a calibration file
+skipped, an error's traceback, ``-vv`` chunk plans) would print bare on the console
+and never reach ``OUT.h5.log``. While a run dispatches to local workers, the
+coordinator listens on an authenticated local socket (:class:`LogForwarder`, a
+:mod:`multiprocessing.connection` listener: no extra process to outlive a killed
+coordinator); each task carries the listener's :class:`LogChannel`, and the worker
+sends every record of the ``arielstream`` loggers there (:func:`forward_to`), at the
+coordinator's level (``-v``, ``-vv``). The coordinator logs each record it receives
+through its own handlers: the console and the log file, once.
+
+The dask backend keeps worker-local logging: its workers may run on other machines,
+and their records stay in the dask workers' logs.
+
+:func:`above_bar` makes the console handlers write with ``tqdm.write`` while a
+progress bar is shown, so that log lines print above the bar instead of through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any
+
+ROOT = "arielstream"  # the logger whose records are forwarded
+POLL_SECONDS = 0.1  # how often a receiving thread checks whether the forwarder is closing
+
+
+@dataclass(frozen=True)
+class LogChannel:
+    """Where a worker sends its log records, and the level it logs at (picklable: it travels in a task)."""
+
+    address: str
+    authkey: bytes
+    level: int
+
+
+class LogForwarder:
+    """In the coordinator: receive the records of local workers and log them through this process's handlers."""
+
+    def __init__(self) -> None:
+        authkey = secrets.token_bytes(32)
+        self._listener = Listener(family="AF_UNIX", authkey=authkey)
+        self.channel = LogChannel(str(self._listener.address), authkey, logging.getLogger(ROOT).getEffectiveLevel())
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, name="arielstream-log-accept", daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn = self._listener.accept()
+            except (AuthenticationError, EOFError, ConnectionError):
+                continue  # a stranger, or a worker that died while connecting
+            except OSError:
+                return  # the listener is closed
+            if self._closing.is_set():
+                conn.close()
+                return
+            thread = threading.Thread(target=self._receive, args=(conn,), name="arielstream-log-receive", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _receive(self, conn: Connection) -> None:
+        """Log what ``conn`` sends until it closes, or until the forwarder closes and nothing is left to read."""
+        with conn:
+            while True:
+                try:
+                    if not conn.poll(POLL_SECONDS):
+                        if self._closing.is_set():
+                            return
+                        continue
+                    fields = conn.recv()
+                except (EOFError, OSError):
+                    return
+                record = logging.makeLogRecord(fields)
+                logger = logging.getLogger(record.name)
+                if logger.isEnabledFor(record.levelno):
+                    logger.handle(record)
+
+    def close(self) -> None:
+        """Stop listening, after logging every record the workers have sent so far."""
+        self._closing.set()
+        with contextlib.suppress(OSError, EOFError, AuthenticationError):  # wake the accepting thread
+            Client(self.channel.address, family="AF_UNIX", authkey=self.channel.authkey).close()
+        self._accepter.join(timeout=5)
+        self._listener.close()
+        for thread in self._threads:  # each drains what is already in its socket, then stops
+            thread.join(timeout=5)
+
+
+class _ForwardHandler(logging.Handler):
+    """In a worker: send each record to the coordinator's :class:`LogForwarder`; drop it if that is gone."""
+
+    def __init__(self, channel: LogChannel):
+        super().__init__(channel.level)
+        self.channel = channel
+        self._conn: Connection | None = None
+        self._broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._broken:
+            return
+        try:
+            if self._conn is None:
+                self._conn = Client(self.channel.address, family="AF_UNIX", authkey=self.channel.authkey)
+            self._conn.send(_plain(record, self))
+        except (OSError, EOFError, AuthenticationError):
+            self._broken = True  # the coordinator is gone or stopped listening: its run is over
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        super().close()
+
+
+def _plain(record: logging.LogRecord, handler: logging.Handler) -> dict[str, Any]:
+    """The record as plain values: the message formatted, a traceback as text (like ``SocketHandler``)."""
+    fields = dict(record.__dict__)
+    fields["msg"] = record.getMessage()
+    fields["args"] = None
+    if record.exc_info:
+        fields["exc_text"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
+    fields["exc_info"] = None
+    fields.pop("message", None)
+    return fields
+
+
+def forward_to(channel: LogChannel) -> None:
+    """In a worker process: send the ``arielstream`` records to ``channel`` (once per channel) at its level."""
+    logger = logging.getLogger(ROOT)
+    current = [h for h in logger.handlers if isinstance(h, _ForwardHandler)]
+    if len(current) == 1 and current[0].channel == channel:
+        return
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers[:] = [_ForwardHandler(channel)]
+    logger.setLevel(channel.level)
+    logger.propagate = False  # never also printed bare by the worker's last-resort handler
+
+
+class _AboveBar(logging.Handler):
+    """A console handler's records, written with ``tqdm.write``: above the progress bar."""
+
+    def __init__(self, console: logging.StreamHandler):
+        super().__init__(console.level)
+        self.setFormatter(console.formatter)
+        self.stream = console.stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def above_bar(active: bool) -> Iterator[None]:
+    """While ``active`` (a progress bar is shown): the console handlers of ``arielstream`` print above it."""
+    logger = logging.getLogger(ROOT)
+    original = list(logger.handlers)
+    if active:  # exactly StreamHandler: a log file's handler is a subclass and keeps writing its file
+        logger.handlers[:] = [_AboveBar(h) if type(h) is logging.StreamHandler else h for h in original]
+    try:
+        yield
+    finally:
+        logger.handlers[:] = original

@@ -1,0 +1,99 @@
+"""Calibrating from Python or a notebook: the run's log file, the summary's repr, import hygiene, ``--version``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pyarrow
+import pytest
+
+import arielstream
+from arielstream.cli import app
+from arielstream.run import runner
+from arielstream.run.identity import code_version
+
+from .conftest import DATA_SAMPLES, REPO
+
+PLANET = 73079497  # one visit in the committed samples
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh process with pipes for its output (so no TTY: no progress bar)."""
+    environ = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"} | env
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=environ,
+                          timeout=600, stdin=subprocess.DEVNULL)
+
+
+def test_calibrate_from_python_logs_each_observation_and_the_summary(tmp_path):
+    out = tmp_path / "nb.h5"
+    proc = _python(f"import arielstream; print(arielstream.calibrate({str(DATA_SAMPLES)!r}, {str(out)!r}, "
+                   f"planets=[{PLANET}], jobs=1))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"<RunSummary {out}: new, 1 done, 0 failed of 1;"), proc.stdout
+    assert "peak RSS <=" in proc.stdout
+    assert "INFO" not in proc.stderr  # logging not set up: the console only gets warnings
+    lines = (tmp_path / "nb.h5.log").read_text().splitlines()
+    per_observation = [line for line in lines if "[1/1]" in line]
+    assert len(per_observation) == 1 and f"{PLANET}/visit 0 done" in per_observation[0]
+    assert "1 done, 0 failed in" in lines[-1]  # the log ends with the run's summary line
+
+
+def test_run_summary_repr_is_one_readable_line(tmp_path):
+    summary = runner.RunSummary(tmp_path / "o.h5", statuses=[(1, 0, "done", ""), (2, 0, "failed", "bad")],
+                                seconds=12.34, peak_rss_bound=3 * 2**30)
+    text = repr(summary)
+    assert text == (f"<RunSummary {tmp_path / 'o.h5'}: new, 1 done, 1 failed of 2; this run computed 0 in 12.3 s, "
+                    "peak RSS <= 3.22 GB>")
+    assert "\n" not in text and "statuses" not in text
+
+
+def test_progress_lines_reach_the_console_only_with_verbose():
+    logger = logging.getLogger("arielstream")
+    saved = logger.handlers[:], logger.level
+    try:
+        for verbose, shown in ((0, False), (1, True)):
+            app.setup_logging(verbose, False)
+            record = logger.makeRecord("arielstream", logging.INFO, __file__, 1, "[1/1] x done", (), None,
+                                       extra={runner.CONSOLE_OPTIONAL: True})
+            assert bool(logger.handlers[0].filter(record)) is shown
+            record = logger.makeRecord("arielstream", logging.INFO, __file__, 1, "run started", (), None)
+            assert logger.handlers[0].filter(record)
+    finally:
+        logger.handlers[:], _ = saved
+        logger.setLevel(saved[1])
+
+
+def test_import_changes_no_process_wide_setting():
+    proc = _python("import os; before = dict(os.environ); import arielstream, pyarrow; "
+                   "assert dict(os.environ) == before, 'environment changed'; "
+                   "print(pyarrow.default_memory_pool().backend_name)")
+    assert proc.returncode == 0, proc.stderr
+    reference = _python("import pyarrow; print(pyarrow.default_memory_pool().backend_name)")
+    assert proc.stdout == reference.stdout  # the pool pyarrow picks by itself
+
+
+def test_a_run_uses_the_system_allocator_and_gives_the_caller_its_pool_back():
+    before = pyarrow.default_memory_pool().backend_name
+    with runner._arrow_pool_kept():
+        runner._system_arrow_pool()  # what every task does first
+        assert pyarrow.default_memory_pool().backend_name == "system"
+    assert pyarrow.default_memory_pool().backend_name == before
+
+
+def test_star_import_keeps_the_builtin_open():
+    namespace: dict = {}
+    exec("from arielstream import *", namespace)
+    assert "open" not in namespace and "calibrate" in namespace
+    assert arielstream.open.__module__ == "arielstream.products.results"
+
+
+def test_version_names_the_numerical_code(capsys):
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--version"])
+    assert stop.value.code == 0
+    digest = code_version().partition("+")[2]
+    assert capsys.readouterr().out.strip() == (f"arielstream {arielstream.__version__} (numerical code {digest}; "
+                                               f"output files record arielstream_version = {code_version()})")

@@ -1,0 +1,220 @@
+"""Transmission spectra: the transit model and fits on synthetic curves, then honest pulls on simulated planets."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+import arielstream
+from arielstream.cli import app as cli
+from arielstream.products import spectrum as sp
+from arielstream.products.score import score_files
+
+from .conftest import DATA_SAMPLES
+
+
+# ---------------------------------------------------------------- the transit model
+def point_trapezoid(t, t0, t14, t23):
+    return np.clip((t14 / 2 - np.abs(t - t0)) / ((t14 - t23) / 2), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("width", [0.02, 0.4, 1.7])
+def test_the_bin_averaged_trapezoid_is_the_mean_of_the_point_model(width):
+    time = np.arange(0.3, 7.5, width)
+    t0, t14, t23 = 3.41, 2.76, 2.37
+    fine = np.linspace(-0.5, 0.5, 4001)[:-1] + 0.5 / 4000  # midpoints across each bin
+    brute = point_trapezoid(time[:, None] + width * fine[None, :], t0, t14, t23).mean(axis=1)
+    np.testing.assert_allclose(sp.transit_shape(time, width, t0, t14, t23), brute, atol=1e-6)
+
+
+def test_a_box_and_a_point_sample():
+    time = np.array([0.25, 1.0, 1.75, 3.0])  # t0 = 1, T14 = 2, T23 = 1: ramps of 0.5 h
+    np.testing.assert_allclose(sp.transit_shape(time, 0.0, 1.0, 2.0, 1.0), [0.5, 1.0, 0.5, 0.0])
+    # a box (t23 = t14) averaged over a bin half inside it
+    assert sp.transit_shape(np.array([2.0]), 1.0, 0.0, 4.0, 4.0)[0] == pytest.approx(0.5)
+
+
+def test_expected_durations_of_a_central_transit():
+    # b = 0 (i = 90): T14 = P/π asin((1 + k)/a), T23 = P/π asin((1 - k)/a)
+    t14, t23 = sp.expected_durations(5.0, 10.0, 90.0, 0.1)
+    assert t14 == pytest.approx(5 * 24 / math.pi * math.asin(0.11))
+    assert t23 == pytest.approx(5 * 24 / math.pi * math.asin(0.09))
+    assert math.isnan(sp.expected_durations(5.0, 10.0, 80.0, 0.1)[0])  # b = 1.7: no transit
+
+
+# ---------------------------------------------------------------- fits on synthetic light curves
+def synthetic(n_bins=60, depth=0.01, t0=3.3, t14=3.0, t23=2.4, slope=0.002, noise=2e-4, rng=None, n=1):
+    time = np.linspace(0.2, 7.3, n_bins)
+    shape = sp.transit_shape(time, sp.bin_width(time), t0, t14, t23)
+    base = 1e5 * (1 + slope * (time - time.mean()))
+    flux = (base * (1 - depth * shape))[:, None] * np.ones((1, n))
+    err = np.full_like(flux, noise * 1e5)
+    if rng is not None:
+        flux = flux + rng.normal(0.0, err)
+    return time, flux, err, shape
+
+
+def test_fit_depths_recovers_a_noiseless_depth_on_a_sloped_baseline():
+    time, flux, err, shape = synthetic()
+    fit = sp.fit_depths(time, flux, err, shape, degree=1)
+    # the transit dims the sloped baseline (multiplicative model): exact, not just at mid-transit
+    assert fit.depth[0] == pytest.approx(0.01, abs=1e-9)
+    assert fit.chi2_dof[0] < 1e-9
+
+
+def test_fit_depths_sigma_matches_the_scatter_monte_carlo():
+    rng = np.random.default_rng(3)
+    time, flux, err, shape = synthetic(rng=rng, n=3000)
+    fit = sp.fit_depths(time, flux, err, shape, degree=1)
+    pulls = (fit.depth - 0.01) / fit.sigma
+    assert abs(pulls.mean()) < 0.1
+    # the chi²/dof > 1 scaling inflates sigma by ~E[max(1, sqrt(chi²/dof))]: a few per cent at 56 dof
+    assert 0.9 < pulls.std() < 1.02, pulls.std()
+
+
+def test_fit_depths_with_too_few_bins_or_bad_values_gives_nan():
+    time, flux, err, shape = synthetic(n_bins=3)
+    assert np.isnan(sp.fit_depths(time, flux, err, shape, degree=1).depth).all()  # 3 bins, 3 parameters
+    time, flux, err, shape = synthetic(n=2)
+    flux[5, 1] = np.nan
+    fit = sp.fit_depths(time, flux, err, shape)
+    assert np.isfinite(fit.depth[0]) and np.isnan(fit.depth[1])
+
+
+def test_fit_timing_finds_the_transit_without_expected_durations():
+    rng = np.random.default_rng(8)
+    time, flux, err, _ = synthetic(n_bins=40, rng=rng)
+    median = np.median(flux[:, 0])
+    timing = sp.fit_timing([sp.Curve(time, flux[:, 0] / median, err[:, 0] / median)])
+    assert timing.durations == "fit"
+    assert timing.t0 == pytest.approx(3.3, abs=0.03)
+    assert timing.t14 == pytest.approx(3.0, abs=0.1)
+    assert timing.t23 == pytest.approx(2.4, abs=0.2)
+
+
+def test_fit_timing_fixes_the_expected_durations_when_bins_are_few():
+    time, flux, err, _ = synthetic(n_bins=6)
+    median = np.median(flux[:, 0])
+    timing = sp.fit_timing([sp.Curve(time, flux[:, 0] / median, err[:, 0] / median)], expected=(3.0, 2.4))
+    assert timing.durations == "star_info" and (timing.t14, timing.t23) == (3.0, 2.4)
+    assert timing.t0 == pytest.approx(3.3, abs=0.05)
+
+
+def test_fit_timing_needs_a_curve_with_room_for_a_transit():
+    with pytest.raises(ValueError, match="no light curve"):
+        sp.fit_timing([])
+    time, flux, err, _ = synthetic(n_bins=3)  # baseline (2) + depth leave no degree of freedom
+    median = np.median(flux[:, 0])
+    with pytest.raises(ValueError, match="too few time bins"):
+        sp.fit_timing([sp.Curve(time, flux[:, 0] / median, err[:, 0] / median)], expected=(3.0, 2.4))
+
+
+def test_visits_combine_by_inverse_variance():
+    mean, sigma = sp.combine_visits(np.array([[1.0, 2.0, np.nan], [3.0, np.nan, np.nan]]),
+                                    np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]))
+    np.testing.assert_allclose(mean[:2], [2.0, 2.0])
+    np.testing.assert_allclose(sigma[:2], [1 / math.sqrt(2), 1.0])
+    assert np.isnan(mean[2]) and np.isnan(sigma[2])
+    mean, sigma = sp.combine_visits(np.array([[1.0], [4.0]]), np.array([[1.0], [2.0]]))
+    assert mean[0] == pytest.approx((1 + 4 / 4) / (1 + 1 / 4)) and sigma[0] == pytest.approx((1 + 1 / 4) ** -0.5)
+
+
+def test_submission_values_have_no_negative_or_missing_value():
+    depth, sigma, clipped, filled = sp.submission_values(np.array([0.01, -0.002, np.nan, 0.03]),
+                                                         np.array([0.001, 0.001, np.nan, 0.002]))
+    assert (clipped, filled) == (1, 1)
+    assert depth[1] == 0.0 and depth[2] == pytest.approx(np.median([0.01, -0.002, 0.03]))
+    assert sigma[2] == pytest.approx(math.hypot(np.std([0.01, -0.002, 0.03]), 0.002))
+    assert np.isfinite(depth).all() and (depth >= 0).all() and (sigma > 0).all()
+
+
+# ---------------------------------------------------------------- the committed samples, end to end
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spectrum_samples") / "samples.h5"
+    arielstream.calibrate(DATA_SAMPLES, out, jobs=1, progress=False, log_file=False)
+    return out
+
+
+def test_spectrum_cli_writes_a_submission_the_score_accepts(samples, tmp_path, capsys):
+    sub = tmp_path / "submission.csv"
+    assert cli.main(["-q", "spectrum", str(samples), "-o", str(sub)]) == cli.EXIT_OK
+    assert f"{sub}: 2 planet(s) from 3 visit(s)" in capsys.readouterr().out
+    with open(sub, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == sp.submission_header() and len(rows[0]) == 567
+    values = np.array([r[1:] for r in rows[1:]], dtype=float)
+    assert sorted(int(r[0]) for r in rows[1:]) == [73079497, 4225610805]
+    assert np.isfinite(values).all() and (values >= 0).all() and (values[:, 283:] > 0).all()
+    with h5py.File(tmp_path / "submission.fits.h5") as f:
+        assert f["depth"].shape == (3, 283) and f["baseline"].shape == (3, 283, 2)
+        assert sorted(f["visit"][()].tolist()) == [0, 0, 1]
+        # four time bins: the durations come from the star info and only t0 is fitted
+        assert {d.decode() for d in f["timing/durations"][()]} == {"star_info"}
+        assert abs(f["timing/t0"][0] - 3.42) < 0.2  # the simulator's mid-time of planet 73079497
+    assert cli.main(["score", str(sub), str(DATA_SAMPLES / "train.csv")]) == cli.EXIT_OK
+    assert score_files(sub, DATA_SAMPLES / "train.csv").score > 0  # better than the naive prediction
+
+
+def test_spectrum_errors_are_one_line_and_leave_nothing_half_written(samples, tmp_path, capsys, monkeypatch):
+    assert cli.main(["spectrum", str(tmp_path / "absent.h5")]) == cli.EXIT_NOINPUT
+    assert "absent.h5" in capsys.readouterr().err
+    bad = tmp_path / "stars.csv"
+    bad.write_text("planet_id,Rs\n1,2\n")
+    assert cli.main(["spectrum", str(samples), "-o", str(tmp_path / "s.csv"), "--star-info", str(bad)]) \
+        == cli.EXIT_NOINPUT
+    assert "star info needs the columns" in capsys.readouterr().err
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sp, "_write_fits", failing)
+    assert cli.main(["spectrum", str(samples), "-o", str(tmp_path / "s.csv")]) == cli.EXIT_CANTCREAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stars.csv"]
+
+
+# ---------------------------------------------------------------- honest uncertainties on simulated planets
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    from arielstream.simulate.dataset import simulate_dataset
+
+    root = tmp_path_factory.mktemp("spectrum_sim")
+    simulate_dataset(root / "data", n_planets=4, scale=0.1, seed=11)  # 19 bins: every duration fitted
+    out = root / "out.h5"
+    arielstream.calibrate(root / "data", out, jobs=1, progress=False, log_file=False)
+    return root / "data", out
+
+
+def read_truth(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return {int(r[0]): np.array(r[1:], dtype=float) for r in rows[1:]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("star_info", [None, False])
+def test_pulls_against_the_simulated_truth_have_unit_spread(simulated, star_info):
+    data, out = simulated
+    spectra = sp.spectrum(out, star_info=star_info)
+    truth = read_truth(data / "train.csv")
+    assert len(spectra.visits) == 5 and spectra.planet_id.size == 4
+    airs, fgs1 = [], []
+    for visit in spectra.visits:
+        pull = (visit.depth - truth[visit.planet_id]) / visit.sigma
+        airs.append(pull[1:])
+        fgs1.append(pull[0])
+        assert abs(pull[1:].mean()) < 0.5, f"{visit.planet_id}/{visit.visit}: mean AIRS pull {pull[1:].mean():.2f}"
+    airs_all, fgs1_all = np.concatenate(airs), np.array(fgs1)
+    # 5 × 282 AIRS pulls measure the spread to ~2%: 0.95 here (the chi²/dof > 1 scaling inflates sigma a
+    # little); FGS1 has one pull per visit: 5 of them bound only gross errors (16 planets: rms 0.8)
+    assert 0.8 < airs_all.std() < 1.2, f"AIRS pull spread {airs_all.std():.2f}"
+    assert np.abs(airs_all).max() < 5
+    assert np.sqrt(np.mean(fgs1_all**2)) < 2.0 and np.abs(fgs1_all).max() < 4, fgs1_all
+    # the combined spectra (two visits of one planet averaged) stay honest too
+    combined = np.concatenate([(d - truth[p]) / s for p, d, s in
+                               zip(spectra.planet_id, spectra.depth, spectra.sigma, strict=True)])
+    assert 0.8 < combined[np.isfinite(combined)].std() < 1.2

@@ -1,0 +1,93 @@
+"""What local worker processes log reaches the run's log file and the coordinator's handlers, once."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+
+import pytest
+from tqdm import tqdm
+
+from arielstream.config.options import build_config
+from arielstream.run.runner import calibrate
+from arielstream.run.worker_logs import above_bar
+
+from .conftest import DATA_SAMPLES
+
+PLANET = 4225610805  # two visits: the second one misses its AIRS dark
+
+
+@pytest.fixture
+def data_without_a_dark(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(DATA_SAMPLES, root, ignore=shutil.ignore_patterns("reference", "simulation_truth"))
+    missing = root / "train" / str(PLANET) / "AIRS-CH0_calibration_1" / "dark.parquet"
+    missing.unlink()
+    return root, missing
+
+
+@pytest.mark.slow
+def test_worker_records_reach_the_log_file_once(data_without_a_dark, tmp_path, caplog):
+    root, missing = data_without_a_dark
+    caplog.set_level(logging.DEBUG, logger="arielstream")  # the coordinator at -vv: the workers follow
+    out = tmp_path / "o.h5"
+    summary = calibrate(root, out, planets=[PLANET], jobs=2, progress=False,
+                        config=build_config(missing_calibration="skip"))
+    assert summary.ok and {r.pid for r in summary.results} - {os.getpid()}  # computed in worker processes
+    workers = {r.pid for r in summary.results}
+
+    lines = (tmp_path / "o.h5.log").read_text().splitlines()
+    skipped = [line for line in lines if f"{missing}: missing; the step that needs it is skipped" in line]
+    assert len(skipped) == 1, lines
+    assert f"{PLANET}/visit 1 AIRS-CH0" in skipped[0] and " WARNING arielstream.io.calibration: " in skipped[0]
+    pid = int(re.match(r"\S+ \S+ (\d+) ", skipped[0]).group(1))
+    assert pid in workers and pid != os.getpid()  # the worker's record, with the worker's pid
+
+    # the coordinator's handlers got it once too, and the workers' debug records (chunk plans) at -vv
+    seen = [r for r in caplog.records if r.name == "arielstream.io.calibration" and r.levelno == logging.WARNING]
+    assert len(seen) == 1 and seen[0].process in workers
+    plans = [r for r in caplog.records if r.name == "arielstream.run.observation" and r.levelno == logging.DEBUG
+             and r.process in workers - {os.getpid()}]
+    assert plans
+
+
+@pytest.mark.slow
+def test_workers_log_at_the_coordinators_level(data_without_a_dark, tmp_path, caplog):
+    root, _ = data_without_a_dark
+    caplog.set_level(logging.INFO, logger="arielstream")
+    summary = calibrate(root, tmp_path / "o.h5", planets=[PLANET], jobs=2, progress=False,
+                        config=build_config(missing_calibration="skip"))
+    workers = {r.pid for r in summary.results} - {os.getpid()}
+    assert workers
+    from_workers = [r for r in caplog.records if r.process in workers]
+    assert from_workers and all(r.levelno >= logging.INFO for r in from_workers)
+
+
+def test_console_lines_print_above_the_progress_bar():
+    logger = logging.getLogger("arielstream")
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    before = list(logger.handlers)
+    logger.addHandler(handler)
+    try:
+        bar = tqdm(total=2, file=console)
+        with above_bar(True):
+            (replaced,) = [h for h in logger.handlers if getattr(h, "stream", None) is console]
+            assert replaced is not handler and replaced.level == logging.WARNING
+            logger.warning("a worker's warning")
+            logger.info("below the console's level")
+        bar.close()
+        assert handler in logger.handlers
+        with above_bar(False):
+            assert handler in logger.handlers
+    finally:
+        logger.handlers[:] = before
+    text = console.getvalue()
+    assert "WARNING a worker's warning\n" in text and "below the console's level" not in text
+    # written on a line of its own (tqdm clears the bar first), not appended to the bar's line
+    assert re.search(r"(^|[\r\n])WARNING a worker's warning\n", text)
