@@ -67,6 +67,10 @@ AIRS = Instrument("AIRS-CH0", 32, 356, 30, 11250, "AIRS-CH0-axis0-h")
 FGS1 = Instrument("FGS1", 32, 32, 360, 135000, "FGS1-axis0-h")
 INSTRUMENTS = {AIRS.name: AIRS, FGS1.name: FGS1}
 
+# The competition's spectrum columns: wl_1 (FGS1), wl_2 ... wl_283 (AIRS, ascending wavelength), and in a
+# submission the 1-sigma uncertainty of each as sigma_1 ... sigma_283.
+TARGET_PREFIX, SIGMA_PREFIX = "wl_", "sigma_"
+
 # axis_info.parquet columns (NaN padded to the longest one)
 AIRS_WAVELENGTH_AXIS = "AIRS-CH0-axis2-um"
 AIRS_INTEGRATION_TIME = "AIRS-CH0-integration_time"

@@ -1,7 +1,7 @@
 """``make bench-science``: how close each profile's light curves come to the simulator's truth.
 
 Simulated planets with a known transit depth per wavelength are calibrated with
-each profile (notebook, default, full; and the default as it wprevious rules:
+each profile (notebook, default, full; and the default with the previous rules:
 the notebook's hot-pixel clip, bad aperture pixels dropped) and their light curves extracted
 (:func:`arielstream.products.lightcurves.observation_light_curves`, plain sum,
 background on). Each light curve is fitted by weighted least squares with the
@@ -16,6 +16,15 @@ set of planets and profile:
 * the out-of-transit scatter of the fits' residuals divided by the light curves'
   own errors (photon + read noise, :data:`~arielstream.products.lightcurves.VARIANCE_MODEL`):
   1 when the errors describe the noise.
+
+Then the spectrum step (:func:`arielstream.products.spectrum.write_spectrum`:
+timing fitted, star info used, profile-filled extraction for every profile)
+runs on each calibrated file, in a fresh process that reads the calibrated file
+only; its submission is scored against the simulator's ``train.csv``
+(:func:`arielstream.products.score.score_files`, naive prediction = the truth's
+mean and standard deviation, 0 by construction) beside the RMS error of its
+AIRS depths and its FGS1 depth against the injected ones, the step's seconds
+per planet and its peak RSS (VmHWM of that process, imports included).
 
 Three sets of the same planets: ``quiet`` (no cosmic rays, no background,
 pointing jitter zeroed), ``hits+sky`` (cosmic rays at 2e-4 per pixel per second,
@@ -33,6 +42,8 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -170,12 +181,71 @@ def measure(data: Path, out: Path, fill: bool = True) -> dict[str, float]:
             "white_scatter": float(np.sqrt(chi2["white"][0] / chi2["white"][1])), "observations": len(white_err)}
 
 
+def spectrum_child(out: str, submission: str) -> dict[str, float]:
+    """In a fresh process: the spectrum step on one calibrated file; its seconds, peak RSS and planets."""
+    from arielstream.products.spectrum import write_spectrum
+    from arielstream.run.budget import peak_rss
+
+    t0 = time.perf_counter()
+    _, _, spectra = write_spectrum(out, submission)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": peak_rss(), "planets": int(spectra.planet_id.size)}
+
+
+def depth_errors(submission: Path, truth: Path) -> dict[str, float]:
+    """RMS of the submitted depths minus the truth (ppm): AIRS (wl_2 …) and FGS1 (wl_1), planets matched by id."""
+    from arielstream.products.score import read_table
+
+    sub, true = read_table(submission), read_table(truth)
+    rows = {int(pid): k for k, pid in enumerate(sub.planet_id)}
+    depth = np.stack([sub.values[rows[int(pid)], : true.values.shape[1]] for pid in true.planet_id])
+    err = depth - true.values
+    return {"airs_rms": float(np.sqrt(np.mean(err[:, 1:] ** 2))) * 1e6,
+            "fgs1_rms": float(np.sqrt(np.mean(err[:, 0] ** 2))) * 1e6}
+
+
+def airs_score(submission: Path, truth: Path) -> float:
+    """The competition's metric with FGS1 weighted 0: the AIRS spectra's part of the score (clipped like it)."""
+    from arielstream.products import score as sc
+
+    mean, sigma, values = sc.validate(sc.read_table(submission), sc.read_table(truth))
+    return sc.gaussian_score(values, mean, sigma, *sc.naive_prediction(values), fgs1_weight=0.0)
+
+
+def measure_spectrum(data: Path, out: Path) -> dict[str, float]:
+    """Spectrum of a calibrated file (in a child process), its score and depth errors against the truth."""
+    from arielstream.products.score import score_files
+
+    submission = out.with_suffix(".submission.csv")
+    code = ("import json, sys; from benchmarks.science import spectrum_child; "
+            "print('@@' + json.dumps(spectrum_child(*sys.argv[1:])))")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(submission)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    if proc.returncode:
+        raise RuntimeError(f"spectrum of {out} failed:\n{proc.stderr[-3000:]}")
+    child = json.loads(proc.stdout.split("@@")[-1])
+    truth = data / "train.csv"
+    return {"score": score_files(submission, truth).score, "airs_score": airs_score(submission, truth),
+            **depth_errors(submission, truth),
+            "seconds_per_planet": child["seconds"] / child["planets"], "peak_rss": child["peak_rss"]}
+
+
+def naive(data: Path) -> dict[str, float]:
+    """The naive prediction (every depth the truth's mean): score 0 by construction, and its depth errors."""
+    from arielstream.products.score import read_table
+
+    true = read_table(data / "train.csv").values
+    err = true - true.mean()
+    return {"score": 0.0, "airs_score": 0.0, "airs_rms": float(np.sqrt(np.mean(err[:, 1:] ** 2))) * 1e6,
+            "fgs1_rms": float(np.sqrt(np.mean(err[:, 0] ** 2))) * 1e6}
+
+
 def run(planets: int, scale: float, seed: int) -> tuple[dict[tuple[str, str], dict[str, float]], dict]:
-    """Every set through every profile: ``{(set, profile): metrics}`` and the set-up."""
+    """Every set through every profile: ``{(set, profile): metrics}`` and the set-up (``scores`` among it)."""
     import arielstream
 
     results = {}
-    setup: dict = {"seconds": {}}
+    setup: dict = {"seconds": {}, "scores": {}}
     with tempfile.TemporaryDirectory(prefix="arielstream-science-") as tmp:
         for name in SETS:
             t0 = time.perf_counter()
@@ -183,6 +253,7 @@ def run(planets: int, scale: float, seed: int) -> tuple[dict[tuple[str, str], di
             setup["seconds"][f"simulate {name}"] = time.perf_counter() - t0
             manifest = json.loads((data / "simulation_truth" / "manifest.json").read_text())
             setup.setdefault("bins", manifest.get("n_bins"))
+            setup["scores"][name, "naive prediction"] = naive(data)
             for profile, (options, fill) in PROFILES.items():
                 out = Path(tmp) / f"{name}-{profile}.h5"
                 t0 = time.perf_counter()
@@ -191,6 +262,10 @@ def run(planets: int, scale: float, seed: int) -> tuple[dict[tuple[str, str], di
                 results[name, profile] = measure(data, out, fill)
                 setup["seconds"][f"{name} {profile}"] = time.perf_counter() - t0
                 print(f"{name} / {profile}: {results[name, profile]}", flush=True)
+                t0 = time.perf_counter()
+                setup["scores"][name, profile] = measure_spectrum(data, out)
+                setup["seconds"][f"{name} {profile} spectrum"] = time.perf_counter() - t0
+                print(f"{name} / {profile} spectrum: {setup['scores'][name, profile]}", flush=True)
     return results, setup
 
 
@@ -221,6 +296,24 @@ def table(results: dict[tuple[str, str], dict[str, float]], setup: dict, planets
                      f"| {m['spectral_bias']:+.0f} | {m['white_rms']:.0f} | {m['fgs1_rms']:.0f} "
                      f"| {m['spectral_scatter']:.2f} "
                      f"| {m['white_scatter']:.2f} |")
+    lines += [
+        "",
+        "Spectra (`arielstream spectrum`: transit timing fitted, star info used, profile-filled extraction for "
+        "every profile, the 'previous rules' row included) scored against the simulator's train.csv with the "
+        "competition's metric (naive prediction: the truth's mean and standard deviation, 0 by construction; "
+        "1 = the exact depths with the metric's ideal sigmas; clipped to [0, 1]; FGS1 weighs 57.846 against 1 "
+        "per AIRS wavelength; 'AIRS only': the same metric with FGS1 weighted 0). Depth errors: RMS of the "
+        "submitted depths against the injected ones, ppm. The spectrum step reads the calibrated file only; "
+        "s per planet and peak RSS (VmHWM, imports included) of a fresh process running it on the whole set.",
+        "",
+        "| set | prediction | score | score, AIRS only | AIRS depth error RMS ppm | FGS1 depth error ppm "
+        "| spectrum s per planet | spectrum peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, profile), m in setup["scores"].items():
+        cost = (f"{m['seconds_per_planet']:.1f} | {m['peak_rss'] / 1e6:.0f}" if "peak_rss" in m else "— | —")
+        lines.append(f"| {name} | {profile} | {m['score']:.3f} | {m['airs_score']:.3f} | {m['airs_rms']:.0f} "
+                     f"| {m['fgs1_rms']:.0f} | {cost} |")
     return "\n".join(lines)
 
 

@@ -37,6 +37,14 @@ Where it writes
   keeps them NaN). At float64 (15 MB per observation) the full train split is ~17 GB, most of
   the 20 GB limit: ``--dtype float32`` halves it, ``--work /kaggle/tmp/npy`` keeps it out.
 
+* The competition's submission, ``/kaggle/working/submission.csv`` (``planet_id, wl_1 … wl_283,
+  sigma_1 … sigma_283``, one row per planet: the file a competition kernel submits), comes from the
+  spectrum step (:func:`arielstream.products.spectrum.write_spectrum`: transit timing from the white
+  light, a depth and its sigma per wavelength, visits combined) run on the calibrated file; the
+  per-visit fits behind it go beside the HDF5 file (``<split>.fits.h5`` in scratch). For the train
+  split the submission is also scored against ``train.csv`` (the competition's metric; 0 is the
+  naive prediction, 1 the exact depths).
+
 Memory and cores: ``--memory 24GB`` is the budget of the whole process tree on a 4-vCPU, ~30 GB
 kernel (the rest is the notebook's own); ``--jobs auto`` picks the worker count from it.
 
@@ -52,13 +60,18 @@ import math
 import sys
 from pathlib import Path
 
+import h5py
+
 import arielstream
 from arielstream.errors import ArielstreamError, ConfigError, RunInterrupted
+from arielstream.products.score import score_files
+from arielstream.products.spectrum import write_spectrum
 
 PROG = "kaggle_calibrate"
 KAGGLE_INPUT = Path("/kaggle/input/ariel-data-challenge-2025")
 KAGGLE_WORKING = Path("/kaggle/working")
 KAGGLE_SCRATCH = Path("/kaggle/tmp")
+SUBMISSION = "submission.csv"  # the name Kaggle submits from /kaggle/working
 KERNEL_MEMORY = "24GB"  # a 4-vCPU, ~30 GB kernel, less what the notebook itself holds
 
 
@@ -93,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The script's options, with the Kaggle kernel's folders and memory as defaults."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Calibrate one split of the Ariel Data Challenge 2025 data with arielstream, then "
-                               "export the organisers' data_<split>.npy files (see the module docstring).")
+                               "export the organisers' data_<split>.npy files and write submission.csv (see the module "
+                               "docstring).")
     parser.add_argument("--input", type=Path, default=KAGGLE_INPUT,
                         help=f"the competition data folder (default {KAGGLE_INPUT})")
     parser.add_argument("--split", default="test", help="the split to calibrate: test or train (default test)")
     parser.add_argument("--work", type=Path, default=KAGGLE_WORKING,
-                        help=f"where the .npy files go: kept with the notebook, 20 GB (default {KAGGLE_WORKING})")
+                        help=f"where the .npy files and {SUBMISSION} go: kept with the notebook, 20 GB "
+                             f"(default {KAGGLE_WORKING})")
     parser.add_argument("--scratch", type=Path, default=KAGGLE_SCRATCH,
                         help=f"where the calibrated HDF5 file and its log go (default {KAGGLE_SCRATCH})")
     parser.add_argument("--memory", default=KERNEL_MEMORY,
@@ -134,6 +149,23 @@ def run(args: argparse.Namespace) -> int:
                                  wavelength_order="detector")
     for path in written:
         say(f"exported:   {path.resolve()}")
+    return submit(args, output)
+
+
+def submit(args: argparse.Namespace, output: Path) -> int:
+    """The spectrum step: ``work/submission.csv`` from the calibrated file (scored when the truth is there)."""
+    submission = args.work.resolve() / SUBMISSION
+    _, fits, spectra = write_spectrum(output, submission, fits=output.with_name(f"{args.split}.fits.h5"))
+    say(f"submission: {submission} ({spectra.planet_id.size} planet(s); per-visit fits {fits})")
+    with h5py.File(output, "r") as f:
+        missing = sorted(set(f["planet_id"][()].tolist()) - set(spectra.planet_id.tolist()))
+    if missing:  # the competition refuses a submission without every planet
+        say(f"{PROG}: {submission} lacks planet(s) {', '.join(map(str, missing))}: no transit was found in them "
+            f"(see the log above)", error=True)
+        return 1
+    truth = args.input / f"{args.split}.csv"
+    if truth.is_file():
+        say(f"score:      {score_files(submission, truth).score:.6f} against {truth}")
     return 0
 
 

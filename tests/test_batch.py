@@ -32,6 +32,8 @@ from arielstream.run.lifecycle import RunLock, partial_path
 
 from .conftest import DATA_SAMPLES, REPO
 
+pytestmark = pytest.mark.slow  # every test here runs whole calibrations in subprocesses (signals, kills, locks)
+
 
 def start_cli(*args, env=None, **kw):
     # the repository on the path whatever the working directory (the tests may run from a checkout)

@@ -16,6 +16,8 @@ from arielstream import build_config, calibrate
 from arielstream.calibration import compiled, engine
 from arielstream.run import runner
 
+pytestmark = pytest.mark.slow  # chunked == whole over several datasets and chunk sizes: minutes in all
+
 WHOLE = 10**9  # every file in one chunk per instrument
 
 

@@ -52,6 +52,7 @@ def test_unknown_planet(data_copy, tmp_path):
     assert proc.returncode == EXIT_NOINPUT and "no data for planet(s) 12345" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing_calibration", "wrong_shape", "truncated"])
 def test_one_bad_observation_fails_alone_with_its_file_named(data_copy, tmp_path, damage):
     victim = _planets(data_copy)[0]
@@ -96,6 +97,7 @@ def test_missing_calibration_can_be_skipped_and_is_recorded(data_copy, tmp_path)
         assert '"nonlinearity": "skipped: linear_corr missing"' in prov
 
 
+@pytest.mark.slow
 def test_a_foreign_file_at_the_output_path_is_not_replaced_without_force(data_copy, tmp_path):
     out = tmp_path / "o.h5"
     out.write_bytes(b"precious")

@@ -62,6 +62,6 @@ def test_measure_times_one_planet_in_a_temporary_folder_it_removes(tmp_path, mon
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    assert main(["calibrate", str(DATA_SAMPLES), "-o", str(tmp_path / "out.h5"), "--dry-run=measure"]) == EXIT_OK
+    assert main(["calibrate", str(DATA_SAMPLES), "-o", str(tmp_path / "out.h5"), "--dry-run-measure"]) == EXIT_OK
     assert _tree(tmp_path) == ["tmp"] and _tree(scratch) == []
     assert "measured here on planet" in capsys.readouterr().out

@@ -326,3 +326,30 @@ def test_bad_requests_raise_clear_errors(calibrated, tmp_path):
         f["x"] = 1
     with pytest.raises(InputError, match="not an arielstream output"):
         exports.export_fits(not_ours, tmp_path)
+
+
+def test_options_that_cannot_apply_are_refused_not_ignored(calibrated, tmp_path, capsys):
+    """--visits outside npy, extraction options outside csv/parquet or on a light-curve file: exit 2, one line."""
+    lc_file = lc.extract(calibrated, tmp_path / "lc.h5", observations=[0])
+    cases = [
+        (["export", str(calibrated), "--format", "csv", "--visits", "first"], "--visits first applies to"),
+        (["export", str(calibrated), "--format", "fits", "--half-width", "3"], "apply to --format csv|parquet"),
+        (["export", str(lc_file), "--format", "csv", "--half-width", "3"], "holds light curves already"),
+    ]
+    for argv, message in cases:
+        assert cli.main([*argv, "-o", str(tmp_path / "x")]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_nothing_done_to_export_or_extract_is_refused_not_written_empty(one_failed, tmp_path, capsys):
+    """Observation 1 failed: asking only for it writes no empty file that looks complete (exit 66)."""
+    for argv in (["export", str(one_failed), "--format", "npy", "-o", str(tmp_path / "npy")],
+                 ["export", str(one_failed), "--format", "csv", "-o", str(tmp_path / "csv")],
+                 ["extract", str(one_failed), "-o", str(tmp_path / "lc.h5")]):
+        assert cli.main([*argv, "--obs", "1"]) == cli.EXIT_NOINPUT
+        err = capsys.readouterr().err
+        assert "no done observation to" in err and "among observations [1]" in err
+    assert not (tmp_path / "lc.h5").exists()
+    assert not list((tmp_path / "npy").glob("*.npy")) if (tmp_path / "npy").exists() else True

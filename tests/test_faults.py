@@ -33,8 +33,10 @@ from arielstream.cli.exits import (
     EXIT_OSERR,
     EXIT_TEMPFAIL,
 )
-from arielstream.errors import InputError, OutOfMemoryError
+from arielstream.errors import InputError, OutOfMemoryError, OutputError
+from arielstream.io import store
 from arielstream.io.dataset import read_axis_info
+from arielstream.layout import Observation
 from arielstream.run import budget, lifecycle, runner
 from arielstream.run.lifecycle import RunLock, partial_path
 
@@ -273,23 +275,48 @@ def test_a_full_disk_under_the_log_file_does_not_fail_a_run(tmp_path, monkeypatc
     assert same_bytes(out, clean_run)
 
 
-def test_a_failed_hdf5_flush_while_laying_out_exits_73_and_leaves_nothing(tmp_path):
-    """The free-space check is bypassed so that HDF5 itself meets the file-size limit when it flushes."""
+@pytest.mark.parametrize("limit, rerun", [(5_000, False), pytest.param(10_000, True, marks=pytest.mark.slow),
+                                          (200_000, False)])
+def test_a_failed_hdf5_write_while_laying_out_exits_73_and_leaves_nothing(tmp_path, limit, rerun, request):
+    """The free-space check is bypassed so that HDF5 itself meets the file-size limit.
+
+    At 5-10 kB its very first metadata writes fail, which crashes HDF5 (SIGSEGV) when it runs in
+    the process that calls it; at 200 kB its last flush fails. Both are one line and exit 73,
+    and the rerun without the limit writes the same bytes as a clean run.
+    """
     out = tmp_path / "o.h5"
     driver = ("import sys; import arielstream.io.store as s; s.check_room = lambda *a: None; "
               "from arielstream.cli.app import main; sys.exit(main(sys.argv[1:]))")
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.run([sys.executable, "-c", driver, "calibrate", str(DATA_SAMPLES), "-o", str(out),
-                           "--no-progress", "--no-log-file"], preexec_fn=limit, capture_output=True, text=True,
-                          env=env, timeout=300)
+    args = ["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--no-log-file"]
+    proc = subprocess.run([sys.executable, "-c", driver, *args], preexec_fn=limit_file_size, capture_output=True,
+                          text=True, env=env, timeout=300)
     assert proc.returncode == EXIT_CANTCREAT, proc.stderr[-2000:]
-    assert "o.h5.partial.new: cannot create the output file" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("arielstream:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"arielstream: {out}.partial.new: cannot create the output file: File too large (HDF5"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr and "HDF5-DIAG" not in proc.stderr
     assert leftovers(tmp_path, out) == []
+    if rerun:
+        assert cli.main([*args, "--quiet"]) == EXIT_OK
+        assert same_bytes(out, request.getfixturevalue("clean_run"))
+
+
+def test_hdf5_crashing_while_laying_out_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
+    """A layout process that dies by a signal (HDF5's SIGSEGV on failed writes) is reported, not shared."""
+    def crash(path, *args):
+        path.write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(store, "_write_layout", crash)
+    path = tmp_path / "o.h5.partial.new"
+    with pytest.raises(OutputError, match=rf"^{path}: cannot create the output file: HDF5 crashed while laying out"):
+        store.create_output(path, [Observation(1, 0, tmp_path)], [], {})
+    assert not path.exists()
 
 
 # -- smaller gaps --------------------------------------------------------------------------------
@@ -304,6 +331,7 @@ def test_a_refused_budget_leaves_nothing_that_blocks_the_next_run(tmp_path, caps
                      "--fgs1-bin", "180"]) == EXIT_OK
 
 
+@pytest.mark.slow
 def test_sighup_stops_the_run_like_sigterm_and_the_rerun_resumes(tmp_path, clean_run):
     out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
     proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
@@ -339,6 +367,7 @@ def test_one_corrupt_dark_with_a_dataset_master_fails_its_observation_not_the_ru
         assert (np.delete(status, failed) == 1).all()
 
 
+@pytest.mark.slow
 def test_a_reader_holding_the_partial_open_for_writing_is_a_lock_conflict(tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
     real = os.replace

@@ -88,7 +88,7 @@ def test_an_edit_off_the_numerical_path_keeps_outputs_complete_and_partials_resu
     assert run(out).action == "new"
     edit_a_comment(root / "products" / "quicklook.py")
     assert cli.main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--jobs", "1", "--no-progress",
-                     "--no-log-file", "-q"]) == cli.EXIT_OK
+                     "--no-log-file"]) == cli.EXIT_OK
     assert "nothing to do" in capsys.readouterr().out
     half_finished(out)
     edit_a_comment(root / "products" / "quicklook.py")

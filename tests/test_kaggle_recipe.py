@@ -23,6 +23,8 @@ import h5py
 import numpy as np
 import pytest
 
+from arielstream.products.score import score_files
+
 from .conftest import DATA_SAMPLES, REPO
 
 SCRIPT = REPO / "examples" / "kaggle_calibrate.py"
@@ -120,11 +122,27 @@ def test_recipe_calibrates_the_test_split_from_a_read_only_input_offline(kaggle_
     assert result.returncode == 0, result.stderr
     h5_path = scratch / "arielstream" / "test.h5"
     npy = {name: work / f"data_test{name}" for name in (".npy", "_FGS.npy", "_index.csv")}
+    submission = work / "submission.csv"
     # it says where everything is, and writes nothing else into the kept folder
     assert f"calibrated: {h5_path}" in result.stdout
     assert all(f"exported:   {path}" in result.stdout for path in npy.values())
-    assert sorted(work.iterdir()) == sorted(npy.values())
+    assert f"submission: {submission} (2 planet(s)" in result.stdout
+    assert sorted(work.iterdir()) == sorted([*npy.values(), submission])
     assert (scratch / "arielstream" / "test.h5.log").is_file()
+    assert (scratch / "arielstream" / "test.fits.h5").is_file()  # the per-visit fits stay in scratch
+
+    # the submission: one row per planet, the competition's header, every value a non-negative number
+    with open(submission, newline="") as fh:
+        header, *sub_rows = list(csv.reader(fh))
+    n = 283
+    assert header == ["planet_id", *(f"wl_{i}" for i in range(1, n + 1)), *(f"sigma_{i}" for i in range(1, n + 1))]
+    assert all(len(row) == 2 * n + 1 for row in sub_rows)
+    assert sorted(int(row[0]) for row in sub_rows) == sorted(int(p.name) for p in (kaggle_input / "test").iterdir())
+    values = np.array([row[1:] for row in sub_rows], dtype=float)
+    assert np.isfinite(values).all() and (values >= 0).all() and (values[:, n:] > 0).all()
+    # the test split here is the train samples: their truth scores it (the score validates the file; the
+    # metric is clipped to [0, 1]: above 0 is better than the naive prediction)
+    assert 0.0 < score_files(submission, DATA_SAMPLES / "train.csv").score <= 1.0
 
     with h5py.File(h5_path, "r") as f:
         assert f.attrs["split"] in ("test", b"test")
@@ -143,6 +161,16 @@ def test_recipe_calibrates_the_test_split_from_a_read_only_input_offline(kaggle_
     assert np.isnan(airs).any(), "the samples have bad pixels: the fill value is what this checks"
     np.testing.assert_array_equal(data, np.nan_to_num(airs[:, :, detector_order, :], nan=0.0))
     np.testing.assert_array_equal(data_fgs, np.nan_to_num(fgs1, nan=0.0))
+
+
+@pytest.mark.slow
+def test_recipe_scores_the_train_split_against_its_truth(kaggle_input, tmp_path):
+    work = tmp_path / "working"
+    result = run_script("--input", kaggle_input, "--split", "train", "--work", work, "--scratch", tmp_path / "tmp",
+                        "--memory", "2GB", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = score_files(work / "submission.csv", kaggle_input / "train.csv").score
+    assert f"score:      {expected:.6f} against {kaggle_input / 'train.csv'}" in result.stdout
 
 
 @pytest.mark.parametrize("case", ["missing split", "scratch is a file"])

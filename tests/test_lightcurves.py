@@ -174,6 +174,7 @@ def sample_profiles(tmp_path_factory):
     return target, detector
 
 
+@pytest.mark.slow
 def test_light_curves_come_out_in_target_order_whatever_the_file_order(sample_profiles):
     target, detector = sample_profiles
     with h5py.File(target) as ft, h5py.File(detector) as fd:
@@ -304,6 +305,7 @@ def per_wavelength_pulls(data, out, **options):
     return np.array(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighted", [False, True])
 def test_transit_depth_per_wavelength_within_the_propagated_noise(simulated, weighted):
     data, out = simulated
@@ -343,6 +345,7 @@ def test_errors_follow_the_scatter_when_a_large_background_was_subtracted():
     assert ((flux - truth) / np.sqrt(var_without)).std() > 1.5  # what leaving it out would claim
 
 
+@pytest.mark.slow
 def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
     """``observation_light_curves`` reads ``<inst>/background``: same flux, larger errors where a sky was removed."""
     import shutil
@@ -367,6 +370,7 @@ def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
             assert np.median(a.fgs1_flux_err**2 / b.fgs1_flux_err**2) > 1.0
 
 
+@pytest.mark.slow
 def test_without_background_subtraction_the_depth_is_diluted(simulated):
     """Planet 37555021 of this seed has a sky background: leaving it in biases every wavelength low."""
     data, out = simulated
@@ -380,6 +384,7 @@ def test_without_background_subtraction_the_depth_is_diluted(simulated):
         assert without[without[:, 0] == i, 1].mean() < with_bg[with_bg[:, 0] == i, 1].mean() - 0.3
 
 
+@pytest.mark.slow
 def test_white_light_depth_and_centroid_track(simulated):
     """AIRS white light, decorrelated against the FGS1 centroid track, and the track against the true jitter."""
     data, out = simulated

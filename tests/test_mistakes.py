@@ -133,8 +133,21 @@ def test_a_bin_that_drops_samples_says_so(capsys, tmp_path):
     assert samples % 7  # the sample makes the case: 7 does not divide it
     out = tmp_path / "o.h5"
     code, err = cli(capsys, "calibrate", DATA_SAMPLES, "-o", out, "--planets", 73079497, "--instruments", "AIRS-CH0",
-                    "--airs-bin", 7, "--no-progress", "-q")
+                    "--airs-bin", 7, "--no-progress")
     assert code == EXIT_OK
     line = f"airs_bin 7 leaves the last {samples % 7} of {samples} CDS samples of every observation"
-    assert line in err and "WARNING" in err  # on the console even with -q
+    assert line in err and "WARNING" in err  # on the console
     assert line in (tmp_path / "o.h5.log").read_text()
+    # --quiet (cron) prints nothing on success: the warning is in the log file only
+    code, err = cli(capsys, "calibrate", DATA_SAMPLES, "-o", out, "--planets", 73079497, "--instruments", "AIRS-CH0",
+                    "--airs-bin", 7, "--no-progress", "-q", "--force")
+    assert code == EXIT_OK and err == ""
+    assert (tmp_path / "o.h5.log").read_text().count(line) == 2
+
+
+def test_a_time_bin_longer_than_the_observation_is_a_configuration_error(capsys, tmp_path):
+    """A bin width is the user's choice: exit 78 naming the option, not 66 blaming axis_info.parquet."""
+    code, err = cli(capsys, "calibrate", DATA_SAMPLES, "-o", tmp_path / "o.h5", "--airs-bin", 1000, "--no-progress")
+    assert code == EXIT_CONFIG
+    assert "airs_bin 1000" in err and "give at most" in err and "Traceback" not in err
+    assert not (tmp_path / "o.h5").exists()

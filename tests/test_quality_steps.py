@@ -18,6 +18,8 @@ from arielstream.io.signal import ChunkPlan, SignalFile
 from arielstream.layout import AIRS, discover_observations
 from arielstream.run.observation import instrument_layout, outlier_options, select_pixels
 
+pytestmark = pytest.mark.slow  # simulated planets with cosmic rays and jitter, calibrated with every step on
+
 NEW_STEPS = ["cosmic_rays", "spatial_outliers", "interpolate_bad_pixels", "background", "tracking"]
 
 

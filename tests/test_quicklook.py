@@ -249,6 +249,7 @@ def test_images_and_index_are_replaced_never_rewritten_in_place(calibrated, tmp_
         check_png(p)
 
 
+@pytest.mark.slow
 def test_a_failed_rerun_leaves_the_previous_page_and_images_as_they_were(calibrated, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.figure

@@ -138,9 +138,33 @@ def test_cli_scores_and_reports_unreadable_files(files, capsys):
     assert capsys.readouterr().out.startswith("score 1.000000")
     assert cli.main(["score", str(tmp / "absent.csv"), str(truth)]) == cli.EXIT_NOINPUT
     assert "absent.csv" in capsys.readouterr().err
-    (tmp / "words.csv").write_text("planet_id,wl_1\n1,abc\n")
-    assert cli.main(["score", str(sub), str(tmp / "words.csv")]) == cli.EXIT_FAILURES
+    (tmp / "words.csv").write_text("planet_id,wl_1\n1,abc\n")  # a malformed truth is a bad input (66), not a
+    assert cli.main(["score", str(sub), str(tmp / "words.csv")]) == cli.EXIT_NOINPUT  # refused submission (65)
     assert "not a number" in capsys.readouterr().err
+
+
+def test_what_the_competition_would_refuse_or_the_truth_cannot_be(files, capsys):
+    tmp, truth, ids, x, sigma = files
+    sub = tmp / "sub.csv"
+    write_csv(sub, ids, np.hstack([x, sigma]), submission_header())
+    # a submission given as the truth: named, exit 66
+    assert cli.main(["score", str(sub), str(sub)]) == cli.EXIT_NOINPUT
+    assert "is this a submission rather than the true spectra?" in capsys.readouterr().err
+    # right count, wrong names: the competition reads columns by name
+    renamed = tmp / "renamed.csv"
+    write_csv(renamed, ids, np.hstack([x, sigma]), [f"foo_{i}" for i in range(2 * x.shape[1])])
+    assert cli.main(["score", str(renamed), str(truth)]) == cli.EXIT_FAILURES
+    assert "column 'foo_0' where 'wl_1' belongs" in capsys.readouterr().err
+    # a planet_id that is not an integer is not silently truncated
+    text = sub.read_text().splitlines()
+    first = text[1].split(",", 1)
+    (tmp / "fraction.csv").write_text("\n".join([text[0], f"{first[0]}.4,{first[1]}", *text[2:]]) + "\n")
+    assert cli.main(["score", str(tmp / "fraction.csv"), str(truth)]) == cli.EXIT_FAILURES
+    assert "is not an integer" in capsys.readouterr().err
+    # a non-finite naive prediction is a command-line mistake
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["score", str(sub), str(truth), "--naive-mean", "nan"])
+    assert stop.value.code == cli.EXIT_USAGE
 
 
 def test_the_naive_prediction_can_be_given(files, capsys):

@@ -524,3 +524,14 @@ def test_the_transit_depth_is_in_the_data(calibrated, inst):
         expected = float(truth["depth_fgs1"])
     assert abs(measured - expected) < 4 * error + 3e-4
     assert error < expected / 3  # the check can tell a transit from none
+
+
+def test_simulating_over_another_simulations_planets_is_refused(tmp_path):
+    """train.csv and the star info are rewritten: planets of another simulation would lose their truth."""
+    from arielstream.errors import OutputError
+
+    simulate_dataset(tmp_path, n_planets=1, scale=0.02, seed=1)
+    before = (tmp_path / "train.csv").read_bytes()
+    with pytest.raises(OutputError, match="would lose their truth"):
+        simulate_dataset(tmp_path, n_planets=1, scale=0.02, seed=2)
+    assert (tmp_path / "train.csv").read_bytes() == before

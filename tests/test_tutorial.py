@@ -19,6 +19,8 @@ import arielstream
 
 from .conftest import DATA_SAMPLES, REPO
 
+pytestmark = pytest.mark.slow  # runs the README tutorial end to end
+
 BEGIN, END = "<!-- tutorial:begin -->", "<!-- tutorial:end -->"
 
 

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                            help="more log output (-vv: debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                           help="only warnings and errors on the console")
+                           help="only errors on the console (calibrate: nothing at all when it succeeds; "
+                                "warnings still go to the run's log file)")
     for action in verbosity._actions:
         parser._add_action(action)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,7 +96,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     """
     from ..run.runner import CONSOLE_OPTIONAL
 
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     handler.setLevel(level)
@@ -117,6 +118,17 @@ EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], i
     (MissingDependencyError, EXIT_UNAVAILABLE, ""),
     (ArielstreamError, EXIT_CONFIG, ""),
 )
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code :func:`main` returns when a command raises ``exc`` (``calibrate --report`` records it)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, RunInterrupted):
+        return EXIT_HANGUP if exc.signum == signal.SIGHUP else EXIT_TERMINATED
+    if out_of_memory_cause(exc) is not None:
+        return EXIT_OSERR
+    return next((code for kinds, code, _ in EXIT_CODES if isinstance(exc, kinds)), EXIT_SOFTWARE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config.options import (
     BACKENDS,
@@ -28,11 +32,17 @@ from ..config.options import (
 from ..config.recipe import RECIPE
 from ..config.template import option_help
 from ..errors import OutputError
+from ..io.atomic import atomic_write
 from ..io.manifest import MANIFEST_NAME
 from ..layout import INSTRUMENTS
 from ..simulate.dataset import COMPRESSIONS
 from .args import number
 from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR
+
+if TYPE_CHECKING:
+    from ..run.runner import RunSummary
+
+log = logging.getLogger(__name__)
 
 STEP_NAMES = [s.name for s in RECIPE]
 
@@ -104,14 +114,20 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
                      help=option_help("run", "force", default=False))
     run.add_argument("--no-progress", **_switch_off("run", "progress"))
     run.add_argument("--no-log-file", **_switch_off("run", "log_file"))
-    run.add_argument("--dry-run", nargs="?", const="estimate", choices=("estimate", "measure"), metavar="measure",
+    run.add_argument("--dry-run", action="store_const", const="estimate", default=None,
                      help="print the observations, output size, free disk, worker plan and an estimated time, then "
-                          "exit without writing anything; --dry-run=measure times one planet in a temporary folder")
-    run.add_argument("--verify-inputs", action="store_const", const="", dest="verify_inputs", default=None,
+                          "exit without writing anything")
+    run.add_argument("--dry-run-measure", action="store_const", const="measure", dest="dry_run",
+                     help="a dry run whose time estimate comes from calibrating one planet in a temporary folder")
+    inputs = run.add_mutually_exclusive_group()
+    inputs.add_argument("--verify-inputs", action="store_const", const="", dest="verify_inputs", default=None,
                      help=option_help("run", "verify_inputs") + "; this flag insists on DATA_DIR/" + MANIFEST_NAME +
                      " (--manifest FILE names another)")
-    run.add_argument("--manifest", dest="verify_inputs", metavar="FILE", default=None,
+    inputs.add_argument("--manifest", dest="verify_inputs", metavar="FILE", default=None,
                      help=option_help("run", "verify_inputs"))
+    run.add_argument("--report", type=Path, metavar="FILE.json",
+                     help="at the end of the run, write what it did as JSON (counts, failures and why, time, peak "
+                          "memory, exit code), also when it fails; replaced atomically, for monitoring a cron job")
 
     science = cal.add_argument_group("calibration options", "what is computed ([calibration] of a config file)")
     science.add_argument("--profile", choices=PROFILES, **_calibration("profile"))
@@ -149,8 +165,70 @@ def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
     return load_config(args.config, **overrides)
 
 
+def run_report(summary: RunSummary | None, exit_code: int, seconds: float, output: Path | None = None,
+               error: str | None = None) -> dict[str, Any]:
+    """What ``--report`` writes: the run's counts, failures, time, memory and exit code (``None`` where unknown).
+
+    ``summary`` is ``None`` when the run stopped with an error before it had one
+    (``error`` then says why).
+    """
+    from ..run.identity import code_version
+
+    if summary is None:
+        return {"exit_code": exit_code, "error": error, "output": None if output is None else str(output),
+                "arielstream_version": code_version(), "action": None, "nothing_to_do": False,
+                "observations": None, "done": None, "computed": 0, "retried": 0, "failed": [],
+                "out_of_memory": 0, "seconds": round(seconds, 3), "peak_rss_bound": None,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    computed = sum(r.ok for r in summary.results)
+    return {"exit_code": exit_code, "error": error, "output": str(summary.output),
+            "arielstream_version": code_version(), "action": summary.action,
+            "nothing_to_do": summary.action == "complete", "observations": len(summary.statuses),
+            "done": len(summary.statuses) - len(summary.failed), "computed": computed,
+            "retried": len(summary.results) if summary.action in ("retry-failed", "repair") else 0,
+            "failed": [{"planet_id": p, "visit": v, "status": s, "error": e} for p, v, s, e in summary.failed],
+            "out_of_memory": len(summary.out_of_memory), "seconds": round(summary.seconds, 3),
+            "peak_rss_bound": summary.peak_rss_bound,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as JSON to ``path``, atomically (a monitor never reads half a report)."""
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """``arielstream calibrate``: run the calibration, print its summary and the failed observations."""
+    """``arielstream calibrate``: run it, then write ``--report`` and print the summary (``-q``: only on failure)."""
+    from .app import exit_code_of
+
+    report = getattr(args, "report", None)
+    if report is not None and not args.dry_run and not report.resolve().parent.is_dir():
+        raise OutputError(f"{report}: the folder of --report does not exist")
+    t_start = time.perf_counter()
+    try:
+        code, summary = _calibrate(args)
+    except BaseException as exc:
+        if report is not None and not args.dry_run:
+            output = None if args.output is None else args.output.resolve()
+            failure = run_report(None, exit_code_of(exc), time.perf_counter() - t_start, output,
+                                 str(exc) or type(exc).__name__)
+            try:
+                write_report(report, failure)
+            except OutputError as why:  # the run's own error matters more: say this in the log only
+                log.error("%s", why)
+        raise
+    if summary is None:  # --dry-run: nothing was run
+        return code
+    if report is not None:
+        write_report(report, run_report(summary, code, summary.seconds))
+    if code != EXIT_OK or not getattr(args, "quiet", False):
+        _print_summary(summary)
+    return code
+
+
+def _calibrate(args: argparse.Namespace) -> tuple[int, RunSummary | None]:
+    """Run ``calibrate`` (or its dry run): the exit code and the run's summary (``None`` for a dry run)."""
     from ..run.runner import calibrate
 
     config = config_from_args(args)
@@ -163,17 +241,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         plan = dry_run(args.data_dir, config, run, output=args.output, run_name=args.run, runs_dir=args.runs_dir,
                        measure=args.dry_run == "measure")
         print("\n".join(plan.lines()))
-        return EXIT_OK
+        return EXIT_OK, None
+    quiet = getattr(args, "quiet", False)  # no progress bar either: a cron job's console stays empty
     summary = calibrate(args.data_dir, args.output, run=args.run, runs_dir=args.runs_dir,
                         split=run.split, planets=None if run.planets is None else list(run.planets), config=config,
                         memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
-                        task_timeout=run.task_timeout, force=run.force, progress=run.progress,
+                        task_timeout=run.task_timeout, force=run.force, progress=False if quiet else run.progress,
                         log_file=run.log_file, verify_inputs=run.verify_inputs)
+    if summary.out_of_memory:  # not the input's fault: its own code, and the rerun retries them
+        return EXIT_OSERR, summary
+    return (EXIT_OK if summary.ok else EXIT_FAILURES), summary
+
+
+def _print_summary(summary: RunSummary) -> None:
+    """The run's summary line and the table of its failed observations."""
     total = len(summary.statuses)
     done = total - len(summary.failed)
     if summary.action == "complete":
         print(f"{summary.output}: already complete ({done} of {total} observation(s)); nothing to do")
-        return EXIT_OK
+        return
     rate = 60 * len(summary.results) / max(summary.seconds, 1e-9)
     print(f"{summary.output}: {done} of {total} observation(s) calibrated; this run computed "
           f"{len(summary.results)} in {summary.seconds:.1f} s ({rate:.1f} obs/min), "
@@ -182,9 +268,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"{'planet_id':>12}  visit  status  error")
         for planet, visit, status, error in summary.failed:
             print(f"{planet:>12}  {visit:>5}  {status:<6}  {error}")
-    if summary.out_of_memory:  # not the input's fault: its own code, and the rerun retries them
-        return EXIT_OSERR
-    return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
 def add_simulate(sub, parents: list[argparse.ArgumentParser]) -> None:
@@ -214,7 +297,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ..simulate.dataset import simulate_dataset
 
     if args.out.exists() and not args.out.is_dir():
-        raise OutputError(f"{args.out}: is a file; simulate writes a data folder (name a new or existing folder)")
+        raise OutputError(f"{args.out}: is a file; simulate writes a data folder (name a new folder)")
     planets = simulate_dataset(args.out, n_planets=args.planets, scale=args.scale, seed=args.seed,
                                split=args.split, two_visit_fraction=args.two_visit_fraction,
                                row_group_frames=args.row_group_frames, cosmic_rate=args.cosmic_rate,

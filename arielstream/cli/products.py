@@ -92,17 +92,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..products import exports
 
     options: dict = {}
+    extraction = _extraction_kwargs(args)
+    if args.format != "npy" and args.visits != "all":
+        return _usage(args, f"--visits {args.visits} applies to --format npy only (the other formats keep every visit)")
+    if extraction and args.format not in ("csv", "parquet"):
+        return _usage(args, f"extraction options ({', '.join(sorted(extraction))}) apply to --format csv|parquet only")
     if args.format == "npy":
         options.update(dtype=args.dtype, wavelength_order=args.wavelength_order, fill_value=args.fill_value,
                        visits=args.visits)
     elif args.format in ("csv", "parquet"):
-        options.update(_extraction_kwargs(args))
+        if extraction and _is_lightcurve_file(args.path):
+            return _usage(args, f"{args.path} holds light curves already: extraction options "
+                                f"({', '.join(sorted(extraction))}) cannot change them (run extract again instead)")
+        options.update(extraction)
     if args.obs is not None:
         options["observations"] = args.obs
     written = exports.export(args.path, args.output, args.format, **options)
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def _usage(args: argparse.Namespace, problem: str) -> int:
+    """A command-line mistake found after parsing: one line on stderr, exit 2."""
+    print(f"arielstream {args.command}: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _is_lightcurve_file(path: Path) -> bool:
+    """True when ``path`` is an arielstream light-curve file (False when it cannot be read: the export says why)."""
+    import h5py
+
+    from ..products.lightcurves import is_lightcurve_file
+
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(is_lightcurve_file(f))
+    except OSError:
+        return False
 
 
 def cmd_init_config(args: argparse.Namespace) -> int:

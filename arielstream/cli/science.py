@@ -8,6 +8,7 @@ negative value, missing planet) and 66 when a file cannot be read.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,10 +84,10 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
         "score", help="the competition's score of a submission against the true spectra", parents=parents,
         description="Gaussian log-likelihood of the truth under the submission's (mean, sigma), normalised between "
                     "the naive prediction (0) and a perfect one (1). Exit 65 for a submission the competition would "
-                    "refuse, 66 for a file that cannot be read.")
+                    "refuse, 66 for a file that cannot be read and for a malformed truth file.")
     sc.add_argument("submission", type=Path, metavar="SUBMISSION.csv")
     sc.add_argument("truth", type=Path, metavar="TRUTH.csv", help="planet_id, wl_1..wl_283 (e.g. train.csv)")
-    sc.add_argument("--naive-mean", type=float, default=None, metavar="X",
+    sc.add_argument("--naive-mean", type=number(float, minimum=-math.inf, strict=False), default=None, metavar="X",
                     help="the naive prediction's mean (default: the mean of the truth's values)")
     sc.add_argument("--naive-sigma", type=number(float), default=None, metavar="X",
                     help="the naive prediction's sigma (default: the standard deviation of the truth's values)")

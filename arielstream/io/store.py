@@ -39,12 +39,17 @@ The names above are declared once here (:data:`PLANET_ID`, :data:`SIGNAL`, ...,
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
+import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -340,50 +345,146 @@ def output_bytes(n: int, layouts: list[InstrumentLayout]) -> int:
     return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values())
 
 
+def _write_layout(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any]) -> dict[str, int | None]:
+    """Write the file through HDF5 and return each memmapped dataset's byte offset (None: not allocated)."""
+    memmapped, axes = _memmapped_datasets(len(observations), layouts)
+    with h5py.File(path, "w", libver="earliest") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) \
+                else _json_attr(value)
+        f.attrs[ATTR_FORMAT] = FORMAT_NAME
+        f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+        f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
+        f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
+        f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
+        f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
+        f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
+        for lay in layouts:
+            g = f.create_group(lay.name)
+            g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
+            g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
+                                                                              else np.int16))
+            g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
+            labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
+            g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
+        datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
+        for key, plane_axes in axes.items():
+            datasets[key].attrs["axes"] = plane_axes
+        for lay in layouts:
+            for name, (_, _, units) in PLANES.items():
+                if units:
+                    datasets[dataset(lay.name, name)].attrs["units"] = units
+        _describe_dimensions(f, layouts, axes)
+        f.flush()
+        return {key: ds.id.get_offset() for key, ds in datasets.items()}
+
+
+HDF5_CRASHED = "HDF5 crashed while laying out the file (disk full or I/O error?)"
+_HDF5_ERRNO = re.compile(rb"errno = (\d+)")
+
+
+def _layout_child(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any], result_fd: int, stderr_fd: int) -> None:
+    """In the forked child: write the layout, report offsets or the error on ``result_fd``, never return."""
+    code = 1
+    try:
+        os.dup2(stderr_fd, 2)  # HDF5's own error stack and h5py's dealloc tracebacks go to the parent, not the user
+        faulthandler.disable()  # a crash here is the parent's to report, in one line
+        with contextlib.suppress(ImportError, AttributeError):  # the stack names the OS error (errno = 28)
+            from h5py import _errors
+            _errors.unsilence_errors()
+        try:
+            report: dict[str, Any] = {"offsets": _write_layout(path, observations, layouts, attrs)}
+            code = 0
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
+            report = {"error": str(exc), "errno": getattr(exc, "errno", None)}
+        os.write(result_fd, json.dumps(report).encode())
+    finally:
+        os._exit(code)
+
+
+def _read_all(fd: int, keep: int = 1 << 16) -> bytes:
+    """Read a pipe to its end, keeping its last ``keep`` bytes."""
+    data = b""
+    while chunk := os.read(fd, 1 << 16):
+        data = (data + chunk)[-keep:]
+    return data
+
+
+def _layout_failure(raw: bytes, status: int, stderr: bytes) -> str:
+    """Why the child did not lay the file out, in words: the OS error HDF5 met if it said, else what it raised."""
+    found = _HDF5_ERRNO.findall(stderr)
+    cause = os.strerror(int(found[-1])) if found and int(found[-1]) else ""
+    if os.WIFSIGNALED(status) or not raw:
+        return f"{cause} ({HDF5_CRASHED})" if cause else HDF5_CRASHED
+    report = json.loads(raw)
+    if report.get("errno"):
+        cause = os.strerror(report["errno"])
+    message = str(report.get("error", "")) or f"exit status {os.waitstatus_to_exitcode(status)}"
+    return f"{cause} (HDF5: {message})" if cause and cause not in message else message
+
+
+def _lay_out_isolated(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                      attrs: dict[str, Any]) -> dict[str, int | None]:
+    """:func:`_write_layout` in a forked child, so that HDF5 crashing on a failed write is an OutputError.
+
+    HDF5 can die with SIGSEGV when its first metadata writes fail (a full disk, a file-size
+    limit, an I/O error): only a separate process turns that into an error the run reports.
+    A fork costs milliseconds and copies nothing the child does not touch. Without ``fork``
+    (Windows) the layout is written in this process.
+    """
+    if not hasattr(os, "fork"):
+        return _write_layout(path, observations, layouts, attrs)
+    result_r, result_w = os.pipe()
+    err_r, err_w = os.pipe()
+    open_fds = [result_r, result_w, err_r, err_w]
+    pid = -1
+    try:
+        with warnings.catch_warnings():  # Python >= 3.12 warns about forking a process with threads; the
+            warnings.simplefilter("ignore", DeprecationWarning)  # child only runs HDF5 and exits
+            pid = os.fork()
+        if pid == 0:
+            os.close(result_r)
+            os.close(err_r)
+            _layout_child(path, observations, layouts, attrs, result_w, err_w)
+        for fd in (result_w, err_w):  # the child's ends: reading to EOF needs them closed here
+            open_fds.remove(fd)
+            os.close(fd)
+        stderr = _read_all(err_r)
+        raw = _read_all(result_r)
+        _, status = os.waitpid(pid, 0)
+        pid = -1
+    finally:
+        if pid > 0:  # interrupted while waiting (Ctrl-C, SIGTERM): the child must not outlive the run
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for fd in open_fds:
+            os.close(fd)
+    if status != 0:
+        path.unlink(missing_ok=True)
+        log.debug("%s: HDF5 said while laying it out: %s", path, stderr.decode(errors="replace")[-4000:])
+        raise OutputError(f"{path}: cannot create the output file: {_layout_failure(raw, status, stderr)}")
+    offsets: dict[str, int | None] = json.loads(raw)["offsets"]
+    return offsets
+
+
 def create_output(path: str | Path, observations: list[Observation], layouts: list[InstrumentLayout],
                   attrs: dict[str, Any]) -> dict[str, ArrayDescriptor]:
     """Create the file with every dataset allocated; return the memmap descriptors.
 
     The file is closed before this returns, and its whole size is reserved on
     disk, so a full disk is an error here and not a SIGBUS in a writer later.
+    HDF5 writes it in a forked child (see :func:`_lay_out_isolated`), so a disk
+    error, even one that crashes HDF5, is an :class:`OutputError` and leaves no file.
     """
     path = Path(path)
-    memmapped, axes = _memmapped_datasets(len(observations), layouts)
+    memmapped, _ = _memmapped_datasets(len(observations), layouts)
     check_room(path, output_bytes(len(observations), layouts))
-    try:
-        with h5py.File(path, "w", libver="earliest") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) \
-                    else _json_attr(value)
-            f.attrs[ATTR_FORMAT] = FORMAT_NAME
-            f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
-            f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
-            f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
-            f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
-            f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
-            f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
-            for lay in layouts:
-                g = f.create_group(lay.name)
-                g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
-                g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
-                                                                                  else np.int16))
-                g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
-                labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
-                g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
-            datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
-            for key, plane_axes in axes.items():
-                datasets[key].attrs["axes"] = plane_axes
-            for lay in layouts:
-                for name, (_, _, units) in PLANES.items():
-                    if units:
-                        datasets[dataset(lay.name, name)].attrs["units"] = units
-            _describe_dimensions(f, layouts, axes)
-            f.flush()
-            offsets = {key: ds.id.get_offset() for key, ds in datasets.items()}
-    except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
+    laid_out = _lay_out_isolated(path, observations, layouts, attrs)
+    offsets = {key: off for key, off in laid_out.items() if off is not None}
+    if len(offsets) != len(laid_out):
         path.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot create the output file: {exc}") from None
-    if any(off is None for off in offsets.values()):
         raise OutputError(f"{path}: HDF5 did not allocate every dataset early")
     size = path.stat().st_size
     try:
@@ -392,7 +493,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot reserve {size} bytes on disk: {exc}") from None
-    return {key: ArrayDescriptor(str(path), int(offsets[key]), shape, np.dtype(dtype).str)
+    return {key: ArrayDescriptor(str(path), offsets[key], shape, np.dtype(dtype).str)
             for key, (shape, dtype) in memmapped.items()}
 
 

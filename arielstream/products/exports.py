@@ -207,7 +207,7 @@ def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = 
     with open_output(path) as f:
         out_dir = _make_dir(out_dir)
         split = _text(f.attrs.get("split", "train")) or "train"
-        chosen = npy_rows(f, lcmod.done_observations(f, observations), visits)
+        chosen = npy_rows(f, lcmod.require_done(f, path, observations, "export"), visits)
         targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
                    "index": out_dir / f"data_{split}_index.csv"}
         held = store.instruments_in(f)
@@ -316,7 +316,7 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
         out_dir = _make_dir(out_dir)
         attrs = {k: _text(v) for k, v in f.attrs.items()}
         instruments = store.instruments_in(f)
-        for index in lcmod.done_observations(f, observations):
+        for index in lcmod.require_done(f, path, observations, "export"):
             planet_id, visit = int(f[store.PLANET_ID][index]), int(f[store.VISIT][index])
             primary = fits.PrimaryHDU()
             for key, value, comment in fits_header_cards(attrs, planet_id, visit, instruments):
@@ -447,7 +447,7 @@ def _light_curves(f: h5py.File, path: str | Path, observations: Sequence[int] | 
             yield _from_lightcurve_file(f, k)
         return
     lcmod.check_source(f, path)
-    for index in lcmod.done_observations(f, observations):
+    for index in lcmod.require_done(f, path, observations, "export"):
         yield lcmod.observation_light_curves(f, index, **extract_options)
 
 

@@ -109,7 +109,7 @@ from .. import dq as dqbits
 from .._version import __version__
 from ..calibration import frame_steps
 from ..config.options import build_config
-from ..errors import ArielstreamError, OutputError
+from ..errors import ArielstreamError, InputError, OutputError
 from ..io import store as _s
 from ..io.atomic import atomic_write, output_errors
 from ..io.store import STATUS_DONE, check_output, open_output, text
@@ -553,6 +553,19 @@ def done_observations(f: h5py.File, observations: Sequence[int] | None = None) -
     return chosen
 
 
+def require_done(f: h5py.File, path: str | Path, observations: Sequence[int] | None, purpose: str) -> list[int]:
+    """:func:`done_observations`, or an :class:`InputError` (exit 66) when there is none to ``purpose``.
+
+    Every product refuses an empty result the same way rather than writing an empty file that looks complete.
+    """
+    chosen = done_observations(f, observations)
+    if not chosen:
+        among = (f"among observations {[int(i) for i in observations]}" if observations is not None
+                 else f"(none of its {f[_s.STATUS].shape[0]} observations is done)")
+        raise InputError(path, f"no done observation to {purpose} {among}")
+    return chosen
+
+
 def default_output(path: str | Path) -> Path:
     """``OUT.h5`` → ``OUT.lightcurves.h5`` beside it."""
     path = Path(path)
@@ -576,9 +589,7 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     if not fgs1_radius > 0:
         raise ValueError(f"fgs1_radius must be positive; got {fgs1_radius}")
     with open_output(path) as src:
-        chosen = done_observations(src, observations)
-        if not chosen:
-            log.warning("%s: no done observation to extract", path)
+        chosen = require_done(src, path, observations, "extract")
         with atomic_write(out, "write the light-curve file") as partial:
             with output_errors(out, "create the light-curve file"):
                 dst = h5py.File(partial, "w")

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from .. import dq as dqbits
-from ..errors import InputError, MissingDependencyError
+from ..errors import MissingDependencyError
 from ..io import store
 from ..io.atomic import output_errors, staged
 from ..io.store import open_output, text
@@ -219,11 +219,7 @@ def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None =
     entries: list[dict[str, Any]] = []
     with open_output(path) as f, staged() as staging:
         attrs = {k: text(v) for k, v in f.attrs.items()}
-        chosen = lcmod.done_observations(f, obs)
-        if not chosen:
-            among = (f"among observations {[int(i) for i in obs]}" if obs is not None
-                     else f"(none of its {f[store.STATUS].shape[0]} observations is done)")
-            raise InputError(path, f"no done observation to show {among}")
+        chosen = lcmod.require_done(f, path, obs, "show")
         plt = _pyplot()
         with output_errors(out_dir, "create the quicklook folder"):
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArielstreamError, InputError
+from ..layout import SIGMA_PREFIX, TARGET_PREFIX
 
 FGS1_SIGMA_TRUE = 1e-6
 AIRS_SIGMA_TRUE = 1e-5
@@ -93,27 +94,39 @@ class Table:
     values: np.ndarray
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a ``planet_id, …`` CSV; InputError if unreadable, SubmissionError if a value is not a number."""
+def read_table(path: str | Path, role: str = "submission") -> Table:
+    """Read a ``planet_id, …`` CSV; InputError if unreadable.
+
+    A malformed file is a :class:`SubmissionError` (exit 65: the competition would refuse it) when it is the
+    submission, and an :class:`InputError` (exit 66) when it is the truth: the truth is an input, not a
+    prediction to grade.
+    """
     path = Path(path)
+
+    def malformed(problem: str) -> ArielstreamError:
+        return SubmissionError(f"{path}: {problem}") if role == "submission" else InputError(path, problem)
+
     try:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if not rows or not rows[0] or rows[0][0].strip() != ID_COLUMN:
-        raise SubmissionError(f"{path}: the first column must be '{ID_COLUMN}'")
+        raise malformed(f"the first column must be '{ID_COLUMN}'")
     header = [c.strip() for c in rows[0][1:]]
     body = [r for r in rows[1:] if r]
     ids, values = [], []
     for n, row in enumerate(body, start=2):
         if len(row) != len(header) + 1:
-            raise SubmissionError(f"{path}: line {n} has {len(row)} fields, the header {len(header) + 1}")
+            raise malformed(f"line {n} has {len(row)} fields, the header {len(header) + 1}")
         try:
-            ids.append(int(float(row[0])))
+            planet = float(row[0])
             values.append([float(v) for v in row[1:]])
         except ValueError:
-            raise SubmissionError(f"{path}: line {n}: a value is not a number") from None
+            raise malformed(f"line {n}: a value is not a number") from None
+        if not planet.is_integer():
+            raise malformed(f"line {n}: planet_id {row[0].strip()!r} is not an integer")
+        ids.append(int(planet))
     array = np.array(values, dtype=np.float64).reshape(len(body), len(header))
     return Table(path=path, columns=header, planet_id=np.array(ids, dtype=np.int64), values=array)
 
@@ -126,11 +139,20 @@ def validate(submission: Table, truth: Table) -> tuple[np.ndarray, np.ndarray, n
     """
     n = len(truth.columns)
     sub = submission.path
+    if any(not c.startswith(TARGET_PREFIX) for c in truth.columns):
+        odd = next(c for c in truth.columns if not c.startswith(TARGET_PREFIX))
+        raise InputError(truth.path, f"column {odd!r} is not a target ({TARGET_PREFIX}N): is this a submission "
+                                     "rather than the true spectra?")
+    if not np.isfinite(truth.values).all():
+        raise InputError(truth.path, "the truth holds NaN or infinite values")
     if len(submission.columns) != 2 * n:
         raise SubmissionError(f"{sub}: {len(submission.columns)} value columns; the truth's {n} targets need "
                               f"{2 * n} (wl_1..wl_{n}, sigma_1..sigma_{n})")
-    if not np.isfinite(truth.values).all():
-        raise SubmissionError(f"{truth.path}: the truth holds NaN or infinite values")
+    expected = [*truth.columns, *(SIGMA_PREFIX + c[len(TARGET_PREFIX):] for c in truth.columns)]
+    wrong = [(got, want) for got, want in zip(submission.columns, expected, strict=True) if got != want]
+    if wrong:
+        raise SubmissionError(f"{sub}: column {wrong[0][0]!r} where {wrong[0][1]!r} belongs "
+                              f"({len(wrong)} column name(s) differ from wl_1..wl_{n}, sigma_1..sigma_{n})")
     bad = ~np.isfinite(submission.values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -168,9 +190,9 @@ def score_files(submission: str | Path, truth: str | Path, *, naive_mean: float 
     The naive prediction defaults to the truth table's own mean and standard
     deviation (the competition's, when the truth is the training set).
     """
-    sub_table, truth_table = read_table(submission), read_table(truth)
+    sub_table, truth_table = read_table(submission), read_table(truth, role="truth")
     if truth_table.values.size == 0:
-        raise SubmissionError(f"{truth_table.path}: no planet")
+        raise InputError(truth_table.path, "no planet")
     mean, sigma, values = validate(sub_table, truth_table)
     default_mean, default_sigma = naive_prediction(values)
     nm = default_mean if naive_mean is None else naive_mean

@@ -68,7 +68,7 @@ class DryRun:
                   f"  disk free at the output: {format_bytes(self.free_bytes)} ({room})",
                   f"  workers: {self.plan.describe()}",
                   f"  estimated time: {_duration(self.seconds)} ({self.core_seconds:.1f} core-s per observation, "
-                  f"{self.estimate_from}; --dry-run=measure times one planet here)"]
+                  f"{self.estimate_from}; --dry-run-measure times one planet here)"]
         return lines
 
 

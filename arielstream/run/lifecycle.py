@@ -47,6 +47,7 @@ from ..io.store import (
     checksum,
     create_output,
     fail_observation,
+    is_output_file,
     read_descriptors,
     read_field,
     write_field,
@@ -165,6 +166,8 @@ def _identity_mismatch(path: Path, identity: dict[str, str], observations: list[
             raise busy from None
         return [f"not an HDF5 file arielstream can open ({exc})"]
     with f:
+        if not is_output_file(f):  # e.g. a light-curve file: say what it is, not how its attributes differ
+            return ["not an arielstream calibrated file (another HDF5 file, e.g. light curves or fits)"]
         problems = identity_differences(f.attrs, identity)
         if "planet_id" in f and "visit" in f:
             problems += _observation_differences(f["planet_id"][()], f["visit"][()], observations)

@@ -49,7 +49,7 @@ from ..dq import (
     TIME_SATURATED,
     TIME_SPATIAL_OUTLIER,
 )
-from ..errors import InputError
+from ..errors import ConfigError
 from ..io.calibration import DetectorCalibration, load_calibration, read_master_stacks
 from ..io.dataset import DatasetInfo, target_labels
 from ..io.manifest import check_observation_inputs
@@ -65,9 +65,11 @@ def instrument_layout(inst: Instrument, info: DatasetInfo, config: CalibrationCo
     n_frames = info.n_frames(inst)
     fpb = frames_per_bin(config, inst)
     n_bins = n_frames // fpb
-    if n_bins < 1:
-        raise InputError(info.root / "axis_info.parquet",
-                         f"{n_frames} {inst.name} frames make no whole time bin of {fpb} frames")
+    if n_bins < 1:  # the bin width is the user's choice: a configuration error, not a bad input
+        option = "airs_bin" if inst.name == AIRS.name else "fgs1_bin"
+        raise ConfigError(f"{option} {config.bin_width(inst.name)}: a time bin of {fpb} frames is longer than the "
+                          f"{n_frames} {inst.name} frames of an observation ({info.root / 'axis_info.parquet'}); "
+                          f"give at most {n_frames // (fpb // config.bin_width(inst.name))}")
     times = info.frame_times[inst.name][: n_bins * fpb].reshape(n_bins, fpb).mean(axis=1)
     if inst.name == AIRS.name:
         start, stop = (config.cut_start, config.cut_stop) if config.wavelength_cut else (0, inst.columns)

@@ -837,6 +837,7 @@ def summarize(summary: RunSummary, t_start: float) -> RunSummary:
     """Stage 4: the run's time and the bound on its process tree's peak RSS, logged."""
     summary.seconds = time.perf_counter() - t_start
     if summary.action == "complete":
+        summary.peak_rss_bound = peak_rss()  # no worker ran: the coordinator is the whole tree
         return summary
     own = os.getpid()
     workers: dict[int, int] = {}

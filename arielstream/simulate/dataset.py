@@ -69,6 +69,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arielstream._version import __version__
+from arielstream.errors import OutputError
 from arielstream.layout import (
     AIRS,
     AIRS_CUT,
@@ -917,14 +918,20 @@ def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: 
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
-def _warn_foreign_planets(split_dir: Path, taken: set[int]) -> None:
-    """Name planet folders already in ``split_dir`` that this simulation does not write (they are kept)."""
+def _refuse_foreign_planets(split_dir: Path, taken: set[int], split: str) -> None:
+    """Refuse a folder holding planets this simulation does not write: their truth would be lost.
+
+    ``<split>_star_info.csv`` and ``train.csv`` are rewritten with this simulation's planets only, so
+    planet folders of another simulation would be left without their truth.
+    """
     if not split_dir.is_dir():
         return
-    foreign = [d.name for d in split_dir.iterdir() if d.is_dir() and d.name.isdigit() and int(d.name) not in taken]
+    foreign = sorted(d.name for d in split_dir.iterdir()
+                     if d.is_dir() and d.name.isdigit() and int(d.name) not in taken)
     if foreign:
-        log.warning("%s already holds %d planet folder(s) that this simulation does not write "
-                    "(e.g. %s); they are left in place", split_dir, len(foreign), foreign[0])
+        truth = f"{split}_star_info.csv" + (" and train.csv" if split == "train" else "")
+        raise OutputError(f"{split_dir}: holds {len(foreign)} planet folder(s) this simulation does not write "
+                          f"(e.g. {foreign[0]}); {truth} would lose their truth: simulate into a new folder")
 
 
 def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0, seed: int = 0, split: str = "train",
@@ -971,7 +978,7 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
         taken.add(p.planet_id)
         planets.append(p)
 
-    _warn_foreign_planets(out / split, taken)
+    _refuse_foreign_planets(out / split, taken, split)
 
     _write_metadata(out, n_bins)
     _write_csv(out / f"{split}_star_info.csv", ["planet_id", *STAR_COLUMNS],
