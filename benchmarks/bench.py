@@ -134,23 +134,19 @@ def measure_profile(data: str, planet: int, out: str) -> dict:
     return {"stages": stages, "total": total}
 
 
-def _find(pattern: str, text: str) -> str:
-    match = re.search(pattern, text)
-    if match is None:
-        raise RuntimeError(f"the calibrate summary no longer says {pattern!r}:\n{text}")
-    return match.group(1)
-
-
 def measure_throughput(data: str, out: str, jobs: int) -> dict:
     """``arielstream calibrate`` over every planet of ``data`` with ``jobs`` workers, as a user runs it."""
+    report = Path(out).with_suffix(".report.json")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "arielstream", "-q", "calibrate", data, "-o", out, "--jobs",
-                           str(jobs), "--force", "--no-progress", "--no-log-file"], capture_output=True, text=True)
+                           str(jobs), "--force", "--no-progress", "--no-log-file", "--report", str(report)],
+                          capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(proc.stderr)
-    n = int(_find(r"this run computed (\d+)", proc.stdout))
-    bound = int(_find(r"process tree <= (\d+) MB", proc.stdout))
+    summary = json.loads(report.read_text())  # the run's --report: what cron jobs read too
+    n = int(summary["computed"])
+    bound = round(summary["peak_rss_bound"] / 1e6)
     return {"seconds": seconds, "observations": n, "per_minute": 60 * n / seconds, "tree_peak_mb": bound}
 
 
