@@ -23,6 +23,7 @@ from arielstream.cli.app import (
     EXIT_CANTCREAT,
     EXIT_CONFIG,
     EXIT_FAILURES,
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_TEMPFAIL,
     EXIT_TERMINATED,
@@ -211,19 +212,24 @@ def test_workers_do_not_outlive_a_killed_coordinator(tmp_path):
     assert code == 0, stderr
 
 
-def test_sigterm_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_run, tmp_path):
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGHUP, EXIT_HANGUP)],
+                         ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_stops_keeps_what_is_done_releases_the_lock_and_resumes(clean_run, tmp_path, signum,
+                                                                                  exit_code):
+    """SIGTERM (a scheduler stopping the job) and SIGHUP (the terminal closed) stop a run the same way."""
     out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
     # one job: the first two observations are done when the third hangs, and the run cannot finish
     proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
     try:
         _wait_until_hanging(proc, hanging)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == EXIT_TERMINATED, stderr
+    assert proc.returncode == exit_code, stderr
     assert "run the same command to resume" in stderr
+    assert f"interrupted by {signum.name}" in stderr and "Traceback" not in stderr
     assert list(statuses(partial_path(out))) == [1, 1, 0]  # the one interrupted is pending, not "running"
     with RunLock(out):  # the lock was released
         pass

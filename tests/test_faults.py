@@ -28,7 +28,6 @@ from arielstream.cli.exits import (
     EXIT_CANTCREAT,
     EXIT_CONFIG,
     EXIT_FAILURES,
-    EXIT_HANGUP,
     EXIT_OK,
     EXIT_OSERR,
     EXIT_TEMPFAIL,
@@ -38,10 +37,10 @@ from arielstream.io import store
 from arielstream.io.dataset import read_axis_info
 from arielstream.layout import Observation
 from arielstream.run import budget, lifecycle, runner
-from arielstream.run.lifecycle import RunLock, partial_path
+from arielstream.run.lifecycle import partial_path
 
 from .conftest import DATA_SAMPLES, REPO
-from .test_batch import _wait_until_hanging, calibrate_cli, hang, run_cli, same_bytes, start_cli, statuses
+from .test_batch import calibrate_cli, run_cli, same_bytes, statuses
 
 
 @pytest.fixture(scope="module")
@@ -329,26 +328,6 @@ def test_a_refused_budget_leaves_nothing_that_blocks_the_next_run(tmp_path, caps
     assert leftovers(tmp_path, out) == [] and not out.exists()
     assert cli.main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1",
                      "--fgs1-bin", "180"]) == EXIT_OK
-
-
-@pytest.mark.slow
-def test_sighup_stops_the_run_like_sigterm_and_the_rerun_resumes(tmp_path, clean_run):
-    out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
-    proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
-    try:
-        _wait_until_hanging(proc, hanging)
-        proc.send_signal(signal.SIGHUP)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_HANGUP, stderr
-    assert "interrupted by SIGHUP" in stderr and "Traceback" not in stderr
-    assert list(statuses(partial_path(out))) == [1, 1, 0]
-    with RunLock(out):
-        pass
-    code, _, _ = calibrate_cli(out, "--jobs", "1")
-    assert code == EXIT_OK and same_bytes(out, clean_run)
 
 
 def test_one_corrupt_dark_with_a_dataset_master_fails_its_observation_not_the_run(data_copy, tmp_path, capsys):

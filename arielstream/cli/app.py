@@ -143,24 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, RunInterrupted) as exc:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         print(f"arielstream: {why}; what is done is kept, run the same command to resume", file=sys.stderr)
-        if isinstance(exc, KeyboardInterrupt):
-            return EXIT_INTERRUPTED
-        return EXIT_HANGUP if exc.signum == signal.SIGHUP else EXIT_TERMINATED
+        return exit_code_of(exc)
     except BrokenPipeError:  # e.g. `arielstream info OUT.h5 | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as exc:
         cause = out_of_memory_cause(exc)
+        prefix = next((prefix for kinds, _, prefix in EXIT_CODES if isinstance(exc, kinds)), None)
         if cause is not None and not isinstance(exc, OutOfMemoryError):  # whatever it surfaced as, or inside
             print(f"arielstream: out of memory ({str(cause) or type(cause).__name__}); no input is blamed: give the "
                   "run more memory (or fewer --jobs) and run it again", file=sys.stderr)
-            return EXIT_OSERR
-        for kinds, code, prefix in EXIT_CODES:
-            if isinstance(exc, kinds):
-                print(f"arielstream: {prefix}{exc}", file=sys.stderr)
-                return code
-        log.exception("internal error")
-        return EXIT_SOFTWARE
+        elif prefix is not None:
+            print(f"arielstream: {prefix}{exc}", file=sys.stderr)
+        else:
+            log.exception("internal error")
+        return exit_code_of(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

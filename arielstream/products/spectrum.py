@@ -57,6 +57,7 @@ from ..errors import InputError, OutputError
 from ..io import store as _s
 from ..io.atomic import output_errors, staged
 from ..io.store import open_output, text
+from ..layout import SIGMA_PREFIX, TARGET_PREFIX
 from . import lightcurves as lc
 
 log = logging.getLogger(__name__)
@@ -487,7 +488,8 @@ def target_index(labels: Sequence[str] | None, n: int) -> np.ndarray:
         return np.arange(1, 1 + n)
     index = []
     for label in labels:
-        k = int(label[3:]) if label.startswith("wl_") and label[3:].isdigit() else 0
+        number = label[len(TARGET_PREFIX):]
+        k = int(number) if label.startswith(TARGET_PREFIX) and number.isdigit() else 0
         index.append(k - 1 if 2 <= k <= N_TARGETS else -1)
     return np.array(index, dtype=np.int64)
 
@@ -621,8 +623,8 @@ def fits_path(submission: str | Path) -> Path:
 
 def submission_header() -> list[str]:
     """``planet_id, wl_1 … wl_283, sigma_1 … sigma_283``."""
-    return ["planet_id", *(f"wl_{i}" for i in range(1, N_TARGETS + 1)),
-            *(f"sigma_{i}" for i in range(1, N_TARGETS + 1))]
+    return ["planet_id", *(f"{TARGET_PREFIX}{i}" for i in range(1, N_TARGETS + 1)),
+            *(f"{SIGMA_PREFIX}{i}" for i in range(1, N_TARGETS + 1))]
 
 
 def _write_csv(partial: Path, spectra: Spectra) -> None:
