@@ -7,10 +7,13 @@ process (so that its peak RSS is its own) on the same files, and is repeated;
 medians are reported. The table, with the ratios and the machine, is printed and
 written into ``BENCHMARKS.md`` between the ``bench:begin``/``bench:end`` markers.
 
-    python -m benchmarks.bench [--planets 4] [--repeats 3] [--notebook-nl] [--part all|core|dq] [--no-write]
+    python -m benchmarks.bench [--planets 4] [--repeats 3] [--notebook-nl] [--part all|core|dq|append]
+                               [--append-base 100] [--no-write]
 
 ``core`` is the engine against the floor and the notebook, and the throughput;
-``dq`` the cost of each optional data-quality step on one full-size observation.
+``dq`` the cost of each optional data-quality step on one full-size observation;
+``append`` the cost of adding one observation to an output of ``--append-base``
+(a rerun of ``calibrate`` extending it) against calibrating one into a fresh output.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DQ_BEGIN, DQ_END = "<!-- bench-dq:begin -->", "<!-- bench-dq:end -->"
+APPEND_BEGIN, APPEND_END = "<!-- bench-append:begin -->", "<!-- bench-append:end -->"
+APPEND_FIRST_ID = 1000001  # the ids of the symlinked copies of one planet (append part)
+APPEND_TARGET = 1.2  # append / fresh wall time
 
 # The optional data-quality steps, each measured alone on top of the default profile, then all together.
 DQ_STEPS = {
@@ -224,11 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(default $ARIELSTREAM_BENCH_DIR or ~/.cache/arielstream-bench)",
                         default=Path(os.environ.get("ARIELSTREAM_BENCH_DIR", Path.home() / ".cache" /
                                                     "arielstream-bench")))
-    parser.add_argument("--part", choices=["all", "core", "dq"], default="all",
-                        help="core: engine, notebook, throughput; dq: the data-quality steps (default all)")
+    parser.add_argument("--part", choices=["all", "core", "dq", "append"], default="all",
+                        help="core: engine, notebook, throughput; dq: the data-quality steps; append: adding one "
+                        "observation to an existing output (default all)")
+    parser.add_argument("--append-base", type=int, default=100, metavar="N",
+                        help="observations in the output the append part extends (default 100)")
     args = parser.parse_args(argv)
+    if args.append_base < 1:
+        parser.error("--append-base must be at least 1")
     root = args.data
-    planets = ensure_data(root, args.planets)
+    planets = ensure_data(root, 1 if args.part == "append" else args.planets)
     data, planet = str(root), planets[0]
     tmp = root / "out"
     tmp.mkdir(exist_ok=True)
@@ -239,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "dq"):
         _write_block(dq_table(args, data, planet, tmp), DQ_BEGIN, DQ_END,
                      "## Data-quality steps (`make bench`, latest run)", args.no_write)
+    if args.part in ("all", "append"):
+        _write_block(append_table(args, root, planet), APPEND_BEGIN, APPEND_END,
+                     "## Appending to a growing output (`make bench`)", args.no_write)
     return 0
 
 
@@ -268,6 +284,137 @@ def dq_table(args: argparse.Namespace, data: str, planet: int, tmp: Path) -> str
     for label, (seconds, peak) in median.items():
         extra = "" if seconds == base and not variants[label] else f"{seconds - base:+.2f}"
         lines.append(f"| {label} | {seconds:.2f} | {extra} | {peak / 1e6:.0f} |")
+    return "\n".join(lines)
+
+
+def _add_planets(data: Path, source: Path, ids: list[int]) -> None:
+    """Make ``data/train/<id>`` a symlink to ``source`` for each of ``ids``; list them in the split's CSVs.
+
+    ``source`` is one simulated planet's folder; ``data`` gets the dataset-level files
+    of its data folder (symlinked) the first time. The ``train*.csv`` tables (truth, star
+    info: not read by ``calibrate``, kept consistent for the other commands) get the
+    source planet's row once per id, with the id rewritten.
+    """
+    root = source.parent.parent
+    (data / "train").mkdir(parents=True, exist_ok=True)
+    for name in ("adc_info.csv", "axis_info.parquet", "wavelengths.csv"):
+        if (root / name).exists() and not (data / name).exists():
+            (data / name).symlink_to(root / name)
+    for pid in ids:
+        (data / "train" / str(pid)).symlink_to(source, target_is_directory=True)
+    every = sorted(int(p.name) for p in (data / "train").iterdir())
+    for name in ("train.csv", "train_star_info.csv"):
+        if not (root / name).exists():
+            continue
+        header, *rows = (root / name).read_text().splitlines()
+        row = next(r for r in rows if r.split(",", 1)[0] == source.name).split(",", 1)[1]
+        (data / name).write_text("\n".join([header, *(f"{pid},{row}" for pid in every)]) + "\n")
+
+
+def _calibrate_cli(data: Path, out: Path, planets: list[int] | None = None) -> dict:
+    """``arielstream calibrate DATA -o OUT --jobs auto --report`` in a fresh process: its report and wall time."""
+    report = out.with_name(out.name + ".report.json")
+    cmd = [sys.executable, "-m", "arielstream", "-q", "calibrate", str(data), "-o", str(out), "--jobs", "auto",
+           "--no-progress", "--no-log-file", "--report", str(report)]
+    if planets:
+        cmd += ["--planets", *map(str, planets)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads(report.read_text())
+    report.unlink()
+    return {**summary, "wall": wall}
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (a file: its size)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def append_table(args: argparse.Namespace, root: Path, planet: int) -> str:
+    """Appending one observation to an output of ``--append-base`` against calibrating one into a fresh output.
+
+    The data folder is ``--append-base`` symlinks (ids from :data:`APPEND_FIRST_ID`) to
+    one simulated full-size planet, calibrated once. Each repeat adds one new id and
+    reruns the same command (the output grows by one per repeat), then calibrates one
+    observation into a fresh output (``--planets``); both are fresh processes with
+    the same flags, interleaved. The temporary folder is removed at the end.
+    """
+    source = root / "train" / str(planet)
+    work = Path(tempfile.mkdtemp(prefix="append-", dir=root))
+    try:
+        data, out = work / "data", work / "out" / "grown.h5"
+        out.parent.mkdir()
+        base_ids = list(range(APPEND_FIRST_ID, APPEND_FIRST_ID + args.append_base))
+        _add_planets(data, source, base_ids)
+        print(f"calibrating the {args.append_base} observations to append to ...", flush=True)
+        base = _calibrate_cli(data, out)
+        assert base["action"] == "new" and base["computed"] == args.append_base, base
+        base_bytes = out.stat().st_size
+        appends: list[dict] = []
+        fresh: list[dict] = []
+        for k in range(args.repeats):
+            new_id = base_ids[-1] + 1 + k
+            _add_planets(data, source, [new_id])
+            appends.append(_calibrate_cli(data, out))
+            got = appends[-1]
+            if got["action"] != "extend" or got["computed"] != 1 or got["exit_code"] != 0:
+                raise AssertionError(f"the append of {new_id} was not an extension computing 1 observation: "
+                                     f"action {got['action']!r}, computed {got['computed']}, "
+                                     f"exit code {got['exit_code']}")
+            one = work / "out" / f"fresh{k}.h5"
+            fresh.append(_calibrate_cli(data, one, [new_id]))
+            assert fresh[-1]["computed"] == 1, fresh[-1]
+            for path in work.joinpath("out").glob(f"fresh{k}.h5*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"repeat {k + 1}: append {got['seconds']:.2f} s (wall {got['wall']:.2f}), fresh "
+                  f"{fresh[-1]['seconds']:.2f} s (wall {fresh[-1]['wall']:.2f})", flush=True)
+        index_bytes, parts_bytes = out.stat().st_size, _tree_bytes(out.with_name(out.name + ".parts"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(runs: list[dict], key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)
+
+    rows = {"calibrate 1 observation (fresh output)": fresh, f"append 1 to an output of {args.append_base}": appends}
+    f_s, f_wall, f_rss = med(fresh, "seconds"), med(fresh, "wall"), med(fresh, "peak_rss_bound")
+    a_s, a_wall = med(appends, "seconds"), med(appends, "wall")
+    ratio = a_s / f_s
+    grown = (f"; repeat k adds a new planet id and so appends to the output of {args.append_base} + k − 1 "
+             f"observations the earlier repeats left: nothing is deleted between repeats" if args.repeats > 1 else "")
+    lines = [
+        f"Machine: {describe_machine()}.",
+        f"An output of {args.append_base} full-size observations (`calibrate DATA -o OUT.h5 --jobs auto`, default "
+        f"memory; DATA's planet folders are {args.append_base} symlinks to one simulated planet, {base['seconds']:.0f} "
+        f"s), then one planet folder more and the same command again (no `--force`): it calibrates only the new "
+        f"observation into a part file and publishes `OUT.h5` as an index over the parts. Against it, the same "
+        f"flags with `--planets` that one id into a fresh output. Each run a fresh process, the two interleaved, "
+        f"median of {args.repeats}{grown}. s: the report's `seconds`; wall: the process, interpreter start "
+        f"included; peak RSS: the report's `peak_rss_bound`.",
+        "",
+        "| run | s (report) | wall s (process) | peak RSS MB | ratio append/fresh |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in rows.items():
+        is_append = runs is appends
+        ratio_cell = f"**{ratio:.2f}** (wall {a_wall / f_wall:.2f})" if is_append else ""
+        lines.append(f"| {label} | {med(runs, 'seconds'):.2f} | {med(runs, 'wall'):.2f} | "
+                     f"{med(runs, 'peak_rss_bound') / 1e6:.0f} | {ratio_cell} |")
+    verdict = "met" if ratio <= APPEND_TARGET else "**missed**"
+    last = appends[-1]
+    lines += [
+        "",
+        f"Target: ratio ≤ {APPEND_TARGET} ({verdict}; fresh {f_s:.2f} s, {f_rss / 1e6:.0f} MB; append {a_s:.2f} s, "
+        f"wall {a_wall:.2f} s). The append's report: action `{last['action']}`, computed {last['computed']} "
+        f"(checked on every repeat: the bench fails if an append computes anything else). After the last append "
+        f"`OUT.h5` (the index) is {index_bytes / 1e3:.0f} kB and `OUT.h5.parts` {parts_bytes / 1e6:.0f} MB "
+        f"({args.append_base + args.repeats} observations; the single-file output of {args.append_base} was "
+        f"{base_bytes / 1e6:.0f} MB).",
+    ]
     return "\n".join(lines)
 
 

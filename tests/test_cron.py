@@ -21,7 +21,8 @@ from .conftest import DATA_SAMPLES
 from .test_batch import run_cli
 
 REPORT_KEYS = {"exit_code", "error", "output", "arielstream_version", "action", "nothing_to_do", "observations",
-               "done", "computed", "retried", "failed", "out_of_memory", "seconds", "peak_rss_bound", "finished"}
+               "done", "computed", "retried", "added", "recomputed", "kept_missing", "dropped", "failed",
+               "out_of_memory", "seconds", "peak_rss_bound", "finished"}
 # the planet whose second visit the corrupted copy fails (two observations: a small run)
 PLANET = 4225610805
 

@@ -159,7 +159,7 @@ def _eio(*args, **kwargs):
     raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
-def test_a_full_disk_while_copying_for_a_retry_exits_73_and_leaves_the_output_as_it_was(
+def test_a_full_disk_while_publishing_a_retry_exits_73_leaves_the_output_as_it_was_and_the_rerun_publishes(
         data_copy, tmp_path, monkeypatch, capsys):
     victim = sorted((data_copy / "train").iterdir())[0] / "FGS1_signal_0.parquet"
     intact = victim.read_bytes()
@@ -168,19 +168,21 @@ def test_a_full_disk_while_copying_for_a_retry_exits_73_and_leaves_the_output_as
     args = ["calibrate", str(data_copy), "-o", str(out), "--no-progress", "--jobs", "1"]
     assert cli.main(args) == EXIT_FAILURES
     published = out.read_bytes()
-    victim.write_bytes(intact)  # the input is fixed: the rerun copies OUT.h5 back to retry it
-    monkeypatch.setattr(lifecycle.shutil, "copyfile", _enospc)
+    victim.write_bytes(intact)  # the input is fixed: the rerun retries it into a part, then links OUT.h5 as another
+    monkeypatch.setattr(lifecycle.os, "link", _enospc)
     capsys.readouterr()
     assert cli.main(args) == EXIT_CANTCREAT
     stderr = capsys.readouterr().err
-    assert f"{partial_path(out)}: cannot copy o.h5 back" in stderr and "No space left on device" in stderr
-    assert "Traceback" not in stderr
-    assert out.read_bytes() == published and leftovers(tmp_path, out) == []
+    assert f"{lifecycle.parts_dir(out)}: cannot publish the extended output" in stderr
+    assert "No space left on device" in stderr and "Traceback" not in stderr
+    assert out.read_bytes() == published  # readers still see the published output, untouched
+    assert leftovers(tmp_path, out) == ["o.h5.partial", "o.h5.parts"]  # the retried observation, kept for the rerun
     monkeypatch.undo()
     assert cli.main(args) == EXIT_OK
+    assert list(statuses(out)) == [1, 1, 1] and leftovers(tmp_path, out) == ["o.h5.parts"]
 
 
-def test_too_little_free_space_for_the_retry_copy_is_refused_before_copying(data_copy, tmp_path, monkeypatch,
+def test_too_little_free_space_for_the_retry_is_refused_before_laying_it_out(data_copy, tmp_path, monkeypatch,
                                                                              capsys):
     victim = sorted((data_copy / "train").iterdir())[0] / "FGS1_signal_0.parquet"
     victim.write_bytes(victim.read_bytes()[:100_000])

@@ -146,12 +146,26 @@ def test_a_code_change_names_both_versions(output):
     assert "config differs" not in message
 
 
-def test_an_observation_list_change_counts_the_new_and_the_missing(output, tmp_path):
-    message = refusal(output, planets=[73079497])
-    assert "observation list differs (0 new, 2 missing)" in message
+def test_a_smaller_observation_list_keeps_the_others_and_a_larger_one_extends(output, tmp_path, caplog):
+    summary = run(output, planets=[73079497])  # the other planet's two visits are no longer asked for
+    assert (summary.action, summary.results, len(summary.statuses)) == ("complete", [], 3)
+    assert summary.counts["kept"] == [(4225610805, 0), (4225610805, 1)]
+    assert "2 observation(s) no longer in the data folder (or not selected by --planets) are kept" in caplog.text
     one = tmp_path / "one.h5"
     assert run(one, planets=[4225610805]).ok
-    assert "observation list differs (1 new, 0 missing)" in refusal(one)
+    grown = run(one)
+    assert (grown.action, len(grown.results), len(grown.statuses)) == ("extend", 1, 3)
+    assert grown.counts["added"] == [(73079497, 0)]
+
+
+def test_a_dataset_master_refuses_a_changed_observation_list(tmp_path):
+    config = arielstream.build_config(master_calibration="dataset")
+    one = tmp_path / "one.h5"
+    assert run(one, planets=[4225610805], config=config).ok
+    with pytest.raises(ConfigMismatchError) as exc:
+        run(one, config=config)
+    assert "observation list differs (1 new, 0 missing)" in str(exc.value)
+    assert "every observation depends on all the others" in str(exc.value)
 
 
 def test_split_data_folder_and_foreign_files_are_named():

@@ -112,6 +112,9 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument("--task-timeout", type=number(float), metavar="SECONDS", **_run("task_timeout"))
     run.add_argument("--force", action="store_true", default=None, dest="force",
                      help=option_help("run", "force", default=False))
+    run.add_argument("--frozen", action="store_true", default=None, help=option_help("run", "frozen", default=False))
+    run.add_argument("--drop-missing", action="store_true", default=None,
+                     help=option_help("run", "drop_missing", default=False))
     run.add_argument("--no-progress", **_switch_off("run", "progress"))
     run.add_argument("--no-log-file", **_switch_off("run", "log_file"))
     run.add_argument("--dry-run", action="store_const", const="estimate", default=None,
@@ -152,7 +155,7 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
 CALIBRATION_FLAGS = ("profile", "airs_bin", "fgs1_bin", "wavelength_order", "bad_pixels", "missing_calibration",
                      "instruments", "spatial_bin", "master_calibration", "saturation_level")
 RUN_FLAGS = ("split", "planets", "memory", "jobs", "backend", "scheduler", "task_timeout", "force", "progress",
-             "log_file", "verify_inputs")
+             "log_file", "verify_inputs", "frozen", "drop_missing")
 
 
 def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
@@ -177,7 +180,8 @@ def run_report(summary: RunSummary | None, exit_code: int, seconds: float, outpu
     if summary is None:
         return {"exit_code": exit_code, "error": error, "output": None if output is None else str(output),
                 "arielstream_version": code_version(), "action": None, "nothing_to_do": False,
-                "observations": None, "done": None, "computed": 0, "retried": 0, "failed": [],
+                "observations": None, "done": None, "computed": 0, "retried": 0, "added": 0, "recomputed": 0,
+                "kept_missing": 0, "dropped": 0, "failed": [],
                 "out_of_memory": 0, "seconds": round(seconds, 3), "peak_rss_bound": None,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     computed = sum(r.ok for r in summary.results)
@@ -185,7 +189,9 @@ def run_report(summary: RunSummary | None, exit_code: int, seconds: float, outpu
             "arielstream_version": code_version(), "action": summary.action,
             "nothing_to_do": summary.action == "complete", "observations": len(summary.statuses),
             "done": len(summary.statuses) - len(summary.failed), "computed": computed,
-            "retried": len(summary.results) if summary.action in ("retry-failed", "repair") else 0,
+            "retried": len(summary.counts.get("retried", [])) + len(summary.counts.get("repaired", [])),
+            "added": len(summary.counts.get("added", [])), "recomputed": len(summary.counts.get("recomputed", [])),
+            "kept_missing": len(summary.counts.get("kept", [])), "dropped": len(summary.counts.get("dropped", [])),
             "failed": [{"planet_id": p, "visit": v, "status": s, "error": e} for p, v, s, e in summary.failed],
             "out_of_memory": len(summary.out_of_memory), "seconds": round(summary.seconds, 3),
             "peak_rss_bound": summary.peak_rss_bound,
@@ -247,7 +253,8 @@ def _calibrate(args: argparse.Namespace) -> tuple[int, RunSummary | None]:
                         split=run.split, planets=None if run.planets is None else list(run.planets), config=config,
                         memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
                         task_timeout=run.task_timeout, force=run.force, progress=False if quiet else run.progress,
-                        log_file=run.log_file, verify_inputs=run.verify_inputs)
+                        log_file=run.log_file, verify_inputs=run.verify_inputs, frozen=run.frozen,
+                        drop_missing=run.drop_missing)
     if summary.out_of_memory:  # not the input's fault: its own code, and the rerun retries them
         return EXIT_OSERR, summary
     return (EXIT_OK if summary.ok else EXIT_FAILURES), summary

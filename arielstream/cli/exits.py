@@ -18,7 +18,7 @@
 73    the output cannot be created (folder missing, disk full, file too large)
 75    another run is writing the same output (try again later)
 78    the configuration is invalid, or an existing output was made with another
-      config, code version or observation list (use --force)
+      config or numerical code, or inputs changed under --frozen (use --force)
 129   the terminal closed (SIGHUP); 130 interrupted by Ctrl-C; 143 by SIGTERM
       (what is done is kept: run again to resume)
 ====  ==========================================================

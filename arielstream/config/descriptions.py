@@ -69,5 +69,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "log_file": "write OUT.h5.log beside the output",
         "verify_inputs": "input manifest (arielstream manifest) that every input file is checked against before "
                          "it is read; leave out to use DATA_DIR/arielstream-manifest.json when it exists",
+        "frozen": "refuse (exit 78) instead of recomputing observations whose input files changed (size or "
+                  "modification time) since they were calibrated",
+        "drop_missing": "leave out of the output the observations no longer in the data folder (by default they "
+                        "are kept, with a warning)",
     },
 }

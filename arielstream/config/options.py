@@ -295,6 +295,8 @@ class RunOptions:
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     log_file: bool = True  # OUT.h5.log beside the output
     verify_inputs: str | None = None  # input manifest; None: DATA_DIR/arielstream-manifest.json when it exists
+    frozen: bool = False  # refuse, instead of recomputing, observations whose input files changed
+    drop_missing: bool = False  # leave out of the output observations no longer in the data folder
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -320,7 +322,7 @@ class RunOptions:
             raise ConfigError(f"planets must be a list of planet ids (integers); got {self.planets!r}")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise ConfigError(f"scheduler must be an address such as \"tcp://host:8786\"; got {self.scheduler!r}")
-        for name in ("force", "progress", "log_file"):
+        for name in ("force", "progress", "log_file", "frozen", "drop_missing"):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (value is None and name == "progress"):
                 raise ConfigError(f"{name} must be true or false; got {value!r}")

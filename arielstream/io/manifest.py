@@ -209,3 +209,60 @@ def check_observation_inputs(manifest_path: str, obs: Observation, root: Path, i
             _UNLISTED.add(path)
             log.warning("%s: not in the input manifest %s; read without a check", path, manifest.path)
     log.debug("%s: %d input file(s) match the manifest (%.2f s)", obs.label, checked, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- input fingerprints (what a rerun compares)
+FINGERPRINT_BYTES = 2048  # the room the output gives it (io/store.py, INPUTS_BYTES)
+
+
+def fingerprint(paths: Iterable[Path], root: Path) -> str:
+    """JSON of each input file's size and modification time (ns), keyed by its path relative to ``root``.
+
+    What an observation was computed from, stored beside it (``/inputs``); a rerun
+    compares it with the files now (:func:`fingerprint_changes`). Only ``stat`` is
+    read: no file is opened (a Parquet footer digest was measured and left out, see
+    README "Nightly jobs"). A missing file is recorded as ``null``. Longer than the
+    room the output gives it (thousands of calibration files), only a digest of the
+    whole is kept, so a change is still seen, without the name of the file.
+    """
+    entries: dict[str, list[int] | None] = {}
+    for path in sorted(set(paths)):
+        try:
+            st = path.stat()
+            entries[_key(path, root)] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            entries[_key(path, root)] = None
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > FINGERPRINT_BYTES:
+        text = json.dumps({"digest": hashlib.blake2b(text.encode(), digest_size=16).hexdigest()})
+    return text
+
+
+def fingerprint_changes(stored: str, current: str) -> list[str]:
+    """What differs between two fingerprints, one phrase per file (empty: the same; unknown: never a change).
+
+    An empty ``stored`` (an output written before fingerprints, or a failed
+    observation) has nothing to compare and reports no change.
+    """
+    if not stored or stored == current:
+        return []
+    try:
+        old, new = json.loads(stored), json.loads(current)
+    except ValueError:
+        return ["the recorded fingerprint cannot be read"]
+    if "digest" in old or "digest" in new:
+        return ["input files changed (too many to name)"]
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if a is None:
+            changes.append(f"{key} is new")
+        elif b is None:
+            changes.append(f"{key} is gone")
+        elif a[0] != b[0]:
+            changes.append(f"{key} changed size ({a[0]} -> {b[0]} bytes)")
+        else:
+            changes.append(f"{key} was modified (same size, new modification time)")
+    return changes

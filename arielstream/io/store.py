@@ -20,6 +20,7 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
     /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
     /error (obs,) S512           why an observation failed
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
+    /inputs (obs,) S2048         JSON: size and modification time of each input file it was computed from
     /AIRS-CH0/signal (obs, time, x, y) float32    /FGS1/signal (obs, time, x, y) float32
     /<inst>/dq (obs, x, y) uint16                 data-quality bits (arielstream.dq.BITS)
     /<inst>/read_noise (obs, x, y) float32        read noise per read (e), from read.parquet
@@ -28,6 +29,14 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
     /<inst>/time (time,) float64 hours            mean frame time of each bin
     /<inst>/column (x,) int16                     detector column of each x
     /<inst>/wavelength (x,) float64 µm            /<inst>/wavelength_label (x,) S8 (wl_k)
+
+An output that a later run extended (new observations, changed inputs, retries)
+is an **index** instead: the same schema and attributes, plus ``layout = "index"``,
+``parts`` (JSON list of part files, relative to the index) and ``/part`` and
+``/part_index`` (obs,): every per-observation dataset is an HDF5 virtual dataset
+over the part files (``OUT.h5.parts/NNNN.h5``, each an output of the layout above
+for some observations), so h5py, xarray and netCDF readers still see one ``(obs, ...)``
+array; :func:`read_descriptors` maps each observation to its part's bytes.
 
 File attributes: ``format`` (``"arielstream"``), ``format_version``,
 ``status_codes``, ``dq_bits`` and ``dq_time_bits`` (JSON name -> value), and what
@@ -50,6 +59,7 @@ import resource
 import shutil
 import signal
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -65,12 +75,14 @@ from .atomic import partial_path
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "arielstream"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: /inputs, and outputs extended through an index over parts
 
 # ---------------------------------------------------------------- the schema
 # per-observation datasets at the root
 PLANET_ID, VISIT = "planet_id", "visit"
 STATUS, ATTEMPTS, OWNER, CHECKSUM, ERROR, PROVENANCE = "status", "attempts", "owner", "checksum", "error", "provenance"
+INPUTS = "inputs"
+PART, PART_INDEX = "part", "part_index"  # an index file only: which part holds each observation, and where
 # per-instrument datasets, under /<instrument>/
 SIGNAL, DQ, READ_NOISE = "signal", "dq", "read_noise"
 DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID = "dq_time", "background", "trace_row", "centroid"  # optional steps
@@ -78,11 +90,14 @@ TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL = "time", "column", "wavelength", "wa
 # file attributes written here (the run adds its own: config, profile, recipe, arielstream_version, split, ...)
 ATTR_FORMAT, ATTR_FORMAT_VERSION, ATTR_STATUS_CODES = "format", "format_version", "status_codes"
 ATTR_DQ_BITS, ATTR_DQ_TIME_BITS = "dq_bits", "dq_time_bits"
+ATTR_LAYOUT, ATTR_PARTS, LAYOUT_INDEX = "layout", "parts", "index"  # an index file: layout = "index", parts = JSON
+ATTR_LAST_PART = "last_part"  # an index file: the highest part number its output ever used (never reused)
 
 STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed", STATUS_RUNNING: "running"}
 ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
+INPUTS_BYTES = 2048
 CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
 
 # bookkeeping per observation, written through memmaps: name -> dtype, shape (obs,)
@@ -93,6 +108,7 @@ PER_OBSERVATION_DTYPES = {
     CHECKSUM: f"|S{CHECKSUM_BYTES}",
     ERROR: f"|S{ERROR_BYTES}",
     PROVENANCE: f"|S{PROVENANCE_BYTES}",
+    INPUTS: f"|S{INPUTS_BYTES}",
 }
 PER_OBSERVATION = tuple(PER_OBSERVATION_DTYPES)
 # per-instrument planes every file has: name -> (dtype, axes, units); shapes (obs, x, y) except the signal
@@ -127,6 +143,16 @@ def is_output_file(f: h5py.File) -> bool:
     return text(f.attrs.get(ATTR_FORMAT, "")) == FORMAT_NAME
 
 
+def is_index(f: h5py.File) -> bool:
+    """True for an index over part files (an output extended by later runs)."""
+    return text(f.attrs.get(ATTR_LAYOUT, "")) == LAYOUT_INDEX
+
+
+def index_parts(f: h5py.File) -> list[str]:
+    """The part files an index refers to, relative to its folder (empty for a single file)."""
+    return list(json.loads(text(f.attrs[ATTR_PARTS]))) if is_index(f) else []
+
+
 def check_output(f: h5py.File, path: str | Path) -> None:
     """:class:`InputError` naming ``path`` unless ``f`` is an arielstream output file."""
     if not is_output_file(f):
@@ -137,7 +163,9 @@ def open_readable(path: str | Path) -> h5py.File:
     """An HDF5 file opened read-only; :class:`InputError` naming it when missing or unreadable.
 
     Every reader of arielstream files opens them here, so a missing input is the
-    same error (and the same exit code, 66) for every command.
+    same error (and the same exit code, 66) for every command. An index whose part
+    files are not beside it (``OUT.h5`` copied without ``OUT.h5.parts``) is refused too:
+    HDF5 would read their observations as fill values.
     """
     path = Path(path)
     if not path.exists():
@@ -145,9 +173,15 @@ def open_readable(path: str | Path) -> h5py.File:
         hint = f" (an unfinished run left {partial.name}: run the calibration again)" if partial.exists() else ""
         raise InputError(path, f"cannot read: no such file{hint}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as exc:
         raise InputError(path, f"cannot read: not a readable HDF5 file: {exc}") from None
+    missing = [name for name in index_parts(f) if not (path.parent / name).is_file()]
+    if missing:  # HDF5 would read their observations as fill values
+        f.close()
+        raise InputError(path, f"an index over part files, but {len(missing)} of them are missing "
+                         f"({', '.join(missing[:3])}): keep {path.name}.parts beside it")
+    return f
 
 
 def open_output(path: str | Path) -> h5py.File:
@@ -251,7 +285,8 @@ LONG_NAMES = {
     OBS: "observation index (one planet visit)", PLANET_ID: "planet id", VISIT: "visit of the planet",
     STATUS: "calibration status", ATTEMPTS: "unfinished attempts", OWNER: "token of the writing attempt",
     CHECKSUM: "BLAKE2b of the observation's cubes", ERROR: "why the observation failed",
-    PROVENANCE: "steps run or skipped (JSON)",
+    PROVENANCE: "steps run or skipped (JSON)", INPUTS: "size and modification time of each input file (JSON)",
+    PART: "part file holding the observation", PART_INDEX: "observation index in its part file",
     SIGNAL: "calibrated signal per time bin", DQ: "data-quality bits", READ_NOISE: "read noise per read",
     DQ_TIME: "data-quality bits per time bin", BACKGROUND: "background per time bin", TRACE_ROW: "trace row",
     CENTROID: "FGS1 centroid (x, y)", TIME: "mean time of the frames of each bin", COLUMN: "detector column",
@@ -345,47 +380,104 @@ def output_bytes(n: int, layouts: list[InstrumentLayout]) -> int:
     return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values())
 
 
+def _write_header(f: h5py.File, observations: list[Observation], layouts: list[InstrumentLayout],
+                  attrs: dict[str, Any]) -> None:
+    """The attributes, the observation list and the instruments' axes: what every file (and index) holds."""
+    for key, value in attrs.items():
+        f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) else _json_attr(value)
+    f.attrs[ATTR_FORMAT] = FORMAT_NAME
+    f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+    f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
+    f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
+    f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
+    f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
+    f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
+    for lay in layouts:
+        g = f.create_group(lay.name)
+        g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
+        g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
+                                                                          else np.int16))
+        g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
+        labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
+        g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
+
+
+def _describe_data(f: h5py.File, layouts: list[InstrumentLayout], datasets: dict[str, h5py.Dataset],
+                   axes: dict[str, str]) -> None:
+    for key, plane_axes in axes.items():
+        datasets[key].attrs["axes"] = plane_axes
+    for lay in layouts:
+        for name, (_, _, units) in PLANES.items():
+            if units:
+                datasets[dataset(lay.name, name)].attrs["units"] = units
+    _describe_dimensions(f, layouts, axes)
+
+
 def _write_layout(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
                   attrs: dict[str, Any]) -> dict[str, int | None]:
     """Write the file through HDF5 and return each memmapped dataset's byte offset (None: not allocated)."""
     memmapped, axes = _memmapped_datasets(len(observations), layouts)
     with h5py.File(path, "w", libver="earliest") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) \
-                else _json_attr(value)
-        f.attrs[ATTR_FORMAT] = FORMAT_NAME
-        f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
-        f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
-        f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
-        f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
-        f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
-        f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
-        for lay in layouts:
-            g = f.create_group(lay.name)
-            g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
-            g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
-                                                                              else np.int16))
-            g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
-            labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
-            g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
+        _write_header(f, observations, layouts, attrs)
         datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
-        for key, plane_axes in axes.items():
-            datasets[key].attrs["axes"] = plane_axes
-        for lay in layouts:
-            for name, (_, _, units) in PLANES.items():
-                if units:
-                    datasets[dataset(lay.name, name)].attrs["units"] = units
-        _describe_dimensions(f, layouts, axes)
+        _describe_data(f, layouts, datasets, axes)
         f.flush()
         return {key: ds.id.get_offset() for key, ds in datasets.items()}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """Where one observation of an index is: a part file (relative to the index) and its index there."""
+
+    observation: Observation
+    part: str
+    index: int
+
+
+def _write_index(path: Path, entries: list[IndexEntry], part_sizes: dict[str, int], layouts: list[InstrumentLayout],
+                 attrs: dict[str, Any]) -> dict[str, int | None]:
+    """Write an index over part files: every per-observation dataset virtual, mapped run by run.
+
+    ``part_sizes``: the number of observations of each part file (the first axis of its datasets).
+    """
+    n = len(entries)
+    memmapped, axes = _memmapped_datasets(n, layouts)
+    parts = sorted({e.part for e in entries})
+    runs: list[tuple[int, int, str, int]] = []  # (first, stop, part, first index in the part): consecutive runs
+    for i, e in enumerate(entries):
+        if runs and runs[-1][2] == e.part and runs[-1][3] + (i - runs[-1][0]) == e.index and runs[-1][1] == i:
+            first, _, part, start = runs[-1]
+            runs[-1] = (first, i + 1, part, start)
+        else:
+            runs.append((i, i + 1, e.part, e.index))
+    with h5py.File(path, "w", libver="earliest") as f:
+        _write_header(f, [e.observation for e in entries], layouts, attrs)
+        f.attrs[ATTR_LAYOUT] = LAYOUT_INDEX
+        f.attrs[ATTR_PARTS] = _json_attr(parts)
+        f.create_dataset(PART, data=np.array([parts.index(e.part) for e in entries], dtype=np.int16))
+        f.create_dataset(PART_INDEX, data=np.array([e.index for e in entries], dtype=np.int32))
+        datasets = {}
+        for key, (shape, dtype) in memmapped.items():
+            virtual = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            for first, stop, part, start in runs:
+                source = h5py.VirtualSource(part, key, shape=(part_sizes[part], *shape[1:]), dtype=dtype)
+                virtual[first:stop] = source[start: start + stop - first]
+            # where a part is missing h5py reads the fill value: NaN cubes and status 0 (pending), never zeros
+            fill = np.nan if np.dtype(dtype).kind == "f" else None
+            datasets[key] = f.create_virtual_dataset(key, virtual, fillvalue=fill)
+        _describe_data(f, layouts, datasets, axes)
+        for name in (PART, PART_INDEX):
+            f[name].dims[0].attach_scale(f[OBS])
+            f[name].attrs["long_name"] = LONG_NAMES[name]
+        f.flush()
+    return {}
 
 
 HDF5_CRASHED = "HDF5 crashed while laying out the file (disk full or I/O error?)"
 _HDF5_ERRNO = re.compile(rb"errno = (\d+)")
 
 
-def _layout_child(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
-                  attrs: dict[str, Any], result_fd: int, stderr_fd: int) -> None:
+def _layout_child(write: Callable[[], dict[str, int | None]], result_fd: int, stderr_fd: int) -> None:
     """In the forked child: write the layout, report offsets or the error on ``result_fd``, never return."""
     code = 1
     try:
@@ -395,7 +487,7 @@ def _layout_child(path: Path, observations: list[Observation], layouts: list[Ins
             from h5py import _errors
             _errors.unsilence_errors()
         try:
-            report: dict[str, Any] = {"offsets": _write_layout(path, observations, layouts, attrs)}
+            report: dict[str, Any] = {"offsets": write()}
             code = 0
         except (OSError, RuntimeError) as exc:  # h5py reports a failed flush (disk full, EFBIG) as RuntimeError
             report = {"error": str(exc), "errno": getattr(exc, "errno", None)}
@@ -425,9 +517,8 @@ def _layout_failure(raw: bytes, status: int, stderr: bytes) -> str:
     return f"{cause} (HDF5: {message})" if cause and cause not in message else message
 
 
-def _lay_out_isolated(path: Path, observations: list[Observation], layouts: list[InstrumentLayout],
-                      attrs: dict[str, Any]) -> dict[str, int | None]:
-    """:func:`_write_layout` in a forked child, so that HDF5 crashing on a failed write is an OutputError.
+def _lay_out_isolated(path: Path, write: Callable[[], dict[str, int | None]]) -> dict[str, int | None]:
+    """``write()`` (:func:`_write_layout`, :func:`_write_index`) in a forked child: an HDF5 crash is an OutputError.
 
     HDF5 can die with SIGSEGV when its first metadata writes fail (a full disk, a file-size
     limit, an I/O error): only a separate process turns that into an error the run reports.
@@ -435,7 +526,7 @@ def _lay_out_isolated(path: Path, observations: list[Observation], layouts: list
     (Windows) the layout is written in this process.
     """
     if not hasattr(os, "fork"):
-        return _write_layout(path, observations, layouts, attrs)
+        return write()
     result_r, result_w = os.pipe()
     err_r, err_w = os.pipe()
     open_fds = [result_r, result_w, err_r, err_w]
@@ -447,7 +538,7 @@ def _lay_out_isolated(path: Path, observations: list[Observation], layouts: list
         if pid == 0:
             os.close(result_r)
             os.close(err_r)
-            _layout_child(path, observations, layouts, attrs, result_w, err_w)
+            _layout_child(write, result_w, err_w)
         for fd in (result_w, err_w):  # the child's ends: reading to EOF needs them closed here
             open_fds.remove(fd)
             os.close(fd)
@@ -481,7 +572,7 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
     path = Path(path)
     memmapped, _ = _memmapped_datasets(len(observations), layouts)
     check_room(path, output_bytes(len(observations), layouts))
-    laid_out = _lay_out_isolated(path, observations, layouts, attrs)
+    laid_out = _lay_out_isolated(path, lambda: _write_layout(path, observations, layouts, attrs))
     offsets = {key: off for key, off in laid_out.items() if off is not None}
     if len(offsets) != len(laid_out):
         path.unlink(missing_ok=True)
@@ -497,24 +588,93 @@ def create_output(path: str | Path, observations: list[Observation], layouts: li
             for key, (shape, dtype) in memmapped.items()}
 
 
-def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
-    """Descriptors of an existing arielstream file (for readers and for resuming)."""
+def create_index(path: str | Path, entries: list[IndexEntry], part_sizes: dict[str, int],
+                 layouts: list[InstrumentLayout], attrs: dict[str, Any]) -> None:
+    """Write an index file over parts (see the module doc), in a forked child like :func:`create_output`.
+
+    Part paths in ``entries`` are relative to the index's folder (HDF5 looks for a
+    virtual dataset's sources there), so the output and its parts move together.
+    """
     path = Path(path)
+    check_room(path, 0)
+    _lay_out_isolated(path, lambda: _write_index(path, entries, part_sizes, layouts, attrs))
+
+
+@dataclass(frozen=True)
+class PartsDescriptor(ArrayDescriptor):
+    """A dataset of an index: each observation's slice is in one of several part files.
+
+    ``open(index)`` maps that observation's slice in its part, like :class:`ArrayDescriptor`;
+    ``open()`` without an index returns an in-memory copy of the whole dataset (read-only):
+    meant for the small per-observation fields, not for the cubes.
+    """
+
+    parts: tuple[ArrayDescriptor, ...] = ()
+    part: tuple[int, ...] = ()
+    local: tuple[int, ...] = ()
+
+    def open(self, index: int | None = None, mode: Literal["r", "r+"] = "r+") -> np.memmap:
+        """Map observation ``index``'s slice in its part, or gather the whole dataset (``mode="r"`` only)."""
+        if index is not None:
+            if not 0 <= index < self.shape[0]:
+                raise IndexError(f"observation {index} outside 0..{self.shape[0] - 1}")
+            return self.parts[self.part[index]].open(self.local[index], mode)
+        if mode != "r":
+            raise ValueError(f"{self.path}: the whole of an index's dataset is a copy: open it with mode='r'")
+        out = np.empty(self.shape, dtype=self.dtype)
+        part, local = np.asarray(self.part, dtype=np.int64), np.asarray(self.local, dtype=np.int64)
+        for k, descriptor in enumerate(self.parts):
+            where = np.flatnonzero(part == k)
+            if where.size:
+                mm = descriptor.open(mode="r")
+                out[where] = mm[local[where]]
+                del mm
+        return out  # type: ignore[return-value]  # an ndarray where a memmap is declared: read the same way
+
+
+def _single_descriptors(path: Path, f: h5py.File) -> dict[str, ArrayDescriptor]:
     out: dict[str, ArrayDescriptor] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if name in PER_OBSERVATION or name.endswith(PER_PIXEL):
+            offset = obj.id.get_offset()
+            if offset is None or obj.chunks is not None:
+                raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
+            out[name] = ArrayDescriptor(str(path), int(offset), tuple(obj.shape), obj.dtype.str)
+
+    f.visititems(visit)
+    return out
+
+
+def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
+    """Descriptors of an existing arielstream file (for readers and for resuming).
+
+    For an index, each is a :class:`PartsDescriptor` over its part files.
+    """
+    path = Path(path)
     with h5py.File(path, "r") as f:
         if not is_output_file(f):
             raise OutputError(f"{path}: not an arielstream output file")
-
-        def visit(name: str, obj: Any) -> None:
-            if not isinstance(obj, h5py.Dataset):
-                return
-            if name in PER_OBSERVATION or name.endswith(PER_PIXEL):
-                offset = obj.id.get_offset()
-                if offset is None or obj.chunks is not None:
-                    raise OutputError(f"{path}: dataset {name} is not contiguous and allocated")
-                out[name] = ArrayDescriptor(str(path), int(offset), tuple(obj.shape), obj.dtype.str)
-
-        f.visititems(visit)
+        if not is_index(f):
+            return _single_descriptors(path, f)
+        parts, part, local = index_parts(f), f[PART][()], f[PART_INDEX][()]
+    per_part = []
+    for name in parts:
+        part_path = path.parent / name
+        try:
+            with h5py.File(part_path, "r") as pf:
+                per_part.append(_single_descriptors(part_path, pf))
+        except OSError as exc:
+            raise OutputError(f"{path}: its part {name} cannot be read ({exc}); an output extended by later "
+                              f"runs needs its {path.name}.parts folder beside it") from None
+    out: dict[str, ArrayDescriptor] = {}
+    for key, first in per_part[0].items():
+        n = int(part.shape[0])
+        out[key] = PartsDescriptor(str(path), -1, (n, *first.shape[1:]), first.dtype,
+                                   tuple(p[key] for p in per_part), tuple(int(v) for v in part),
+                                   tuple(int(v) for v in local))
     return out
 
 
@@ -562,7 +722,7 @@ def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, v
 
 
 def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
-                  provenance: dict[str, Any] | None = None) -> None:
+                  provenance: dict[str, Any] | None = None, inputs: str = "") -> None:
     """Write an observation's provenance, error and checksum, then (last, so it is true) its status.
 
     ``owner`` goes back to 0, and a done observation's ``attempts`` too: they only
@@ -575,12 +735,13 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
     write_field(descriptors, CHECKSUM, index, checksum(descriptors, index).encode() if status == STATUS_DONE
                 else b"")
     for key, value, size in ((ERROR, error, ERROR_BYTES),
-                             (PROVENANCE, _json_attr(provenance or {}), PROVENANCE_BYTES)):
+                             (PROVENANCE, _json_attr(provenance or {}), PROVENANCE_BYTES),
+                             (INPUTS, inputs, INPUTS_BYTES)):
         raw = value.encode("utf-8", "replace")
         if len(raw) > size:
             raw = raw[: size - 3] + b"..."
-            if key == PROVENANCE:
-                log.warning("provenance of observation %d truncated to %d bytes", index, size)
+            if key != ERROR:
+                log.warning("%s of observation %d truncated to %d bytes", key, index, size)
         write_field(descriptors, key, index, raw)
     write_field(descriptors, STATUS, index, status)
 

@@ -240,8 +240,10 @@ class Results:
         maps = _s.read_descriptors(self.path) if lazy else {}
 
         def array(ds: h5py.Dataset):
-            if lazy:  # a memmap, not the h5py dataset: it outlives this object's open file
-                return da.from_array(maps[ds.name.lstrip("/")].open(mode="r"), chunks=(1, *ds.shape[1:]))
+            if lazy:  # memmaps, not the h5py dataset: they outlive this object's open file
+                descriptor = maps[ds.name.lstrip("/")]  # one map per observation: an index's parts are files apart
+                return da.stack([da.from_array(descriptor.open(i, mode="r"), chunks=ds.shape[1:])
+                                 for i in range(ds.shape[0])])
             return ds[()]
 
         f = self.file

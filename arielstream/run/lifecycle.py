@@ -1,32 +1,54 @@
-"""The output's life: one run at a time, built as ``.partial``, resumed, verified, published.
+"""The output's life: one run at a time, built as ``.partial``, resumed, extended, verified, published.
 
-States of ``OUT.h5`` and ``OUT.h5.partial`` and what a run does with them:
+What a run finds on disk, and what it does (under the run lock, ``OUT.h5.lock``):
 
-* neither exists → lay out a new ``OUT.h5.partial``;
-* ``OUT.h5.partial`` exists and was made by the same numerical code, config, split,
-  data folder and observation list (:mod:`arielstream.run.identity`) → **resume**:
-  only what is not done is computed;
-* ``OUT.h5`` exists, the same, and every observation is done and still matches its
-  checksum → **nothing to do**; the same but some observations failed, or some
-  done ones no longer match their checksum (bytes damaged after publishing) → it
-  goes back to ``.partial`` and only those are computed again (**retry-failed**,
-  **repair**);
+* nothing → lay out a new ``OUT.h5.partial`` for every observation; when all have a
+  final status it is renamed to ``OUT.h5``: one self-contained file;
+* files made by the same numerical code, config, split and data folder
+  (:mod:`arielstream.run.identity`): ``OUT.h5`` (or the parts it refers to), an
+  unfinished ``OUT.h5.partial``, parts a killed run left → each observation wanted is
+  **kept** from the newest file where it is done and was computed from the input
+  files as they are now (their sizes and modification times, ``/inputs``); what is
+  left is computed into a ``.partial`` holding only those:
+
+  - an observation new in the data folder (**extend**), one whose inputs changed
+    (**recompute**; ``frozen`` refuses instead), one failed or pending (**retry-failed**);
+  - nothing left and ``OUT.h5`` unchanged: every done observation is checked
+    against its checksum → **nothing to do** (``complete``), or the damaged ones are
+    recomputed (**repair**);
+  - an observation ``OUT.h5`` holds that is no longer in the data folder is kept,
+    with a warning (``drop_missing`` leaves it out);
+  - the ``.partial`` is **resumed** when it holds just what is left; otherwise what it
+    finished becomes a part and the rest goes into a new ``.partial``;
+
 * anything made differently → refused (:class:`ConfigMismatchError`, naming what
-  differs and what to do);
-* ``force`` → always start afresh (the old ``OUT.h5`` stays until the new one is
-  published).
+  differs and what to do); ``force`` → start afresh (the old ``OUT.h5`` stays until
+  the new one is published).
 
-When every observation has a final status the checksums are verified, the file
-is opened with h5py as a last check and renamed to ``OUT.h5`` atomically.
+**Publishing.** A ``.partial`` that holds every observation, in order, is checked
+(h5py opens it) and renamed onto ``OUT.h5``. Otherwise the output becomes an **index**
+(:func:`arielstream.io.store.create_index`): ``OUT.h5`` refers, through HDF5 virtual
+datasets, to part files in ``OUT.h5.parts/`` (``0001.h5``, ...; a single-file ``OUT.h5``
+becomes a part by a hard link, not a copy). Kept observations are never copied or
+rewritten: their bytes stay where they were, so appending costs only the new
+observations. The publish is journalled: the new index is written as ``OUT.h5.next``,
+the ``.partial`` is renamed to its part, ``OUT.h5.next`` is renamed onto ``OUT.h5``
+(readers see the old output or the new one, never a mixture), and parts nothing refers
+to are removed; a run killed at any step is finished by the next (:func:`finish_publish`).
+Kept observations of ``OUT.h5`` are not re-read (their checksums are checked by a
+rerun with nothing to do, and by ``arielstream verify``); those kept from files a
+killed run left are checked first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +58,26 @@ import numpy as np
 
 from ..errors import ArielstreamError, OutputError
 from ..io import atomic
+from ..io.manifest import fingerprint_changes
 from ..io.store import (
+    ATTR_LAST_PART,
+    INPUTS,
+    PART,
+    PART_INDEX,
+    PLANET_ID,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PENDING,
     STATUS_RUNNING,
+    VISIT,
     ArrayDescriptor,
+    IndexEntry,
     InstrumentLayout,
-    check_room,
     checksum,
+    create_index,
     create_output,
     fail_observation,
+    index_parts,
     is_output_file,
     read_descriptors,
     read_field,
@@ -133,31 +164,73 @@ class RunLock:
         self.release()
 
 
+Key = tuple[int, int]  # (planet_id, visit): an observation, wherever its bytes are
+
+
+def _key(obs: Observation) -> Key:
+    return (obs.planet_id, obs.visit)
+
+
+def parts_dir(output: Path) -> Path:
+    """``OUT.h5.parts``: the part files of an output extended by later runs."""
+    return output.with_name(output.name + ".parts")
+
+
+def next_index_path(output: Path) -> Path:
+    """``OUT.h5.next``: an index waiting to replace ``OUT.h5`` (its presence is the publish journal)."""
+    return output.with_name(output.name + ".next")
+
+
+@dataclass
+class Source:
+    """A file holding calibrated observations a run may keep: ``OUT.h5``, a part, or ``OUT.h5.partial``."""
+
+    path: Path
+    published: bool  # OUT.h5 refers to it: trusted as published (verified by `verify` and a complete rerun)
+    keys: list[Key]
+    descriptors: dict[str, ArrayDescriptor]
+    status: np.ndarray
+    inputs: list[str]
+
+    @classmethod
+    def read(cls, path: Path, published: bool) -> Source:
+        """What ``path`` holds: its observations, their status and the inputs each was computed from."""
+        with h5py.File(path, "r") as f:
+            keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
+        descriptors = read_descriptors(path)
+        inputs = [v.decode(errors="replace").rstrip("\x00") for v in read_field(descriptors, INPUTS)] \
+            if INPUTS in descriptors else [""] * len(keys)
+        return cls(path, published, keys, descriptors, read_field(descriptors, "status"), inputs)
+
+    def index(self, key: Key) -> int | None:
+        """Where ``key`` is in this file (None: not here)."""
+        try:
+            return self.keys.index(key)
+        except ValueError:
+            return None
+
+
 @dataclass
 class PreparedOutput:
-    """Where a run writes and what is left to do there."""
+    """Where a run writes, what is left to do there, and what the output will hold once published."""
 
-    action: str  # "new", "resume", "retry-failed", "repair" (damaged done observations), "complete"
+    action: str  # "new", "resume", "extend", "recompute", "retry-failed", "repair", "update", "complete"
     partial: Path
     descriptors: dict[str, ArrayDescriptor] = field(default_factory=dict)
-    todo: list[int] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)  # indices into observations
+    observations: list[Observation] = field(default_factory=list)  # what the .partial holds, in its order
+    keys: list[Key] = field(default_factory=list)  # every observation of the published output, in order
+    kept: dict[Key, tuple[Path, int]] = field(default_factory=dict)  # observations kept from earlier files
+    counts: dict[str, list[Key]] = field(default_factory=dict)  # added, recomputed, retried, repaired, kept, dropped
+
+    @property
+    def single(self) -> bool:
+        """The output is the ``.partial`` alone, in its order: published by a rename, no index."""
+        return not self.kept and self.keys == [_key(o) for o in self.observations]
 
 
-def _observation_differences(stored_planets: np.ndarray, stored_visits: np.ndarray,
-                             observations: list[Observation]) -> list[str]:
-    stored = list(zip(stored_planets.tolist(), stored_visits.tolist(), strict=False))
-    current = [(o.planet_id, o.visit) for o in observations]
-    if stored == current:
-        return []
-    new, missing = set(current) - set(stored), set(stored) - set(current)
-    if not new and not missing:
-        return ["observation list differs (the same observations in another order)"]
-    return [f"observation list differs ({len(new)} new, {len(missing)} missing)"]
-
-
-def _identity_mismatch(path: Path, identity: dict[str, str], observations: list[Observation],
-                       layouts: list[InstrumentLayout]) -> list[str]:
-    """What differs between an existing file and this run, by category (empty: it is the same run)."""
+def _identity_mismatch(path: Path, identity: dict[str, str], layouts: list[InstrumentLayout]) -> list[str]:
+    """What differs between an existing file and this run, by category (empty: the same run may use it)."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -169,9 +242,7 @@ def _identity_mismatch(path: Path, identity: dict[str, str], observations: list[
         if not is_output_file(f):  # e.g. a light-curve file: say what it is, not how its attributes differ
             return ["not an arielstream calibrated file (another HDF5 file, e.g. light curves or fits)"]
         problems = identity_differences(f.attrs, identity)
-        if "planet_id" in f and "visit" in f:
-            problems += _observation_differences(f["planet_id"][()], f["visit"][()], observations)
-        elif not problems:
+        if not problems and not ("planet_id" in f and "visit" in f):
             problems.append("observation list missing")
         if problems:  # the cubes' shapes follow from the config and the observations: not a cause of its own
             return problems
@@ -183,44 +254,258 @@ def _identity_mismatch(path: Path, identity: dict[str, str], observations: list[
     return problems
 
 
+def _refuse(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchError:
+    return ConfigMismatchError(f"{path}: made by a different run: {'; '.join(problems)}{hint}. Refusing to mix "
+                               "results: use --force to recompute it, or write elsewhere with a different -o or --run")
+
+
+def _part_number(path: Path) -> int:
+    return int(path.stem) if path.stem.isdigit() else -1
+
+
+def _sources(output: Path, identity: dict[str, str], layouts: list[InstrumentLayout],
+             ) -> tuple[list[Source], dict[Key, tuple[Source, int]]]:
+    """Every file with observations this run may keep, newest first, and where ``OUT.h5`` puts each of its own.
+
+    ``OUT.h5`` and ``OUT.h5.partial`` made differently are refused (the user decides);
+    a part no index refers to and made differently (left by a run killed while it
+    published, before a ``--force``) is ignored and removed by the next publish.
+    """
+    partial = partial_path(output)
+    newest: list[Source] = []
+    published: dict[Key, tuple[Source, int]] = {}
+    referenced: set[Path] = set()
+    if output.exists():
+        problems = _identity_mismatch(output, identity, layouts)
+        if problems:
+            raise _refuse(output, problems)
+        with atomic.output_errors(output, "read the output file"):
+            with h5py.File(output, "r") as f:
+                names = index_parts(f)
+                keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
+                where = list(zip(f[PART][()].tolist(), f[PART_INDEX][()].tolist(), strict=True)) if names else []
+            if names:
+                parts = [Source.read(output.parent / name, True) for name in names]
+                referenced = {p.path for p in parts}
+                for key, (part, index) in zip(keys, where, strict=True):
+                    published[key] = (parts[part], index)
+            else:
+                single = Source.read(output, True)
+                published = {key: (single, i) for i, key in enumerate(keys)}
+    folder = parts_dir(output)
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.h5"), key=_part_number, reverse=True):
+            if path in referenced:
+                continue
+            if _identity_mismatch(path, identity, layouts):
+                log.debug("%s: a part made differently and referred to by nothing; ignored", path)
+                continue
+            try:
+                newest.append(Source.read(path, False))
+            except (OSError, ArielstreamError) as exc:
+                log.warning("%s: an unfinished part that cannot be read (%s); ignored", path, exc)
+    if partial.exists():
+        problems = _identity_mismatch(partial, identity, layouts)
+        if problems:
+            raise _refuse(partial, problems)
+        with atomic.output_errors(partial, "read the output file"):
+            newest.insert(0, Source.read(partial, False))
+    return newest, published
+
+
+def _checksum_ok(source: Source, index: int) -> bool:
+    return read_field(source.descriptors, "checksum")[index].decode() == checksum(source.descriptors, index)
+
+
+def _choose(key: Key, fingerprint: str | None, newest: list[Source], published: dict[Key, tuple[Source, int]],
+            ) -> tuple[tuple[Source, int] | None, list[str]]:
+    """The newest copy of ``key`` that is done and computed from the inputs there now; else why none is."""
+    candidates = [(s, i) for s in newest if (i := s.index(key)) is not None]
+    if key in published:
+        candidates.append(published[key])
+    changed: list[str] = []
+    for source, index in candidates:
+        if source.status[index] != STATUS_DONE:
+            continue
+        if fingerprint is not None:
+            diff = fingerprint_changes(source.inputs[index], fingerprint)
+            if diff:
+                changed = changed or diff
+                continue
+        if not source.published and not _checksum_ok(source, index):  # written by a run that died
+            log.warning("%s: observation %d/visit %d does not match its checksum; recomputed", source.path, *key)
+            continue
+        return (source, index), []
+    return None, changed
+
+
+def _sort_missing(output: Path, missing: list[Key], published: dict[Key, tuple[Source, int]], drop: bool,
+                  counts: dict[str, list[Key]]) -> None:
+    """Observations of ``OUT.h5`` no longer in the data folder: kept (done ones), or dropped; logged either way."""
+    for key in missing:
+        source, index = published[key]
+        if drop or source.status[index] != STATUS_DONE:
+            counts["dropped"].append(key)
+        else:
+            counts["kept"].append(key)
+    if counts["kept"]:
+        log.warning("%s: %d observation(s) no longer in the data folder (or not selected by --planets) are kept "
+                    "(%s); --drop-missing leaves them out", output, len(counts["kept"]),
+                    ", ".join(f"{p}/visit {v}" for p, v in counts["kept"]))
+    if counts["dropped"]:
+        log.warning("%s: %d observation(s) no longer in the data folder (or not selected by --planets) are left "
+                    "out (%s)", output,
+                    len(counts["dropped"]), ", ".join(f"{p}/visit {v}" for p, v in counts["dropped"]))
+
+
+def _report_changes(output: Path, changes: dict[Key, list[str]], frozen: bool) -> None:
+    """Say which inputs changed (recomputed), or refuse with ``frozen``."""
+    if not changes:
+        return
+    lines = [f"{p}/visit {v}: {'; '.join(c[:3])}" + (f" (+{len(c) - 3} more)" if len(c) > 3 else "")
+             for (p, v), c in changes.items()]
+    if frozen:
+        raise ConfigMismatchError(f"{output}: the inputs of {len(changes)} observation(s) changed since they "
+                                  f"were calibrated: {'; '.join(lines[:5])}. Refusing with --frozen: restore "
+                                  "the files, or run without --frozen to recompute them")
+    for line in lines:
+        log.warning("%s: inputs changed since it was calibrated (%s); recomputed", output, line)
+
+
+def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], newest: list[Source],
+                     published: dict[Key, tuple[Source, int]], kept: dict[Key, tuple[Source, int]],
+                     counts: dict[str, list[Key]], output: Path, frozen: bool) -> list[Key]:
+    """Each wanted observation kept (into ``kept``) or to compute (returned), counted by why."""
+    todo_keys: list[Key] = []
+    changes: dict[Key, list[str]] = {}
+    for key in wanted:
+        chosen, changed = _choose(key, fingerprints.get(key), newest, published)
+        if chosen is not None:
+            kept[key] = chosen
+            continue
+        todo_keys.append(key)
+        if changed:  # done somewhere, from other inputs
+            counts["recomputed"].append(key)
+            changes[key] = changed
+        elif key in published:
+            counts["retried"].append(key)
+        elif not any(key in source.keys for source in newest):  # a stopped run's pending ones are not new
+            counts["added"].append(key)
+    _report_changes(output, changes, frozen)
+    return todo_keys
+
+
 def prepare_output(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
-                   attrs: dict[str, Any], identity: dict[str, str], force: bool = False) -> PreparedOutput:
-    """Decide from what is on disk whether to create, resume, retry or do nothing (see module doc)."""
+                   attrs: dict[str, Any], identity: dict[str, str], force: bool = False, *,
+                   fingerprints: dict[Key, str] | None = None, frozen: bool = False, drop_missing: bool = False,
+                   extend: bool = True) -> PreparedOutput:
+    """Decide from what is on disk what to compute and what to keep (see the module doc).
+
+    ``fingerprints``: each observation's inputs now (:func:`arielstream.io.manifest.fingerprint`);
+    ``frozen``: refuse rather than recompute observations whose inputs changed;
+    ``drop_missing``: leave out of the output what is no longer in the data folder;
+    ``extend=False``: the observations depend on each other (a master over the whole
+    dataset), so a changed observation list or input is refused instead.
+    """
     output = Path(output)
     partial = partial_path(output)
-    existing = [] if force else [(partial, False), (output, True)]
-    for candidate, published in existing:
-        if not candidate.exists():
-            continue
-        problems = _identity_mismatch(candidate, identity, observations, layouts)
-        if problems:
-            raise ConfigMismatchError(
-                f"{candidate}: made by a different run: {'; '.join(problems)}. Refusing to mix results: "
-                "use --force to recompute it, or write elsewhere with a different -o or --run")
-        descriptors = read_descriptors(candidate)
-        status = read_field(descriptors, "status")
-        if published:
-            failed = np.flatnonzero(status != STATUS_DONE)
-            damaged = verify(descriptors)  # never call "complete" a file whose bytes changed since publishing
-            if failed.size == 0 and not damaged:
-                return PreparedOutput("complete", partial, descriptors, [])
-            # a copy goes back under construction; OUT.h5 stays readable until the retry is published
-            descriptors = _copy_for_retry(output, partial)
-            action = "retry-failed"
-            if damaged:
-                log.warning("%s: %d done observation(s) no longer match their checksum (the file was damaged "
-                            "after it was published): %s; they go back to pending and are recomputed",
-                            output, len(damaged), ", ".join(observations[i].label for i in damaged))
-                for index in damaged:
-                    write_field(descriptors, "status", index, STATUS_PENDING)
-                status = read_field(descriptors, "status")
-                action = "repair"
+    finish_publish(output)
+    for leftover in (partial.with_name(partial.name + ".new"), next_index_path(output).with_name(
+            next_index_path(output).name + ".new")):
+        leftover.unlink(missing_ok=True)
+    current = {_key(o): o for o in observations}
+    wanted = sorted(current)
+    fresh = fresh_marker(output)
+    if force:
+        return _lay_out_fresh(output, observations, layouts, attrs)
+    newest, published = _sources(output, identity, layouts)
+    if fresh.exists() and newest and newest[0].path == partial:  # a --force run stopped: it goes on, alone
+        if newest[0].keys != wanted:
+            log.warning("%s: the --force run that stopped was for other observations; starting it again", output)
+            return _lay_out_fresh(output, observations, layouts, attrs)
+        newest, published = newest[:1], {}
+    fresh.unlink(missing_ok=True)
+    if not newest and not published:
+        return _lay_out(partial, observations, layouts, attrs, "new", observations)
+    counts: dict[str, list[Key]] = {name: [] for name in ("added", "recomputed", "retried", "repaired", "kept",
+                                                          "dropped")}
+    missing = sorted(set(published) - set(current))
+    _sort_missing(output, missing, published, drop_missing, counts)
+    kept: dict[Key, tuple[Source, int]] = {key: published[key] for key in counts["kept"]}
+    todo_keys = _keep_or_compute(wanted, fingerprints or {}, newest, published, kept, counts, output, frozen)
+    if not extend and (counts["added"] or counts["recomputed"] or missing):
+        problems = [f"observation list differs ({len(counts['added'])} new, {len(missing)} missing)"] \
+            if counts["added"] or missing else [f"the inputs of {len(counts['recomputed'])} observation(s) changed"]
+        raise _refuse(output if output.exists() else partial, problems,
+                      " (with master_calibration = \"dataset\" every observation depends on all the others)")
+    keys = sorted(set(wanted) | set(counts["kept"]))
+    unchanged = bool(published) and keys == list(published) and \
+        all(kept.get(k) == published[k] for k in keys)
+    if not todo_keys and unchanged:
+        damaged = verify_published(output, published)
+        if not damaged:
+            if partial.exists():  # nothing of it is kept (what it finished is older than OUT.h5's copies)
+                atomic.discard(partial)
+            return PreparedOutput("complete", partial, keys=keys, counts=counts)
+        log.warning("%s: %d done observation(s) no longer match their checksum (the file was damaged after it was "
+                    "published): %s; they are recomputed", output, len(damaged),
+                    ", ".join(f"{p}/visit {v}" for p, v in damaged))
+        for key in damaged:
+            kept.pop(key)
+            counts["repaired"].append(key)
+        todo_keys = damaged
+    action = ("extend" if counts["added"] else "recompute" if counts["recomputed"] else
+              "repair" if counts["repaired"] else "retry-failed" if counts["retried"] else "update")
+    prepared = _partial_for(output, newest, kept, sorted(todo_keys), current, layouts, attrs, action)
+    prepared.keys, prepared.counts = keys, counts
+    prepared.kept = {k: (s.path, i) for k, (s, i) in kept.items() if s.path != partial}
+    return prepared
+
+
+def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Source, int]], todo_keys: list[Key],
+                 current: dict[Key, Observation], layouts: list[InstrumentLayout], attrs: dict[str, Any],
+                 action: str) -> PreparedOutput:
+    """The ``.partial`` that computes ``todo_keys``: the one there, resumed, if it holds just those; else a new one.
+
+    A ``.partial`` laid out for other observations becomes a part (the observations it
+    finished are kept from there), or is removed when it holds nothing kept.
+    """
+    partial = partial_path(output)
+    existing = newest[0] if newest and newest[0].path == partial else None
+    if existing is not None:
+        from_partial = {k for k, (s, _) in kept.items() if s is existing}
+        if set(existing.keys) == set(todo_keys) | from_partial:
+            todo = reconcile(existing.descriptors, existing.status, retry_failed=True)
+            for key in todo_keys:  # done there but no longer kept: inputs changed, or its checksum failed
+                index = existing.keys.index(key)
+                if index not in todo:
+                    write_field(existing.descriptors, "status", index, STATUS_PENDING)
+                    todo.append(index)
+            return PreparedOutput("resume", partial, existing.descriptors, sorted(todo),
+                                  [current[k] for k in existing.keys])
+        if from_partial:
+            existing.path = _new_part_path(output)
+            existing.path.parent.mkdir(exist_ok=True)
+            with atomic.output_errors(existing.path, "keep the finished observations of the unfinished run"):
+                os.replace(partial, existing.path)
+                existing.descriptors = read_descriptors(existing.path)
+            log.info("%s: the unfinished run's %d done observation(s) are kept in %s", output, len(from_partial),
+                     existing.path)
         else:
-            action = "resume"
-        todo = reconcile(descriptors, status, retry_failed=True)
-        return PreparedOutput(action, partial, descriptors, todo)
-    # Laid out under a temporary name and renamed: a run killed while HDF5 builds the file leaves
-    # only OUT.h5.partial.new, which the next run discards, never a .partial h5py cannot open.
+            atomic.discard(partial)
+    if not todo_keys:
+        return PreparedOutput(action, partial)
+    observations = [current[k] for k in todo_keys]
+    return _lay_out(partial, observations, layouts, attrs, action, observations)
+
+
+def _lay_out(partial: Path, observations: list[Observation], layouts: list[InstrumentLayout], attrs: dict[str, Any],
+             action: str, keys_from: list[Observation]) -> PreparedOutput:
+    """A new ``.partial`` for ``observations``, laid out under a staging name and renamed.
+
+    A run killed while HDF5 builds the file leaves only ``OUT.h5.partial.new``, which the
+    next run discards, never a ``.partial`` h5py cannot open.
+    """
     staging = partial.with_name(partial.name + ".new")
     staging.unlink(missing_ok=True)
     create_output(staging, observations, layouts, attrs)
@@ -231,28 +516,46 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
             atomic.discard(staging)
             raise
         descriptors = read_descriptors(partial)
-    return PreparedOutput("new", partial, descriptors, list(range(len(observations))))
+    return PreparedOutput(action, partial, descriptors, list(range(len(observations))), observations,
+                          [_key(o) for o in keys_from])
 
 
-def _copy_for_retry(output: Path, partial: Path) -> dict[str, ArrayDescriptor]:
-    """Copy ``OUT.h5`` to ``OUT.h5.partial`` (through a staging name), with its space reserved first.
+def fresh_marker(output: Path) -> Path:
+    """``OUT.h5.partial.force``: the ``.partial`` beside it belongs to a ``--force`` run (nothing older is kept)."""
+    return output.with_name(output.name + ".partial.force")
 
-    A full disk or an I/O error is an :class:`OutputError` and leaves only ``OUT.h5``, untouched.
+
+def _lay_out_fresh(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                   attrs: dict[str, Any]) -> PreparedOutput:
+    """A ``.partial`` for every observation, marked so that a rerun after a kill goes on with it alone."""
+    marker = fresh_marker(output)
+    with atomic.output_errors(marker, "mark the --force run"):
+        marker.touch()
+    return _lay_out(partial_path(output), observations, layouts, attrs, "new", observations)
+
+
+def _new_part_path(output: Path) -> Path:
+    """The next part's name: one above every part on disk and every part ``OUT.h5`` ever numbered.
+
+    Numbers are never reused, so a reader holding an earlier index never finds other
+    observations under a name it knew.
     """
-    staging = partial.with_name(partial.name + ".new")
-    size = output.stat().st_size
-    check_room(staging, size)
-    try:
-        with open(staging, "wb") as fh:
-            os.posix_fallocate(fh.fileno(), 0, size)
-        shutil.copyfile(output, staging)
-        os.replace(staging, partial)
-    except OSError as exc:
-        atomic.discard(staging)
-        raise OutputError(f"{partial}: cannot copy {output.name} back to retry its failed observations: {exc}") \
-            from None
-    with atomic.output_errors(partial, "read the output file"):
-        return read_descriptors(partial)
+    folder = parts_dir(output)
+    numbers = [_part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
+    for path in (output, next_index_path(output)):
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            with h5py.File(path, "r") as f:
+                numbers.append(int(f.attrs[ATTR_LAST_PART]))
+    return folder / f"{max(numbers, default=0) + 1:04d}.h5"
+
+
+def verify_published(output: Path, published: dict[Key, tuple[Source, int]]) -> list[Key]:
+    """The done observations of ``OUT.h5`` whose bytes no longer match their checksum."""
+    damaged = []
+    for key, (source, index) in published.items():
+        if source.status[index] == STATUS_DONE and not _checksum_ok(source, index):
+            damaged.append(key)
+    return damaged
 
 
 def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None = None,
@@ -299,8 +602,13 @@ def verify(descriptors: dict[str, ArrayDescriptor]) -> list[int]:
             if stored[i].decode() != checksum(descriptors, int(i))]
 
 
-def publish(partial: Path, output: Path) -> None:
-    """Last check that h5py can open the file, then the atomic rename."""
+def _fault(step: str) -> None:
+    """Test hook ``ARIELSTREAM_FAULT=kill-publish:STEP``: the run kills itself at that step of a publish."""
+    if os.environ.get("ARIELSTREAM_FAULT") == f"kill-publish:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_opens(partial: Path) -> None:
     try:
         with h5py.File(partial, "r") as f:
             f["status"][()]
@@ -309,15 +617,178 @@ def publish(partial: Path, output: Path) -> None:
         if busy is not None:
             raise busy from None
         raise OutputError(f"{partial}: does not open as HDF5 after writing ({exc}); not published") from None
+
+
+def _fsync_dir(folder: Path) -> None:
     try:
-        with open(partial, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(partial, output)
-    except OSError as exc:  # the .partial stays, whole: the rerun publishes it
-        raise OutputError(f"{output}: cannot publish {partial.name}: {exc}; run again to publish it") from None
-    try:
-        dir_fd = os.open(output.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)
     except OSError:  # pragma: no cover - some filesystems refuse directory fsync
         pass
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayout], attrs: dict[str, Any]) -> None:
+    """Make ``OUT.h5`` what ``prepared`` says: rename the ``.partial``, or publish an index over parts.
+
+    A single file: a last check that h5py opens it, then the atomic rename. An index
+    (observations kept from earlier files): the index is written as ``OUT.h5.next``
+    (the journal), the ``.partial`` becomes the next part, and ``OUT.h5.next`` is renamed
+    onto ``OUT.h5``; a run killed anywhere in between is finished by the next run
+    (:func:`finish_publish`) before it looks at anything else. Parts nothing refers to
+    any more are removed last.
+    """
+    partial = prepared.partial
+    computed = bool(prepared.observations)
+    if computed:
+        _check_opens(partial)
+    if computed and prepared.single:
+        stale = stale_marker(output)
+        try:
+            if parts_dir(output).is_dir():  # what they hold is replaced: removed after the rename, or by the rerun
+                stale.touch()
+            _fsync(partial)
+            os.replace(partial, output)
+        except OSError as exc:  # the .partial stays, whole: the rerun publishes it
+            raise OutputError(f"{output}: cannot publish {partial.name}: {exc}; run again to publish it") from None
+        _fsync_dir(output.parent)
+        _fault("single")
+        fresh_marker(output).unlink(missing_ok=True)
+        _collect_parts(output)
+        return
+    folder = parts_dir(output)
+    with atomic.output_errors(folder, "publish the extended output"):
+        folder.mkdir(exist_ok=True)
+        kept = dict(prepared.kept)
+        if any(path == output for path, _ in kept.values()):  # the single-file output becomes part 1, linked
+            linked = _new_part_path(output)
+            _link(output, linked)
+            kept = {k: (linked if path == output else path, i) for k, (path, i) in kept.items()}
+        new_part = _new_part_path(output) if computed else None
+        sizes: dict[str, int] = {}
+        entries = []
+        in_partial = {_key(o): i for i, o in enumerate(prepared.observations)}
+        observations = {_key(o): o for o in prepared.observations}
+        for path in {p for p, _ in kept.values()}:
+            with h5py.File(path, "r") as f:
+                sizes[_relative(path, output)] = int(f[PLANET_ID].shape[0])
+                for key in zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True):
+                    observations.setdefault(key, Observation(key[0], key[1], Path()))
+        if new_part is not None:
+            sizes[_relative(new_part, output)] = len(prepared.observations)
+        for key in prepared.keys:
+            if key in kept:
+                path, index = kept[key]
+            else:
+                assert new_part is not None
+                path, index = new_part, in_partial[key]
+            entries.append(IndexEntry(observations[key], _relative(path, output), index))
+        journal = next_index_path(output)
+        staging = journal.with_name(journal.name + ".new")
+        last = max([_part_number(output.parent / name) for name in sizes] +  # and every number used before
+                   [_part_number(_new_part_path(output)) - 1])
+        create_index(staging, entries, sizes, layouts, {**attrs, ATTR_LAST_PART: last})
+        _fsync(staging)
+        os.replace(staging, journal)
+        _fsync_dir(output.parent)
+    _fault("journal")
+    if new_part is not None:
+        with atomic.output_errors(new_part, "publish the extended output"):
+            _fsync(partial)
+            os.replace(partial, new_part)
+            _fsync_dir(folder)
+    _fault("part")
+    finish_publish(output)
+
+
+def _relative(path: Path, output: Path) -> str:
+    return path.relative_to(output.parent).as_posix()
+
+
+def _link(output: Path, part: Path) -> None:
+    """``part`` names the same bytes as ``output`` (a hard link; a copy where links are refused)."""
+    try:
+        os.link(output, part)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise
+        log.info("%s: hard links refused (%s); copying %s instead", part, exc.strerror, output.name)
+        staging = part.with_name(part.name + ".new")
+        shutil.copyfile(output, staging)
+        os.replace(staging, part)
+    _fsync_dir(part.parent)
+
+
+def stale_marker(output: Path) -> Path:
+    """``OUT.h5.parts/.stale``: written before a single file replaces an index; its parts are then unused."""
+    return parts_dir(output) / ".stale"
+
+
+def finish_publish(output: Path) -> None:
+    """Finish a publish a killed run left half done (``OUT.h5.next`` there), then remove unused parts.
+
+    A stale marker left by a single-file publish: if ``OUT.h5`` is that single file now, every part
+    is removed; if the rename did not happen (``OUT.h5`` is still the index), the marker goes.
+    """
+    stale = stale_marker(output)
+    if stale.exists():
+        single = False
+        with contextlib.suppress(OSError):
+            with h5py.File(output, "r") as f:
+                single = not index_parts(f)
+        if single:
+            _collect_parts(output)
+        else:
+            stale.unlink()
+    journal = next_index_path(output)
+    if not journal.exists():
+        return
+    try:
+        with h5py.File(journal, "r") as f:
+            names = index_parts(f)
+    except OSError as exc:
+        log.warning("%s: an unreadable publish journal (%s); removed", journal, exc)
+        journal.unlink()
+        return
+    missing = [name for name in names if not (output.parent / name).exists()]
+    partial = partial_path(output)
+    with atomic.output_errors(output, "publish the extended output"):
+        if len(missing) == 1 and partial.exists():
+            _fsync(partial)
+            os.replace(partial, output.parent / missing[0])
+            _fsync_dir(output.parent / missing[0].rsplit("/", 1)[0])
+        elif missing:
+            log.warning("%s: refers to missing parts (%s); removed", journal, ", ".join(missing))
+            journal.unlink()
+            return
+        _fault("rename")
+        os.replace(journal, output)
+        _fsync_dir(output.parent)
+        fresh_marker(output).unlink(missing_ok=True)
+    log.info("%s: published (an index over %d part(s) in %s)", output, len(names), parts_dir(output).name)
+    _collect_parts(output)
+
+
+def _collect_parts(output: Path) -> None:
+    """Remove the part files ``OUT.h5`` does not refer to (after a publish).
+
+    A reader that opened the earlier index keeps what it mapped, but loses parts removed here.
+    """
+    folder = parts_dir(output)
+    if not folder.is_dir():
+        return
+    with h5py.File(output, "r") as f:
+        used = {(output.parent / name).resolve() for name in index_parts(f)}
+    stale = stale_marker(output)
+    for path in [p for p in folder.iterdir() if p != stale] + [stale]:  # the marker last: it names the others
+        if path.resolve() not in used:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if not used:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -54,17 +54,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import h5py
+
 from ..config.options import CalibrationConfig, RunOptions
 from ..config.recipe import describe_recipe
 from ..errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
 from ..io.dataset import DatasetInfo, read_dataset_info
-from ..io.manifest import resolve_manifest
+from ..io.manifest import fingerprint, observation_inputs, resolve_manifest
 from ..io.store import (
+    ERROR,
+    PLANET_ID,
+    STATUS,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_PENDING,
     STATUS_RUNNING,
+    VISIT,
     ArrayDescriptor,
     InstrumentLayout,
     fail_observation,
@@ -130,6 +136,7 @@ class Task:
     masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
     manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
     log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
+    inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
 
 
 @dataclass
@@ -157,12 +164,13 @@ class RunSummary:
     """What a run did: its output, how it started, every observation's status and what it computed."""
 
     output: Path
-    action: str = "new"  # "new", "resume", "retry-failed", "repair" or "complete" (nothing to do)
+    action: str = "new"  # lifecycle.PreparedOutput.action: "new", "resume", "extend", ... or "complete"
     statuses: list[tuple[int, int, str, str]] = field(default_factory=list)  # planet, visit, status, error
     results: list[ObservationResult] = field(default_factory=list)  # what this run computed
     seconds: float = 0.0
     peak_rss_bound: int = 0  # coordinator + every worker + resource trackers, each at its peak: >= the tree's
     plan: WorkerPlan | None = None
+    counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # added, recomputed, retried, kept, ...
 
     @property
     def failed(self) -> list[tuple[int, int, str, str]]:
@@ -308,7 +316,7 @@ def run_task(task: Task) -> ObservationResult:
     else:
         if owner(descriptors, index) != token:
             return result(STATUS_RUNNING, "revoked")
-        record_result(descriptors, index, STATUS_DONE, provenance=provenance)
+        record_result(descriptors, index, STATUS_DONE, provenance=provenance, inputs=task.inputs)
         release_memory()  # the next observation starts from what the process holds, not its garbage
         return result(STATUS_DONE)
     if owner(descriptors, index) != token:
@@ -556,11 +564,13 @@ def _run_alone(task: Task, backend: str, task_timeout: float | None) -> Observat
         executor.shutdown(wait=False, kill_workers=True)
 
 
-def _statuses(descriptors: dict[str, ArrayDescriptor], observations: list[Observation]) -> list[tuple]:
-    status = read_field(descriptors, "status")
-    errors = read_field(descriptors, "error")
-    return [(o.planet_id, o.visit, STATUS_NAMES.get(int(s), str(s)), e.decode(errors="replace").rstrip("\x00"))
-            for o, s, e in zip(observations, status, errors, strict=True)]
+def _statuses(output: Path) -> list[tuple]:
+    """Every observation of the published ``output``: planet, visit, status name and error."""
+    with h5py.File(output, "r") as f:
+        planets, visits = f[PLANET_ID][()].tolist(), f[VISIT][()].tolist()
+        status, errors = f[STATUS][()], f[ERROR][()]
+    return [(p, v, STATUS_NAMES.get(int(s), str(s)), e.decode(errors="replace").rstrip("\x00"))
+            for p, v, s, e in zip(planets, visits, status, errors, strict=True)]
 
 
 def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str = "train",
@@ -569,7 +579,7 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
               scheduler: str | None = None, task_timeout: float | None = None, force: bool = False,
               progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None, *,
               run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
-              verify_inputs: str | None = None) -> RunSummary:
+              verify_inputs: str | None = None, frozen: bool = False, drop_missing: bool = False) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
     Give either ``output`` or ``run``: a named run writes ``runs_dir/run/<split>.h5``
@@ -584,7 +594,7 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str
     options = RunOptions(split=split, planets=None if planets is None else tuple(int(p) for p in planets),
                          memory=str(memory), jobs=jobs, backend=backend, scheduler=scheduler,
                          task_timeout=task_timeout, force=force, progress=progress, log_file=log_file,
-                         verify_inputs=verify_inputs)
+                         verify_inputs=verify_inputs, frozen=frozen, drop_missing=drop_missing)
     return run_calibration(data_dir, config or CalibrationConfig(), options, output=output, run_name=run,
                            runs_dir=runs_dir, chunk_bytes=chunk_bytes)
 
@@ -608,19 +618,22 @@ def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: Ru
         stack.enter_context(_arrow_pool_kept())
         # planned before the layout: a budget or an address-space limit the run cannot use leaves nothing behind
         plan = plan_run(options, budget, len(job.observations), chunk_bytes)
-        prepared = prepare_output(job.output, job.observations, list(job.layouts.values()), job.attrs,
-                                  job.identity, options.force)
-        summary.action = prepared.action
+        layouts = list(job.layouts.values())
+        prepared = prepare_output(job.output, job.observations, layouts, job.attrs, job.identity, options.force,
+                                  fingerprints=job.fingerprints, frozen=options.frozen,
+                                  drop_missing=options.drop_missing,
+                                  extend=job.config.master_calibration != "dataset")
+        summary.action, summary.counts = prepared.action, prepared.counts
         if prepared.action == "complete":
-            log.info("%s: already complete with this config and numerical code; nothing to do", job.output)
+            log.info("%s: already complete with this config, numerical code and inputs; nothing to do", job.output)
         else:
-            if len(prepared.todo) < plan.jobs:  # fewer left than workers planned: fewer, bigger workers
-                plan = plan_run(options, budget, len(prepared.todo), chunk_bytes)
-            summary.plan = plan
-            dispatch(job, options, summary.plan, prepared, summary)
-        summary.statuses = _statuses(prepared.descriptors, job.observations)
-        if prepared.action != "complete":
-            publish(prepared.partial, job.output)
+            if prepared.todo:
+                if len(prepared.todo) < plan.jobs:  # fewer left than workers planned: fewer, bigger workers
+                    plan = plan_run(options, budget, len(prepared.todo), chunk_bytes)
+                summary.plan = plan
+                dispatch(job, options, summary.plan, prepared, summary)
+            publish(prepared, job.output, layouts, job.attrs)
+        summary.statuses = _statuses(job.output)
         return summarize(summary, t_start)  # inside: the log file ends with the summary line
 
 
@@ -637,6 +650,7 @@ class RunJob:
     identity: dict[str, str]  # what an existing output must share with this run to be resumed by it
     attrs: dict[str, Any]  # the attributes of a new output: the identity and what describes the file
     manifest: str | None = None  # input manifest the workers check each input file against
+    fingerprints: dict[tuple[int, int], str] = field(default_factory=dict)  # (planet, visit) -> its inputs now
 
 
 def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOptions,
@@ -670,8 +684,10 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
              "wavelength_order": config.wavelength_order}
     if output is None:
         raise ValueError("give either an output file or a run name")
+    fingerprints = {(o.planet_id, o.visit): fingerprint(observation_inputs(
+        o, data_dir, config.instruments, config.master_calibration == "planet"), data_dir) for o in observations}
     return RunJob(data_dir, options.split, Path(output).resolve(), config, observations, layouts, run_identity,
-                  attrs, resolve_manifest(data_dir, options.verify_inputs))
+                  attrs, resolve_manifest(data_dir, options.verify_inputs), fingerprints)
 
 
 def _report_dropped(job: RunJob) -> None:
@@ -762,10 +778,10 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
     running observations back to pending and propagates.
     """
     log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
-             prepared.action, prepared.partial, len(prepared.todo), len(job.observations),
-             len({o.planet_id for o in job.observations}), job.data_dir, job.split, worker_plan.describe(),
+             prepared.action, prepared.partial, len(prepared.todo), len(prepared.keys),
+             len({p for p, _ in prepared.keys}), job.data_dir, job.split, worker_plan.describe(),
              options.backend)
-    dispatcher = _Dispatcher(job, options, worker_plan, prepared.descriptors, summary, len(prepared.todo))
+    dispatcher = _Dispatcher(job, options, worker_plan, prepared, summary)
     client = _dask_client(options.scheduler) if options.backend == "dask" else contextlib.nullcontext()
     try:
         with client, _worker_logs(dispatcher):
@@ -859,45 +875,45 @@ def summarize(summary: RunSummary, t_start: float) -> RunSummary:
 class _Dispatcher:
     """The state of one dispatch: makes the tasks, collects their results, retries dead workers' ones."""
 
-    def __init__(self, job: RunJob, options: RunOptions, worker_plan: WorkerPlan,
-                 descriptors: dict[str, ArrayDescriptor], summary: RunSummary, total: int):
+    def __init__(self, job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
+                 summary: RunSummary):
         self.job, self.options, self.plan = job, options, worker_plan
-        self.descriptors, self.summary = descriptors, summary
-        self.total = total  # observations left to do when the dispatch started
+        self.descriptors, self.summary = prepared.descriptors, summary
+        self.observations = prepared.observations  # what the .partial holds: task indices refer to it
+        self.total = len(prepared.todo)  # observations left to do when the dispatch started
         self.fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
         self.parent = os.getpid() if options.backend == "loky" else None
         self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
         self.masters = None
         self.log_channel: LogChannel | None = None  # set while local workers forward their logs here
-        self.unusable: dict[int, str] = {}  # observations failed before dispatch, and why
+        self.unusable: dict[tuple[int, int], str] = {}  # (planet, visit) failed before dispatch, and why
         if job.config.master_calibration == "dataset":
             self.masters = {name: self._dataset_master(INSTRUMENTS[name]) for name in job.config.instruments}
-        self.bar = _progress(total, options.progress)  # last: nothing after it may fail and leave it open
+        self.bar = _progress(self.total, options.progress)  # last: nothing after it may fail and leave it open
 
     def _dataset_master(self, inst: Instrument) -> Any:
         """The master over every observation whose calibration files read; the others fail, not the run."""
-        usable = [i for i in range(len(self.job.observations)) if i not in self.unusable]
+        usable = [o for o in self.job.observations if (o.planet_id, o.visit) not in self.unusable]
         while True:
             try:
-                master = load_masters([self.job.observations[i] for i in usable], inst)
+                master = load_masters(usable, inst)
             except InputError as exc:
-                bad = [i for i in usable
-                       if exc.path.parent == self.job.observations[i].calibration_path(inst, "dark").parent]
+                bad = [o for o in usable if exc.path.parent == o.calibration_path(inst, "dark").parent]
                 if not bad or len(bad) == len(usable):
                     raise
-                for i in bad:
-                    self.unusable[i] = f"{exc}; left out of the {inst.name} master dark and flat"
-                    log.error("%s: %s", self.job.observations[i].label, self.unusable[i])
-                usable = [i for i in usable if i not in bad]
+                for o in bad:
+                    self.unusable[o.planet_id, o.visit] = f"{exc}; left out of the {inst.name} master dark and flat"
+                    log.error("%s: %s", o.label, self.unusable[o.planet_id, o.visit])
+                usable = [o for o in usable if o not in bad]
                 continue
             log.info("%s master dark and flat combined over %d observation(s)", inst.name, len(usable))
             return master
 
     def task(self, index: int) -> Task:
-        job = self.job
-        return Task(index, job.observations[index], str(job.data_dir), job.config, job.layouts, self.descriptors,
+        job, obs = self.job, self.observations[index]
+        return Task(index, obs, str(job.data_dir), job.config, job.layouts, self.descriptors,
                     self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
-                    job.manifest, self.log_channel)
+                    job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""))
 
     def collect(self, result: ObservationResult) -> None:
         if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
@@ -909,11 +925,13 @@ class _Dispatcher:
     def round(self, todo: list[int]) -> None:
         """Run ``todo``; if the pool breaks, retry each observation it was running alone, once."""
         timeout = self.options.task_timeout
-        for index in [i for i in todo if i in self.unusable]:  # its calibration files do not read
-            obs = self.job.observations[index]
-            fail_observation(self.descriptors, index, self.unusable[index])
-            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, self.unusable[index]))
-        todo = [i for i in todo if i not in self.unusable]
+        unusable = {i: self.unusable[key] for i in todo
+                    if (key := (self.observations[i].planet_id, self.observations[i].visit)) in self.unusable}
+        for index, why in unusable.items():  # its calibration files do not read
+            obs = self.observations[index]
+            fail_observation(self.descriptors, index, why)
+            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, why))
+        todo = [i for i in todo if i not in unusable]
         try:
             for result in _execute([self.task(i) for i in todo], self.plan, self.options.backend, timeout):
                 self.collect(result)
@@ -925,7 +943,7 @@ class _Dispatcher:
             for index in suspects:
                 alone = _run_alone(self.task(index), self.options.backend, timeout)
                 if alone is None:
-                    message = (f"{self.job.observations[index].label}: its worker died while calibrating it "
+                    message = (f"{self.observations[index].label}: its worker died while calibrating it "
                                "alone (killed, out of memory, or over the task timeout)")
                     log.error(message)
                     fail_observation(self.descriptors, index, message)
