@@ -1,8 +1,10 @@
 """``make bench-science``: how close each profile's light curves come to the simulator's truth.
 
 Simulated planets with a known transit depth per wavelength are calibrated with
-each profile (notebook, default, full; and the default with the previous rules:
-the notebook's hot-pixel clip, bad aperture pixels dropped) and their light curves extracted
+each profile (notebook, default, full; the default with the previous rules: the
+notebook's hot-pixel clip, bad aperture pixels dropped, no cosmic-ray rejection; the
+default without its cosmic-ray rejection; the full profile with the whole-series
+rejection) and their light curves extracted
 (:func:`arielstream.products.lightcurves.observation_light_curves`, plain sum,
 background on). Each light curve is fitted by weighted least squares with the
 *true* transit shape (the simulator's timing, binned like the data) and a linear
@@ -59,9 +61,11 @@ BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
 # label -> (calibration options, bad aperture pixels filled from the spatial profile)
 PROFILES: dict[str, tuple[dict[str, Any], bool]] = {
     "notebook": ({"profile": "notebook"}, True),
-    "default, previous rules": ({"profile": "default", "hot_rule": "sigma"}, False),
+    "default, previous rules": ({"profile": "default", "hot_rule": "sigma", "cosmic_rays": False}, False),
+    "default, cosmic rays off": ({"profile": "default", "cosmic_rays": False}, True),
     "default": ({"profile": "default"}, True),
     "full": ({"profile": "full"}, True),
+    "full, cosmic rays over the whole series": ({"profile": "full", "cr_method": "series"}, True),
 }
 SETS: dict[str, dict[str, float]] = {  # simulate_dataset's cosmic_rate and background_fraction; jitter 0/1
     "quiet": {"cosmic_rate": 0.0, "background_fraction": 0.0, "jitter": 0},
@@ -280,8 +284,10 @@ def table(results: dict[tuple[str, str], dict[str, float]], setup: dict, planets
         f"{setup.get('bins', '?')} time bins per visit, the whole transit). quiet: no cosmic rays, no background, "
         "no jitter; hits+sky: cosmic rays 2e-4 /px/s and a background on every planet; jitter: the simulator's "
         "pointing jitter only.",
-        "'default, previous rules': the notebook's hot-pixel clip (hot_rule = sigma) and bad aperture pixels "
-        "dropped from the sums (no profile fill). "
+        "'default, previous rules': the default profile before the physical hot-pixel rule, the profile fill and "
+        "the per-bin cosmic-ray rejection (hot_rule = sigma, bad aperture pixels dropped from the sums, "
+        "cosmic_rays = false). 'full, cosmic rays over the whole series': cr_method = series, the iterated "
+        "median/MAD rejection over each pixel's whole series that the full profile used before. "
         "Depths fitted with the true transit shape and a linear baseline (plain-sum light curves, background on). "
         "Depth errors: RMS against the injected truth, ppm (expected: the RMS of the propagated sigmas; bias: "
         "the mean error over all wavelengths). "

@@ -110,3 +110,15 @@ def test_each_observation_records_the_engine_of_the_process_that_computed_it(sma
     engines = _engines(out)
     assert len(engines) == 3 and all(e.startswith("numexpr ") for e in engines), engines
     assert engine.current().name == "numba"
+
+
+def test_whole_series_rejection_is_the_same_in_small_chunks(small_dataset, tmp_path):
+    """cr_method = "series" plans chunks of whole pixel series: any budget gives the same numbers."""
+    config = build_config(cr_method="series")
+    cubes = []
+    for chunk_bytes in (WHOLE, 400_000):
+        out = tmp_path / f"series{chunk_bytes}.h5"
+        calibrate(small_dataset, out, chunk_bytes=chunk_bytes, jobs=1, progress=False, config=config)
+        cubes.append(_cubes(out))
+    for key, value in cubes[0].items():
+        np.testing.assert_array_equal(cubes[1][key], value, err_msg=key)

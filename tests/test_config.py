@@ -83,3 +83,10 @@ def test_run_options_from_toml_and_the_command_line(tmp_path):
         load_run_options(path)
     with pytest.raises(ConfigError, match="needs a scheduler"):
         load_run_options(backend="dask")
+
+
+def test_skipping_cds_switches_the_default_cosmic_ray_rejection_off_but_asking_for_both_is_refused():
+    assert build_config().cosmic_rays and not build_config(cds=False).cosmic_rays
+    assert not build_config(profile="full", cds=False).cosmic_rays
+    with pytest.raises(ConfigError, match="cosmic_rays works on the CDS series"):
+        build_config(cds=False, cosmic_rays=True)

@@ -65,3 +65,12 @@ def test_measure_times_one_planet_in_a_temporary_folder_it_removes(tmp_path, mon
     assert main(["calibrate", str(DATA_SAMPLES), "-o", str(tmp_path / "out.h5"), "--dry-run-measure"]) == EXIT_OK
     assert _tree(tmp_path) == ["tmp"] and _tree(scratch) == []
     assert "measured here on planet" in capsys.readouterr().out
+
+
+def test_the_estimate_charges_only_the_whole_series_cosmic_ray_rejection():
+    from arielstream import build_config
+    from arielstream.run.dryrun import _constant_core_seconds
+
+    plain = _constant_core_seconds(build_config(cosmic_rays=False), 11250)[0]
+    assert _constant_core_seconds(build_config(), 11250)[0] == plain  # per bin: in the streaming pass
+    assert _constant_core_seconds(build_config(cr_method="series"), 11250)[0] > plain

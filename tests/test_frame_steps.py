@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,19 @@ def test_frame_steps_do_not_modify_their_inputs():
     frame_steps.bin_planes(variance, 2, "rms")
     for before, after in zip(kept, inputs, strict=True):
         np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+def test_the_running_median_is_numpys_nanmedian_of_each_window(dtype, kernel):
+    rng = np.random.default_rng(kernel)
+    cube = rng.normal(1000, 30, (9, 40, 5)).astype(dtype)
+    cube[rng.random(cube.shape) < 0.2] = np.nan
+    cube[:, 10:18, 2] = np.nan  # windows with no finite value at all
+    half = kernel // 2
+    padded = np.pad(cube, ((0, 0), (half, half), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        expected = np.nanmedian(windows, axis=-1)
+    np.testing.assert_array_equal(frame_steps._median_filter_x(cube, kernel), expected)

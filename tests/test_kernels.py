@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -170,3 +171,73 @@ def test_every_other_setting_uses_numba_when_it_is_installed(monkeypatch, value)
         assert engine.current().name == ("numba" if compiled.numba is not None else "numexpr")
     finally:
         engine.current.cache_clear()
+
+
+# -- cosmic rays, bin by bin (cr_method = "bin") --------------------------------------------------------------
+
+
+def _hits(rng, pixels, frames, width, n_hits, size):
+    """A raw block with ``n_hits`` hits of ``size`` counts added to the end read of random pairs; their places."""
+    raw = _raw(rng, pixels, frames).astype(np.int64)
+    pix = rng.choice(pixels, n_hits, replace=False)  # one hit per pixel: the bins are known
+    pair = rng.integers(0, frames // 2, n_hits)
+    raw[pix, 2 * pair + 1] += size
+    return np.clip(raw, 0, 65535).astype(np.uint16), {(int(p), int(t) // width)
+                                                      for p, t in zip(pix, pair, strict=True)}
+
+
+def test_bin_rejection_finds_every_hit_and_leaves_a_clean_bin_alone(engine_name):
+    rng = np.random.default_rng(21)
+    width, pixels, frames = 30, 400, 2 * 30 * 6
+    raw, hits = _hits(rng, pixels, frames, width, 40, 2500)  # 5,700 e: > 5 sigma of photon + read noise
+    coeffs = _coeffs(rng, pixels)
+    floor = np.full(pixels, 2 * 13.0**2)
+    cal = kernels.BlockCalibration(gain=0.4369, offset=-1000.0, coeffs=coeffs, dark=None, flat=None, cds=True,
+                                   width=width, clip=(5.0, floor))
+    binned, flagged = kernels.calibrate_block_clipped(raw, None, cal)
+    assert {(int(p), int(b)) for p, b in zip(*np.nonzero(flagged), strict=True)} == hits  # every hit, nothing else
+    clean = kernels.calibrate_block_reference(raw, None, dataclasses.replace(cal, clip=None))
+    samples = kernels.nonlinear_cds_reference(raw[:, 0::2], raw[:, 1::2], coeffs, 0.4369, -1000.0)
+    bins = samples.reshape(pixels, -1, width)
+    for p, b in hits:  # a flagged bin: the others' mean in place of the hit
+        others = np.delete(bins[p, b], np.argmax(bins[p, b]))
+        assert binned[p, b] == pytest.approx(others.mean() * width, rel=1e-10)
+    untouched = ~flagged.astype(bool)
+    np.testing.assert_allclose(binned[untouched], clean[untouched], rtol=1e-10)
+
+
+def test_bin_rejection_rarely_flags_clean_noise_and_does_not_clip_a_trend():
+    rng = np.random.default_rng(3)
+    width = 30
+    noise = rng.normal(5000.0, 70.0, (2000, width * 20))  # 40,000 clean bins of Gaussian samples
+    binned, flagged = kernels.steps.reject_bin_maxima(noise, width, 5.0, np.full(2000, 2 * 13.0**2))
+    assert flagged.sum() <= 4  # 5 sigma over 30 samples: ~1e-5 per bin
+    ramp = 5000.0 + np.linspace(0, 700.0, width)  # a steep change within a bin (10 sigma of the noise)
+    trend = np.tile(ramp, (50, 1)) + rng.normal(0, 70.0, (50, width))
+    assert not kernels.steps.reject_bin_maxima(trend, width, 5.0)[1].any()
+    few = kernels.steps.reject_bin_maxima(noise[:, :40], 2, 5.0)  # bins of 2 samples: left alone
+    assert not few[1].any() and np.allclose(few[0], noise[:, :40].reshape(2000, 20, 2).sum(-1))
+
+
+@pytest.mark.skipif(compiled.numba is None, reason="numba not installed")
+def test_compiled_bin_rejection_matches_the_reference():
+    rng = np.random.default_rng(9)
+    raw, _ = _hits(rng, 60, 2 * 12 * 8, 12, 20, 2500)
+    coeffs = _coeffs(rng, 60)
+    q = kernels.fold_adc(coeffs, 0.4369, -1000.0)
+    floor = rng.uniform(100, 400, 60)
+    samples = kernels.nonlinear_cds_reference(raw[:, 0::2], raw[:, 1::2], coeffs, 0.4369, -1000.0)
+    ref, ref_flags = kernels.steps.reject_bin_maxima(samples, 12, 5.0, floor)
+    fused, fused_flags = compiled.cds_polynomial_bins_clipped(raw, q, 12, 5.0, floor)
+    reduced, reduced_flags = compiled.reject_bin_maxima(samples, 12, 5.0, floor)
+    assert ref_flags.sum() == 20
+    for values, flags in ((fused, fused_flags), (reduced, reduced_flags)):
+        np.testing.assert_array_equal(flags, ref_flags)
+        np.testing.assert_allclose(values, ref, rtol=1e-12)
+
+
+def test_bin_rejection_needs_its_options():
+    cal = kernels.BlockCalibration(gain=0.4369, offset=-1000.0, coeffs=None, dark=None, flat=None, cds=True,
+                                   width=3)
+    with pytest.raises(ValueError, match="clip is None"):
+        kernels.calibrate_block_clipped(np.zeros((2, 6), np.uint16), None, cal)

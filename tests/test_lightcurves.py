@@ -170,7 +170,7 @@ def sample_profiles(tmp_path_factory):
     kw = {"jobs": 1, "progress": False, "log_file": False}
     arielstream.calibrate(DATA_SAMPLES, target, **kw)
     arielstream.calibrate(DATA_SAMPLES, detector, config=arielstream.build_config(
-        profile="notebook", nonlinearity=True, hot_rule="physical"), **kw)  # the default's bad pixels
+        profile="notebook", nonlinearity=True, hot_rule="physical", cosmic_rays=True), **kw)  # the default's steps
     return target, detector
 
 

@@ -24,9 +24,11 @@ NEW_STEPS = ["cosmic_rays", "spatial_outliers", "interpolate_bad_pixels", "backg
 
 
 @pytest.mark.parametrize("profile", ["default", "notebook"])
-def test_new_steps_are_off_unless_asked_for(profile):
+def test_new_steps_are_off_unless_asked_for_but_cosmic_rays_by_default(profile):
     config = build_config(profile=profile)
-    assert not any(getattr(config, s) for s in NEW_STEPS)
+    on = {s for s in NEW_STEPS if getattr(config, s)}
+    assert on == ({"cosmic_rays"} if profile == "default" else set())  # the cheap per-bin rejection
+    assert config.cr_method == "bin"
     assert config.spatial_bin == 1 and config.master_calibration == "off"
     assert all(getattr(build_config(profile="full"), s) for s in NEW_STEPS)
     assert set(NEW_STEPS) <= {s.name for s in RECIPE}
@@ -109,6 +111,46 @@ def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
     assert false_rate <= 0.001
 
 
+def test_cosmic_ray_recall_per_bin_on_simulated_data(hits_dataset):
+    """The default (per-bin) rejection on the same visit: the bins holding a visible hit, and false flags."""
+    info = read_dataset_info(hits_dataset)
+    obs = discover_observations(hits_dataset, "train")[0]
+    truth = np.load(hits_dataset / "simulation_truth" / "train" / f"{obs.planet_id}_visit0.npz")
+    config = build_config()
+    layout = instrument_layout(AIRS, info, config)
+    sel = select_pixels(AIRS, layout)
+    n_frames = layout.n_bins * 60
+    reader = SignalFile(obs.signal_path(AIRS), AIRS, info.n_frames(AIRS))
+    (chunk,) = list(reader.iter_chunks(sel.pixels, ChunkPlan(len(sel.pixels), n_frames, None, 0), n_frames, 60))
+    from arielstream.io.calibration import load_calibration
+
+    loaded = load_calibration(obs, AIRS, {"linear_corr": True, "read": True})
+    region = (sel.region[0][:, None], sel.region[1][None, :])
+    coeffs = loaded.linear_corr[:, region[0], region[1]].reshape(6, -1)
+    floor = 2 * loaded.read[region].ravel().astype(np.float64) ** 2
+    series = cds_samples(chunk.data, BlockCalibration(0.4369, -1000.0, coeffs, None, None, True, 30))
+    _, flagged = steps.reject_bin_maxima(series, 30, config.cr_bin_sigma, floor)
+
+    position = {int(p): i for i, p in enumerate(sel.pixels)}
+    dead = truth["dead_airs"].ravel()
+    hit = np.zeros(flagged.shape, bool)
+    amplitude = np.zeros(flagged.shape)
+    for frame, pixel, amp in zip(truth["cr_airs_frame"], truth["cr_airs_pixel"], truth["cr_airs_amplitude"],
+                                 strict=True):
+        if int(pixel) in position and frame // 60 < flagged.shape[1] and not dead[int(pixel)]:
+            hit[position[int(pixel)], frame // 60] = True
+            amplitude[position[int(pixel)], frame // 60] += amp
+    sigma = np.sqrt(np.maximum(series, 0).mean(axis=1, keepdims=True) + floor[:, None])  # one sample's noise
+    visible = hit & (amplitude >= 10 * sigma)
+    recall = (flagged & visible).sum() / visible.sum()
+    false_rate = (flagged & ~hit).sum() / (~hit).sum()
+    print(f"bins with a hit {hit.sum()}, visible {visible.sum()}, recall {recall:.4f}, false-flag rate "
+          f"{false_rate:.2e}")
+    assert visible.sum() > 100
+    assert recall >= 0.95
+    assert false_rate <= 1e-3
+
+
 def _white_depth(cube, shape):
     good = np.isfinite(cube).all(axis=0)
     flux = cube[:, good].sum(axis=1)
@@ -121,10 +163,10 @@ def _white_depth(cube, shape):
 def runs(hits_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
     out = {}
-    for profile in ("default", "full"):
-        out[profile] = folder / f"{profile}.h5"
-        calibrate(hits_dataset, out[profile], config=build_config(profile=profile), jobs=1, progress=False,
-                  log_file=False)
+    configs = {"without": build_config(cosmic_rays=False), "full": build_config(profile="full")}
+    for name, config in configs.items():
+        out[name] = folder / f"{name}.h5"
+        calibrate(hits_dataset, out[name], config=config, jobs=1, progress=False, log_file=False)
     return out
 
 
@@ -142,7 +184,7 @@ def test_the_new_steps_bring_the_transit_depth_closer_to_the_truth(hits_dataset,
                 true = np.sum(weights * truth["depth_airs"][columns]) / weights.sum()
                 errors[profile].append(abs(_white_depth(cube, shape) - true) / true)
     print({k: [round(e, 4) for e in v] for k, v in errors.items()})
-    assert all(full < default for full, default in zip(errors["full"], errors["default"], strict=True))
+    assert all(full < without for full, without in zip(errors["full"], errors["without"], strict=True))
     assert max(errors["full"]) < 0.03
 
 
@@ -187,8 +229,9 @@ def test_streaming_equals_whole_with_every_step_on(hits_dataset, runs, tmp_path,
 
 def test_spatial_binning_sums_pixel_blocks(hits_dataset, runs, tmp_path):
     out = tmp_path / "binned.h5"
-    calibrate(hits_dataset, out, config=build_config(spatial_bin=2), jobs=1, progress=False, log_file=False)
-    with h5py.File(out) as a, h5py.File(runs["default"]) as b:
+    calibrate(hits_dataset, out, config=build_config(spatial_bin=2, cosmic_rays=False), jobs=1, progress=False,
+              log_file=False)
+    with h5py.File(out) as a, h5py.File(runs["without"]) as b:
         binned, full = a["AIRS-CH0/signal"][0], b["AIRS-CH0/signal"][0].astype(np.float64)
         assert binned.shape == (full.shape[0], 141, 16)
         expected = full.reshape(full.shape[0], 141, 2, 16, 2).sum(axis=(2, 4))

@@ -48,7 +48,8 @@ def test_prepare_run_refuses_other_options_under_a_used_name(tmp_path):
     assert prepare_run("base", build_config(), RunOptions(memory="4GB", split="test"), tmp_path) == \
         tmp_path / "base" / "test.h5"
     assert (tmp_path / "base" / "config.toml").read_text() == recorded
-    with pytest.raises(ConfigError, match=r"other calibration options \(bad_pixels, hot_rule, nonlinearity, profile"):
+    with pytest.raises(ConfigError, match=r"other calibration options \(bad_pixels, cosmic_rays, hot_rule, "
+                                          r"nonlinearity, profile"):
         prepare_run("base", build_config(profile="notebook"), run, tmp_path)
     assert (tmp_path / "base" / "config.toml").read_text() == recorded
     prepare_run("base", build_config(profile="notebook"), run, tmp_path, force=True)

@@ -74,6 +74,70 @@ if numba is not None:
                     - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
         return out
 
+    @numba.njit(nogil=True, inline="always")
+    def _clip_largest(acc, acc2, largest, width, sigma, floor):  # pragma: no cover - compiled
+        """The bin sum with its largest sample replaced by the others' mean when it stands out; and whether."""
+        k = width - 1
+        mean = (acc - largest) / k
+        variance = (acc2 - largest * largest - k * mean * mean) / (k - 1)
+        expected = floor + max(mean, 0.0)  # read noise and photon noise of one sample (electrons)
+        if variance < expected:
+            variance = expected
+        if variance < 0.0:
+            variance = 0.0
+        if largest - mean > sigma * np.sqrt(variance):
+            return mean * width, True
+        return acc, False
+
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
+    def _cds_quintic_bins_clipped(raw, q, width, sigma, floor):  # pragma: no cover - compiled
+        n_pix = raw.shape[0]
+        n_bins = raw.shape[1] // (2 * width)
+        out = np.empty((n_pix, n_bins))
+        flags = np.zeros((n_pix, n_bins), dtype=np.bool_)
+        for p in prange(n_pix):
+            q1, q2, q3, q4, q5 = q[1, p], q[2, p], q[3, p], q[4, p], q[5, p]
+            for b in range(n_bins):
+                acc = 0.0
+                acc2 = 0.0
+                largest = -np.inf
+                base = 2 * width * b
+                for i in range(width):
+                    s = np.float64(raw[p, base + 2 * i])
+                    e = np.float64(raw[p, base + 2 * i + 1])
+                    v = ((((q5 * e + q4) * e + q3) * e + q2) * e + q1) * e \
+                        - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
+                    acc += v
+                    acc2 += v * v
+                    largest = max(largest, v)
+                if width >= 3:
+                    out[p, b], flags[p, b] = _clip_largest(acc, acc2, largest, width, sigma, floor[p])
+                else:
+                    out[p, b] = acc
+        return out, flags
+
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FLAGS)
+    def _clip_bins(x, width, sigma, floor):  # pragma: no cover - compiled
+        n_pix = x.shape[0]
+        n_bins = x.shape[1] // width
+        out = np.empty((n_pix, n_bins))
+        flags = np.zeros((n_pix, n_bins), dtype=np.bool_)
+        for p in prange(n_pix):
+            for b in range(n_bins):
+                acc = 0.0
+                acc2 = 0.0
+                largest = -np.inf
+                for i in range(width * b, width * (b + 1)):
+                    v = x[p, i]
+                    acc += v
+                    acc2 += v * v
+                    largest = max(largest, v)
+                if width >= 3:
+                    out[p, b], flags[p, b] = _clip_largest(acc, acc2, largest, width, sigma, floor[p])
+                else:
+                    out[p, b] = acc
+        return out, flags
+
     @numba.njit(parallel=True, nogil=True, cache=True)
     def _cds_count_bins(raw, width):  # pragma: no cover - compiled
         n_pix = raw.shape[0]
@@ -131,6 +195,28 @@ def cds_polynomial_samples(raw: np.ndarray, q: np.ndarray) -> np.ndarray:
     in :func:`cds_polynomial_bins`.
     """
     return _cds_quintic_samples(raw, np.ascontiguousarray(q, dtype=np.float64))
+
+
+def cds_polynomial_bins_clipped(raw: np.ndarray, q: np.ndarray, width: int, sigma: float,
+                                floor_variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cds_polynomial_bins` with each bin's largest sample rejected when it stands out (one pass).
+
+    Compiled twin of :func:`arielstream.calibration.steps.reject_bin_maxima` applied to the
+    CDS series, fused into the pass that makes the bin sums: ``(binned, flagged)``.
+    """
+    return _cds_quintic_bins_clipped(raw, np.ascontiguousarray(q, dtype=np.float64), int(width), float(sigma),
+                                     np.ascontiguousarray(floor_variance, dtype=np.float64))
+
+
+def reject_bin_maxima(samples: np.ndarray, width: int, sigma: float = 5.0,
+                      floor_variance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Compiled twin of :func:`arielstream.calibration.steps.reject_bin_maxima` (same arguments and results)."""
+    x = np.ascontiguousarray(samples, dtype=np.float64)
+    if x.shape[1] % width:
+        raise ValueError(f"{x.shape[1]} samples do not split into bins of {width}")
+    floor = np.full(x.shape[0], -np.inf) if floor_variance is None else \
+        np.ascontiguousarray(floor_variance, dtype=np.float64)
+    return _clip_bins(x, int(width), float(sigma), floor)
 
 
 def cds_count_bins(raw: np.ndarray, width: int) -> np.ndarray:

@@ -47,6 +47,7 @@ class BlockCalibration:
     cds: bool
     width: int  # samples per time bin (1: no binning)
     outliers: dict | None = None  # temporal outlier rejection on the CDS series (steps.reject_temporal_outliers)
+    clip: tuple[float, np.ndarray] | None = None  # (sigma, floor variance (P,)): steps.reject_bin_maxima per bin
 
     @property
     def frames_per_bin(self) -> int:
@@ -219,6 +220,33 @@ def calibrate_block_with_outliers(raw: np.ndarray, dt: np.ndarray | None,
     binned, flagged = reject(cds_samples(raw, cal), cal.width, **cal.outliers)
     counts = flagged.reshape(flagged.shape[0], -1, cal.width).sum(axis=-1)
     return _dark_and_flat(binned, dt, cal), np.minimum(counts, 255).astype(np.uint8)
+
+
+def calibrate_block_clipped(raw: np.ndarray, dt: np.ndarray | None,
+                            cal: BlockCalibration) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`calibrate_block` with each bin's largest CDS sample rejected when it stands out (cosmic rays).
+
+    Needs whole bins only (no whole series: it streams like :func:`calibrate_block`).
+    With numba and the quintic non-linearity, one pass over the raw block
+    (:func:`arielstream.calibration.compiled.cds_polynomial_bins_clipped`); otherwise the
+    CDS series (:func:`cds_samples`), then :func:`arielstream.calibration.steps.reject_bin_maxima`
+    (or its compiled twin). Returns the binned block and the rejected samples per
+    pixel and bin (uint8: 0 or 1).
+    """
+    if not cal.cds:
+        raise ValueError("cosmic-ray rejection works on the CDS series")
+    if raw.ndim != 2 or raw.shape[1] % cal.frames_per_bin:
+        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {cal.frames_per_bin} frames")
+    if cal.clip is None:
+        raise ValueError("no per-bin cosmic-ray rejection configured (BlockCalibration.clip is None)")
+    sigma, floor = cal.clip
+    if cal.coeffs is not None and _compiled_polynomial(cal.coeffs):
+        binned, flagged = compiled.cds_polynomial_bins_clipped(raw, fold_adc(cal.coeffs, cal.gain, cal.offset),
+                                                               cal.width, sigma, floor)
+    else:
+        reject = compiled.reject_bin_maxima if engine.current().compiled else steps.reject_bin_maxima
+        binned, flagged = reject(cds_samples(raw, cal), cal.width, sigma, floor)
+    return _dark_and_flat(binned, dt, cal), flagged.astype(np.uint8)
 
 
 def saturation_counts(raw: np.ndarray, level: int, frames_per_bin: int) -> np.ndarray | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "calibration": {
-        "profile": "default: the recipe, non-linearity on, NaN bad pixels | notebook: the organisers' numbers | "
-                   "full: default + cosmic rays, spatial outliers, interpolation, background, tracking",
+        "profile": "default: the recipe, non-linearity on, cosmic rays rejected per bin, NaN bad pixels | "
+                   "notebook: the organisers' numbers | "
+                   "full: default + spatial outliers, interpolation, background, tracking",
         "adc": "step adc: raw counts to electrons (gain and offset of adc_info.csv)",
         "mask": "step mask: flag dead and hot pixels in the data-quality plane (and NaN them)",
         "hot_sigma": "hot-pixel threshold: sigma-clipped dark outliers beyond this many sigma",
@@ -33,11 +34,14 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "cut_start": "first AIRS detector column kept (the notebook's 39)",
         "cut_stop": "AIRS detector column after the last one kept (the notebook's 321)",
         "cosmic_rays": "flag and replace temporal outliers (cosmic rays) in each pixel's CDS series",
-        "cr_sigmas": "cosmic rays: clip levels (sigma) of the fixed first iterations, one per iteration",
-        "cr_until_clean": "cosmic rays: then iterate at cr_clean_sigma until nothing new is flagged",
-        "cr_clean_sigma": "cosmic rays: clip level (sigma) of the iterations until clean",
-        "cr_max_iters": "cosmic rays: most iterations until clean",
-        "cr_replace": "cosmic rays: median (the median of the sample's bin) or mask (left out, bin rescaled)",
+        "cr_method": "cosmic rays: bin (each bin's largest CDS sample against the bin's others, in the streaming "
+                     "pass) or series (each pixel's whole series, iterated: ~2.5 s more per observation)",
+        "cr_bin_sigma": "cosmic rays, bin: clip level (sigma of the bin's other samples, at least the read noise)",
+        "cr_sigmas": "cosmic rays, series: clip levels (sigma) of the fixed first iterations, one per iteration",
+        "cr_until_clean": "cosmic rays, series: then iterate at cr_clean_sigma until nothing new is flagged",
+        "cr_clean_sigma": "cosmic rays, series: clip level (sigma) of the iterations until clean",
+        "cr_max_iters": "cosmic rays, series: most iterations until clean",
+        "cr_replace": "cosmic rays, series: median (the median of the sample's bin) or mask (left out, bin rescaled)",
         "spatial_outliers": "AIRS: flag residuals from a median filter along the wavelength axis",
         "spatial_kernel": "spatial outliers: median-filter length in pixels (odd)",
         "spatial_sigma": "spatial outliers: threshold in sigma",

@@ -35,6 +35,7 @@ PROFILES = ("default", "notebook", "full")
 WAVELENGTH_ORDERS = ("target", "detector")
 BAD_PIXEL_MODES = ("nan", "keep")
 CR_REPLACE_MODES = ("median", "mask")
+CR_METHODS = ("bin", "series")
 MASTER_MODES = ("off", "planet", "dataset")
 MISSING_CALIBRATION_MODES = ("error", "skip")
 HOT_RULES = ("physical", "sigma")
@@ -63,8 +64,10 @@ class CalibrationConfig:
     wavelength_cut: bool = True
     cut_start: int = 39
     cut_stop: int = 321
-    # beyond the notebook: all off by default, all on in the "full" profile
-    cosmic_rays: bool = False  # temporal outliers of each pixel's CDS series
+    # beyond the notebook: cosmic rays on by default (off in "notebook"), the rest on in the "full" profile
+    cosmic_rays: bool = True  # temporal outliers of each pixel's CDS series (on by default: bin method, cheap)
+    cr_method: str = "bin"  # "bin": each bin's largest sample, in the streaming pass; "series": whole series, iterated
+    cr_bin_sigma: float = 5.0  # "bin": clip level (sigma of the bin's other samples)
     cr_sigmas: tuple[float, ...] = (8.0,)  # fixed iterations, one clip level each
     cr_until_clean: bool = True  # then iterate at cr_clean_sigma until nothing new is flagged
     cr_clean_sigma: float = 5.0
@@ -106,6 +109,7 @@ class CalibrationConfig:
         choose("bad_pixels", self.bad_pixels, BAD_PIXEL_MODES)
         choose("missing_calibration", self.missing_calibration, MISSING_CALIBRATION_MODES)
         choose("cr_replace", self.cr_replace, CR_REPLACE_MODES)
+        choose("cr_method", self.cr_method, CR_METHODS)
         choose("master_calibration", self.master_calibration, MASTER_MODES)
         choose("hot_rule", self.hot_rule, HOT_RULES)
         known = tuple(INSTRUMENTS)
@@ -123,7 +127,7 @@ class CalibrationConfig:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         if self.spatial_kernel % 2 == 0:
             raise ConfigError(f"spatial_kernel must be odd; got {self.spatial_kernel}")
-        for name in ("cr_clean_sigma", "spatial_sigma", "background_sigma"):
+        for name in ("cr_clean_sigma", "cr_bin_sigma", "spatial_sigma", "background_sigma"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)!r}")
         for name in ("airs_bin", "fgs1_bin"):
@@ -179,6 +183,7 @@ class CalibrationConfig:
 
 _NOTEBOOK = {
     "profile": "notebook",
+    "cosmic_rays": False,
     "nonlinearity": False,
     "hot_rule": "sigma",
     "bad_pixels": "keep",
@@ -220,6 +225,8 @@ def build_config(base: CalibrationConfig | None = None, **options: Any) -> Calib
         elif profile == "full":
             values.update(_FULL)
     values.update({k: v for k, v in options.items() if k != "profile"})
+    if values.get("cds") is False and "cosmic_rays" not in options:  # it works on the CDS series: off with it,
+        values["cosmic_rays"] = False  # unless asked for (then the refusal below says why)
     if isinstance(values.get("instruments"), str):
         values["instruments"] = (values["instruments"],)
     for name in ("instruments", "cr_sigmas", "airs_background_rows"):

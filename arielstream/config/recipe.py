@@ -32,8 +32,8 @@ RECIPE: tuple[Step, ...] = (
     Step("dark", ("dark",), "x -= dark * dt per frame (AIRS: integration time, +0.1 s on end reads; "
                             "FGS1: 0.1 s / 0.2 s)"),
     Step("cds", (), "end-of-exposure read minus start read"),
-    Step("cosmic_rays", (), "temporal outliers of each pixel's CDS series (bin median, robust sigma), "
-                            "replaced or masked"),
+    Step("cosmic_rays", (), "temporal outliers of each pixel's CDS series: a bin's largest sample off the "
+                            "bin's others (bin), or off the bin median by the series' robust sigma (series)"),
     Step("time_binning", (), "sum of consecutive samples (airs_bin, fgs1_bin)"),
     Step("flat", ("flat",), "x /= flat"),
     Step("wavelength_cut", (), "AIRS-CH0 columns cut_start:cut_stop"),

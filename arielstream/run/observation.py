@@ -32,6 +32,7 @@ from ..calibration import engine, frame_steps, steps
 from ..calibration.kernels import (
     BlockCalibration,
     calibrate_block,
+    calibrate_block_clipped,
     calibrate_block_with_outliers,
     saturation_counts,
 )
@@ -298,12 +299,17 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
     fpb = frames_per_bin(config, inst)
     n_used = layout.n_bins * fpb
     temporal = runs(status, "cosmic_rays")
+    whole_series = temporal and config.cr_method == "series"  # "bin" needs whole bins only: it streams
     reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
     plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget,
-                       whole_series=temporal)
+                       whole_series=whole_series)
     log.debug("%s %s: %s", obs.label, inst.name, plan.describe())
     adc = info.adc[inst.name]
-    outliers = outlier_options(config) if temporal else None
+    outliers = outlier_options(config) if whole_series else None
+
+    # the CDS variance of two reads, in electrons: the least spread a bin's samples can have
+    floor = 2.0 * frame_steps.read_noise_or_typical(arrays.read_plane)[sel.x, sel.y].astype(np.float64) ** 2 \
+        if temporal and not whole_series else None
     cube = np.full((layout.n_bins, layout.columns.shape[0], layout.rows), np.nan, dtype=np.float32)
     dq_time = np.zeros(cube.shape, dtype=np.uint8)
     n_cosmic = 0
@@ -319,13 +325,16 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
             cds=config.cds,
             width=config.bin_width(inst.name),
             outliers=outliers,
+            clip=None if floor is None else (config.cr_bin_sigma, floor[p]),
         )
         chunk_dt = None if arrays.dt is None else arrays.dt[chunk.frame_start:chunk.frame_stop]
         b0, b1 = chunk.frame_start // fpb, chunk.frame_stop // fpb
         if temporal:
-            binned, counts = calibrate_block_with_outliers(chunk.data, chunk_dt, block_cal)
+            binned, counts = calibrate_block_with_outliers(chunk.data, chunk_dt, block_cal) if whole_series \
+                else calibrate_block_clipped(chunk.data, chunk_dt, block_cal)
             n_cosmic += int(counts[~bad[p]].sum())
-            dq_time[b0:b1, sel.x[p], sel.y[p]] |= np.where(counts.T > 0, TIME_COSMIC_RAY, 0).astype(np.uint8)
+            hit_pixel, hit_bin = np.nonzero(counts)  # few: flag only those (a dense OR costs ~10x more)
+            dq_time[b0 + hit_bin, sel.x[p][hit_pixel], sel.y[p][hit_pixel]] |= TIME_COSMIC_RAY
         else:
             binned = calibrate_block(chunk.data, chunk_dt, block_cal)
         saturated = saturation_counts(chunk.data, config.saturation_level, fpb)

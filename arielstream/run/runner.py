@@ -711,6 +711,10 @@ def _report_dropped(job: RunJob) -> None:
             log.log(level, "%s: %s %d leaves the last %d of %d %s of every observation out of a whole time bin: "
                     "they are dropped (widths that divide %d: %s)", name, option, width, samples % width, samples,
                     "CDS samples" if config.cds else "frames", samples, ", ".join(exact[:12]))
+        if config.cosmic_rays and config.cr_method == "bin" and config.bin_width(name) < 3:
+            log.warning("%s: cosmic rays are looked for per time bin, and bins of %d sample(s) are too short: none "
+                        "is rejected (cr_method = \"series\" looks along each pixel's whole series)", name,
+                        config.bin_width(name))
         columns = int(layout.columns.shape[0])
         if columns % config.spatial_bin:
             log.warning("%s: spatial_bin %d leaves the last %d of %d output columns out of a whole block: they "
