@@ -97,19 +97,22 @@ if numba is not None:
         flags = np.zeros((n_pix, n_bins), dtype=np.bool_)
         for p in prange(n_pix):
             q1, q2, q3, q4, q5 = q[1, p], q[2, p], q[3, p], q[4, p], q[5, p]
+            samples = np.empty(width)
             for b in range(n_bins):
                 acc = 0.0
                 acc2 = 0.0
-                largest = -np.inf
                 base = 2 * width * b
-                for i in range(width):
+                for i in range(width):  # vectorised: no max in this loop (it would keep LLVM from it)
                     s = np.float64(raw[p, base + 2 * i])
                     e = np.float64(raw[p, base + 2 * i + 1])
                     v = ((((q5 * e + q4) * e + q3) * e + q2) * e + q1) * e \
                         - ((((q5 * s + q4) * s + q3) * s + q2) * s + q1) * s
+                    samples[i] = v
                     acc += v
                     acc2 += v * v
-                    largest = max(largest, v)
+                largest = samples[0]
+                for i in range(1, width):
+                    largest = max(largest, samples[i])
                 if width >= 3:
                     out[p, b], flags[p, b] = _clip_largest(acc, acc2, largest, width, sigma, floor[p])
                 else:
