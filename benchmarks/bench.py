@@ -135,7 +135,7 @@ def measure_profile(data: str, planet: int, out: str) -> dict:
     stages = {
         "decode (pyarrow)": decode,
         "column copy": cum("read_block") - decode,
-        "kernels": cum("calibrate_block"),
+        "kernels": cum("calibrate_block") + cum("calibrate_block_clipped") + cum("calibrate_block_with_outliers"),
         "open files, calibration, DQ": cum("__init__", "signal.py") + cum("load_calibration") + cum("quality_plane"),
     }
     stages["writes and rest of pipeline"] = cum("calibrate_observation") - sum(stages.values())
