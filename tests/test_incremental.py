@@ -231,6 +231,9 @@ def test_an_index_reads_like_one_file_and_a_damaged_part_is_found_and_repaired(p
             np.testing.assert_array_equal(np.asarray(signal.open(i, mode="r")), f["AIRS-CH0/signal"][i])
         np.testing.assert_array_equal(store.read_field(descriptors, "status"), f["status"][()])
     assert arielstream.cli.app.main(["verify", str(out)]) == EXIT_OK
+    from arielstream.products.summary import summarize
+
+    assert summarize(out)["parts"] == ["out.h5.parts/0001.h5", "out.h5.parts/0002.h5"]  # `info` names them
     alone = tmp_path / "alone" / "out.h5"  # the index copied without its parts: refused, not read as fill values
     alone.parent.mkdir()
     shutil.copy(out, alone)

@@ -333,6 +333,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.path}  (arielstream {info['arielstream_version']}, profile {info['profile']}, "
           f"split {info['split']})")
+    if info["parts"]:
+        print(f"  an index over {len(info['parts'])} part file(s): {', '.join(info['parts'])} (keep them beside it)")
     for name, d in info["datasets"].items():
         print(f"  {name:24s} {str(tuple(d['shape'])):28s} {d['dtype']}")
     counts = info["status_counts"]

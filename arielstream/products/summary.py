@@ -37,6 +37,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         ]
         counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
         attrs = {k: text(v) for k, v in f.attrs.items()}
+        parts = store.index_parts(f)
     return {
         "path": str(path),
         "arielstream_version": attrs.get("arielstream_version", "?"),
@@ -46,4 +47,5 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "datasets": datasets,
         "observations": observations,
         "status_counts": counts,
+        "parts": parts,  # an output extended by later runs: its part files, relative to it (else empty)
     }
