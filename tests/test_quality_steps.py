@@ -72,34 +72,53 @@ def hits_dataset(tmp_path_factory):
     return root
 
 
-def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
-    """Recall over the hits a 5-sigma test can see (amplitude >= 10 sigma of their pixel); false flags overall."""
+def _first_visit_series(hits_dataset):
+    """The first observation's whole AIRS CDS series (ADC and non-linearity applied), its truth, and more.
+
+    Returns ``(series, truth, sel, floor)``: ``series`` is ``(pixels, samples)``, ``floor`` the
+    pixels' CDS read-noise variance ``2 * read_noise**2``.
+    """
+    from arielstream.io.calibration import load_calibration
+
     info = read_dataset_info(hits_dataset)
     obs = discover_observations(hits_dataset, "train")[0]
     truth = np.load(hits_dataset / "simulation_truth" / "train" / f"{obs.planet_id}_visit0.npz")
-    config = build_config()
-    layout = instrument_layout(AIRS, info, config)
+    layout = instrument_layout(AIRS, info, build_config())
     sel = select_pixels(AIRS, layout)
     n_frames = layout.n_bins * 60
     reader = SignalFile(obs.signal_path(AIRS), AIRS, info.n_frames(AIRS))
     (chunk,) = list(reader.iter_chunks(sel.pixels, ChunkPlan(len(sel.pixels), n_frames, None, 0), n_frames, 60))
-    from arielstream.io.calibration import load_calibration
+    loaded = load_calibration(obs, AIRS, {"linear_corr": True, "read": True})
+    region = (sel.region[0][:, None], sel.region[1][None, :])
+    coeffs = loaded.linear_corr[:, region[0], region[1]].reshape(6, -1)
+    adc = info.adc[AIRS.name]
+    series = cds_samples(chunk.data, BlockCalibration(adc.gain, adc.offset, coeffs, None, None, True, 30))
+    return series, truth, sel, 2 * loaded.read[region].ravel().astype(np.float64) ** 2
 
-    coeffs = load_calibration(obs, AIRS, {"linear_corr": True}).linear_corr[:, sel.region[0][:, None],
-                                                                            sel.region[1][None, :]]
-    cal = BlockCalibration(0.4369, -1000.0, coeffs.reshape(6, -1), None, None, True, 30)
-    series = cds_samples(chunk.data, cal)
-    _, flagged = steps.reject_temporal_outliers(series, 30, **outlier_options(config))
 
+def _hits(truth, sel, shape, samples_per_cell):
+    """The simulated hits on a ``shape`` grid (pixels × cells of ``samples_per_cell`` CDS samples), and their sum.
+
+    Returns ``(hit, amplitude)``: where a hit is, and the summed amplitude of the hits of each cell.
+    """
     position = {int(p): i for i, p in enumerate(sel.pixels)}
     dead = truth["dead_airs"].ravel()
-    hit = np.zeros(series.shape, bool)
-    amplitude = np.zeros(series.shape)
+    hit = np.zeros(shape, bool)
+    amplitude = np.zeros(shape)
     for frame, pixel, amp in zip(truth["cr_airs_frame"], truth["cr_airs_pixel"], truth["cr_airs_amplitude"],
                                  strict=True):
-        if int(pixel) in position and frame // 2 < series.shape[1] and not dead[int(pixel)]:
-            hit[position[int(pixel)], frame // 2] = True
-            amplitude[position[int(pixel)], frame // 2] += amp
+        cell = frame // (2 * samples_per_cell)
+        if int(pixel) in position and cell < shape[1] and not dead[int(pixel)]:
+            hit[position[int(pixel)], cell] = True
+            amplitude[position[int(pixel)], cell] += amp
+    return hit, amplitude
+
+
+def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
+    """Recall over the hits a 5-sigma test can see (amplitude >= 10 sigma of their pixel); false flags overall."""
+    series, truth, sel, _ = _first_visit_series(hits_dataset)
+    _, flagged = steps.reject_temporal_outliers(series, 30, **outlier_options(build_config(cr_method="series")))
+    hit, amplitude = _hits(truth, sel, series.shape, 1)
     sigma = 1.4826 * np.median(np.abs(series - np.median(series, axis=1, keepdims=True)), axis=1, keepdims=True)
     visible = hit & (amplitude >= 10 * sigma)
     recall = (flagged & visible).sum() / visible.sum()
@@ -113,33 +132,9 @@ def test_cosmic_ray_recall_and_false_flags_on_simulated_data(hits_dataset):
 
 def test_cosmic_ray_recall_per_bin_on_simulated_data(hits_dataset):
     """The default (per-bin) rejection on the same visit: the bins holding a visible hit, and false flags."""
-    info = read_dataset_info(hits_dataset)
-    obs = discover_observations(hits_dataset, "train")[0]
-    truth = np.load(hits_dataset / "simulation_truth" / "train" / f"{obs.planet_id}_visit0.npz")
-    config = build_config()
-    layout = instrument_layout(AIRS, info, config)
-    sel = select_pixels(AIRS, layout)
-    n_frames = layout.n_bins * 60
-    reader = SignalFile(obs.signal_path(AIRS), AIRS, info.n_frames(AIRS))
-    (chunk,) = list(reader.iter_chunks(sel.pixels, ChunkPlan(len(sel.pixels), n_frames, None, 0), n_frames, 60))
-    from arielstream.io.calibration import load_calibration
-
-    loaded = load_calibration(obs, AIRS, {"linear_corr": True, "read": True})
-    region = (sel.region[0][:, None], sel.region[1][None, :])
-    coeffs = loaded.linear_corr[:, region[0], region[1]].reshape(6, -1)
-    floor = 2 * loaded.read[region].ravel().astype(np.float64) ** 2
-    series = cds_samples(chunk.data, BlockCalibration(0.4369, -1000.0, coeffs, None, None, True, 30))
-    _, flagged = steps.reject_bin_maxima(series, 30, config.cr_bin_sigma, floor)
-
-    position = {int(p): i for i, p in enumerate(sel.pixels)}
-    dead = truth["dead_airs"].ravel()
-    hit = np.zeros(flagged.shape, bool)
-    amplitude = np.zeros(flagged.shape)
-    for frame, pixel, amp in zip(truth["cr_airs_frame"], truth["cr_airs_pixel"], truth["cr_airs_amplitude"],
-                                 strict=True):
-        if int(pixel) in position and frame // 60 < flagged.shape[1] and not dead[int(pixel)]:
-            hit[position[int(pixel)], frame // 60] = True
-            amplitude[position[int(pixel)], frame // 60] += amp
+    series, truth, sel, floor = _first_visit_series(hits_dataset)
+    _, flagged = steps.reject_bin_maxima(series, 30, build_config().cr_bin_sigma, floor)
+    hit, amplitude = _hits(truth, sel, flagged.shape, 30)
     sigma = np.sqrt(np.maximum(series, 0).mean(axis=1, keepdims=True) + floor[:, None])  # one sample's noise
     visible = hit & (amplitude >= 10 * sigma)
     recall = (flagged & visible).sum() / visible.sum()
