@@ -68,14 +68,16 @@ def same_bytes(a: Path, b: Path) -> bool:
     """The same file bytes; for an index over parts (a rerun that retried some), the same bytes per observation.
 
     An index holds the same datasets as a single file through HDF5 virtual datasets: every
-    dataset must read the same, and each observation's stored bytes (cubes, DQ planes,
-    checksum, provenance, inputs) must be those of the other file's observation.
+    dataset (but ``part`` and ``part_index``) must read the same, and each observation's
+    stored bytes (cubes, DQ planes, checksum, provenance, inputs) must be those of the
+    other file's observation.
     """
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         if not (store.is_index(fa) or store.is_index(fb)):
             return a.read_bytes() == b.read_bytes()
-        names: list[str] = []
-        fb.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        names: list[str] = []  # every dataset but an index's own bookkeeping (which part holds what)
+        fb.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset)
+                      and name not in (store.PART, store.PART_INDEX) else None)
         for name in names:
             x, y = fa[name][()], fb[name][()]
             if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):

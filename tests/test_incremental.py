@@ -26,7 +26,7 @@ from arielstream.run import identity
 from arielstream.run.lifecycle import ConfigMismatchError, next_index_path, partial_path, parts_dir
 from arielstream.simulate.dataset import simulate_dataset
 
-from .test_batch import run_cli
+from .test_batch import run_cli, same_bytes
 
 DATASET_FILES = ("adc_info.csv", "axis_info.parquet", "train.csv", "train_star_info.csv", "wavelengths.csv")
 KILLED = -9  # a subprocess killed by SIGKILL
@@ -88,23 +88,6 @@ def observation_bytes(path: Path, inputs: bool = True) -> dict[tuple[int, int], 
     return out
 
 
-def datasets(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an output as h5py reads it (virtual or not), but the index's own bookkeeping."""
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    for name in (store.PART, store.PART_INDEX):
-        out.pop(name, None)
-    return out
-
-
-def assert_same_output(a: Path, b: Path) -> None:
-    da, db = datasets(a), datasets(b)
-    assert sorted(da) == sorted(db)
-    for name in da:
-        assert np.array_equal(da[name], db[name], equal_nan=da[name].dtype.kind == "f"), name
-
-
 def report(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -131,7 +114,7 @@ def test_a_growing_folder_is_extended_and_a_rewritten_input_recomputed(pool, tmp
     assert parts[0].stat().st_ino == inode  # the first output became a part by a link: nothing was copied
     fresh = tmp_path / "fresh.h5"
     assert run_cli("calibrate", data, "-o", fresh, "--jobs", "1", "-q")[0] == EXIT_OK
-    assert_same_output(out, fresh)  # the same as calibrating the grown folder at once
+    assert same_bytes(out, fresh)  # the same datasets and bytes as calibrating the grown folder at once
 
     _, two, others = pool
     rewritten = data / "train" / str(others[0]) / "FGS1_signal_0.parquet"
@@ -189,7 +172,7 @@ def test_a_coordinator_killed_during_the_append_leaves_the_old_output_and_the_re
     monkeypatch.delenv("ARIELSTREAM_FAULT")
     code, _, stderr = run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q")
     assert code == EXIT_OK, stderr
-    assert_same_output(out, clean_append[1])
+    assert same_bytes(out, clean_append[1])
     assert observation_bytes(out) == observation_bytes(clean_append[1])
     assert not partial_path(out).exists() and not next_index_path(out).exists()
     assert sorted(p.name for p in parts_dir(out).iterdir()) == ["0001.h5", "0002.h5"]  # nothing left over
@@ -332,7 +315,7 @@ def test_a_force_run_killed_goes_on_alone_and_a_kill_before_removing_old_parts_i
     with h5py.File(out, "r") as f:
         assert not store.is_index(f)  # the force run finished alone: nothing kept from the old parts
     assert not parts_dir(out).exists()
-    assert_same_output(out, clean_append[1])
+    assert same_bytes(out, clean_append[1])
 
     assert run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--skip", "flat")[0] == EXIT_CONFIG
     (data / "train" / str(pool[2][0]) / "FGS1_signal_0.parquet").touch()

@@ -151,14 +151,19 @@ def _compiled_polynomial(coeffs: np.ndarray) -> bool:
     return engine.current().compiled and coeffs.shape[0] - 1 == compiled.POLYNOMIAL_ORDER
 
 
+def _check_whole_bins(raw: np.ndarray, frames_per_bin: int) -> None:
+    """A ``(P, frames)`` block must span whole bins: ``ValueError`` otherwise."""
+    if raw.ndim != 2 or raw.shape[1] % frames_per_bin:
+        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {frames_per_bin} frames")
+
+
 def calibrate_block(raw: np.ndarray, dt: np.ndarray | None, cal: BlockCalibration) -> np.ndarray:
     """Calibrate and bin a ``(P, frames)`` uint16 block; returns ``(P, bins)`` float64.
 
     ``frames`` must be a multiple of ``cal.frames_per_bin``; ``dt`` holds the
     per-frame exposure times used by the dark step (ignored when it is off).
     """
-    if raw.ndim != 2 or raw.shape[1] % cal.frames_per_bin:
-        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {cal.frames_per_bin} frames")
+    _check_whole_bins(raw, cal.frames_per_bin)
     if cal.cds:
         if cal.coeffs is None:
             if engine.current().compiled:
@@ -235,8 +240,7 @@ def calibrate_block_clipped(raw: np.ndarray, dt: np.ndarray | None,
     """
     if not cal.cds:
         raise ValueError("cosmic-ray rejection works on the CDS series")
-    if raw.ndim != 2 or raw.shape[1] % cal.frames_per_bin:
-        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {cal.frames_per_bin} frames")
+    _check_whole_bins(raw, cal.frames_per_bin)
     if cal.clip is None:
         raise ValueError("no per-bin cosmic-ray rejection configured (BlockCalibration.clip is None)")
     sigma, floor = cal.clip
@@ -259,8 +263,7 @@ def saturation_counts(raw: np.ndarray, level: int, frames_per_bin: int) -> np.nd
     """
     if level <= 0 or raw.size == 0 or int(raw.max()) < level:
         return None
-    if raw.ndim != 2 or raw.shape[1] % frames_per_bin:
-        raise ValueError(f"block of shape {raw.shape} does not span whole bins of {frames_per_bin} frames")
+    _check_whole_bins(raw, frames_per_bin)
     if engine.current().compiled:
         return compiled.saturated_bins(raw, level, frames_per_bin)
     return np.count_nonzero((raw >= level).reshape(raw.shape[0], -1, frames_per_bin), axis=-1).astype(np.int64)

@@ -380,7 +380,7 @@ def output_bytes(n: int, layouts: list[InstrumentLayout]) -> int:
     return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in memmapped.values())
 
 
-def _write_header(f: h5py.File, observations: list[Observation], layouts: list[InstrumentLayout],
+def _write_header(f: h5py.File, keys: list[tuple[int, int]], layouts: list[InstrumentLayout],
                   attrs: dict[str, Any]) -> None:
     """The attributes, the observation list and the instruments' axes: what every file (and index) holds."""
     for key, value in attrs.items():
@@ -390,8 +390,8 @@ def _write_header(f: h5py.File, observations: list[Observation], layouts: list[I
     f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
     f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
     f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
-    f.create_dataset(PLANET_ID, data=np.array([o.planet_id for o in observations], dtype=np.int64))
-    f.create_dataset(VISIT, data=np.array([o.visit for o in observations], dtype=np.int16))
+    f.create_dataset(PLANET_ID, data=np.array([planet for planet, _ in keys], dtype=np.int64))
+    f.create_dataset(VISIT, data=np.array([visit for _, visit in keys], dtype=np.int16))
     for lay in layouts:
         g = f.create_group(lay.name)
         g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
@@ -418,7 +418,7 @@ def _write_layout(path: Path, observations: list[Observation], layouts: list[Ins
     """Write the file through HDF5 and return each memmapped dataset's byte offset (None: not allocated)."""
     memmapped, axes = _memmapped_datasets(len(observations), layouts)
     with h5py.File(path, "w", libver="earliest") as f:
-        _write_header(f, observations, layouts, attrs)
+        _write_header(f, [(o.planet_id, o.visit) for o in observations], layouts, attrs)
         datasets = {key: _create_early(f, key, shape, dtype) for key, (shape, dtype) in memmapped.items()}
         _describe_data(f, layouts, datasets, axes)
         f.flush()
@@ -429,7 +429,7 @@ def _write_layout(path: Path, observations: list[Observation], layouts: list[Ins
 class IndexEntry:
     """Where one observation of an index is: a part file (relative to the index) and its index there."""
 
-    observation: Observation
+    key: tuple[int, int]  # (planet_id, visit)
     part: str
     index: int
 
@@ -451,7 +451,7 @@ def _write_index(path: Path, entries: list[IndexEntry], part_sizes: dict[str, in
         else:
             runs.append((i, i + 1, e.part, e.index))
     with h5py.File(path, "w", libver="earliest") as f:
-        _write_header(f, [e.observation for e in entries], layouts, attrs)
+        _write_header(f, [e.key for e in entries], layouts, attrs)
         f.attrs[ATTR_LAYOUT] = LAYOUT_INDEX
         f.attrs[ATTR_PARTS] = _json_attr(parts)
         f.create_dataset(PART, data=np.array([parts.index(e.part) for e in entries], dtype=np.int16))

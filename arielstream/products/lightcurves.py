@@ -403,8 +403,7 @@ def reads_per_bin(config: dict[str, Any], instrument: str) -> int:
     Only the binning options are read (an option missing from an older file takes
     today's default), so a config that this version would otherwise reject still works.
     """
-    binning = build_config(cosmic_rays=False,  # a step that needs CDS: not a binning option
-                           **{k: config[k] for k in BINNING_OPTIONS if k in config})
+    binning = build_config(**{k: config[k] for k in BINNING_OPTIONS if k in config})
     return frames_per_bin(binning, instrument)
 
 

@@ -191,6 +191,11 @@ class Source:
     descriptors: dict[str, ArrayDescriptor]
     status: np.ndarray
     inputs: list[str]
+    checksums: np.ndarray  # as stored (S16), read once: every kept copy from an unpublished file is checked
+    position: dict[Key, int] = field(init=False)  # where each observation is in the file
+
+    def __post_init__(self) -> None:
+        self.position = {key: i for i, key in enumerate(self.keys)}
 
     @classmethod
     def read(cls, path: Path, published: bool) -> Source:
@@ -200,14 +205,8 @@ class Source:
         descriptors = read_descriptors(path)
         inputs = [v.decode(errors="replace").rstrip("\x00") for v in read_field(descriptors, INPUTS)] \
             if INPUTS in descriptors else [""] * len(keys)
-        return cls(path, published, keys, descriptors, read_field(descriptors, "status"), inputs)
-
-    def index(self, key: Key) -> int | None:
-        """Where ``key`` is in this file (None: not here)."""
-        try:
-            return self.keys.index(key)
-        except ValueError:
-            return None
+        return cls(path, published, keys, descriptors, read_field(descriptors, "status"), inputs,
+                   read_field(descriptors, "checksum"))
 
 
 @dataclass
@@ -221,6 +220,7 @@ class PreparedOutput:
     observations: list[Observation] = field(default_factory=list)  # what the .partial holds, in its order
     keys: list[Key] = field(default_factory=list)  # every observation of the published output, in order
     kept: dict[Key, tuple[Path, int]] = field(default_factory=dict)  # observations kept from earlier files
+    sizes: dict[Path, int] = field(default_factory=dict)  # observations in each file ``kept`` refers to
     counts: dict[str, list[Key]] = field(default_factory=dict)  # added, recomputed, retried, repaired, kept, dropped
 
     @property
@@ -314,13 +314,13 @@ def _sources(output: Path, identity: dict[str, str], layouts: list[InstrumentLay
 
 
 def _checksum_ok(source: Source, index: int) -> bool:
-    return read_field(source.descriptors, "checksum")[index].decode() == checksum(source.descriptors, index)
+    return source.checksums[index].decode() == checksum(source.descriptors, index)
 
 
 def _choose(key: Key, fingerprint: str | None, newest: list[Source], published: dict[Key, tuple[Source, int]],
             ) -> tuple[tuple[Source, int] | None, list[str]]:
     """The newest copy of ``key`` that is done and computed from the inputs there now; else why none is."""
-    candidates = [(s, i) for s in newest if (i := s.index(key)) is not None]
+    candidates = [(s, s.position[key]) for s in newest if key in s.position]
     if key in published:
         candidates.append(published[key])
     changed: list[str] = []
@@ -389,7 +389,7 @@ def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], newest: li
             changes[key] = changed
         elif key in published:
             counts["retried"].append(key)
-        elif not any(key in source.keys for source in newest):  # a stopped run's pending ones are not new
+        elif not any(key in source.position for source in newest):  # a stopped run's pending ones are not new
             counts["added"].append(key)
     _report_changes(output, changes, frozen)
     return todo_keys
@@ -459,6 +459,7 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     prepared = _partial_for(output, newest, kept, sorted(todo_keys), current, layouts, attrs, action)
     prepared.keys, prepared.counts = keys, counts
     prepared.kept = {k: (s.path, i) for k, (s, i) in kept.items() if s.path != partial}
+    prepared.sizes = {s.path: len(s.keys) for s, _ in kept.values() if s.path != partial}
     return prepared
 
 
@@ -477,7 +478,7 @@ def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Sourc
         if set(existing.keys) == set(todo_keys) | from_partial:
             todo = reconcile(existing.descriptors, existing.status, retry_failed=True)
             for key in todo_keys:  # done there but no longer kept: inputs changed, or its checksum failed
-                index = existing.keys.index(key)
+                index = existing.position[key]
                 if index not in todo:
                     write_field(existing.descriptors, "status", index, STATUS_PENDING)
                     todo.append(index)
@@ -664,35 +665,28 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
     folder = parts_dir(output)
     with atomic.output_errors(folder, "publish the extended output"):
         folder.mkdir(exist_ok=True)
-        kept = dict(prepared.kept)
-        if any(path == output for path, _ in kept.values()):  # the single-file output becomes part 1, linked
-            linked = _new_part_path(output)
+        kept, sizes = dict(prepared.kept), dict(prepared.sizes)
+        number = _part_number(_new_part_path(output))  # the next free part number
+        if output in sizes:  # the single-file output becomes a part, linked
+            linked = folder / f"{number:04d}.h5"
             _link(output, linked)
+            number += 1
+            sizes[linked] = sizes.pop(output)
             kept = {k: (linked if path == output else path, i) for k, (path, i) in kept.items()}
-        new_part = _new_part_path(output) if computed else None
-        sizes: dict[str, int] = {}
-        entries = []
-        in_partial = {_key(o): i for i, o in enumerate(prepared.observations)}
-        observations = {_key(o): o for o in prepared.observations}
-        for path in {p for p, _ in kept.values()}:
-            with h5py.File(path, "r") as f:
-                sizes[_relative(path, output)] = int(f[PLANET_ID].shape[0])
-                for key in zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True):
-                    observations.setdefault(key, Observation(key[0], key[1], Path()))
+        new_part = folder / f"{number:04d}.h5" if computed else None
         if new_part is not None:
-            sizes[_relative(new_part, output)] = len(prepared.observations)
+            sizes[new_part] = len(prepared.observations)
+        in_partial = {_key(o): i for i, o in enumerate(prepared.observations)}
+        entries = []
         for key in prepared.keys:
-            if key in kept:
-                path, index = kept[key]
-            else:
-                assert new_part is not None
-                path, index = new_part, in_partial[key]
-            entries.append(IndexEntry(observations[key], _relative(path, output), index))
+            path, index = kept[key] if key in kept else (new_part, in_partial[key])
+            assert path is not None
+            entries.append(IndexEntry(key, _relative(path, output), index))
         journal = next_index_path(output)
         staging = journal.with_name(journal.name + ".new")
-        last = max([_part_number(output.parent / name) for name in sizes] +  # and every number used before
-                   [_part_number(_new_part_path(output)) - 1])
-        create_index(staging, entries, sizes, layouts, {**attrs, ATTR_LAST_PART: last})
+        last = max([_part_number(path) for path in sizes] + [number - 1])  # and every number used before
+        create_index(staging, entries, {_relative(path, output): n for path, n in sizes.items()}, layouts,
+                     {**attrs, ATTR_LAST_PART: last})
         _fsync(staging)
         os.replace(staging, journal)
         _fsync_dir(output.parent)
