@@ -35,6 +35,33 @@ def test_nonlinear_cds_matches_reference():
     np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-9 * np.abs(ref).max())
 
 
+def test_nonlinear_cds_from_tables_is_bit_identical_to_the_expression(monkeypatch):
+    """The table path (Q once per value a pixel takes) gives the very bits of the direct expression.
+
+    A pixel whose reads span more values than it has pairs (here a saturated read) is
+    evaluated directly, alone; a block of such pixels entirely.
+    """
+    rng = np.random.default_rng(15)
+    coeffs = _coeffs(rng, 23)
+    narrow = (rng.integers(0, 40, size=(23, 300)) + rng.integers(400, 30000, size=(23, 1))).astype(np.uint16)
+    narrow[:, 1::2] += rng.integers(0, 60, size=(23, 1)).astype(np.uint16)  # the end reads hold signal
+    hit = narrow.copy()
+    hit[3, 77] = 65535
+    wide = _raw(rng, 23, 300)  # start and end reads thousands apart
+    direct = kernels.nonlinear_cds
+    monkeypatch.setattr(kernels, "TABLE_SLAB_READS", 1000)  # several slabs of pixels
+    calls: list[int] = []  # rows evaluated directly
+    monkeypatch.setattr(kernels, "nonlinear_cds", lambda *a: calls.append(a[0].shape[0]) or direct(*a))
+    for raw, rows_direct in ((narrow, 0), (hit, 1), (wide, 23)):
+        expected = direct(raw[:, 0::2].astype(np.float32), raw[:, 1::2].astype(np.float32), coeffs, 0.4369, -1000.0)
+        calls.clear()
+        np.testing.assert_array_equal(kernels.nonlinear_cds_raw(raw, coeffs, 0.4369, -1000.0), expected)
+        assert sum(calls) == rows_direct
+    assert kernels.nonlinear_cds_raw(narrow[:, :0], coeffs, 0.4369, -1000.0).shape == (23, 0)
+    with pytest.raises(ValueError, match="whole pairs"):
+        kernels.nonlinear_cds_raw(narrow[:, :299], coeffs, 0.4369, -1000.0)
+
+
 def test_folding_the_adc_into_the_polynomial_is_exact():
     rng = np.random.default_rng(4)
     coeffs = _coeffs(rng, 5)

@@ -77,3 +77,26 @@ print(held, current_rss())
     assert proc.returncode == 0, proc.stderr
     held, after = map(int, proc.stdout.split())
     assert held - after > 150 * 2**20, f"released only {(held - after) >> 20} MB of the ~270 MB freed"
+
+
+def test_pin_threads_leaves_the_decoding_thread_a_core_when_numba_runs_the_kernels():
+    """numba's kernels run beside the prefetch thread's decode: one thread fewer; numexpr and Arrow get them all."""
+    import numexpr
+    import pyarrow
+
+    from arielstream.calibration import compiled
+    from arielstream.run.budget import pin_threads
+
+    numba = pytest.importorskip("numba")
+    was = numexpr.get_num_threads(), pyarrow.cpu_count(), numba.get_num_threads()
+    try:
+        for threads, kernel_threads in ((1, 1), (2, 1), (4, 3)):
+            if kernel_threads > numba.config.NUMBA_NUM_THREADS:
+                continue
+            pin_threads(threads)
+            assert (numexpr.get_num_threads(), pyarrow.cpu_count(), numba.get_num_threads()) == \
+                (threads, threads, kernel_threads)
+    finally:
+        numexpr.set_num_threads(was[0])
+        pyarrow.set_cpu_count(was[1])
+        compiled.set_threads(was[2])

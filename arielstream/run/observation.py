@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,18 +222,32 @@ class InstrumentArrays:
     read_plane: np.ndarray  # (x, y) float32 electrons per read, NaN where unknown
 
 
+def open_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
+                    layout: InstrumentLayout, masters: dict[str, Any] | None = None
+                    ) -> tuple[InstrumentArrays, SignalFile]:
+    """What an instrument's stream needs before its first chunk: its arrays and its open signal file.
+
+    :func:`calibrate_observation` opens the next instrument in a thread while this one
+    streams (its calibration tables and the signal file's footer: ~40 ms for FGS1).
+    """
+    arrays = prepare_arrays(obs, inst, info, config, layout, masters)
+    return arrays, SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
+
+
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
                          layout: InstrumentLayout, outputs: dict[str, ArrayDescriptor], index: int,
                          budget: int, checkpoint: Callable[[], None] = lambda: None,
-                         masters: dict[str, Any] | None = None) -> dict[str, Any]:
+                         masters: dict[str, Any] | None = None,
+                         opened: tuple[InstrumentArrays, SignalFile] | None = None) -> dict[str, Any]:
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
     ``checkpoint`` is called after every chunk and before the writes: it may raise
     to abandon the observation (a worker whose coordinator died, a revoked attempt).
+    ``opened``: what :func:`open_instrument` returned, if the caller opened it already.
     """
     t0 = time.perf_counter()
-    arrays = prepare_arrays(obs, inst, info, config, layout, masters)
-    cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, budget, checkpoint)
+    arrays, reader = opened or open_instrument(obs, inst, info, config, layout, masters)
+    cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, reader, budget, checkpoint)
     products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status)
     counts["cosmic_ray_samples"] = n_cosmic
     checkpoint()
@@ -284,9 +299,9 @@ def outlier_options(config: CalibrationConfig) -> dict[str, Any]:
 
 
 def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
-           layout: InstrumentLayout, arrays: InstrumentArrays, budget: int,
+           layout: InstrumentLayout, arrays: InstrumentArrays, reader: SignalFile, budget: int,
            checkpoint: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
-    """The signal file, chunk by chunk, through the kernels into the binned cube.
+    """The signal file ``reader``, chunk by chunk, through the kernels into the binned cube.
 
     Returns the ``(t, x, y)`` float32 cube (unusable pixels NaN when
     ``bad_pixels="nan"``), the ``(t, x, y)`` uint8 time-resolved quality plane (cosmic
@@ -300,7 +315,6 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
     n_used = layout.n_bins * fpb
     temporal = runs(status, "cosmic_rays")
     whole_series = temporal and config.cr_method == "series"  # "bin" needs whole bins only: it streams
-    reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
     plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget,
                        whole_series=whole_series)
     log.debug("%s %s: %s", obs.label, inst.name, plan.describe())
@@ -468,10 +482,23 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
     if manifest is not None:
         check_observation_inputs(manifest, obs, info.root, config.instruments, config.master_calibration == "planet")
     provenance: dict[str, Any] = {"engine": str(engine.current())}
-    for name in config.instruments:
-        inst = INSTRUMENTS[name]
-        prefix = f"{name}/"
-        outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
-        provenance[name] = calibrate_instrument(obs, inst, info, config, layouts[name], outputs, index, budget,
-                                                checkpoint, masters)
+    names = list(config.instruments)
+
+    def open_next(i: int) -> tuple[InstrumentArrays, SignalFile]:
+        return open_instrument(obs, INSTRUMENTS[names[i]], info, config, layouts[names[i]], masters)
+
+    # the next instrument is opened in a thread while this one streams (its errors surface in turn)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="arielstream-open") as ahead:
+        opening = ahead.submit(open_next, 0)
+        try:
+            for i, name in enumerate(names):
+                opened = opening.result()
+                if i + 1 < len(names):
+                    opening = ahead.submit(open_next, i + 1)
+                prefix = f"{name}/"
+                outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
+                provenance[name] = calibrate_instrument(obs, INSTRUMENTS[name], info, config, layouts[name], outputs,
+                                                        index, budget, checkpoint, masters, opened)
+        finally:
+            opening.cancel()
     return provenance
