@@ -213,7 +213,7 @@ def _hits(rng, pixels, frames, width, n_hits, size):
                                                       for p, t in zip(pix, pair, strict=True)}
 
 
-def test_bin_rejection_finds_every_hit_and_leaves_a_clean_bin_alone(engine_name):
+def test_bin_rejection_finds_every_hit_and_leaves_a_clean_bin_alone(engine_name, monkeypatch):
     rng = np.random.default_rng(21)
     width, pixels, frames = 30, 400, 2 * 30 * 6
     raw, hits = _hits(rng, pixels, frames, width, 40, 2500)  # 5,700 e: > 5 sigma of photon + read noise
@@ -222,6 +222,10 @@ def test_bin_rejection_finds_every_hit_and_leaves_a_clean_bin_alone(engine_name)
     cal = kernels.BlockCalibration(gain=0.4369, offset=-1000.0, coeffs=coeffs, dark=None, flat=None, cds=True,
                                    width=width, clip=(5.0, floor))
     binned, flagged = kernels.calibrate_block_clipped(raw, None, cal)
+    monkeypatch.setattr(kernels, "SLAB_SAMPLES", 7 * frames // 2)  # numexpr: 58 slabs of 7 pixels, same bits
+    in_slabs = kernels.calibrate_block_clipped(raw, None, cal)
+    np.testing.assert_array_equal(in_slabs[0], binned)
+    np.testing.assert_array_equal(in_slabs[1], flagged)
     assert {(int(p), int(b)) for p, b in zip(*np.nonzero(flagged), strict=True)} == hits  # every hit, nothing else
     clean = kernels.calibrate_block_reference(raw, None, dataclasses.replace(cal, clip=None))
     samples = kernels.nonlinear_cds_reference(raw[:, 0::2], raw[:, 1::2], coeffs, 0.4369, -1000.0)

@@ -24,6 +24,7 @@ What the fast path uses (all exact rearrangements of the recipe):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -109,6 +110,7 @@ def nonlinear_cds(start: np.ndarray, end: np.ndarray, coeffs: np.ndarray, gain: 
 # reads (a cosmic ray in a short block) is evaluated directly, so the tables never hold more
 # values than the block has pairs: the bytes of the float32 copy the direct path makes.
 TABLE_SLAB_READS = 1 << 16  # reads gathered at a time (512 kB of int64 indices: in cache)
+SLAB_SAMPLES = 1 << 18  # CDS samples per slab of pixels where the numpy twins take their bin statistics (2 MB)
 
 
 def nonlinear_cds_raw(raw: np.ndarray, coeffs: np.ndarray, gain: float | None, offset: float) -> np.ndarray:
@@ -303,9 +305,17 @@ def calibrate_block_clipped(raw: np.ndarray, dt: np.ndarray | None,
     if cal.coeffs is not None and _compiled_polynomial(cal.coeffs):
         binned, flagged = compiled.cds_polynomial_bins_clipped(raw, fold_adc(cal.coeffs, cal.gain, cal.offset),
                                                                cal.width, sigma, floor)
-    else:
-        reject = compiled.reject_bin_maxima if engine.current().compiled else steps.reject_bin_maxima
-        binned, flagged = reject(cds_samples(raw, cal), cal.width, sigma, floor)
+    elif engine.current().compiled:
+        binned, flagged = compiled.reject_bin_maxima(cds_samples(raw, cal), cal.width, sigma, floor)
+    else:  # slabs of pixels whose CDS series stays in cache for the bin statistics: 26 -> 10 ms per AIRS block
+        rows = max(1, SLAB_SAMPLES // max(1, raw.shape[1] // 2))
+        parts = []
+        for lo in range(0, raw.shape[0], rows):
+            these = slice(lo, lo + rows)
+            slab = dataclasses.replace(cal, coeffs=None if cal.coeffs is None else cal.coeffs[:, these])
+            parts.append(steps.reject_bin_maxima(cds_samples(raw[these], slab), cal.width, sigma, floor[these]))
+        binned = np.concatenate([b for b, _ in parts]) if parts else np.zeros((0, raw.shape[1] // cal.frames_per_bin))
+        flagged = np.concatenate([f for _, f in parts]) if parts else np.zeros(binned.shape, dtype=bool)
     return _dark_and_flat(binned, dt, cal), flagged.astype(np.uint8)
 
 
