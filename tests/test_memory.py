@@ -80,8 +80,12 @@ print(held, current_rss())
 
 
 def test_pin_threads_leaves_the_decoding_thread_a_core_when_numba_runs_the_kernels():
-    """numba's kernels run beside the prefetch thread's decode: one thread fewer; numexpr and Arrow get them all."""
+    """numba's kernels run beside the prefetch thread's decode: one thread fewer; numexpr and Arrow get them all.
+
+    The whole-series cosmic-ray rejection gets them all too, and only while it runs.
+    """
     import numexpr
+    import numpy as np
     import pyarrow
 
     from arielstream.calibration import compiled
@@ -96,7 +100,14 @@ def test_pin_threads_leaves_the_decoding_thread_a_core_when_numba_runs_the_kerne
             pin_threads(threads)
             assert (numexpr.get_num_threads(), pyarrow.cpu_count(), numba.get_num_threads()) == \
                 (threads, threads, kernel_threads)
+            assert compiled._series_threads == threads  # the whole-series rejection: seconds of compute, all
     finally:
         numexpr.set_num_threads(was[0])
         pyarrow.set_cpu_count(was[1])
         compiled.set_threads(was[2])
+    rng = np.random.default_rng(3)
+    pin_threads(2)
+    before = numba.get_num_threads()
+    compiled.reject_temporal_outliers(rng.normal(size=(4, 60)), 6)
+    assert numba.get_num_threads() == before
+    compiled.set_threads(was[2])

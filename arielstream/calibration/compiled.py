@@ -30,10 +30,24 @@ except ImportError:  # pragma: no cover
 POLYNOMIAL_ORDER = 5  # the non-linear kernels are written out for the competition's quintic (6 coefficients)
 
 
-def set_threads(threads: int) -> None:
-    """Let the compiled kernels use ``threads`` threads (1 to numba's maximum); nothing without numba."""
+_series_threads = 0  # threads of the whole-series rejection (0: those of the other kernels)
+
+
+def _bounded(threads: int) -> int:
+    return max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)) if numba is not None else 1
+
+
+def set_threads(threads: int, series: int | None = None) -> None:
+    """Let the compiled kernels use ``threads`` threads (1 to numba's maximum); nothing without numba.
+
+    ``series``: the threads of :func:`reject_temporal_outliers` instead (default:
+    ``threads``), a kernel that runs for seconds on whole series, far longer than the
+    decode beside it.
+    """
+    global _series_threads
     if numba is not None:
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(_bounded(threads))
+        _series_threads = 0 if series is None else _bounded(series)
 
 
 if numba is not None:
@@ -364,5 +378,11 @@ def reject_temporal_outliers(samples: np.ndarray, width: int, sigmas: tuple[floa
                              replace: str = "median") -> tuple[np.ndarray, np.ndarray]:
     """Compiled twin of :func:`arielstream.calibration.steps.reject_temporal_outliers` (same arguments and results)."""
     levels = np.array(list(sigmas) + ([clean_sigma] * max_iters if until_clean else []), dtype=np.float64)
-    return _reject_outliers(np.ascontiguousarray(samples, dtype=np.float64), int(width), levels, len(sigmas),
-                            replace == "median")
+    assert numba is not None, "the compiled kernels need numba"
+    before = numba.get_num_threads()
+    numba.set_num_threads(_series_threads or before)
+    try:
+        return _reject_outliers(np.ascontiguousarray(samples, dtype=np.float64), int(width), levels, len(sigmas),
+                                replace == "median")
+    finally:
+        numba.set_num_threads(before)
