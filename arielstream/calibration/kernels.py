@@ -141,10 +141,10 @@ def nonlinear_cds_raw(raw: np.ndarray, coeffs: np.ndarray, gain: float | None, o
     if rows.size == 0:
         return out
     start = np.cumsum(span) - span  # where each pixel's table begins
-    owner = np.repeat(np.arange(n_pix), span)
+    pixel_of = np.repeat(np.arange(n_pix), span)  # the pixel of each table entry
     q = fold_adc(coeffs, gain, offset)
-    env = {f"q{k}": q[k][owner] for k in range(q.shape[0])}
-    env["x"] = (np.arange(owner.size) - np.repeat(start - low, span)).astype(np.float64)  # the value itself
+    env = {f"q{k}": q[k][pixel_of] for k in range(q.shape[0])}
+    env["x"] = (np.arange(pixel_of.size) - np.repeat(start - low, span)).astype(np.float64)  # the value itself
     table = ne.evaluate(_horner_expr("x", q.shape[0] - 1, False), local_dict=env, global_dict={})
     shift = (start - low)[:, np.newaxis]
     slab = max(1, TABLE_SLAB_READS // n_frames)

@@ -222,31 +222,18 @@ class InstrumentArrays:
     read_plane: np.ndarray  # (x, y) float32 electrons per read, NaN where unknown
 
 
-def open_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
-                    layout: InstrumentLayout, masters: dict[str, Any] | None = None
-                    ) -> tuple[InstrumentArrays, SignalFile]:
-    """What an instrument's stream needs before its first chunk: its arrays and its open signal file.
-
-    (:func:`calibrate_observation` does the two in threads, and for every instrument
-    before the first streams: ~80 ms for AIRS, ~40 ms for FGS1, mostly pyarrow.)
-    """
-    arrays = prepare_arrays(obs, inst, info, config, layout, masters)
-    return arrays, SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
-
-
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
                          layout: InstrumentLayout, outputs: dict[str, ArrayDescriptor], index: int,
-                         budget: int, checkpoint: Callable[[], None] = lambda: None,
-                         masters: dict[str, Any] | None = None,
-                         opened: tuple[InstrumentArrays, SignalFile] | None = None) -> dict[str, Any]:
+                         budget: int, arrays: InstrumentArrays, reader: SignalFile,
+                         checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
+    ``arrays`` (:func:`prepare_arrays`) and ``reader``, its open signal file, come from
+    the caller (:func:`calibrate_observation` opens them ahead, in threads).
     ``checkpoint`` is called after every chunk and before the writes: it may raise
     to abandon the observation (a worker whose coordinator died, a revoked attempt).
-    ``opened``: what :func:`open_instrument` returned, if the caller opened it already.
     """
     t0 = time.perf_counter()
-    arrays, reader = opened or open_instrument(obs, inst, info, config, layout, masters)
     cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, reader, budget, checkpoint)
     products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status)
     counts["cosmic_ray_samples"] = n_cosmic
@@ -484,7 +471,8 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
     provenance: dict[str, Any] = {"engine": str(engine.current())}
     names = list(config.instruments)
     # every instrument's calibration tables and signal file are opened in two threads, in order, while
-    # the first streams; their errors surface in that order (calibration first, as without threads)
+    # the first streams (~80 ms for AIRS, ~40 ms for FGS1, mostly pyarrow); their errors surface in
+    # that order (calibration first, as without threads)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="arielstream-open") as ahead:
         opening: list[Future] = []
         for name in names:
@@ -493,11 +481,11 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
                         ahead.submit(SignalFile, obs.signal_path(inst), inst, info.n_frames(inst))]
         try:
             for i, name in enumerate(names):
-                opened = (opening[2 * i].result(), opening[2 * i + 1].result())
+                arrays, reader = opening[2 * i].result(), opening[2 * i + 1].result()
                 prefix = f"{name}/"
                 outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
                 provenance[name] = calibrate_instrument(obs, INSTRUMENTS[name], info, config, layouts[name], outputs,
-                                                        index, budget, checkpoint, masters, opened)
+                                                        index, budget, arrays, reader, checkpoint)
         finally:
             for future in opening:
                 future.cancel()
