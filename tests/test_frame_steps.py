@@ -237,3 +237,17 @@ def test_the_running_median_is_numpys_nanmedian_of_each_window(dtype, kernel):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
         expected = np.nanmedian(windows, axis=-1)
     np.testing.assert_array_equal(frame_steps._median_filter_x(cube, kernel), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_the_background_median_is_numpys_nanmedian(dtype, length):
+    """clipped_mean's centre (the sorted median) gives nanmedian's very bits, NaN where a row has no value."""
+    rng = np.random.default_rng(length)
+    values = rng.normal(50, 7, (11, 17, length)).astype(dtype)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[3, 4] = np.nan
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        expected = np.nanmedian(values, axis=-1)
+    np.testing.assert_array_equal(frame_steps._nanmedian_last(values), expected)

