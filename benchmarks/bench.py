@@ -242,7 +242,11 @@ def _child(kind: str, *args, env: dict[str, str] | None = None) -> dict:
 
 
 def _repeat(kind: str, repeats: int, *args, env: dict[str, str] | None = None) -> dict:
-    runs = [_child(kind, *args, env=env) for _ in range(repeats)]
+    return _summarise([_child(kind, *args, env=env) for _ in range(repeats)])
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """Medians of repeated measurements (numbers), the first run's other values."""
     out = {"seconds": statistics.median(r["seconds"] for r in runs),
            "peak_rss": statistics.median(r["peak_rss"] for r in runs), "runs": [r["seconds"] for r in runs]}
     for key in set(runs[0]) - {"seconds", "peak_rss"}:
@@ -504,16 +508,23 @@ def _write_block(table: str, begin: str, end: str, heading: str, no_write: bool)
 
 def core_table(args: argparse.Namespace, data: str, planet: int, planets: list[int], tmp: Path) -> str:
     """The engine against the decode floor and the notebook, the profile, and the throughput."""
-    rows = {}
-    rows["floor_blocks"] = _repeat("floor", args.repeats, data, planet, "blocks")
-    rows["floor_whole"] = _repeat("floor", args.repeats, data, planet, "whole")
+    # the rows that make the ratios, interleaved (every row once, then again ...): a slow spell of a
+    # shared machine then falls on the floor and on arielstream alike
+    specs: dict[str, tuple[str, tuple, dict[str, str] | None]] = {
+        "floor_blocks": ("floor", (data, planet, "blocks"), None),
+        "floor_whole": ("floor", (data, planet, "whole"), None),
+        "arielstream": ("arielstream", (data, planet, str(tmp / "one.h5")), None),
+        "batch": ("batch", (data, planets, str(tmp / "batch.h5")), None),
+        "floor_batch": ("floor", (data, planets, "blocks"), None),
+        "numexpr": ("arielstream", (data, planet, str(tmp / "ne.h5")), {"ARIELSTREAM_ENGINE": "numexpr"}),
+        "full": ("arielstream", (data, planet, str(tmp / "full.h5"), {"profile": "full"}), None),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in specs}
+    for _ in range(args.repeats):
+        for name, (kind, child_args, env) in specs.items():
+            runs[name].append(_child(kind, *child_args, env=env))
+    rows = {name: _summarise(rs) for name, rs in runs.items()}
     floor = min(rows["floor_blocks"]["seconds"], rows["floor_whole"]["seconds"])
-    rows["arielstream"] = _repeat("arielstream", args.repeats, data, planet, str(tmp / "one.h5"))
-    rows["batch"] = _repeat("batch", args.repeats, data, planets, str(tmp / "batch.h5"))
-    rows["floor_batch"] = _repeat("floor", args.repeats, data, planets, "blocks")
-    rows["numexpr"] = _repeat("arielstream", args.repeats, data, planet, str(tmp / "ne.h5"),
-                              env={"ARIELSTREAM_ENGINE": "numexpr"})
-    rows["full"] = _repeat("arielstream", args.repeats, data, planet, str(tmp / "full.h5"), {"profile": "full"})
     rows["notebook"] = _repeat("notebook", max(1, args.repeats - 1), data, planet, False)
     if args.notebook_nl:
         rows["notebook_nl"] = _repeat("notebook", 1, data, planet, True)
@@ -525,7 +536,7 @@ def core_table(args: argparse.Namespace, data: str, planet: int, planets: list[i
         f"Machine: {describe_machine()}. Kernels: {rows['arielstream']['engine']}.",
         f"Data: {len(planets)} full-size simulated planets (11,250 AIRS + 135,000 FGS1 frames, one row group, "
         f"zstd), page cache warm. Medians of {args.repeats} runs, each in a fresh process that times its "
-        "second pass (the decode floor too); peak RSS = VmHWM.",
+        "second pass (the decode floor too), the rows above the notebook's interleaved; peak RSS = VmHWM.",
         "",
         "| measurement | s per observation | peak RSS MB | ratio |",
         "|---|---|---|---|",
