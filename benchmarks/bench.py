@@ -161,7 +161,6 @@ def measure_profile(data: str, planet: int, out: str) -> dict:
     from arielstream.run import observation
 
     observation.prefetch = lambda items, ahead=1: iter(items)  # profile the stages in one thread
-    observation.ThreadPoolExecutor = _InThisThread  # type: ignore[misc,assignment]  # (opening ahead too)
     calibrate(data, out, planets=[planet], jobs=1, force=True, progress=False, log_file=False)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -183,29 +182,6 @@ def measure_profile(data: str, planet: int, out: str) -> dict:
     stages["writes and rest of pipeline"] = cum("calibrate_observation") - sum(stages.values())
     stages["run bookkeeping"] = total - cum("calibrate_observation")
     return {"stages": stages, "total": total}
-
-
-class _InThisThread:
-    """A stand-in for the executor that opens the next instrument ahead: runs it at once, in this thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        pass
-
-    def __enter__(self) -> _InThisThread:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def submit(self, fn: Any, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:  # handed to the caller, as the executor would
-            future.set_exception(exc)
-        return future
 
 
 def measure_throughput(data: str, out: str, jobs: int) -> dict:

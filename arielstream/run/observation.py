@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
     ``arrays`` (:func:`prepare_arrays`) and ``reader``, its open signal file, come from
-    the caller (:func:`calibrate_observation` opens them ahead, in threads).
+    the caller (:func:`calibrate_observation`).
     ``checkpoint`` is called after every chunk and before the writes: it may raise
     to abandon the observation (a worker whose coordinator died, a revoked attempt).
     """
@@ -469,24 +468,15 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
     if manifest is not None:
         check_observation_inputs(manifest, obs, info.root, config.instruments, config.master_calibration == "planet")
     provenance: dict[str, Any] = {"engine": str(engine.current())}
-    names = list(config.instruments)
-    # every instrument's calibration tables and signal file are opened in two threads, in order, while
-    # the first streams (~80 ms for AIRS, ~40 ms for FGS1, mostly pyarrow); their errors surface in
-    # that order (calibration first, as without threads)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="arielstream-open") as ahead:
-        opening: list[Future] = []
-        for name in names:
-            inst = INSTRUMENTS[name]
-            opening += [ahead.submit(prepare_arrays, obs, inst, info, config, layouts[name], masters),
-                        ahead.submit(SignalFile, obs.signal_path(inst), inst, info.n_frames(inst))]
-        try:
-            for i, name in enumerate(names):
-                arrays, reader = opening[2 * i].result(), opening[2 * i + 1].result()
-                prefix = f"{name}/"
-                outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
-                provenance[name] = calibrate_instrument(obs, INSTRUMENTS[name], info, config, layouts[name], outputs,
-                                                        index, budget, arrays, reader, checkpoint)
-        finally:
-            for future in opening:
-                future.cancel()
+    for name in config.instruments:
+        # opened here, one after the other: opening the next instrument in threads while this one streams
+        # saved ~0.05 s per observation but cost each worker 10-18 MB beyond its memory plan (BENCHMARKS.md)
+        inst = INSTRUMENTS[name]
+        arrays = prepare_arrays(obs, inst, info, config, layouts[name], masters)
+        reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
+        prefix = f"{name}/"
+        outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
+        provenance[name] = calibrate_instrument(obs, inst, info, config, layouts[name], outputs, index, budget,
+                                                arrays, reader, checkpoint)
+        del arrays, reader  # the AIRS footer (~35 MB) is not held while FGS1 streams
     return provenance
