@@ -113,34 +113,23 @@ def measure_floor(data: str, planet: int | list[int], how: str) -> dict:
             "observations": len(visits), "peak_rss": _peak_rss()}
 
 
-def measure_arielstream(data: str, planet: int, out: str, options: dict | None = None) -> dict:
-    """One observation through arielstream, one worker; ``options`` as ``build_config`` takes them."""
+def measure_arielstream(data: str, planet: int | list[int], out: str, options: dict | None = None) -> dict:
+    """A run of arielstream, one worker; ``options`` as ``build_config`` takes them: seconds per observation.
+
+    A list of planets is one run over all their observations (a batch pays the run's own
+    costs, layout, lock, verification and publish, once, not per observation).
+    """
     from arielstream import build_config, calibrate
     from arielstream.calibration import engine
 
     config = build_config(**(options or {}))
-    kwargs: dict[str, Any] = {"planets": [planet], "config": config, "jobs": 1, "force": True, "progress": False,
-                              "log_file": False}
+    kwargs: dict[str, Any] = {"planets": [planet] if isinstance(planet, int) else planet, "config": config,
+                              "jobs": 1, "force": True, "progress": False, "log_file": False}
     calibrate(data, out, **kwargs)  # warm-up / JIT
     t0 = time.perf_counter()
-    calibrate(data, out, **kwargs)
-    return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "engine": str(engine.current())}
-
-
-def measure_batch(data: str, planets: list[int], out: str) -> dict:
-    """Every observation of ``planets`` in one run, one worker, default profile: seconds per observation.
-
-    A batch pays the run's own costs (layout, lock, verification, publish) once, not per
-    observation as the one-observation row does.
-    """
-    from arielstream import calibrate
-
-    kwargs: dict[str, Any] = {"planets": planets, "jobs": 1, "force": True, "progress": False, "log_file": False}
-    calibrate(data, out, **kwargs)  # warm-up / JIT
-    t0 = time.perf_counter()
-    summary = calibrate(data, out, **kwargs)
-    n = len(summary.results)
-    return {"seconds": (time.perf_counter() - t0) / n, "observations": n, "peak_rss": _peak_rss()}
+    n = len(calibrate(data, out, **kwargs).results)
+    return {"seconds": (time.perf_counter() - t0) / n, "observations": n, "peak_rss": _peak_rss(),
+            "engine": str(engine.current())}
 
 
 def measure_notebook(data: str, planet: int, nonlinearity: bool) -> dict:
@@ -200,8 +189,7 @@ def measure_throughput(data: str, out: str, jobs: int) -> dict:
     return {"seconds": seconds, "observations": n, "per_minute": 60 * n / seconds, "tree_peak_mb": bound}
 
 
-MEASURES = {"floor": measure_floor, "arielstream": measure_arielstream, "batch": measure_batch,
-            "notebook": measure_notebook,
+MEASURES = {"floor": measure_floor, "arielstream": measure_arielstream, "notebook": measure_notebook,
             "profile": measure_profile, "throughput": measure_throughput}
 
 # ---------------------------------------------------------------- driver
@@ -490,7 +478,7 @@ def core_table(args: argparse.Namespace, data: str, planet: int, planets: list[i
         "floor_blocks": ("floor", (data, planet, "blocks"), None),
         "floor_whole": ("floor", (data, planet, "whole"), None),
         "arielstream": ("arielstream", (data, planet, str(tmp / "one.h5")), None),
-        "batch": ("batch", (data, planets, str(tmp / "batch.h5")), None),
+        "batch": ("arielstream", (data, planets, str(tmp / "batch.h5")), None),
         "floor_batch": ("floor", (data, planets, "blocks"), None),
         "numexpr": ("arielstream", (data, planet, str(tmp / "ne.h5")), {"ARIELSTREAM_ENGINE": "numexpr"}),
         "full": ("arielstream", (data, planet, str(tmp / "full.h5"), {"profile": "full"}), None),

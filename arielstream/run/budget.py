@@ -193,7 +193,7 @@ def pin_threads(threads: int) -> None:
     spin between kernels. On 2 cores, one worker, a full-size observation took 1.28 s
     (2.0 CPU-seconds) with 2 kernel threads and 0.97 s (1.4) with 1; the full profile
     1.59 against 1.22 s. The whole-series cosmic-ray rejection, seconds of compute beside
-    a short decode, keeps ``threads`` (+3.4 s with one thread, +1.7 s with two). numexpr
+    a short decode, keeps ``threads`` (+3.4 s with one thread, +1.7-2.1 s with two). numexpr
     keeps ``threads``: its evaluation, not the decode, is the longer stage there (1.65 s
     with 2 threads, 2.0 s with 1; BENCHMARKS.md).
     BLAS/OpenMP pools are fixed when numpy loads; loky workers get their limits from
