@@ -73,19 +73,18 @@ def measure_floor(data: str, planet: int | list[int], how: str) -> dict:
     """
     import pyarrow.parquet as pq
 
-    from arielstream.layout import AIRS, FGS1
+    from arielstream.layout import AIRS, FGS1, Observation, discover_observations
 
     needed = {AIRS: [r * 356 + c for r in range(32) for c in range(39, 321)], FGS1: list(range(1024))}
     tables = ("dark", "dead", "flat", "read", "linear_corr")
-    folders = [Path(data) / "train" / str(p) for p in ([planet] if isinstance(planet, int) else planet)]
-    visits = [(f, 0) for f in folders] if isinstance(planet, int) else \
-        [(f, int(s.stem.rsplit("_", 1)[1])) for f in folders for s in sorted(f.glob(f"{AIRS.name}_signal_*.parquet"))]
+    visits = [Observation(planet, 0, Path(data) / "train" / str(planet))] if isinstance(planet, int) else \
+        discover_observations(Path(data), "train", planet)
 
-    def decode(folder: Path, visit: int) -> tuple[float, float, int]:
+    def decode(obs: Observation) -> tuple[float, float, int]:
         t0 = time.perf_counter()
         values = 0
         for inst, cols in needed.items():
-            pf = pq.ParquetFile(folder / inst.signal_name(visit))
+            pf = pq.ParquetFile(obs.signal_path(inst))
             all_names = pf.schema_arrow.names  # (schema_arrow is rebuilt on every access: read it once)
             names = [all_names[i] for i in cols]
             groups = list(range(pf.metadata.num_row_groups))
@@ -99,14 +98,14 @@ def measure_floor(data: str, planet: int | list[int], how: str) -> dict:
         t1 = time.perf_counter()
         for inst in needed:
             for name in tables:
-                table = pq.ParquetFile(folder / f"{inst.name}_calibration_{visit}" / f"{name}.parquet").read()
+                table = pq.ParquetFile(obs.calibration_path(inst, name)).read()
                 values += sum(col.to_numpy().size for col in table.columns)
         return t1 - t0, time.perf_counter() - t1, values
 
-    decode(*visits[0])  # warm-up
+    decode(visits[0])  # warm-up
     signal = calibration = 0.0
-    for folder, visit in visits:
-        s_, c_, values = decode(folder, visit)
+    for obs in visits:
+        s_, c_, values = decode(obs)
         assert values == 11250 * 9024 + 135000 * 1024 + 10 * 32 * (356 + 32), values  # 4 tables + linear_corr
         signal, calibration = signal + s_ / len(visits), calibration + c_ / len(visits)
     return {"seconds": signal + calibration, "signal": signal, "calibration": calibration,
