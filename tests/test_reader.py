@@ -9,7 +9,7 @@ import pytest
 from arielstream.errors import InputError
 from arielstream.io.calibration import read_frame_table
 from arielstream.io.dataset import read_dataset_info
-from arielstream.io.signal import ChunkPlan, SignalFile
+from arielstream.io.signal import ChunkPlan, SignalFile, columns_into
 from arielstream.layout import AIRS, FGS1, Instrument
 
 from .conftest import REFERENCE, REFERENCE_PLANET, write_signal
@@ -160,3 +160,66 @@ def test_many_row_groups_are_gathered_into_few_reads(tmp_path, monkeypatch):
     list(reader.iter_chunks(np.arange(TINY.pixels), ChunkPlan(24, 30, None, 0), 96, 4))
     assert [len(c) for c in calls] == [5, 5, 4]  # >= 30 frames per read; row group 14 holds no needed frame
     assert sorted(g for c in calls for g in c) == list(range(14))
+
+
+def _chunked(values: list, arrow_type: pa.DataType, cuts: list[int]) -> pa.ChunkedArray:
+    """``values`` in chunks cut at ``cuts``, each a slice of a longer array (so with an offset)."""
+    edges = [0, *cuts, len(values)]
+    chunks = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        padded = pa.array([None] * 5 + values[lo:hi] + [None] * 3, type=arrow_type)
+        chunks.append(padded.slice(5, hi - lo))  # offset 5: not a whole byte of a bitmap
+    return pa.chunked_array(chunks, type=arrow_type)
+
+
+@pytest.mark.parametrize("arrow_type, dtype", [(pa.uint16(), np.uint16), (pa.float64(), np.float64),
+                                               (pa.bool_(), np.bool_)])
+@pytest.mark.parametrize("cuts", [[], [7], [1, 2, 19]])
+def test_columns_into_copies_every_chunk_at_its_offset(arrow_type, dtype, cuts):
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 60000, size=(3, 23))
+    columns = [_chunked([dtype(v) if dtype is not np.bool_ else bool(v % 2) for v in row.tolist()],
+                        arrow_type, cuts) for row in raw]
+    out = np.zeros((3, 23), dtype=dtype)
+    columns_into(columns, out)
+    for row, column in zip(out, columns, strict=True):
+        np.testing.assert_array_equal(row, np.array(column.to_pylist(), dtype=dtype))
+    transposed = np.zeros((23, 3), dtype=dtype)  # a calibration table: column j into out[:, j]
+    columns_into(columns, transposed.T)
+    np.testing.assert_array_equal(transposed.T, out)
+
+
+def test_columns_into_turns_float_nulls_into_nan_and_refuses_others():
+    floats = _chunked([1.0, None, 3.0, 4.0, None], pa.float64(), [2])
+    out = columns_into([floats], np.zeros((1, 5)))
+    np.testing.assert_array_equal(out[0], [1.0, np.nan, 3.0, 4.0, np.nan])
+    with pytest.raises(ValueError, match="1 null value"):
+        columns_into([_chunked([1, None, 3], pa.uint16(), [])], np.zeros((1, 3), np.uint16))
+    with pytest.raises(TypeError, match="a uint32 column into a uint16 array"):
+        columns_into([pa.chunked_array([pa.array([1, 2], pa.uint32())])], np.zeros((1, 2), np.uint16))
+    with pytest.raises(ValueError, match="2 values for 3 rows"):
+        columns_into([pa.chunked_array([pa.array([1, 2], pa.uint16())])], np.zeros((1, 3), np.uint16))
+    with pytest.raises(ValueError, match="1 columns for 2 rows"):
+        columns_into([pa.chunked_array([pa.array([1, 2], pa.uint16())])], np.zeros((2, 2), np.uint16))
+
+
+def test_a_calibration_never_imports_pandas(small_dataset, tmp_path):
+    """pyarrow's to_numpy, pa.scalar and read_table import pandas (+45-56 MB in every worker): the run avoids them.
+
+    A fresh interpreter (this one may have pandas already), one worker, the default profile.
+    """
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = f"""
+import sys
+from arielstream import calibrate
+calibrate({str(small_dataset)!r}, {str(tmp_path / "out.h5")!r}, planets=None, jobs=1, progress=False,
+          log_file=False)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..layout import NONLINEARITY_ORDER, Instrument, Observation
-from .signal import damaged
+from .signal import columns_into, damaged
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarr
     if table.num_columns != columns or table.num_rows != rows:
         raise InputError(path, f"shape {table.num_rows} x {table.num_columns}, expected {rows} x {columns}")
     out = np.empty((rows, columns), dtype=bool if kind == "bool" else np.float64)
-    for j, column in enumerate(table.columns):
+    values = table.columns
+    for j, column in enumerate(values):
         t = column.type
         if kind == "bool" and not (pa.types.is_boolean(t) or pa.types.is_integer(t)):
             raise InputError(path, f"column {j} has type {t}, expected bool")
@@ -58,7 +59,11 @@ def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarr
             raise InputError(path, f"column {j} has type {t}, expected a number")
         if column.null_count:
             raise InputError(path, f"column {j} has {column.null_count} null value(s)")
-        out[:, j] = column.to_numpy()
+        try:
+            values[j] = column.cast(pa.from_numpy_dtype(out.dtype))  # (a no-op when it has the type)
+        except pa.ArrowInvalid as exc:
+            raise InputError(path, f"column {j} does not convert to {out.dtype}: {exc}") from None
+    columns_into(values, out.T)
     return out
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..layout import AIRS, AIRS_INTEGRATION_TIME, AIRS_WAVELENGTH_AXIS, FGS1, Instrument
+from .signal import columns_into
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ def read_adc_info(path: Path) -> dict[str, AdcConstants]:
 def _axis(table: pa.Table, name: str, path: Path) -> np.ndarray:
     if name not in table.column_names:
         raise InputError(path, f"column {name!r} missing")
-    values = table[name].to_numpy().astype(np.float64)
+    try:
+        column = table[name].cast(pa.float64())  # (nulls become NaN below, like the padding)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(path, f"column {name!r} is not a number column: {exc}") from None
+    values = columns_into([column], np.empty((1, len(column))))[0]
     values = values[~np.isnan(values)]  # NaN pads the shorter axes
     infinite = int(np.count_nonzero(np.isinf(values)))
     if infinite:
@@ -85,7 +90,9 @@ def read_axis_info(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.nd
     Each axis is a column of ``axis_info.parquet`` padded with NaN to the longest one.
     """
     try:
-        table = pq.read_table(path)
+        # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, which imports
+        # pandas (+56 MB RSS in every worker that reads the axes)
+        table = pq.ParquetFile(path, page_checksum_verification=True).read()
     except FileNotFoundError:
         raise InputError(path, "missing: the frame-time axes are needed to validate and bin the signal") from None
     except (pa.ArrowInvalid, OSError) as exc:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -62,6 +62,50 @@ MAX_CHUNK_BYTES = 64 * 10**6
 def damaged(exc: BaseException) -> str:
     """``" (page checksum mismatch: the file is damaged)"`` when pyarrow's error is a failed page CRC, else ``""``."""
     return " (page checksum mismatch: the file is damaged)" if "checksum" in str(exc).lower() else ""
+
+
+def columns_into(columns: Sequence[pa.ChunkedArray], out: np.ndarray) -> np.ndarray:
+    """Copy columns of ``out``'s type (uint16, float64 or bool) into the rows of ``out``: ``out[i]`` = column i.
+
+    Reads the chunks' buffers directly, without ``to_numpy``: pyarrow's conversion to numpy
+    goes through its pandas layer, which imports pandas on first use (+45 MB of RSS in every
+    worker, pyarrow 26; so do ``pa.scalar`` and ``fill_null``), and a chunked column's
+    ``to_numpy`` copies once more before the copy into ``out``. The caller casts the columns
+    first. Nulls become NaN in a float ``out`` and are refused otherwise.
+    """
+    arrow_type = pa.from_numpy_dtype(out.dtype)
+    dtype, size, packed = out.dtype, out.dtype.itemsize, out.dtype == np.bool_
+    if len(columns) != out.shape[0]:
+        raise ValueError(f"columns_into: {len(columns)} columns for {out.shape[0]} rows of out")
+    for row, column in zip(out, columns, strict=True):
+        if column.type != arrow_type:
+            raise TypeError(f"columns_into: a {column.type} column into a {dtype} array")
+        chunks = column.chunks
+        if len(chunks) == 1 and not packed and not column.null_count and len(chunks[0]) == row.shape[0]:
+            chunk = chunks[0]  # the common case: one chunk, no nulls (the loop below, shorter)
+            row[:] = np.frombuffer(chunk.buffers()[1], dtype, row.shape[0], chunk.offset * size)
+            continue
+        start = 0
+        for chunk in chunks:
+            n, offset = len(chunk), chunk.offset
+            validity, values = chunk.buffers()[:2]
+            if packed:
+                row[start:start + n] = _bits(values, offset, n)
+            elif n:
+                row[start:start + n] = np.frombuffer(values, dtype, n, offset * size)
+            if chunk.null_count:
+                if dtype.kind != "f":
+                    raise ValueError(f"columns_into: {chunk.null_count} null value(s) in a {dtype} column")
+                row[start:start + n][_bits(validity, offset, n) == 0] = np.nan
+            start += n
+        if start != row.shape[0]:
+            raise ValueError(f"columns_into: {start} values for {row.shape[0]} rows")
+    return out
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """Bits ``offset:offset + n`` of an Arrow bitmap (least significant bit first) as 0/1 bytes."""
+    return np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")[offset:offset + n]
 
 
 @dataclass(frozen=True)
@@ -206,17 +250,17 @@ class SignalFile:
         except (pa.ArrowException, OSError) as exc:
             raise InputError(self.path, f"{where} could not be decoded{damaged(exc)}: {exc}") from None
         out = np.empty((len(columns), table.num_rows), dtype=np.uint16)
-        for i, column in enumerate(table.columns):
+        values = table.columns
+        for i, column in enumerate(values):
             if column.null_count:
                 raise InputError(self.path, f"column {int(pixels[i])} has {column.null_count} null value(s) "
                                  f"in {where}")
             if self._needs_cast:
                 try:
-                    column = column.cast(pa.uint16())
+                    values[i] = column.cast(pa.uint16())
                 except pa.ArrowInvalid as exc:
                     raise InputError(self.path, f"column {int(pixels[i])} does not fit uint16: {exc}") from None
-            out[i] = column.to_numpy()
-        return out
+        return columns_into(values, out)
 
     def _reads(self, n_frames: int, rows_per_read: int) -> list[tuple[int, list[int]]]:
         """Consecutive row groups gathered into reads of at least ``rows_per_read`` frames."""
