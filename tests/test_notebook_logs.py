@@ -12,7 +12,7 @@ import pytest
 
 import arielstream
 from arielstream.cli import app
-from arielstream.run import runner
+from arielstream.run import budget, runner
 from arielstream.run.identity import code_version
 
 from .conftest import DATA_SAMPLES, REPO
@@ -22,7 +22,7 @@ PLANET = 73079497  # one visit in the committed samples
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     """``python -c code`` in a fresh process with pipes for its output (so no TTY: no progress bar)."""
-    environ = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"} | env
+    environ = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")} | env
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=environ,
                           timeout=600, stdin=subprocess.DEVNULL)
 
@@ -75,12 +75,64 @@ def test_import_changes_no_process_wide_setting():
     assert proc.stdout == reference.stdout  # the pool pyarrow picks by itself
 
 
-def test_a_run_uses_the_system_allocator_and_gives_the_caller_its_pool_back():
+def test_a_run_uses_the_system_allocator_and_gives_the_caller_its_pool_back(monkeypatch):
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "3")  # the user's own: kept
     before = pyarrow.default_memory_pool().backend_name
-    with runner._arrow_pool_kept():
+    with runner._worker_environment():
         runner._system_arrow_pool()  # what every task does first
         assert pyarrow.default_memory_pool().backend_name == "system"
+        assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"  # what workers started now inherit
+        assert os.environ["MALLOC_ARENA_MAX"] == "3"
     assert pyarrow.default_memory_pool().backend_name == before
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and os.environ["MALLOC_ARENA_MAX"] == "3"
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    with runner._worker_environment():
+        assert os.environ["MALLOC_ARENA_MAX"] == str(budget.MALLOC_ARENAS)
+    assert "MALLOC_ARENA_MAX" not in os.environ
+
+
+def test_import_loads_no_numerical_library_and_the_command_chooses_its_allocators_first():
+    """``import arielstream`` is light (PEP 562); the command sets Arrow's pool before pyarrow loads."""
+    proc = _python("import sys, arielstream; print(sorted(m for m in ('numpy', 'pyarrow', 'h5py', 'numba') "
+                   "if m in sys.modules)); arielstream.calibrate; print('pyarrow' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[]", "True"]
+    command = "import arielstream.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    assert _python(command).stdout.strip() == "system"
+    assert _python(command, ARROW_DEFAULT_MEMORY_POOL="mimalloc").stdout.strip() == "mimalloc"  # the user's kept
+
+
+def test_capped_malloc_arenas_keep_new_threads_from_reserving_address_space():
+    """glibc gives each new thread an arena of its own (64 MB of address space); capped, threads share one."""
+    code = """
+import ctypes, sys, threading
+from arielstream.run import budget
+if sys.argv[1] == "capped":
+    assert budget.limit_malloc_arenas()
+malloc = ctypes.CDLL("libc.so.6").malloc
+def vm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
+before = vm()
+together = threading.Barrier(7)  # all six alive at once, each after its first malloc
+def work():
+    malloc(1000)
+    together.wait()
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+together.wait()
+print(vm() - before)
+together.wait()
+"""
+    grown = {}
+    for mode in ("capped", "default"):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, cwd=REPO,
+                              timeout=120, env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"})
+        assert proc.returncode == 0, proc.stderr
+        grown[mode] = int(proc.stdout)
+    # six thread stacks either way; by default (8 arenas per core) each thread its own 64 MB arena too
+    assert grown["default"] - grown["capped"] >= 3 * 64 * 2**20, grown
 
 
 def test_star_import_keeps_the_builtin_open():

@@ -319,16 +319,40 @@ def release_memory() -> None:
     pyarrow = sys.modules.get("pyarrow")
     if pyarrow is not None:
         pyarrow.default_memory_pool().release_unused()
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
+# glibc gives every new thread a malloc arena of its own, up to 8 per core, each reserving 64 MB of
+# address space and keeping its own freed pages: one arena held a full-size observation's peak at
+# 281-282 MB against 300-304 MB (2 cores, one worker, 3 runs each, no time cost; BENCHMARKS.md), and
+# keeps the address space a run reserves from growing with its threads. Applied to the command's
+# process (mallopt) and to the workers a run starts (the environment); a value the user set wins.
+MALLOC_ARENAS = 1
+ARENA_ENV = "MALLOC_ARENA_MAX"
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas() -> bool:
+    """Cap this process's malloc arenas at :data:`MALLOC_ARENAS` (arenas made from now on); True when done.
+
+    Nothing where the user set ``MALLOC_ARENA_MAX`` (glibc read it at start) or glibc is absent.
+    Process-wide: called by the command line for its own process, never by a library call.
+    """
+    if ARENA_ENV in os.environ:
+        return False
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+
+
+@functools.cache
+def _libc_function(name: str):
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+

@@ -84,6 +84,8 @@ from ..layout import AIRS, INSTRUMENTS, Instrument, Observation, discover_observ
 from ..units import format_bytes, parse_bytes
 from . import identity
 from .budget import (
+    ARENA_ENV,
+    MALLOC_ARENAS,
     WorkerPlan,
     address_headroom,
     available_cores,
@@ -518,27 +520,27 @@ ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 @contextlib.contextmanager
-def _arrow_pool_kept() -> Iterator[None]:
-    """For the run only: the system allocator for workers started now, and the caller's pool back after.
+def _worker_environment() -> Iterator[None]:
+    """For the run only: the allocators of workers started now, and the caller's pool back after.
 
-    Worker processes get ``ARROW_DEFAULT_MEMORY_POOL=system`` in the environment they
-    inherit: switching the pool inside an already started worker
-    (:func:`_system_arrow_pool`) leaves what pyarrow allocated at import in mimalloc,
-    and measured ~40 MB more per worker (the tree budget test). A value the user set is
-    kept; the variable and the caller's own pool (tasks run here with ``--jobs 1``) are
-    restored when the run ends.
+    Worker processes inherit ``ARROW_DEFAULT_MEMORY_POOL=system``: switching the pool
+    inside an already started worker (:func:`_system_arrow_pool`) leaves what pyarrow
+    allocates in its C++ internals in mimalloc, and measured ~40 MB more per worker (the
+    tree budget test). They inherit ``MALLOC_ARENA_MAX`` too (:data:`budget.MALLOC_ARENAS`),
+    which glibc reads when a process starts. Values the user set are kept; the variables and
+    the caller's own pool (tasks run here with ``--jobs 1``) are restored when the run ends.
     """
     import pyarrow
 
     pool = pyarrow.default_memory_pool()
-    had = os.environ.get(ARROW_POOL_ENV)
-    if had is None:
-        os.environ[ARROW_POOL_ENV] = "system"
+    ours = {ARROW_POOL_ENV: "system", ARENA_ENV: str(MALLOC_ARENAS)}
+    set_here = [name for name in ours if name not in os.environ]
+    os.environ.update({name: ours[name] for name in set_here})
     try:
         yield
     finally:
-        if had is None:
-            os.environ.pop(ARROW_POOL_ENV, None)
+        for name in set_here:
+            os.environ.pop(name, None)
         pyarrow.set_memory_pool(pool)
 
 
@@ -654,7 +656,7 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
         stack.enter_context(_log_file(job.output, options.log_file))
         _report_dropped(job)
         stack.enter_context(_stop_on_signals())
-        stack.enter_context(_arrow_pool_kept())
+        stack.enter_context(_worker_environment())
         # planned before the layout: a budget or an address-space limit the run cannot use leaves nothing behind
         plan = plan_run(options, budget, len(job.observations), chunk_bytes)
         layouts = list(job.layouts.values())
