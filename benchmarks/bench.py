@@ -199,10 +199,20 @@ MEASURES = {"floor": measure_floor, "arielstream": measure_arielstream, "noteboo
 
 
 def _child(kind: str, *args, env: dict[str, str] | None = None) -> dict:
+    """One measurement in a fresh process.
+
+    Every process but the notebook's starts with the allocators a worker of a run starts
+    with (Arrow's system pool, one malloc arena: ``runner._worker_environment``), which
+    the command line also sets for its own process; the notebook keeps the defaults.
+    """
+    from arielstream.run.budget import ARENA_ENV, MALLOC_ARENAS
+    from arielstream.run.runner import ARROW_POOL_ENV
+
+    worker = {} if kind == "notebook" else {ARROW_POOL_ENV: "system", ARENA_ENV: str(MALLOC_ARENAS)}
     code = ("import json, sys; from benchmarks.bench import MEASURES; "
             f"print('@@' + json.dumps(MEASURES[{kind!r}](*json.loads(sys.argv[1]))))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                          env={**os.environ, "PYTHONPATH": str(REPO), **worker, **(env or {})})
     if proc.returncode:
         raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.split("@@")[-1])

@@ -84,6 +84,14 @@ def test_memory_exhaustion_in_all_its_forms_is_recognised_and_corruption_is_not(
     assert not budget.is_out_of_memory(corrupt)
 
 
+def test_a_library_that_cannot_be_mapped_is_out_of_memory_only_under_an_address_space_limit(monkeypatch):
+    failed = OSError("/x/libllvmlite.so: failed to map segment from shared object")  # dlopen's words
+    monkeypatch.setattr(budget, "address_space_limit", lambda: 500 * 2**20)
+    assert budget.is_out_of_memory(failed)
+    monkeypatch.setattr(budget, "address_space_limit", lambda: None)
+    assert not budget.is_out_of_memory(failed)  # e.g. a noexec mount: not memory
+
+
 def test_an_address_space_limit_too_small_exits_71_before_anything_is_written_and_the_limit_it_names_runs(tmp_path):
     """900 MB is refused by the plan, before the layout; the limit its message asks for runs to the end.
 

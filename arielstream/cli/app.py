@@ -135,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
+        # (in the try: it loads the numerical libraries, which a tight ulimit -v can make fail)
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         return args.handler(args)
     except (KeyboardInterrupt, RunInterrupted) as exc:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)

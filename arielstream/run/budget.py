@@ -129,6 +129,8 @@ def out_of_memory_cause(exc: BaseException) -> BaseException | None:
         text = str(current).lower()
         if any(marker in text for marker in OUT_OF_MEMORY_MESSAGES):
             return current
+        if "failed to map segment" in text and address_space_limit() is not None:
+            return current  # dlopen of a library (numba's LLVM) under ulimit -v; elsewhere e.g. a noexec mount
         current = current.__cause__ or current.__context__
     return None
 
