@@ -39,11 +39,12 @@ PROCESS_RESERVE_BYTES = 64 * 10**6
 # kernel with gigabytes of its own data is counted once, as the coordinator, not once per worker.
 WORKER_PROCESS_BYTES = 240 * 10**6
 # Under an address-space limit (ulimit -v, RLIMIT_AS) a process reserves several times what it
-# holds: thread stacks and malloc arenas, mapped libraries, allocator pools. How much it reserves
-# grows with the limit (arenas are taken while they fit), so the address space in use says little;
-# the plan scales what the process holds instead. Measured on the samples (200 MB resident before
-# data, 2 threads): 1.1 GiB aborts in glibc ("cannot allocate memory for thread-local data"),
-# 1.2 GiB runs (1186 MB of address space at the peak under a 1.4 GiB limit).
+# holds: thread stacks, malloc arenas, mapped libraries, allocator pools; the plan scales what the
+# process holds. With the command's allocators (Arrow's system pool, one arena: MALLOC_ARENAS) a run on
+# the samples peaks at 0.62-0.65 GB of address space for ~165 MB resident before data, and the plan asks
+# for ~1 GB. Before them (mimalloc reserves 1 GiB, every thread's arena 64 MB) it reached ~2 GB, and a
+# 1000 MB limit the plan accepted could abort in glibc ("cannot allocate memory for thread-local data").
+# A process that calibrates in the caller's Python (jobs=1 from a notebook) keeps the caller's allocators.
 ADDRESS_SPACE_PER_RESIDENT_BYTE = 4
 THREAD_STACK_BYTES = 8 * 2**20
 # What out-of-memory looks like when it does not arrive as MemoryError (Arrow, numpy, C++, glibc).
