@@ -12,7 +12,7 @@
 # the command line (arielstream.cli) can choose Arrow's allocator before pyarrow starts.
 from __future__ import annotations
 
-import importlib
+import importlib as _importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -40,7 +40,7 @@ __all__ = ["__version__", "CalibrationConfig", "build_config", "load_config", "c
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
     globals()[name] = value  # once: later lookups do not come here
     return value
 

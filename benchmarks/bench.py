@@ -70,7 +70,7 @@ def measure_floor(data: str, planet: int | list[int], how: str) -> dict:
     run is (:func:`measure_arielstream`): a process's first decode pays ~0.25 s of
     one-time start-up (Arrow's thread pool, first allocations) that a batch pays once.
     A list of planets: every visit of each, and the seconds are per observation.
-    Columns reach numpy as views of Arrow's buffers (:func:`columns_into`), not through
+    Columns are copied to numpy from Arrow's buffers (:func:`columns_into`), not through
     ``to_numpy``, which imports pandas (+45 MB) and copies once more; the process
     imports arielstream (for its file layout), so its peak RSS includes those imports.
     """

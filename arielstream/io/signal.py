@@ -81,17 +81,19 @@ def columns_into(columns: Sequence[pa.ChunkedArray], out: np.ndarray) -> np.ndar
         if column.type != arrow_type:
             raise TypeError(f"columns_into: a {column.type} column into a {dtype} array")
         chunks = column.chunks
-        if len(chunks) == 1 and not packed and not column.null_count and len(chunks[0]) == row.shape[0]:
+        if len(chunks) == 1 and not packed and not column.null_count and len(chunks[0]) == row.shape[0] > 0:
             chunk = chunks[0]  # the common case: one chunk, no nulls (the loop below, shorter)
             row[:] = np.frombuffer(chunk.buffers()[1], dtype, row.shape[0], chunk.offset * size)
             continue
         start = 0
         for chunk in chunks:
             n, offset = len(chunk), chunk.offset
+            if n == 0:  # (its buffers may be absent)
+                continue
             validity, values = chunk.buffers()[:2]
             if packed:
                 row[start:start + n] = _bits(values, offset, n)
-            elif n:
+            else:
                 row[start:start + n] = np.frombuffer(values, dtype, n, offset * size)
             if chunk.null_count:
                 if dtype.kind != "f":
