@@ -50,7 +50,7 @@ def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarr
     if table.num_columns != columns or table.num_rows != rows:
         raise InputError(path, f"shape {table.num_rows} x {table.num_columns}, expected {rows} x {columns}")
     out = np.empty((rows, columns), dtype=bool if kind == "bool" else np.float64)
-    values = table.columns
+    values, arrow_type = table.columns, pa.from_numpy_dtype(out.dtype)
     for j, column in enumerate(values):
         t = column.type
         if kind == "bool" and not (pa.types.is_boolean(t) or pa.types.is_integer(t)):
@@ -60,7 +60,8 @@ def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarr
         if column.null_count:
             raise InputError(path, f"column {j} has {column.null_count} null value(s)")
         try:
-            values[j] = column.cast(pa.from_numpy_dtype(out.dtype))  # (a no-op when it has the type)
+            if t != arrow_type:
+                values[j] = column.cast(arrow_type)
         except pa.ArrowInvalid as exc:
             raise InputError(path, f"column {j} does not convert to {out.dtype}: {exc}") from None
     columns_into(values, out.T)
