@@ -1,7 +1,7 @@
-"""``python -m arielstream``: the command-line interface (:mod:`arielstream.cli.app`)."""
+"""``python -m arielstream``: the command-line interface (:mod:`arielstream.cli`)."""
 
 import sys
 
-from .cli.app import main
+from .cli import main
 
 sys.exit(main())

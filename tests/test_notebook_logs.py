@@ -98,9 +98,15 @@ def test_import_loads_no_numerical_library_and_the_command_chooses_its_allocator
                    "if m in sys.modules)); arielstream.calibrate; print('pyarrow' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["[]", "True"]
-    command = "import arielstream.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
-    assert _python(command).stdout.strip() == "system"
-    assert _python(command, ARROW_DEFAULT_MEMORY_POOL="mimalloc").stdout.strip() == "mimalloc"  # the user's kept
+    imported = ("import sys, os, arielstream.cli; "
+                "print('pyarrow' in sys.modules, 'ARROW_DEFAULT_MEMORY_POOL' in os.environ)")
+    assert _python(imported).stdout.strip() == "False False"  # importing the command changes nothing
+    command = ("import contextlib, arielstream.cli\n"
+               "with contextlib.suppress(SystemExit): arielstream.cli.main(['--version'])\n"
+               "import pyarrow\n"
+               "print(pyarrow.default_memory_pool().backend_name)")
+    assert _python(command).stdout.split()[-1] == "system"
+    assert _python(command, ARROW_DEFAULT_MEMORY_POOL="mimalloc").stdout.split()[-1] == "mimalloc"  # the user's kept
 
 
 def test_capped_malloc_arenas_keep_new_threads_from_reserving_address_space():
