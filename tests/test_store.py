@@ -78,3 +78,17 @@ def test_readers_open_one_way_and_name_the_file(output, tmp_path):
     text_file.write_text("not HDF5")
     with pytest.raises(InputError, match=rf"^{text_file}: cannot read: not a readable HDF5 file"):
         store.open_readable(text_file)
+
+
+def test_the_owner_token_is_read_as_another_process_left_it_through_its_map(tmp_path):
+    """``owner`` reads the bytes (no map of its own): it must see a write made through a map, unflushed."""
+    path = tmp_path / "fields.bin"
+    path.write_bytes(b"\0" * 64 + np.zeros(5, "<i8").tobytes())
+    descriptors = {store.OWNER: store.ArrayDescriptor(str(path), 64, (5,), "<i8")}
+    assert [store.owner(descriptors, i) for i in range(5)] == [0] * 5
+    writer = descriptors[store.OWNER].open(3)
+    writer[()] = 2**62 + 5  # as a worker's write_field does, through a shared map
+    assert store.owner(descriptors, 3) == 2**62 + 5 and store.owner(descriptors, 2) == 0
+    del writer
+    with pytest.raises(IndexError):
+        store.owner(descriptors, 5)

@@ -747,11 +747,23 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
 
 
 def owner(descriptors: dict[str, ArrayDescriptor], index: int) -> int:
-    """The owner token of observation ``index``: who may write it now (0: nobody)."""
-    mm = descriptors[OWNER].open(index, mode="r")
-    value = int(mm[()])
-    del mm
-    return value
+    """The owner token of observation ``index``: who may write it now (0: nobody).
+
+    Read with one ``pread`` of its bytes, not a memory map: a worker asks after every chunk
+    (~110 times per observation), and mapping cost ~0.25 ms a time. A read sees what other
+    processes wrote through their maps (the same page cache).
+    """
+    d = descriptors[OWNER]
+    if not 0 <= index < d.shape[0]:
+        raise IndexError(f"observation {index} outside 0..{d.shape[0] - 1}")
+    fd = os.open(d.path, os.O_RDONLY)
+    try:
+        raw = os.pread(fd, d.item_bytes, d.offset + index * d.item_bytes)
+    finally:
+        os.close(fd)
+    if len(raw) != d.item_bytes:
+        raise OSError(f"{d.path}: owner field of observation {index} cut short")
+    return int(np.frombuffer(raw, dtype=d.dtype)[0])
 
 
 def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, message: str) -> None:
