@@ -223,17 +223,16 @@ class InstrumentArrays:
 
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
                          layout: InstrumentLayout, outputs: dict[str, ArrayDescriptor], index: int,
-                         budget: int, arrays: InstrumentArrays, reader: SignalFile,
-                         checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                         budget: int, checkpoint: Callable[[], None] = lambda: None,
+                         masters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Calibrate one instrument of one observation into its output slice; return its provenance.
 
-    ``arrays`` (:func:`prepare_arrays`) and ``reader``, its open signal file, come from
-    the caller (:func:`calibrate_observation`).
     ``checkpoint`` is called after every chunk and before the writes: it may raise
     to abandon the observation (a worker whose coordinator died, a revoked attempt).
     """
     t0 = time.perf_counter()
-    cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, reader, budget, checkpoint)
+    arrays = prepare_arrays(obs, inst, info, config, layout, masters)
+    cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, budget, checkpoint)
     products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status)
     counts["cosmic_ray_samples"] = n_cosmic
     checkpoint()
@@ -285,9 +284,9 @@ def outlier_options(config: CalibrationConfig) -> dict[str, Any]:
 
 
 def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
-           layout: InstrumentLayout, arrays: InstrumentArrays, reader: SignalFile, budget: int,
+           layout: InstrumentLayout, arrays: InstrumentArrays, budget: int,
            checkpoint: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
-    """The signal file ``reader``, chunk by chunk, through the kernels into the binned cube.
+    """The signal file, chunk by chunk, through the kernels into the binned cube.
 
     Returns the ``(t, x, y)`` float32 cube (unusable pixels NaN when
     ``bad_pixels="nan"``), the ``(t, x, y)`` uint8 time-resolved quality plane (cosmic
@@ -301,6 +300,7 @@ def stream(obs: Observation, inst: Instrument, info: DatasetInfo, config: Calibr
     n_used = layout.n_bins * fpb
     temporal = runs(status, "cosmic_rays")
     whole_series = temporal and config.cr_method == "series"  # "bin" needs whole bins only: it streams
+    reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
     plan = plan_chunks(len(sel.pixels), sel.per_row, reader.row_group_rows, n_used, fpb, budget,
                        whole_series=whole_series)
     log.debug("%s %s: %s", obs.label, inst.name, plan.describe())
@@ -469,14 +469,9 @@ def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, confi
         check_observation_inputs(manifest, obs, info.root, config.instruments, config.master_calibration == "planet")
     provenance: dict[str, Any] = {"engine": str(engine.current())}
     for name in config.instruments:
-        # opened here, one after the other: opening the next instrument in threads while this one streams
-        # saved ~0.05 s per observation but cost each worker 10-18 MB beyond its memory plan (BENCHMARKS.md)
         inst = INSTRUMENTS[name]
-        arrays = prepare_arrays(obs, inst, info, config, layouts[name], masters)
-        reader = SignalFile(obs.signal_path(inst), inst, info.n_frames(inst))
         prefix = f"{name}/"
         outputs = {key[len(prefix):]: d for key, d in descriptors.items() if key.startswith(prefix)}
         provenance[name] = calibrate_instrument(obs, inst, info, config, layouts[name], outputs, index, budget,
-                                                arrays, reader, checkpoint)
-        del arrays, reader  # the AIRS footer (~35 MB) is not held while FGS1 streams
+                                                checkpoint, masters)
     return provenance
