@@ -230,14 +230,15 @@ class SignalFile:
             raise InputError(self.path, f"{meta.num_columns} columns, expected {inst.pixels} "
                              f"(one per pixel of a {inst.rows} x {inst.columns} {inst.name} frame)")
         types = schema.types  # (checked per distinct type: a loop over 11,392 fields cost ~12 ms per open)
-        refused = [types.index(t) for t in set(types) if not pa.types.is_integer(t)]
+        distinct = set(types)
+        refused = [types.index(t) for t in distinct if not pa.types.is_integer(t)]
         if refused:
             i = min(refused)  # the first column of a refused type
             raise InputError(self.path, f"column {i} ({schema.field(i).name!r}) has type {types[i]}, expected uint16")
         self.names = schema.names
         if len(set(self.names)) != len(self.names):
             raise InputError(self.path, "duplicate column names; columns are addressed by position and name")
-        self._needs_cast = set(types) != {pa.uint16()}
+        self._needs_cast = distinct != {pa.uint16()}
         self.n_frames = meta.num_rows
         if expected_frames is not None and self.n_frames != expected_frames:
             raise InputError(self.path, f"{self.n_frames} frames, but axis_info.parquet lists {expected_frames} "

@@ -209,14 +209,17 @@ class ArrayDescriptor:
         """Bytes of one observation's slice (the first axis indexes observations)."""
         return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
+    def item_offset(self, index: int) -> int:
+        """Where observation ``index``'s slice starts in the file (bytes); IndexError outside the first axis."""
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"observation {index} outside 0..{self.shape[0] - 1}")
+        return self.offset + index * self.item_bytes
+
     def open(self, index: int | None = None, mode: Literal["r", "r+"] = "r+") -> np.memmap:
         """Map the whole dataset, or only observation ``index`` (its first axis)."""
         if index is None:
             return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape)
-        if not 0 <= index < self.shape[0]:
-            raise IndexError(f"observation {index} outside 0..{self.shape[0] - 1}")
-        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset + index * self.item_bytes,
-                         shape=self.shape[1:])
+        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.item_offset(index), shape=self.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -754,11 +757,10 @@ def owner(descriptors: dict[str, ArrayDescriptor], index: int) -> int:
     processes wrote through their maps (the same page cache).
     """
     d = descriptors[OWNER]
-    if not 0 <= index < d.shape[0]:
-        raise IndexError(f"observation {index} outside 0..{d.shape[0] - 1}")
+    where = d.item_offset(index)
     fd = os.open(d.path, os.O_RDONLY)
     try:
-        raw = os.pread(fd, d.item_bytes, d.offset + index * d.item_bytes)
+        raw = os.pread(fd, d.item_bytes, where)
     finally:
         os.close(fd)
     if len(raw) != d.item_bytes:

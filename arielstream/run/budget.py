@@ -357,5 +357,3 @@ def _libc_function(name: str):
         return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-
-
