@@ -112,9 +112,9 @@ def test_import_loads_no_numerical_library_and_the_command_chooses_its_allocator
 def test_capped_malloc_arenas_keep_new_threads_from_reserving_address_space():
     """glibc gives each new thread an arena of its own (64 MB of address space); capped, threads share one."""
     code = """
-import ctypes, sys, threading
+import ctypes, threading
 from arielstream.run import budget
-if sys.argv[1] == "capped":
+if MODE == "capped":
     assert budget.limit_malloc_arenas()
 malloc = ctypes.CDLL("libc.so.6").malloc
 def vm():
@@ -133,8 +133,7 @@ together.wait()
 """
     grown = {}
     for mode in ("capped", "default"):
-        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, cwd=REPO,
-                              timeout=120, env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"})
+        proc = _python(f"MODE = {mode!r}" + code)
         assert proc.returncode == 0, proc.stderr
         grown[mode] = int(proc.stdout)
     # six thread stacks either way; by default (8 arenas per core) each thread its own 64 MB arena too
