@@ -21,12 +21,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import InputError
-
-if TYPE_CHECKING:  # only for the annotation: the data layout does not depend on the config
-    from .config.options import CalibrationConfig
 
 CALIBRATION_NAMES = ("dark", "dead", "flat", "read", "linear_corr")
 NONLINEARITY_ORDER = 6  # coefficients c0..c5, lowest order first
@@ -79,10 +76,28 @@ AIRS_INTEGRATION_TIME = "AIRS-CH0-integration_time"
 AIRS_CUT = (39, 321)
 FGS1_WAVELENGTH_UM = 0.7  # wl_1 of wavelengths.csv
 
+# Parquet codecs the signal and calibration files may be written with (``arielstream simulate --compression``;
+# here, not in the simulator, so that the command's parser does not load it)
+COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
 _SIGNAL_RE = re.compile(rf"^(?P<inst>{'|'.join(map(re.escape, INSTRUMENTS))})_signal_(?P<visit>\d+)\.parquet$")
 
 
-def frames_per_bin(config: CalibrationConfig, instrument: str | Instrument) -> int:
+class Binning(Protocol):
+    """What :func:`frames_per_bin` reads of a config (:class:`arielstream.config.options.CalibrationConfig`).
+
+    The data layout does not depend on the config: the config's module imports this one.
+    """
+
+    @property
+    def cds(self) -> bool:
+        """Whether a sample is the difference of two frames (CDS) or one frame."""
+
+    def bin_width(self, instrument: str) -> int:
+        """Samples summed into one time bin of ``instrument``."""
+
+
+def frames_per_bin(config: Binning, instrument: str | Instrument) -> int:
     """Raw frames (reads) summed into one output time bin of ``instrument`` under ``config``.
 
     ``config.bin_width`` samples per bin (1 without time binning), each sample

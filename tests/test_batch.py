@@ -29,8 +29,9 @@ from arielstream.cli.app import (
     EXIT_TERMINATED,
 )
 from arielstream.io import store
+from arielstream.io.output import OutputFiles
 from arielstream.layout import discover_observations
-from arielstream.run.lifecycle import RunLock, partial_path
+from arielstream.run.lifecycle import RunLock
 
 from .conftest import DATA_SAMPLES, REPO
 
@@ -122,7 +123,7 @@ def test_rerun_after_success_changes_nothing(clean_run, tmp_path):
     code, stdout, _ = calibrate_cli(out, "--jobs", "1")
     assert code == 0 and "already complete" in stdout and "nothing to do" in stdout
     assert (out.stat().st_mtime_ns, out.read_bytes()) == before
-    assert not partial_path(out).exists()
+    assert not OutputFiles.of(out).partial.exists()
 
 
 def test_changed_config_is_refused_unless_forced(clean_run, tmp_path):
@@ -168,8 +169,8 @@ def test_a_killed_coordinator_leaves_a_readable_file_and_the_rerun_finishes_it(c
     out = tmp_path / "o.h5"
     code, _, _ = calibrate_cli(out, "--jobs", jobs, env={"ARIELSTREAM_FAULT": "kill-coordinator:1"})
     assert code == -signal.SIGKILL
-    assert not out.exists() and partial_path(out).exists()
-    assert (statuses(partial_path(out)) == 1).sum() >= 1  # h5py opens it; what was done is recorded
+    assert not out.exists() and OutputFiles.of(out).partial.exists()
+    assert (statuses(OutputFiles.of(out).partial) == 1).sum() >= 1  # h5py opens it; what was done is recorded
     code, stdout, stderr = calibrate_cli(out, "--jobs", jobs)
     assert code == 0, stderr
     assert "resume" in stderr
@@ -252,7 +253,7 @@ def test_sigterm_or_sighup_stops_keeps_what_is_done_releases_the_lock_and_resume
     assert proc.returncode == exit_code, stderr
     assert "run the same command to resume" in stderr
     assert f"interrupted by {signum.name}" in stderr and "Traceback" not in stderr
-    assert list(statuses(partial_path(out))) == [1, 1, 0]  # the one interrupted is pending, not "running"
+    assert list(statuses(OutputFiles.of(out).partial)) == [1, 1, 0]  # the one interrupted is pending, not "running"
     with RunLock(out):  # the lock was released
         pass
     code, _, stderr = calibrate_cli(out, "--jobs", "1")
@@ -275,7 +276,7 @@ def test_ctrl_c_on_the_terminal_stops_keeps_what_is_done_and_resumes(clean_run, 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "run the same command to resume" in stderr and "Traceback" not in stderr
-    status = statuses(partial_path(out))
+    status = statuses(OutputFiles.of(out).partial)
     assert (status == 1).sum() >= 1 and status[2] == 0 and not (status == 3).any()
     with RunLock(out):
         pass
@@ -302,7 +303,7 @@ def test_a_second_run_on_the_same_output_refuses_at_once(tmp_path):
         if first.poll() is None:
             first.kill()
     assert first.returncode == EXIT_TERMINATED
-    assert list(statuses(partial_path(out))) == [1, 1, 0]
+    assert list(statuses(OutputFiles.of(out).partial)) == [1, 1, 0]
 
 
 def test_a_file_size_limit_fails_cleanly_before_any_worker_starts(tmp_path):
@@ -315,7 +316,8 @@ def test_a_file_size_limit_fails_cleanly_before_any_worker_starts(tmp_path):
     assert code == EXIT_CANTCREAT, stderr
     assert "o.h5.partial.new: cannot create the output file" in stderr and "File too large" in stderr
     assert "Traceback" not in stderr and "worker" not in stderr.split("cannot")[0]
-    assert not out.exists() and not partial_path(out).exists() and not (tmp_path / "o.h5.partial.new").exists()
+    assert not out.exists() and not OutputFiles.of(out).partial.exists()
+    assert not (tmp_path / "o.h5.partial.new").exists()
 
 
 def _tree_rss(pid: int) -> int:
@@ -404,10 +406,10 @@ def test_coordinator_deaths_are_not_blamed_on_the_observations_of_its_workers(cl
     for _ in range(3):  # three coordinators killed while a worker was mid-observation (the same one)
         hanging.unlink(missing_ok=True)
         proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "2", "--no-progress", "--force"
-                         if not partial_path(out).exists() else "--no-log-file", env=hang(2, hanging))
+                         if not OutputFiles.of(out).partial.exists() else "--no-log-file", env=hang(2, hanging))
         try:
             _wait_until_hanging(proc, hanging)
-            assert statuses(partial_path(out))[2] == 3
+            assert statuses(OutputFiles.of(out).partial)[2] == 3
         finally:
             proc.kill()
             proc.communicate()

@@ -36,9 +36,9 @@ from arielstream.cli.exits import (
 from arielstream.errors import InputError, OutOfMemoryError, OutputError
 from arielstream.io import store
 from arielstream.io.dataset import read_axis_info
+from arielstream.io.output import OutputFiles
 from arielstream.layout import Observation
 from arielstream.run import budget, lifecycle, runner
-from arielstream.run.lifecycle import partial_path
 from arielstream.units import parse_bytes
 
 from .conftest import DATA_SAMPLES, REPO
@@ -111,7 +111,7 @@ def test_an_address_space_limit_too_small_exits_71_before_anything_is_written_an
     assert "arielstream: out of memory" in stderr and "Traceback" not in stderr
     assert "parquet" not in stderr.split("out of memory")[1].lower()  # no input blamed
     assert "the address-space limit (ulimit -v) of" in stderr
-    assert not out.exists() and not partial_path(out).exists() and leftovers(tmp_path, out) == []
+    assert not out.exists() and not OutputFiles.of(out).partial.exists() and leftovers(tmp_path, out) == []
     needed = re.search(r"it needs at least ([0-9.]+ [kMG]B)", stderr)
     assert needed, stderr
     code, _, stderr = limited(int(parse_bytes(needed.group(1)) * 1.05))  # (5 %: this process may measure a bit more)
@@ -187,7 +187,7 @@ def test_a_full_disk_while_publishing_a_retry_exits_73_leaves_the_output_as_it_w
     capsys.readouterr()
     assert cli.main(args) == EXIT_CANTCREAT
     stderr = capsys.readouterr().err
-    assert f"{lifecycle.parts_dir(out)}: cannot publish the extended output" in stderr
+    assert f"{OutputFiles.of(out).parts}: cannot publish the extended output" in stderr
     assert "No space left on device" in stderr and "Traceback" not in stderr
     assert out.read_bytes() == published  # readers still see the published output, untouched
     assert leftovers(tmp_path, out) == ["o.h5.partial", "o.h5.parts"]  # the retried observation, kept for the rerun
@@ -231,10 +231,10 @@ def test_an_io_error_while_publishing_exits_73_keeps_the_partial_whole_and_the_r
     stderr = capsys.readouterr().err
     assert f"{out}: cannot publish o.h5.partial: [Errno 5] Input/output error" in stderr
     assert "Traceback" not in stderr and not out.exists()
-    assert list(statuses(partial_path(out))) == [1, 1, 1]
+    assert list(statuses(OutputFiles.of(out).partial)) == [1, 1, 1]
     monkeypatch.undo()
     assert cli.main(args) == EXIT_OK
-    assert same_bytes(out, clean_run) and not partial_path(out).exists()
+    assert same_bytes(out, clean_run) and not OutputFiles.of(out).partial.exists()
 
 
 def test_an_io_error_on_a_memmap_flush_stops_the_run_with_73_and_the_rerun_resumes(tmp_path, monkeypatch,
@@ -252,9 +252,9 @@ def test_an_io_error_on_a_memmap_flush_stops_the_run_with_73_and_the_rerun_resum
     monkeypatch.setattr(np.memmap, "flush", flush)
     assert cli.main(args) == EXIT_CANTCREAT
     stderr = capsys.readouterr().err
-    assert f"{partial_path(out)}: cannot write the output file: [Errno 5] Input/output error" in stderr
+    assert f"{OutputFiles.of(out).partial}: cannot write the output file: [Errno 5] Input/output error" in stderr
     assert "Traceback" not in stderr and not out.exists()
-    done = statuses(partial_path(out))
+    done = statuses(OutputFiles.of(out).partial)
     assert 1 in done and 2 not in done  # work kept, no observation blamed
     monkeypatch.undo()
     assert cli.main(args) == EXIT_OK
@@ -376,7 +376,7 @@ def test_a_reader_holding_the_partial_open_for_writing_is_a_lock_conflict(tmp_pa
     assert cli.main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1"]) == \
         EXIT_CANTCREAT
     monkeypatch.undo()
-    with h5py.File(partial_path(out), "r+"):
+    with h5py.File(OutputFiles.of(out).partial, "r+"):
         code, _, stderr = calibrate_cli(out, "--jobs", "1")
     assert code == EXIT_TEMPFAIL, stderr
     assert "another process holds it open for writing" in stderr and "does not open as HDF5" not in stderr

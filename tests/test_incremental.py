@@ -22,8 +22,9 @@ import pytest
 import arielstream
 from arielstream.cli.exits import EXIT_CONFIG, EXIT_FAILURES, EXIT_NOINPUT, EXIT_OK
 from arielstream.io import store
+from arielstream.io.output import OutputFiles
 from arielstream.run import identity
-from arielstream.run.lifecycle import ConfigMismatchError, next_index_path, partial_path, parts_dir
+from arielstream.run.lifecycle import ConfigMismatchError
 from arielstream.simulate.dataset import simulate_dataset
 
 from .test_batch import run_cli, same_bytes
@@ -74,7 +75,10 @@ def grow(pool, data: Path) -> None:
 
 
 def observation_bytes(path: Path, inputs: bool = True) -> dict[tuple[int, int], bytes]:
-    """Each observation's stored bytes: its cubes and DQ planes, then its checksum, provenance (and inputs)."""
+    """Each observation's stored bytes: its cubes and DQ planes, its provenance, then its inputs and checksum.
+
+    ``inputs=False`` leaves out the inputs and the checksum, which covers them (store.checksum).
+    """
     descriptors = store.read_descriptors(path)
     with h5py.File(path, "r") as f:
         keys = list(zip(f["planet_id"][()].tolist(), f["visit"][()].tolist(), strict=True))
@@ -83,9 +87,26 @@ def observation_bytes(path: Path, inputs: bool = True) -> dict[tuple[int, int], 
         chunks = [np.ascontiguousarray(descriptors[k].open(i, mode="r")).tobytes()
                   for k in store.cube_keys(descriptors)]
         chunks += [np.asarray(descriptors[k].open(i, mode="r")).tobytes()
-                   for k in ("checksum", "provenance", "inputs")[: 3 if inputs else 2]]
+                   for k in ("provenance", "inputs", "checksum")[: 3 if inputs else 1]]
         out[key] = b"".join(chunks)
     return out
+
+
+def on_disk(out: Path) -> list[str]:
+    """The part files in ``OUT.h5.parts``."""
+    folder = OutputFiles.of(out).parts
+    return sorted(p.name for p in folder.glob("*.h5")) if folder.is_dir() else []
+
+
+def referenced(out: Path) -> list[str]:
+    """The part files ``OUT.h5`` refers to (none for a single file)."""
+    with h5py.File(out, "r") as f:
+        return sorted(Path(name).name for name in store.index_parts(f))
+
+
+def retired(out: Path) -> set[str]:
+    """The parts kept only for readers of an earlier index (removed by the next publish)."""
+    return set().union(*OutputFiles.of(out).read_retired())
 
 
 def report(path: Path) -> dict:
@@ -100,7 +121,7 @@ def test_a_growing_folder_is_extended_and_a_rewritten_input_recomputed(pool, tmp
     assert code == EXIT_OK, stderr
     before = observation_bytes(out)
     inode = out.stat().st_ino
-    assert len(before) == 3 and not parts_dir(out).exists()
+    assert len(before) == 3 and not OutputFiles.of(out).parts.exists()
 
     grow(pool, data)
     code, _, stderr = run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--report", rep)
@@ -109,7 +130,7 @@ def test_a_growing_folder_is_extended_and_a_rewritten_input_recomputed(pool, tmp
     assert (grown["action"], grown["computed"], grown["added"], grown["observations"]) == ("extend", 2, 2, 5)
     after = observation_bytes(out)
     assert len(after) == 5 and all(after[key] == value for key, value in before.items())  # bit-identical
-    parts = sorted(parts_dir(out).iterdir())
+    parts = sorted(OutputFiles.of(out).parts.iterdir())
     assert [p.name for p in parts] == ["0001.h5", "0002.h5"]
     assert parts[0].stat().st_ino == inode  # the first output became a part by a link: nothing was copied
     fresh = tmp_path / "fresh.h5"
@@ -166,16 +187,16 @@ def test_a_coordinator_killed_during_the_append_leaves_the_old_output_and_the_re
     code, _, _ = run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q")
     assert code == KILLED
     assert observation_bytes(out) == before  # a reader still sees the old output, whole
-    left = {"kill-coordinator:1": partial_path(out), "kill-publish:journal": next_index_path(out),
-            "kill-publish:part": next_index_path(out), "kill-publish:rename": next_index_path(out)}[fault]
+    left = {"kill-coordinator:1": OutputFiles.of(out).partial, "kill-publish:journal": OutputFiles.of(out).journal,
+            "kill-publish:part": OutputFiles.of(out).journal, "kill-publish:rename": OutputFiles.of(out).journal}[fault]
     assert left.exists()
     monkeypatch.delenv("ARIELSTREAM_FAULT")
     code, _, stderr = run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q")
     assert code == EXIT_OK, stderr
     assert same_bytes(out, clean_append[1])
     assert observation_bytes(out) == observation_bytes(clean_append[1])
-    assert not partial_path(out).exists() and not next_index_path(out).exists()
-    assert sorted(p.name for p in parts_dir(out).iterdir()) == ["0001.h5", "0002.h5"]  # nothing left over
+    assert not OutputFiles.of(out).partial.exists() and not OutputFiles.of(out).journal.exists()
+    assert sorted(p.name for p in OutputFiles.of(out).parts.iterdir()) == ["0001.h5", "0002.h5"]  # nothing left over
 
 
 def run(data: Path, out: Path, **options):
@@ -190,8 +211,7 @@ def test_a_planet_removed_from_the_folder_is_kept_or_dropped_on_request(pool, tm
     shutil.rmtree(data / "train" / str(others[1]))
     kept = run(data, out)
     assert (kept.action, kept.results, len(kept.statuses)) == ("complete", [], 3)
-    assert (f"1 observation(s) no longer in the data folder (or not selected by --planets) are kept "
-            f"({others[1]}/visit 0)") in caplog.text
+    assert f"1 observation(s) no longer in the data folder are kept ({others[1]}/visit 0)" in caplog.text
     dropped = run(data, out, drop_missing=True)
     assert (dropped.action, dropped.results, dropped.counts["dropped"]) == ("update", [], [(others[1], 0)])
     with h5py.File(out, "r") as f:
@@ -223,10 +243,10 @@ def test_an_index_reads_like_one_file_and_a_damaged_part_is_found_and_repaired(p
     assert arielstream.cli.app.main(["info", str(alone)]) == EXIT_NOINPUT
     export = ["export", str(alone), "--format", "csv", "-o", str(tmp_path / "x")]
     assert arielstream.cli.app.main(export) == EXIT_NOINPUT
-    assert "2 of them are missing (out.h5.parts/0001.h5" in capsys.readouterr().err
+    assert "2 of them are missing or damaged (out.h5.parts/0001.h5 (missing)" in capsys.readouterr().err
     with h5py.File(alone, "r") as f:  # plain h5py reads NaN and "pending" there, never zeros that look valid
         assert np.isnan(f["AIRS-CH0/signal"][0]).all() and f["status"][0] == 0
-    first = parts_dir(out) / "0001.h5"
+    first = OutputFiles.of(out).parts / "0001.h5"
     target = store.read_descriptors(first)["FGS1/signal"]
     with open(first, "r+b") as fh:  # flip bytes of the first observation's FGS1 cube in the old part
         fh.seek(target.offset + 64)
@@ -251,8 +271,8 @@ def test_numerical_code_that_changed_refuses_to_extend_and_force_starts_afresh(p
     forced = run(data, out, force=True)
     assert (forced.action, len(forced.results)) == ("new", 5)
     with h5py.File(out, "r") as f:
-        assert not store.is_index(f)  # one file again: the parts are gone
-    assert not parts_dir(out).exists()
+        assert not store.is_index(f)  # one file again: the old parts are retired (removed by the next publish)
+    assert referenced(out) == [] and set(on_disk(out)) == retired(out) == {"0001.h5", "0002.h5"}
 
 
 def test_part_numbers_are_never_reused(pool, tmp_path):
@@ -266,11 +286,11 @@ def test_part_numbers_are_never_reused(pool, tmp_path):
     shutil.move(aside, planet)
     assert run(data, out).action == "extend"  # the planet again, computed into 0002
     shutil.move(planet, aside)
-    assert run(data, out, drop_missing=True).action == "update"  # 0002 referred to by nothing: removed
-    assert sorted(p.name for p in parts_dir(out).iterdir()) == ["0001.h5"]
+    assert run(data, out, drop_missing=True).action == "update"  # 0002 referred to by nothing: retired
+    assert (referenced(out), retired(out)) == (["0001.h5"], {"0002.h5"})
     shutil.move(aside, planet)
-    assert run(data, out).action == "extend"
-    assert sorted(p.name for p in parts_dir(out).iterdir()) == ["0001.h5", "0003.h5"]  # not 0002 again
+    assert run(data, out).action == "extend"  # this publish removes 0002
+    assert referenced(out) == on_disk(out) == ["0001.h5", "0003.h5"]  # not 0002 again
 
 
 @pytest.mark.slow
@@ -314,7 +334,7 @@ def test_a_force_run_killed_goes_on_alone_and_a_kill_before_removing_old_parts_i
     assert (report(tmp_path / "r.json")["action"], report(tmp_path / "r.json")["computed"]) == ("resume", 3)
     with h5py.File(out, "r") as f:
         assert not store.is_index(f)  # the force run finished alone: nothing kept from the old parts
-    assert not parts_dir(out).exists()
+    assert referenced(out) == [] and set(on_disk(out)) == retired(out)  # kept for old readers only
     assert same_bytes(out, clean_append[1])
 
     assert run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--skip", "flat")[0] == EXIT_CONFIG
@@ -323,7 +343,7 @@ def test_a_force_run_killed_goes_on_alone_and_a_kill_before_removing_old_parts_i
     monkeypatch.setenv("ARIELSTREAM_FAULT", "kill-publish:single")  # killed after the rename, before the cleanup
     assert run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--force")[0] == KILLED
     monkeypatch.delenv("ARIELSTREAM_FAULT")
-    assert parts_dir(out).exists()
+    assert OutputFiles.of(out).parts.exists()
     code, _, stderr = run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--report", tmp_path / "r.json")
     assert (code, report(tmp_path / "r.json")["action"]) == (EXIT_OK, "complete"), stderr
-    assert not parts_dir(out).exists()  # the old parts are not taken for newer observations
+    assert on_disk(out) and set(on_disk(out)) == retired(out)  # the old parts are not taken for newer observations

@@ -120,17 +120,60 @@ def test_without_a_manifest_the_damage_is_not_seen(data, tmp_path):
     assert calibrate(data, tmp_path / "missing.h5", "--verify-inputs") == EXIT_NOINPUT
 
 
+def nothing_written(out: Path) -> bool:
+    return not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
 @pytest.mark.parametrize("data", ["plain"], indirect=True)
-def test_a_file_the_manifest_does_not_list_is_read_with_a_warning(data, tmp_path, caplog):
+def test_a_manifest_that_does_not_list_an_input_file_is_refused_before_anything_is_written(data, tmp_path, capsys):
     assert main(["manifest", str(data)]) == EXIT_OK
     document = json.loads((data / MANIFEST_NAME).read_text())
     obs = discover_observations(data, "train")[0]
     key = obs.calibration_path(FGS1, "dark").relative_to(data).as_posix()
     del document["files"][key]
     (data / MANIFEST_NAME).write_text(json.dumps(document))
-    with caplog.at_level(logging.WARNING, logger="arielstream"):
-        assert calibrate(data, tmp_path / "out.h5") == EXIT_OK
-    assert f"{data / key}: not in the input manifest" in caplog.text
+    capsys.readouterr()
+    assert calibrate(data, tmp_path / "out.h5") == EXIT_NOINPUT
+    assert nothing_written(tmp_path / "out.h5")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"arielstream: {data / MANIFEST_NAME}: does not list 1 of the ")
+    assert f"({key}); write it again: arielstream manifest {data}" in line
+
+
+@pytest.mark.parametrize("data", ["plain"], indirect=True)
+def test_an_empty_manifest_is_refused(data, tmp_path, capsys):
+    assert main(["manifest", str(data)]) == EXIT_OK
+    document = json.loads((data / MANIFEST_NAME).read_text())
+    n = 2 + sum("/FGS1_" in k for k in document["files"])  # adc_info.csv, axis_info.parquet and FGS1's files
+    (data / MANIFEST_NAME).write_text(json.dumps({**document, "files": {}}))
+    capsys.readouterr()
+    assert calibrate(data, tmp_path / "out.h5", "--verify-inputs") == EXIT_NOINPUT
+    assert nothing_written(tmp_path / "out.h5")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"does not list {n} of the {n} input files this run reads (adc_info.csv, axis_info.parquet, " in line
+    assert f" and {n - 3} more); " in line
+
+
+@pytest.mark.parametrize("data", ["plain"], indirect=True)
+def test_a_symlinked_planet_folder_is_recorded_and_verified(data, tmp_path):
+    assert main(["manifest", str(data), "-o", str(tmp_path / "before.json")]) == EXIT_OK
+    obs = discover_observations(data, "train")[0]
+    elsewhere = tmp_path / "elsewhere" / obs.folder.name
+    elsewhere.parent.mkdir()
+    obs.folder.rename(elsewhere)
+    obs.folder.symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # a symlink loop: not followed
+    assert main(["manifest", str(data)]) == EXIT_OK
+    before = json.loads((tmp_path / "before.json").read_text())["files"]
+    after = json.loads((data / MANIFEST_NAME).read_text())["files"]
+    assert after == before and any(k.startswith(f"train/{obs.folder.name}/") for k in after)
+    assert calibrate(data, tmp_path / "out.h5") == EXIT_OK
+    signal = fgs1_signal(data)
+    assert signal.parent == obs.folder  # through the link
+    damage_data_page(signal, zero=64)
+    assert calibrate(data, tmp_path / "damaged.h5") == EXIT_FAILURES
+    [error] = errors(tmp_path / "damaged.h5")
+    assert error.startswith(f"{signal}: content differs from the input manifest")
 
 
 @pytest.fixture(scope="module")

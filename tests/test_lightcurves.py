@@ -12,6 +12,7 @@ import arielstream
 from arielstream.config.options import build_config
 from arielstream.dq import HOT
 from arielstream.errors import OutputError
+from arielstream.io.output import UnsafeTargetError
 from arielstream.layout import frames_per_bin
 from arielstream.nan import quiet_nan
 from arielstream.products import lightcurves as lc
@@ -213,7 +214,7 @@ def test_extract_writes_the_documented_file(sample_profiles, tmp_path):
 
 def test_extract_refuses_to_overwrite_its_source(sample_profiles):
     target, _ = sample_profiles
-    with pytest.raises(OutputError):
+    with pytest.raises(UnsafeTargetError, match="would overwrite"):
         lc.extract(target, target)
 
 

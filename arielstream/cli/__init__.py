@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) in this process; return its exit code."""
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # before pyarrow loads (below, if not yet)
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # before pyarrow loads (a command's handler)
     from ..run.budget import limit_malloc_arenas
     from .app import main as run
 

@@ -16,18 +16,7 @@ import signal
 import sys
 
 from .._version import __version__
-from ..config.options import ConfigError
-from ..errors import (
-    ArielstreamError,
-    InputError,
-    MemoryBudgetError,
-    MissingDependencyError,
-    OutOfMemoryError,
-    OutputError,
-    RunInterrupted,
-)
-from ..run.budget import out_of_memory_cause
-from ..run.lifecycle import ConfigMismatchError, LockBusyError
+from ..errors import OutOfMemoryError, RunInterrupted
 from . import calibrate, integrity, products, science
 from .exits import (
     EXIT_CANTCREAT,
@@ -43,11 +32,13 @@ from .exits import (
     EXIT_TERMINATED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    exit_code_of,
+    exit_codes,
 )
 
 __all__ = ["EXIT_CANTCREAT", "EXIT_CONFIG", "EXIT_FAILURES", "EXIT_HANGUP", "EXIT_INTERRUPTED", "EXIT_NOINPUT",
            "EXIT_OK", "EXIT_OSERR", "EXIT_SOFTWARE", "EXIT_TEMPFAIL", "EXIT_TERMINATED", "EXIT_UNAVAILABLE",
-           "EXIT_USAGE", "build_parser", "main", "setup_logging"]
+           "EXIT_USAGE", "build_parser", "exit_code_of", "main", "setup_logging"]
 
 log = logging.getLogger("arielstream")
 
@@ -107,34 +98,15 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(min(level, logging.INFO))
 
 
-# errors a user can act on, and their exit codes; the first match wins (subclasses before their bases)
-EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
-    (LockBusyError, EXIT_TEMPFAIL, ""),
-    (OutOfMemoryError, EXIT_OSERR, ""),
-    ((ConfigError, ConfigMismatchError), EXIT_CONFIG, "configuration error: "),
-    (InputError, EXIT_NOINPUT, ""),
-    (MemoryBudgetError, EXIT_CONFIG, ""),
-    (OutputError, EXIT_CANTCREAT, ""),
-    (MissingDependencyError, EXIT_UNAVAILABLE, ""),
-    (ArielstreamError, EXIT_CONFIG, ""),
-)
-
-
-def exit_code_of(exc: BaseException) -> int:
-    """The exit code :func:`main` returns when a command raises ``exc`` (``calibrate --report`` records it)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, RunInterrupted):
-        return EXIT_HANGUP if exc.signum == signal.SIGHUP else EXIT_TERMINATED
-    if out_of_memory_cause(exc) is not None:
-        return EXIT_OSERR
-    return next((code for kinds, code, _ in EXIT_CODES if isinstance(exc, kinds)), EXIT_SOFTWARE)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what sorts a command's error, loaded before the command runs (it may run out of memory) but after
+    # parsing (it loads pyarrow and h5py, which `arielstream --help` does not need)
+    from ..run.budget import out_of_memory_cause
+
+    codes = exit_codes()
     # a file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
@@ -150,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception as exc:
         cause = out_of_memory_cause(exc)
-        prefix = next((prefix for kinds, _, prefix in EXIT_CODES if isinstance(exc, kinds)), None)
+        prefix = next((prefix for kinds, _, prefix in codes if isinstance(exc, kinds)), None)
         if cause is not None and not isinstance(exc, OutOfMemoryError):  # whatever it surfaced as, or inside
             print(f"arielstream: out of memory ({str(cause) or type(cause).__name__}); no input is blamed: give the "
                   "run more memory (or fewer --jobs) and run it again", file=sys.stderr)

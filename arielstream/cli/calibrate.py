@@ -10,13 +10,14 @@ the table the TOML template's comments come from too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from ..config.options import (
     BACKENDS,
@@ -26,6 +27,7 @@ from ..config.options import (
     PROFILES,
     WAVELENGTH_ORDERS,
     CalibrationConfig,
+    RunOptions,
     load_config,
     load_run_options,
 )
@@ -34,10 +36,9 @@ from ..config.template import option_help
 from ..errors import OutputError
 from ..io.atomic import atomic_write
 from ..io.manifest import MANIFEST_NAME
-from ..layout import INSTRUMENTS
-from ..simulate.dataset import COMPRESSIONS
+from ..layout import COMPRESSIONS, INSTRUMENTS
 from .args import number
-from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR
+from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR, exit_code_of
 
 if TYPE_CHECKING:
     from ..run.runner import RunSummary
@@ -151,11 +152,18 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
     science.add_argument("--master-calibration", choices=MASTER_MODES, **_calibration("master_calibration"))
 
 
-# command-line options that set a calibration option (steps come from --skip / --with)
-CALIBRATION_FLAGS = ("profile", "airs_bin", "fgs1_bin", "wavelength_order", "bad_pixels", "missing_calibration",
-                     "instruments", "spatial_bin", "master_calibration", "saturation_level")
-RUN_FLAGS = ("split", "planets", "memory", "jobs", "backend", "scheduler", "task_timeout", "force", "progress",
-             "log_file", "verify_inputs", "frozen", "drop_missing")
+# the step switches: set by --skip / --with, no flag of their own (spatial_bin is a step with a size: --spatial-bin)
+STEP_SWITCHES = tuple(name for name in STEP_NAMES if get_type_hints(CalibrationConfig)[name] is bool)
+# calibration options deliberately set in a config file only ([calibration]): the tuning of a step, which a
+# command line rarely changes; a new option gets a flag unless it is added here (tests/test_run_options.py)
+CONFIG_FILE_ONLY = ("hot_sigma", "hot_maxiters", "hot_rule", "cut_start", "cut_stop", "cr_method", "cr_bin_sigma",
+                    "cr_sigmas", "cr_until_clean", "cr_clean_sigma", "cr_max_iters", "cr_replace", "spatial_kernel",
+                    "spatial_sigma", "airs_background_rows", "fgs1_background_width", "background_sigma")
+# command-line options that set a calibration option: each has the option's name as its dest
+CALIBRATION_FLAGS = tuple(f.name for f in dataclasses.fields(CalibrationConfig)
+                          if f.name not in STEP_SWITCHES and f.name not in CONFIG_FILE_ONLY)
+# every run option has a flag whose dest is its name (none is config-file only)
+RUN_FLAGS = tuple(f.name for f in dataclasses.fields(RunOptions))
 
 
 def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
@@ -206,11 +214,11 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``arielstream calibrate``: run it, then write ``--report`` and print the summary (``-q``: only on failure)."""
-    from .app import exit_code_of
-
     report = getattr(args, "report", None)
     if report is not None and not args.dry_run and not report.resolve().parent.is_dir():
         raise OutputError(f"{report}: the folder of --report does not exist")
+    if report is not None:  # refused before anything runs: a failure report must not land there either
+        _check_report(args, report)
     t_start = time.perf_counter()
     try:
         code, summary = _calibrate(args)
@@ -233,9 +241,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return code
 
 
+def _check_report(args: argparse.Namespace, report: Path) -> None:
+    """Refuse a ``--report`` that would land on an input, the output, a side file of it, or a named run's folder."""
+    from ..io.output import OutputFiles, UnsafeTargetError, check_report_target
+
+    inputs = [Path(p) for p in (args.config, args.verify_inputs) if p]
+    output = None if args.output is None else OutputFiles.of(args.output)
+    check_report_target(report, args.data_dir, inputs, output)
+    run_folder = (Path(args.runs_dir) / str(args.run)).resolve()
+    if args.run is not None and report.resolve().parent == run_folder:
+        raise UnsafeTargetError(f"--report {report}: would be written inside the named run's folder {run_folder} "
+                                "(its output, log and config.toml); write it elsewhere")
+
+
 def _calibrate(args: argparse.Namespace) -> tuple[int, RunSummary | None]:
     """Run ``calibrate`` (or its dry run): the exit code and the run's summary (``None`` for a dry run)."""
-    from ..run.runner import calibrate
+    from ..run.runner import run_calibration
 
     config = config_from_args(args)
     if args.verify_inputs == "":  # --verify-inputs without a file: the data folder's own manifest
@@ -248,13 +269,10 @@ def _calibrate(args: argparse.Namespace) -> tuple[int, RunSummary | None]:
                        measure=args.dry_run == "measure")
         print("\n".join(plan.lines()))
         return EXIT_OK, None
-    quiet = getattr(args, "quiet", False)  # no progress bar either: a cron job's console stays empty
-    summary = calibrate(args.data_dir, args.output, run=args.run, runs_dir=args.runs_dir,
-                        split=run.split, planets=None if run.planets is None else list(run.planets), config=config,
-                        memory=run.memory, jobs=run.jobs, backend=run.backend, scheduler=run.scheduler,
-                        task_timeout=run.task_timeout, force=run.force, progress=False if quiet else run.progress,
-                        log_file=run.log_file, verify_inputs=run.verify_inputs, frozen=run.frozen,
-                        drop_missing=run.drop_missing)
+    if getattr(args, "quiet", False):  # no progress bar either: a cron job's console stays empty
+        run = dataclasses.replace(run, progress=False)
+    summary = run_calibration(args.data_dir, config, run, output=args.output, run_name=args.run,
+                              runs_dir=args.runs_dir)
     if summary.out_of_memory:  # not the input's fault: its own code, and the rerun retries them
         return EXIT_OSERR, summary
     return (EXIT_OK if summary.ok else EXIT_FAILURES), summary

@@ -22,7 +22,25 @@
 129   the terminal closed (SIGHUP); 130 interrupted by Ctrl-C; 143 by SIGTERM
       (what is done is kept: run again to resume)
 ====  ==========================================================
+
+:func:`exit_code_of` maps an exception to its code (:func:`.app.main` and ``calibrate --report`` use it).
 """
+
+from __future__ import annotations
+
+import functools
+import signal
+
+from ..errors import (
+    ArielstreamError,
+    ConfigError,
+    InputError,
+    MemoryBudgetError,
+    MissingDependencyError,
+    OutOfMemoryError,
+    OutputError,
+    RunInterrupted,
+)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -37,3 +55,37 @@ EXIT_CONFIG = 78
 EXIT_HANGUP = 129
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+@functools.cache
+def exit_codes() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...]:
+    """Errors a user can act on, their exit codes and message prefixes; the first match wins (subclasses first).
+
+    Built when first asked for, not on import: the run's own errors come with :mod:`arielstream.run.lifecycle`,
+    which loads h5py, and building the command's parser (``arielstream --help``) must not.
+    """
+    from ..run.lifecycle import ConfigMismatchError, LockBusyError
+
+    return (
+        (LockBusyError, EXIT_TEMPFAIL, ""),
+        (OutOfMemoryError, EXIT_OSERR, ""),
+        ((ConfigError, ConfigMismatchError), EXIT_CONFIG, "configuration error: "),
+        (InputError, EXIT_NOINPUT, ""),
+        (MemoryBudgetError, EXIT_CONFIG, ""),
+        (OutputError, EXIT_CANTCREAT, ""),
+        (MissingDependencyError, EXIT_UNAVAILABLE, ""),
+        (ArielstreamError, EXIT_CONFIG, ""),
+    )
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code :func:`.app.main` returns when a command raises ``exc`` (``calibrate --report`` records it)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, RunInterrupted):
+        return EXIT_HANGUP if exc.signum == signal.SIGHUP else EXIT_TERMINATED
+    from ..run.budget import out_of_memory_cause
+
+    if out_of_memory_cause(exc) is not None:
+        return EXIT_OSERR
+    return next((code for kinds, code, _ in exit_codes() if isinstance(exc, kinds)), EXIT_SOFTWARE)

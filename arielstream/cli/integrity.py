@@ -45,9 +45,14 @@ def add_verify(sub, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``verify`` (recompute the stored checksums of an output file) to the sub-parsers ``sub``."""
     ver = sub.add_parser("verify", help="check every done observation of an output file against its checksum",
                          parents=parents,
-                         description="Recompute the checksum of every done observation's cubes and quality "
-                                     "planes and compare it with the one stored when it was written. Prints "
-                                     "each observation as ok, damaged, failed or pending; exit 0 when every "
+                         description="Recompute the checksum of every done observation and compare it with "
+                                     "the one stored when it was written. It covers everything a product reads "
+                                     "of the observation: its cubes and quality planes, its provenance and "
+                                     "inputs, its planet_id and visit, and the file's axes (time, column, "
+                                     "wavelength, wavelength_label) and numerical attributes (config, "
+                                     "wavelength_order, split, DQ bits); for an index, its own keys "
+                                     "and axes. Files of format 2 and older: the cubes and quality planes only. "
+                                     "Prints each observation as ok, damaged, failed or pending; exit 0 when every "
                                      "done observation matches, 65 when one does not (calibrate run again on "
                                      "the same output recomputes the damaged ones).")
     ver.set_defaults(handler=cmd_verify)
@@ -56,14 +61,14 @@ def add_verify(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``arielstream verify``: one line per observation, then the counts; 65 if any done one is damaged."""
-    from ..io.store import PLANET_ID, STATUS_DONE, STATUS_FAILED, VISIT, open_output, read_descriptors, read_field
-    from ..run.lifecycle import verify
+    from ..io.store import PLANET_ID, STATUS_DONE, STATUS_FAILED, VISIT, open_output, read_descriptors
+    from ..run.lifecycle import verify_report
 
     with open_output(args.path) as f:
         planets, visits = f[PLANET_ID][()], f[VISIT][()]
     descriptors = read_descriptors(args.path)
-    status = read_field(descriptors, "status")
-    damaged = set(verify(descriptors))
+    status, found = verify_report(descriptors)
+    damaged = set(found)
     counts: dict[str, int] = {}
     print(f"{'planet_id':>12}  visit  check")
     for index, (planet, visit) in enumerate(zip(planets.tolist(), visits.tolist(), strict=True)):

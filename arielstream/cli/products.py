@@ -40,7 +40,7 @@ _positive_float = number(float)
 
 
 def _extraction_options(p: argparse.ArgumentParser) -> None:
-    from ..products.lightcurves import DEFAULT_FGS1_RADIUS, DEFAULT_HALF_WIDTH
+    from ..products.defaults import DEFAULT_FGS1_RADIUS, DEFAULT_HALF_WIDTH
 
     p.add_argument("--half-width", type=_non_negative_int, default=None, metavar="N",
                    help=f"AIRS aperture: rows within N of the trace centre (default {DEFAULT_HALF_WIDTH})")
@@ -160,7 +160,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add the product commands to ``subparsers``; returns :data:`HANDLERS` (name -> handler)."""
-    from ..products.exports import FORMATS, NPY_VISITS, WAVELENGTH_ORDERS
+    from ..products.defaults import FORMATS, NPY_VISITS, WAVELENGTH_ORDERS
 
     ext = subparsers.add_parser(
         "extract", help="write light curves (AIRS spectral and white, FGS1) with uncertainties", parents=parents,

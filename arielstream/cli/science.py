@@ -53,7 +53,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"spectrum": cmd_spec
 
 def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``spectrum`` and ``score`` to ``subparsers``; returns :data:`HANDLERS`."""
-    from ..products.spectrum import DEFAULT_DEGREE
+    from ..products.defaults import DEFAULT_DEGREE
 
     sp = subparsers.add_parser(
         "spectrum", help="transit depth per wavelength (a competition submission CSV) from a calibrated file",

@@ -16,9 +16,13 @@ built with ``eval``. Two profiles exist:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -287,13 +291,70 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 BACKENDS = ("loky", "dask")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is of type ``annotation``: str, int, float (ints too), bool, None, tuple[X, ...], unions."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_fits(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return isinstance(value, tuple) and all(_fits(item, args[0]) for item in value)
+    if annotation in (bool, int, float, str):
+        if isinstance(value, bool):  # a bool is an int to Python, never to a config file
+            return annotation is bool
+        return isinstance(value, (int, float) if annotation is float else annotation)
+    raise TypeError(f"no type check for the annotation {annotation!r}")  # a new kind of field: teach _fits
+
+
+def _describe(annotation: Any) -> str:
+    """``annotation`` in the words of an error message: ``tuple[int, ...] | None`` -> "a list of integers"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_TYPE_PLURALS[args[0].__name__]}"
+    return _TYPE_WORDS[annotation.__name__]
+
+
+def check_types(options: Any, must_be: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` naming the first field of the dataclass ``options`` not of its annotated type.
+
+    The message says what the field must be: ``must_be[name]`` where given, else
+    the annotation in words (``jobs must be an integer; got 'x'``).
+    """
+    hints = _type_hints(options.__class__)
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if not _fits(value, hints[f.name]):
+            what = (must_be or {}).get(f.name) or _describe(hints[f.name])
+            raise ConfigError(f"{f.name} must be {what}; got {value!r}")
+
+
+# what a run option must be, in more helpful words than its annotation's ("a string")
+_RUN_MUST_BE = {
+    "split": "a folder name such as \"train\" or \"test\"",
+    "planets": "a list of planet ids (integers)",
+    "memory": "a size such as \"2GB\"",
+    "jobs": "a positive integer or \"auto\"",
+    "backend": f"one of {', '.join(BACKENDS)}",
+    "scheduler": "an address such as \"tcp://host:8786\"",
+    "task_timeout": "a positive number of seconds",
+}
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a run is executed (the ``[run]`` table of a config file): not part of the science."""
 
     split: str = "train"
     planets: tuple[int, ...] | None = None
-    memory: str = "2GB"  # RAM budget of the process tree on this machine (a task's, with dask)
+    memory: str | int = "2GB"  # RAM budget of the process tree on this machine (a task's, with dask)
     jobs: int | None = None  # None: "auto", from the budget and the cores
     backend: str = "loky"
     scheduler: str | None = None  # dask.distributed scheduler address
@@ -306,33 +367,18 @@ class RunOptions:
     drop_missing: bool = False  # leave out of the output observations no longer in the data folder
 
     def __post_init__(self) -> None:
+        check_types(self, _RUN_MUST_BE)  # from the annotations: split = 5 in a config file fails here
+        must_be = _RUN_MUST_BE
+        if not self.split:
+            raise ConfigError(f"split must be {must_be['split']}; got {self.split!r}")
         if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1):
-            raise ConfigError(f"jobs must be a positive integer or \"auto\"; got {self.jobs!r}")
-        if self.task_timeout is not None and (not isinstance(self.task_timeout, (int, float))
-                                              or isinstance(self.task_timeout, bool)
-                                              or not 0 < self.task_timeout < float("inf")):
-            raise ConfigError(f"task_timeout must be a positive number of seconds; got {self.task_timeout!r}")
+            raise ConfigError(f"backend must be {must_be['backend']}; got {self.backend!r}")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"jobs must be {must_be['jobs']}; got {self.jobs!r}")
+        if self.task_timeout is not None and not 0 < self.task_timeout < float("inf"):
+            raise ConfigError(f"task_timeout must be {must_be['task_timeout']}; got {self.task_timeout!r}")
         if self.backend == "dask" and not self.scheduler:
             raise ConfigError("the dask backend needs a scheduler address (--scheduler tcp://host:8786)")
-        if not isinstance(self.memory, (str, int)) or isinstance(self.memory, bool):
-            raise ConfigError(f"memory must be a size such as \"2GB\"; got {self.memory!r}")
-        self._check_types()
-
-    def _check_types(self) -> None:
-        """Raise :class:`ConfigError` naming the first option of the wrong type (e.g. ``split = 5``)."""
-        if not isinstance(self.split, str) or not self.split:
-            raise ConfigError(f"split must be a folder name such as \"train\" or \"test\"; got {self.split!r}")
-        if self.planets is not None and (not isinstance(self.planets, tuple) or not all(
-                isinstance(p, int) and not isinstance(p, bool) for p in self.planets)):
-            raise ConfigError(f"planets must be a list of planet ids (integers); got {self.planets!r}")
-        if self.scheduler is not None and not isinstance(self.scheduler, str):
-            raise ConfigError(f"scheduler must be an address such as \"tcp://host:8786\"; got {self.scheduler!r}")
-        for name in ("force", "progress", "log_file", "frozen", "drop_missing"):
-            value = getattr(self, name)
-            if not isinstance(value, bool) and not (value is None and name == "progress"):
-                raise ConfigError(f"{name} must be true or false; got {value!r}")
 
 
 CONFIG_TABLES = ("calibration", "run")  # the tables of a config file

@@ -10,10 +10,13 @@ provenance records, per observation and instrument, as "ran", "off" or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..io.calibration import DetectorCalibration
 from ..layout import AIRS
 from .options import CalibrationConfig
+
+if TYPE_CHECKING:  # only for an annotation: the config does not depend on the readers (pyarrow)
+    from ..io.calibration import DetectorCalibration
 
 
 @dataclass(frozen=True)

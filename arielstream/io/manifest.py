@@ -10,7 +10,10 @@ where ``DATA_DIR`` is read-only). A run given that manifest
 file an observation reads in the worker just before reading it
 (:func:`check_observation_inputs`): a file whose size or digest differs, or that
 the manifest lists and is gone, fails that observation with a reason naming the
-file; a file the manifest does not list is read with a warning.
+file. Before anything is written, a run refuses a manifest that does not list
+every input file of its observations (:func:`check_manifest_covers`, exit 66);
+a file that appears after that check is read with a warning.
+Symlinked folders under ``DATA_DIR`` are followed.
 
 Keys are paths relative to the data folder, with ``/`` separators, so a manifest
 written elsewhere (``-o``) still applies to the folder it was made from.
@@ -56,11 +59,33 @@ def digest_file(path: str | Path) -> str:
 
 
 def input_files(root: Path) -> list[Path]:
-    """Every input file under ``root`` (sorted), leaving out hidden folders and files."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / n for n in names if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
+    """Every input file under ``root`` (sorted), leaving out hidden folders and files.
+
+    Symlinked folders are followed (a planet folder linked in from elsewhere is read
+    by a run like any other), and their files keep their paths under ``root`` as seen
+    through the link. A link back to a folder it is inside of (a loop) is skipped.
+    """
+    found: list[Path] = []
+
+    def walk(folder: Path, above: frozenset[str]) -> None:
+        real = os.path.realpath(folder)
+        if real in above:
+            log.warning("%s: a symlink loop (back to %s); not followed", folder, real)
+            return
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:  # as os.walk: an unreadable folder is left out (a run then finds its files unlisted)
+            log.warning("%s: cannot be listed, left out: %s", folder, exc)
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows symlinks
+                walk(folder / entry.name, above | {real})
+            elif entry.name.endswith(INPUT_SUFFIXES):
+                found.append(folder / entry.name)
+
+    walk(Path(root), frozenset())
     return sorted(found)
 
 
@@ -188,6 +213,27 @@ def observation_inputs(obs: Observation, root: Path, instruments: Iterable[str],
         for folder in folders:
             paths += sorted(folder.glob("*.parquet"))
     return paths
+
+
+def check_manifest_covers(manifest_path: str | None, observations: Iterable[Observation], root: Path,
+                          instruments: Iterable[str], all_visits: bool = False, shown: int = 3) -> None:
+    """Refuse a run whose manifest does not list every input file of its observations (before anything is written).
+
+    ``manifest_path``: what :func:`resolve_manifest` returned (None: no manifest, nothing to check).
+    Only files that exist count (a missing signal file fails its observation when it is processed).
+    Raises :class:`InputError` naming the manifest, how many files it lacks and the first ``shown``.
+    """
+    if manifest_path is None:
+        return
+    manifest = load_manifest(manifest_path)
+    instruments = tuple(instruments)
+    reads = {p for obs in observations for p in observation_inputs(obs, root, instruments, all_visits)}
+    needed = sorted(p for p in reads if p.exists())
+    lacking = [_key(p, root) for p in needed if _key(p, root) not in manifest.files]
+    if lacking:
+        first = ", ".join(lacking[:shown]) + (f" and {len(lacking) - shown} more" if len(lacking) > shown else "")
+        raise InputError(manifest.path, f"does not list {len(lacking)} of the {len(needed)} input files this run "
+                                        f"reads ({first}); write it again: arielstream manifest {root}")
 
 
 def check_observation_inputs(manifest_path: str, obs: Observation, root: Path, instruments: Iterable[str],

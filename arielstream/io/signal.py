@@ -54,9 +54,6 @@ COLUMN_OVERHEAD_BYTES = 24_000
 # Reads decoded at once for one block: the one being calibrated and the next, prefetched
 # in the background (:func:`prefetch` below).
 READS_IN_FLIGHT = 2
-# Chunks bigger than this buy no speed (decode time is flat from one spatial row per block
-# upwards, see BENCHMARKS.md); a larger --memory is left unused, and one worker stays near 300 MB.
-MAX_CHUNK_BYTES = 64 * 10**6
 
 
 def damaged(exc: BaseException) -> str:

@@ -17,7 +17,8 @@ wavelength, ``y`` = spatial row, the notebook's axis order)::
     /status (obs,) int8          0 pending, 1 done, 2 failed, 3 running (being written, or its writer died)
     /attempts (obs,) int8        unfinished starts in the coordinator's own process (two fail it); 0 once done
     /owner (obs,) int64          token of the attempt allowed to write it (0: none); a revoked writer stops
-    /checksum (obs,) S16         BLAKE2b of its cubes and DQ planes, checked before the file is published
+    /checksum (obs,) S16         BLAKE2b of everything its numbers depend on (:func:`checksum`), checked before
+                                 the file is published, by ``arielstream verify`` and by a rerun with nothing to do
     /error (obs,) S512           why an observation failed
     /provenance (obs,) S4096     JSON: the steps run or skipped per instrument, and with what
     /inputs (obs,) S2048         JSON: size and modification time of each input file it was computed from
@@ -71,11 +72,13 @@ from .. import dq as dqbits
 from ..errors import InputError, OutputError
 from ..layout import AIRS, INSTRUMENTS, Observation
 from .atomic import partial_path
+from .output import OutputFiles
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "arielstream"
-FORMAT_VERSION = 2  # 2: /inputs, and outputs extended through an index over parts
+FORMAT_VERSION = 3  # 2: /inputs, and outputs extended through an index over parts; 3: the checksum covers the
+# observation's key, provenance and inputs and the file's axes and attributes (2 and older: its cubes and planes)
 
 # ---------------------------------------------------------------- the schema
 # per-observation datasets at the root
@@ -98,7 +101,7 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "
 ERROR_BYTES = 512
 PROVENANCE_BYTES = 4096
 INPUTS_BYTES = 2048
-CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest of the observation's cubes
+CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest (:func:`checksum`)
 
 # bookkeeping per observation, written through memmaps: name -> dtype, shape (obs,)
 PER_OBSERVATION_DTYPES = {
@@ -163,25 +166,86 @@ def open_readable(path: str | Path) -> h5py.File:
     """An HDF5 file opened read-only; :class:`InputError` naming it when missing or unreadable.
 
     Every reader of arielstream files opens them here, so a missing input is the
-    same error (and the same exit code, 66) for every command. An index whose part
-    files are not beside it (``OUT.h5`` copied without ``OUT.h5.parts``) is refused too:
-    HDF5 would read their observations as fill values.
+    same error (and the same exit code, 66) for every command. The file is opened by its
+    real path (a symlink is followed), so an index finds its parts beside the real file.
+    An index whose part files are missing or damaged (``OUT.h5`` copied without
+    ``OUT.h5.parts``, a part deleted or cut short) is refused too: HDF5 would read their
+    observations as fill values. An index renamed with its parts folder (its parts then
+    named by the old name) is read through an in-memory copy that names them as they are.
     """
     path = Path(path)
     if not path.exists():
         partial = partial_path(path)
         hint = f" (an unfinished run left {partial.name}: run the calibration again)" if partial.exists() else ""
         raise InputError(path, f"cannot read: no such file{hint}")
+    real = path.resolve()
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(real, "r")
     except OSError as exc:
         raise InputError(path, f"cannot read: not a readable HDF5 file: {exc}") from None
-    missing = [name for name in index_parts(f) if not (path.parent / name).is_file()]
-    if missing:  # HDF5 would read their observations as fill values
+    names = index_parts(f)
+    if not names:
+        return f
+    files = OutputFiles.of(real)
+    damaged = [f"{name} ({problem})" for name in names if (problem := _part_problem(files.part(name)))]
+    if damaged:  # HDF5 would read their observations as fill values
         f.close()
-        raise InputError(path, f"an index over part files, but {len(missing)} of them are missing "
-                         f"({', '.join(missing[:3])}): keep {path.name}.parts beside it")
+        raise InputError(path, f"an index over part files, but {len(damaged)} of them are missing or damaged "
+                         f"({', '.join(damaged[:3])}): keep {files.parts.name} beside it, or run the calibration "
+                         "again to recompute them")
+    if any(name != files.part_name(files.part(name)) for name in names):
+        try:
+            return _relinked(f, files)
+        finally:
+            f.close()
     return f
+
+
+def _part_problem(part: Path) -> str:
+    """Why a part file cannot be read (empty when it can): missing, not HDF5, or cut short."""
+    if not part.is_file():
+        return "missing"
+    try:
+        with h5py.File(part, "r") as pf:
+            descriptors = _single_descriptors(part, pf)
+    except (OSError, OutputError) as exc:
+        return "cut short" if "truncated file" in str(exc) else f"not readable: {exc}"
+    size = part.stat().st_size
+    end = max((d.offset + d.item_bytes * d.shape[0] for d in descriptors.values()), default=0)
+    return f"cut short: {size} of {end} bytes" if size < end else ""
+
+
+def _relinked(f: h5py.File, files: OutputFiles) -> h5py.File:
+    """An in-memory copy of the index ``f`` whose virtual datasets name its parts where they are now."""
+    mem = h5py.File(f"{files.path}.relinked-{os.getpid()}-{id(f)}", "w", driver="core", backing_store=False)
+    references = ("DIMENSION_LIST", "REFERENCE_LIST")  # object references into the original: left out
+
+    def copy_attrs(src: Any, dst: Any) -> None:
+        for key, value in src.attrs.items():
+            if key not in references:
+                dst.attrs[key] = value
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Group):
+            copy_attrs(obj, mem.require_group(name))
+            return
+        if not obj.is_virtual:
+            copy_attrs(obj, mem.create_dataset(name, data=obj[()]))
+            return
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        if obj.fillvalue is not None:
+            dcpl.set_fill_value(np.array(obj.fillvalue, dtype=obj.dtype))
+        for source in obj.virtual_sources():
+            dcpl.set_virtual(source.vspace, str(files.part(source.file_name)).encode(), source.dset_name.encode(),
+                             source.src_space)
+        parent = mem.require_group(name.rpartition("/")[0] or "/")
+        h5py.h5d.create(parent.id, name.rpartition("/")[2].encode(), h5py.h5t.py_create(obj.dtype),
+                        h5py.h5s.create_simple(obj.shape), dcpl=dcpl)
+        copy_attrs(obj, mem[name])
+
+    copy_attrs(f, mem)
+    f.visititems(visit)
+    return mem
 
 
 def open_output(path: str | Path) -> h5py.File:
@@ -287,7 +351,7 @@ OBS, ROW, XY = "obs", "row", "xy"  # dimension coordinates added beside the axes
 LONG_NAMES = {
     OBS: "observation index (one planet visit)", PLANET_ID: "planet id", VISIT: "visit of the planet",
     STATUS: "calibration status", ATTEMPTS: "unfinished attempts", OWNER: "token of the writing attempt",
-    CHECKSUM: "BLAKE2b of the observation's cubes", ERROR: "why the observation failed",
+    CHECKSUM: "BLAKE2b of the observation, its key and the file's axes", ERROR: "why the observation failed",
     PROVENANCE: "steps run or skipped (JSON)", INPUTS: "size and modification time of each input file (JSON)",
     PART: "part file holding the observation", PART_INDEX: "observation index in its part file",
     SIGNAL: "calibrated signal per time bin", DQ: "data-quality bits", READ_NOISE: "read noise per read",
@@ -664,8 +728,9 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
             return _single_descriptors(path, f)
         parts, part, local = index_parts(f), f[PART][()], f[PART_INDEX][()]
     per_part = []
+    files = OutputFiles.of(path)
     for name in parts:
-        part_path = path.parent / name
+        part_path = files.part(name)
         try:
             with h5py.File(part_path, "r") as pf:
                 per_part.append(_single_descriptors(part_path, pf))
@@ -686,14 +751,129 @@ def cube_keys(descriptors: dict[str, ArrayDescriptor]) -> list[str]:
     return sorted(k for k in descriptors if k.endswith(PER_PIXEL))
 
 
-def checksum(descriptors: dict[str, ArrayDescriptor], index: int) -> str:
-    """BLAKE2b (8 bytes, hex) of observation ``index``'s cubes and DQ planes as stored."""
+CHECKSUM_SINCE = 3  # the first format_version whose checksum covers more than the cubes and DQ planes
+# The axes of each instrument a product reads (ROW, XY: the dimension scales netCDF and xarray readers get).
+CHECKSUM_AXES = (TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL, ROW, XY)
+# File attributes whose value changes what a product computes or how its numbers are read: the config (spatial
+# and time binning: the noise per bin, the aperture), the AIRS x order, the split (which star info the spectrum
+# fit reads), the DQ bit values. Identical in an index and in each of its parts (the run identity and the
+# code), so the checksum a part's writer stored holds when the index is verified. Not ``source``: the data
+# folder may move between the runs that wrote the parts and the index (run/identity.py), so it may differ.
+CHECKSUM_ATTRS = ("config", "wavelength_order", "split", ATTR_DQ_BITS, ATTR_DQ_TIME_BITS)
+
+
+def _framed(*chunks: bytes) -> bytes:
+    """``chunks`` each preceded by its length: no two different sequences give the same bytes."""
+    return b"".join(len(c).to_bytes(8, "little") + c for c in chunks)
+
+
+def _little_endian(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+
+
+@dataclass(frozen=True)
+class ChecksumScope:
+    """What an observation's checksum covers besides its own per-observation bytes, read once per file.
+
+    From the file being written or verified (for an index, the index file itself, not
+    its parts): the observations' keys, the ``obs`` scale, the format version and one
+    digest of the instruments' axes and the attributes :data:`CHECKSUM_ATTRS`.
+    """
+
+    version: int  # the file's format_version: older ones are checked as their writer defined the checksum
+    planet_id: np.ndarray  # (obs,) as stored, little-endian
+    visit: np.ndarray
+    obs: np.ndarray | None  # (obs,) the obs dimension scale (0, 1, ...), None where the file has none
+    shared: bytes  # digest of the axes and attributes, the same for every observation of the file
+
+    def observation(self, position: int) -> bytes:
+        """The bytes mixed into the checksum of the observation at ``position`` of the file."""
+        at = slice(position, position + 1)
+        if not 0 <= position < self.planet_id.shape[0]:
+            raise IndexError(f"observation {position} outside 0..{self.planet_id.shape[0] - 1}")
+        in_place = self.obs is not None and position < self.obs.shape[0] and int(self.obs[position]) == position
+        return _framed(self.shared, self.planet_id[at].tobytes(), self.visit[at].tobytes(), bytes([in_place]))
+
+
+def _shared_digest(f: h5py.File) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in CHECKSUM_ATTRS:
+        value = f.attrs.get(name)  # absent and empty differ
+        raw = b"" if value is None else b"=" + text(value).encode("utf-8", "surrogateescape")
+        digest.update(_framed(name.encode(), raw))
+    for instrument in instruments_in(f):
+        group = f[instrument]
+        for name in CHECKSUM_AXES:
+            if name in group:
+                values = _little_endian(np.asarray(group[name][()]))
+                digest.update(_framed(f"{instrument}/{name}".encode(), values.dtype.str.encode(),
+                                      repr(values.shape).encode(), values.tobytes()))
+    return digest.digest()
+
+
+def checksum_scope(where: h5py.File | str | Path | dict[str, ArrayDescriptor]) -> ChecksumScope:
+    """The :class:`ChecksumScope` of an output: an open file, its path, or its descriptors.
+
+    Descriptors name their file: an index's (:class:`PartsDescriptor`) the index, whose
+    keys and axes its readers see, not a part's.
+    """
+    if isinstance(where, dict):
+        where = where[CHECKSUM].path
+    if not isinstance(where, h5py.File):
+        with h5py.File(where, "r") as f:
+            return checksum_scope(f)
+    f = where
+    obs = _little_endian(np.asarray(f[OBS][()])) if OBS in f else None
+    return ChecksumScope(int(f.attrs.get(ATTR_FORMAT_VERSION, 1)), _little_endian(np.asarray(f[PLANET_ID][()])),
+                         _little_endian(np.asarray(f[VISIT][()])), obs, _shared_digest(f))
+
+
+def checksum(descriptors: dict[str, ArrayDescriptor], index: int, scope: ChecksumScope | None = None,
+             position: int | None = None) -> str:
+    """BLAKE2b (8 bytes, hex) of everything observation ``index``'s numbers depend on, as stored.
+
+    Its cubes and DQ planes, its provenance and inputs, its key (planet_id, visit), whether
+    the ``obs`` scale names its position, and the file's axes and :data:`CHECKSUM_ATTRS`
+    (``scope``, default: read from the descriptors' file). Not its status, attempts, owner
+    or error (bookkeeping, rewritten as a run goes), nor the checksum itself. ``position``:
+    where the observation is in ``scope``'s file when that is not the descriptors' (a part's
+    observation checked against its index), default ``index``. Files of format 2 and older:
+    the cubes and DQ planes only, as their writer defined it.
+    """
+    scope = checksum_scope(descriptors) if scope is None else scope
     digest = hashlib.blake2b(digest_size=CHECKSUM_BYTES // 2)
-    for key in cube_keys(descriptors):
+    keys = cube_keys(descriptors)
+    if scope.version >= CHECKSUM_SINCE:
+        digest.update(scope.observation(index if position is None else position))
+        keys += [key for key in (PROVENANCE, INPUTS) if key in descriptors]
+    for key in keys:
         mm = descriptors[key].open(index, mode="r")
         digest.update(np.ascontiguousarray(mm).data.cast("B"))
         del mm
     return digest.hexdigest()
+
+
+def misplaced(descriptors: dict[str, ArrayDescriptor], scope: ChecksumScope | None = None) -> list[int]:
+    """An index's observations that its ``/part`` and ``/part_index`` do not lead to (empty for a single file).
+
+    The part named is not one of its parts, holds no observation at that index, or holds
+    another (planet_id, visit) there: the memory-mapped readers (:func:`read_descriptors`)
+    would read another observation's bytes, or none.
+    """
+    d = descriptors[CHECKSUM]
+    if not isinstance(d, PartsDescriptor):
+        return []
+    scope = checksum_scope(descriptors) if scope is None else scope
+    keys = []
+    for part in d.parts:
+        with h5py.File(part.path, "r") as f:
+            keys.append(list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True)))
+    out = []
+    for i, (part_number, local) in enumerate(zip(d.part, d.local, strict=True)):
+        found = keys[part_number] if 0 <= part_number < len(keys) else []
+        if not 0 <= local < len(found) or found[local] != (int(scope.planet_id[i]), int(scope.visit[i])):
+            out.append(i)
+    return out
 
 
 def read_field(descriptors: dict[str, ArrayDescriptor], key: str) -> np.ndarray:
@@ -725,18 +905,19 @@ def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, v
 
 
 def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
-                  provenance: dict[str, Any] | None = None, inputs: str = "") -> None:
-    """Write an observation's provenance, error and checksum, then (last, so it is true) its status.
+                  provenance: dict[str, Any] | None = None, inputs: str = "",
+                  scope: ChecksumScope | None = None) -> None:
+    """Write an observation's error, provenance and inputs, then its checksum, then (last, so it is true) its status.
 
     ``owner`` goes back to 0, and a done observation's ``attempts`` too: they only
     matter while it is unfinished, so a file finished after a crash is
-    byte-identical to one made in a single run; the log keeps the history.
+    byte-identical to one made in a single run; the log keeps the history. The
+    checksum covers the provenance and inputs, so it is computed after they are
+    written; ``scope``: the file's :func:`checksum_scope` (read from it when not given).
     """
     write_field(descriptors, OWNER, index, 0)
     if status == STATUS_DONE:
         write_field(descriptors, ATTEMPTS, index, 0)
-    write_field(descriptors, CHECKSUM, index, checksum(descriptors, index).encode() if status == STATUS_DONE
-                else b"")
     for key, value, size in ((ERROR, error, ERROR_BYTES),
                              (PROVENANCE, _json_attr(provenance or {}), PROVENANCE_BYTES),
                              (INPUTS, inputs, INPUTS_BYTES)):
@@ -746,6 +927,8 @@ def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: i
             if key != ERROR:
                 log.warning("%s of observation %d truncated to %d bytes", key, index, size)
         write_field(descriptors, key, index, raw)
+    write_field(descriptors, CHECKSUM, index, checksum(descriptors, index, scope).encode() if status == STATUS_DONE
+                else b"")
     write_field(descriptors, STATUS, index, status)
 
 

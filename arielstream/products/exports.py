@@ -76,18 +76,17 @@ import numpy.typing as npt
 from ..errors import OutputError
 from ..io import store
 from ..io.atomic import Staging, atomic_write, output_errors, staged
+from ..io.output import check_product_target
 from ..io.store import open_output, open_readable
 from ..io.store import text as _text
 from ..layout import AIRS as _AIRS
 from ..layout import FGS1 as _FGS1
 from ..layout import FGS1_WAVELENGTH_UM
 from . import lightcurves as lcmod
+from .defaults import FORMATS, NPY_VISITS, WAVELENGTH_ORDERS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("npy", "fits", "csv", "parquet")
-WAVELENGTH_ORDERS = ("detector", "target", "file")  # "file" (or None): as stored
-NPY_VISITS = ("all", "first", "mean")  # rows of an npy export: every observation, or one per planet
 AIRS, FGS1 = _AIRS.name, _FGS1.name
 TABLE_TYPES = {"planet_id": "int64", "visit": "int16", "instrument": "string", "wavelength_label": "string",
                "wavelength": "float64", "time": "float64", "flux": "float64", "flux_err": "float64",
@@ -493,6 +492,7 @@ def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
 # ---------------------------------------------------------------- one entry point
 def export(path: str | Path, out_dir: str | Path, fmt: str, **options: Any) -> list[Path]:
     """Export ``path`` as ``fmt`` (npy, fits, csv, parquet) into ``out_dir``; the files written."""
+    check_product_target(out_dir, path)
     if fmt == "npy":
         return list(export_npy(path, out_dir, **options).values())
     if fmt == "fits":

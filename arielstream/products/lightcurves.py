@@ -109,12 +109,14 @@ from .. import dq as dqbits
 from .._version import __version__
 from ..calibration import frame_steps
 from ..config.options import build_config
-from ..errors import ArielstreamError, InputError, OutputError
+from ..errors import ArielstreamError, InputError
 from ..io import store as _s
 from ..io.atomic import atomic_write, output_errors
+from ..io.output import check_product_target
 from ..io.store import STATUS_DONE, check_output, open_output, text
 from ..layout import AIRS, FGS1, FGS1_WAVELENGTH_UM, frames_per_bin
 from ..nan import quiet_nan
+from .defaults import DEFAULT_FGS1_RADIUS, DEFAULT_HALF_WIDTH
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,6 @@ class SelectionError(ArielstreamError, IndexError):
     """An observation index that the file does not have."""
 
 
-DEFAULT_HALF_WIDTH = 6
-DEFAULT_FGS1_RADIUS = 6.0
 BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the background region
 LC_FORMAT_NAME = "arielstream-lightcurves"
 LC_FORMAT_VERSION = 1
@@ -582,8 +582,7 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     """
     path = Path(path)
     out = Path(out_path) if out_path is not None else default_output(path)
-    if out.resolve() == path.resolve():
-        raise OutputError(f"{out}: the light-curve file would overwrite its source")
+    check_product_target(out, path)
     if half_width < 0:
         raise ValueError(f"half_width must be >= 0; got {half_width}")
     if not fgs1_radius > 0:

@@ -33,6 +33,7 @@ from .. import dq as dqbits
 from ..errors import MissingDependencyError
 from ..io import store
 from ..io.atomic import output_errors, staged
+from ..io.output import check_product_target
 from ..io.store import open_output, text
 from ..layout import AIRS, FGS1
 from ..nan import quiet_nan
@@ -216,6 +217,7 @@ def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None =
     file that cannot be written is an :class:`~arielstream.errors.OutputError` naming it.
     """
     path, out_dir = Path(path), Path(out_dir)
+    check_product_target(out_dir, path)
     entries: list[dict[str, Any]] = []
     with open_output(path) as f, staged() as staging:
         attrs = {k: text(v) for k, v in f.attrs.items()}

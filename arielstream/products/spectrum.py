@@ -56,15 +56,16 @@ from .._version import __version__
 from ..errors import InputError, OutputError
 from ..io import store as _s
 from ..io.atomic import output_errors, staged
+from ..io.output import check_product_target
 from ..io.store import open_output, text
 from ..layout import SIGMA_PREFIX, TARGET_PREFIX
 from . import lightcurves as lc
+from .defaults import DEFAULT_DEGREE
 
 log = logging.getLogger(__name__)
 
 N_AIRS_TARGETS = 282  # wl_2 … wl_283
 N_TARGETS = 1 + N_AIRS_TARGETS
-DEFAULT_DEGREE = 1
 MIN_BINS_FREE_DURATIONS = 12  # fewer bins than this: durations from the star info, when known
 MIN_DOF_REGRESSORS = 8  # the centroid regressors are used only when this many degrees of freedom remain
 N_STARTS = 3  # the timing's simplex starts from this many of the best grid points
@@ -669,8 +670,8 @@ def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str
     path = Path(path)
     out = Path(out) if out is not None else default_submission(path)
     fits = Path(fits) if fits is not None else fits_path(out)
-    if path.resolve() in (out.resolve(), fits.resolve()):
-        raise OutputError(f"{path}: the spectrum would overwrite its source")
+    check_product_target(out, path)
+    check_product_target(fits, path, "--fits")
     for target in (out, fits):  # before the fits, not after them
         if not target.resolve().parent.is_dir():
             raise OutputError(f"{target.parent}: output folder does not exist")

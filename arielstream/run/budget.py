@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MemoryBudgetError, OutOfMemoryError
-from ..io.signal import MAX_CHUNK_BYTES
 from ..units import format_bytes
 
 log = logging.getLogger(__name__)
 
 # A worker whose chunks get less than this is slower than one more worker is worth.
 MIN_CHUNK_BYTES = 48 * 10**6
+# Chunks bigger than this buy no speed (decoding the raw frames, :mod:`..io.signal`, takes as long
+# from one spatial row per block upwards, see BENCHMARKS.md); a larger --memory is left unused, and
+# one worker stays near 300 MB. (Here, not in io.signal: the command loads this module, not pyarrow.)
+MAX_CHUNK_BYTES = 64 * 10**6
 # Per-process allowance beyond the measured import footprint: the output slice of an
 # observation being written (~8 MB AIRS), calibration frames, Parquet footers (~40 MB for a
 # one-row-group AIRS file), allocator slack.

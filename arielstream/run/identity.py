@@ -2,9 +2,12 @@
 
 An existing ``OUT.h5`` (or ``OUT.h5.partial``) is reported complete, or resumed,
 only when this run would write the same numbers into it: the same numerical code,
-calibration config, split and data folder (:func:`run_identity`, stored in the
-file's attributes). How the run is executed (memory, jobs, backend, the kernel
-engine, which records itself per observation) is not part of it.
+calibration config and split (:func:`run_identity`, stored in the file's attributes).
+How the run is executed (memory, jobs, backend, the kernel engine, which records
+itself per observation) is not part of it, and neither is where the data folder is:
+each observation records its input files by their path relative to the data folder
+with their sizes and modification times, so a data folder that moved (``mv``, ``cp -a``,
+another mount point) still matches, and a file that changed is recomputed.
 
 The numerical code is the package version plus a digest of the modules on the
 numerical path (:data:`NUMERICAL_MODULES`): editing the CLI, the products or the
@@ -67,10 +70,9 @@ def code_version() -> str:
     return source_digest(PACKAGE_ROOT)
 
 
-def run_identity(config: CalibrationConfig, split: str, data_dir: Path) -> dict[str, str]:
-    """The attributes an output must share with a run to be resumed by it (``data_dir`` absolute)."""
-    return {"arielstream_version": code_version(), "config": config.to_json(), "split": split,
-            "source": str(data_dir)}
+def run_identity(config: CalibrationConfig, split: str) -> dict[str, str]:
+    """The attributes an output must share with a run to be resumed by it."""
+    return {"arielstream_version": code_version(), "config": config.to_json(), "split": split}
 
 
 def _config_changes(stored: str, current: str) -> str:
@@ -98,8 +100,6 @@ def identity_differences(stored: Mapping[str, Any], identity: Mapping[str, str])
             problems.append(_config_changes(str(old or "{}"), current))
         elif key == "split":
             problems.append(f"split differs (output holds {old!r}, this run {current!r})")
-        elif key == "source":
-            problems.append(f"data folder differs (output made from {old}, this run reads {current})")
         else:
             problems.append(f"{key} differs (output {old!r}, this run {current!r})")
     return problems

@@ -59,6 +59,7 @@ import numpy as np
 from ..errors import ArielstreamError, OutputError
 from ..io import atomic
 from ..io.manifest import fingerprint_changes
+from ..io.output import OutputFiles
 from ..io.store import (
     ATTR_LAST_PART,
     INPUTS,
@@ -71,14 +72,17 @@ from ..io.store import (
     STATUS_RUNNING,
     VISIT,
     ArrayDescriptor,
+    ChecksumScope,
     IndexEntry,
     InstrumentLayout,
     checksum,
+    checksum_scope,
     create_index,
     create_output,
     fail_observation,
     index_parts,
     is_output_file,
+    misplaced,
     read_descriptors,
     read_field,
     write_field,
@@ -107,16 +111,6 @@ def _held_open(path: Path, exc: OSError) -> LockBusyError | None:
     return None
 
 
-def partial_path(output: Path) -> Path:
-    """``OUT.h5.partial``: where ``OUT.h5`` is built before it is published."""
-    return atomic.partial_path(output)
-
-
-def lock_path(output: Path) -> Path:
-    """``OUT.h5.lock``: the file a run holds locked while it writes ``OUT.h5``."""
-    return output.with_name(output.name + ".lock")
-
-
 class RunLock:
     """An exclusive, non-blocking ``flock`` on ``OUT.h5.lock`` for the whole run.
 
@@ -127,7 +121,7 @@ class RunLock:
 
     def __init__(self, output: Path):
         self.output = Path(output)
-        self.path = lock_path(self.output)
+        self.path = OutputFiles.of(self.output).lock
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -171,16 +165,6 @@ def _key(obs: Observation) -> Key:
     return (obs.planet_id, obs.visit)
 
 
-def parts_dir(output: Path) -> Path:
-    """``OUT.h5.parts``: the part files of an output extended by later runs."""
-    return output.with_name(output.name + ".parts")
-
-
-def next_index_path(output: Path) -> Path:
-    """``OUT.h5.next``: an index waiting to replace ``OUT.h5`` (its presence is the publish journal)."""
-    return output.with_name(output.name + ".next")
-
-
 @dataclass
 class Source:
     """A file holding calibrated observations a run may keep: ``OUT.h5``, a part, or ``OUT.h5.partial``."""
@@ -192,6 +176,7 @@ class Source:
     status: np.ndarray
     inputs: list[str]
     checksums: np.ndarray  # as stored (S16), read once: every kept copy from an unpublished file is checked
+    scope: ChecksumScope  # its keys, axes and attributes, which its checksums cover (store.checksum_scope)
     position: dict[Key, int] = field(init=False)  # where each observation is in the file
 
     def __post_init__(self) -> None:
@@ -202,11 +187,12 @@ class Source:
         """What ``path`` holds: its observations, their status and the inputs each was computed from."""
         with h5py.File(path, "r") as f:
             keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
+            scope = checksum_scope(f)
         descriptors = read_descriptors(path)
         inputs = [v.decode(errors="replace").rstrip("\x00") for v in read_field(descriptors, INPUTS)] \
             if INPUTS in descriptors else [""] * len(keys)
         return cls(path, published, keys, descriptors, read_field(descriptors, "status"), inputs,
-                   read_field(descriptors, "checksum"))
+                   read_field(descriptors, "checksum"), scope)
 
 
 @dataclass
@@ -263,17 +249,48 @@ def _part_number(path: Path) -> int:
     return int(path.stem) if path.stem.isdigit() else -1
 
 
-def _sources(output: Path, identity: dict[str, str], layouts: list[InstrumentLayout],
-             ) -> tuple[list[Source], dict[Key, tuple[Source, int]]]:
+@dataclass
+class OnDisk:
+    """What a run finds of an output: the files it may keep observations from, and what the index lacks."""
+
+    newest: list[Source]  # unpublished files (.partial, parts a killed run left), newest first
+    published: dict[Key, tuple[Source, int]]  # where OUT.h5 puts each observation it holds, readable
+    lost: list[Key] = field(default_factory=list)  # observations of OUT.h5 whose part is missing or damaged
+    renamed: bool = False  # the index names its parts by another output name (renamed, or reached by a link)
+
+
+def _published_parts(output: Path, files: OutputFiles, names: list[str], keys: list[Key],
+                     where: list[tuple[int, int]], found: OnDisk) -> set[Path]:
+    """Read each part of an index; a missing or damaged part's observations become ``lost`` (recomputed)."""
+    parts: list[Source | None] = []
+    for name in names:
+        path = files.part(name)
+        found.renamed |= name != files.part_name(path)
+        try:
+            parts.append(Source.read(path, True))
+        except (OSError, ValueError, KeyError, ArielstreamError) as exc:
+            log.warning("%s: its part %s is missing or cannot be read (%s); its observations are recomputed",
+                        output, name, exc)
+            parts.append(None)
+    for key, (part, index) in zip(keys, where, strict=True):
+        source = parts[part] if 0 <= part < len(parts) else None
+        if source is None or not 0 <= index < len(source.keys) or source.keys[index] != key:
+            found.lost.append(key)
+        else:
+            found.published[key] = (source, index)
+    return {files.part(name) for name in names}
+
+
+def _sources(output: Path, identity: dict[str, str], layouts: list[InstrumentLayout]) -> OnDisk:
     """Every file with observations this run may keep, newest first, and where ``OUT.h5`` puts each of its own.
 
     ``OUT.h5`` and ``OUT.h5.partial`` made differently are refused (the user decides);
     a part no index refers to and made differently (left by a run killed while it
-    published, before a ``--force``) is ignored and removed by the next publish.
+    published, before a ``--force``) is ignored and removed by the next publish, and so
+    is a part the last publish retired (kept only for readers of the index before it).
     """
-    partial = partial_path(output)
-    newest: list[Source] = []
-    published: dict[Key, tuple[Source, int]] = {}
+    files = OutputFiles.of(output)
+    found = OnDisk([], {})
     referenced: set[Path] = set()
     if output.exists():
         problems = _identity_mismatch(output, identity, layouts)
@@ -285,36 +302,40 @@ def _sources(output: Path, identity: dict[str, str], layouts: list[InstrumentLay
                 keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
                 where = list(zip(f[PART][()].tolist(), f[PART_INDEX][()].tolist(), strict=True)) if names else []
             if names:
-                parts = [Source.read(output.parent / name, True) for name in names]
-                referenced = {p.path for p in parts}
-                for key, (part, index) in zip(keys, where, strict=True):
-                    published[key] = (parts[part], index)
+                referenced = _published_parts(output, files, names, keys, where, found)
             else:
                 single = Source.read(output, True)
-                published = {key: (single, i) for i, key in enumerate(keys)}
-    folder = parts_dir(output)
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.h5"), key=_part_number, reverse=True):
-            if path in referenced:
+                found.published = {key: (single, i) for i, key in enumerate(keys)}
+    retired = set().union(*files.read_retired())
+    if files.parts.is_dir():
+        for path in sorted(files.parts.glob("*.h5"), key=_part_number, reverse=True):
+            if path in referenced or path.name in retired:
                 continue
             if _identity_mismatch(path, identity, layouts):
                 log.debug("%s: a part made differently and referred to by nothing; ignored", path)
                 continue
             try:
-                newest.append(Source.read(path, False))
-            except (OSError, ArielstreamError) as exc:
+                found.newest.append(Source.read(path, False))
+            except (OSError, ValueError, KeyError, ArielstreamError) as exc:
                 log.warning("%s: an unfinished part that cannot be read (%s); ignored", path, exc)
-    if partial.exists():
-        problems = _identity_mismatch(partial, identity, layouts)
+    if files.partial.exists():
+        problems = _identity_mismatch(files.partial, identity, layouts)
         if problems:
-            raise _refuse(partial, problems)
-        with atomic.output_errors(partial, "read the output file"):
-            newest.insert(0, Source.read(partial, False))
-    return newest, published
+            raise _refuse(files.partial, problems)
+        with atomic.output_errors(files.partial, "read the output file"):
+            found.newest.insert(0, Source.read(files.partial, False))
+    return found
 
 
-def _checksum_ok(source: Source, index: int) -> bool:
-    return source.checksums[index].decode() == checksum(source.descriptors, index)
+def _checksum_ok(source: Source, index: int, scope: ChecksumScope | None = None, position: int | None = None,
+                 ) -> bool:
+    """True when observation ``index`` of ``source`` matches its stored checksum.
+
+    Against the source's own keys and axes, or against ``scope`` (an index's), where
+    the observation is at ``position``.
+    """
+    return source.checksums[index].decode() == checksum(source.descriptors, index,
+                                                        source.scope if scope is None else scope, position)
 
 
 def _choose(key: Key, fingerprint: str | None, newest: list[Source], published: dict[Key, tuple[Source, int]],
@@ -339,22 +360,37 @@ def _choose(key: Key, fingerprint: str | None, newest: list[Source], published: 
     return None, changed
 
 
-def _sort_missing(output: Path, missing: list[Key], published: dict[Key, tuple[Source, int]], drop: bool,
+def _sort_missing(output: Path, missing: list[Key], found: OnDisk, on_disk: set[Key] | None, drop: bool,
                   counts: dict[str, list[Key]]) -> None:
-    """Observations of ``OUT.h5`` no longer in the data folder: kept (done ones), or dropped; logged either way."""
+    """Observations of ``OUT.h5`` this run does not compute: kept, or dropped; logged either way.
+
+    One the run's selection (``--planets``, ``--obs``) left out but still in the data folder is
+    always kept as it is, whatever ``drop``: a subset run never takes anything out of an output.
+    One whose inputs are gone from the data folder is kept when done (``drop`` leaves it out).
+    One whose part is lost and whose inputs are gone cannot be kept.
+    """
+    selected_out: list[Key] = []
+    gone_kept: list[Key] = []
     for key in missing:
-        source, index = published[key]
-        if drop or source.status[index] != STATUS_DONE:
+        if key not in found.published:  # its part is lost, and it cannot be recomputed
+            counts["dropped"].append(key)
+            continue
+        source, index = found.published[key]
+        if on_disk is not None and key in on_disk:
+            selected_out.append(key)
+            counts["kept"].append(key)
+        elif drop or source.status[index] != STATUS_DONE:
             counts["dropped"].append(key)
         else:
+            gone_kept.append(key)
             counts["kept"].append(key)
-    if counts["kept"]:
-        log.warning("%s: %d observation(s) no longer in the data folder (or not selected by --planets) are kept "
-                    "(%s); --drop-missing leaves them out", output, len(counts["kept"]),
-                    ", ".join(f"{p}/visit {v}" for p, v in counts["kept"]))
+    if selected_out:
+        log.info("%s: %d observation(s) not selected by this run are kept as they are", output, len(selected_out))
+    if gone_kept:
+        log.warning("%s: %d observation(s) no longer in the data folder are kept (%s); --drop-missing leaves them "
+                    "out", output, len(gone_kept), ", ".join(f"{p}/visit {v}" for p, v in gone_kept))
     if counts["dropped"]:
-        log.warning("%s: %d observation(s) no longer in the data folder (or not selected by --planets) are left "
-                    "out (%s)", output,
+        log.warning("%s: %d observation(s) no longer in the data folder are left out (%s)", output,
                     len(counts["dropped"]), ", ".join(f"{p}/visit {v}" for p, v in counts["dropped"]))
 
 
@@ -372,12 +408,13 @@ def _report_changes(output: Path, changes: dict[Key, list[str]], frozen: bool) -
         log.warning("%s: inputs changed since it was calibrated (%s); recomputed", output, line)
 
 
-def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], newest: list[Source],
-                     published: dict[Key, tuple[Source, int]], kept: dict[Key, tuple[Source, int]],
-                     counts: dict[str, list[Key]], output: Path, frozen: bool) -> list[Key]:
+def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], found: OnDisk,
+                     kept: dict[Key, tuple[Source, int]], counts: dict[str, list[Key]], output: Path,
+                     frozen: bool) -> list[Key]:
     """Each wanted observation kept (into ``kept``) or to compute (returned), counted by why."""
     todo_keys: list[Key] = []
     changes: dict[Key, list[str]] = {}
+    newest, published, lost = found.newest, found.published, set(found.lost)
     for key in wanted:
         chosen, changed = _choose(key, fingerprints.get(key), newest, published)
         if chosen is not None:
@@ -387,6 +424,8 @@ def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], newest: li
         if changed:  # done somewhere, from other inputs
             counts["recomputed"].append(key)
             changes[key] = changed
+        elif key in lost:  # its part is missing or damaged
+            counts["repaired"].append(key)
         elif key in published:
             counts["retried"].append(key)
         elif not any(key in source.position for source in newest):  # a stopped run's pending ones are not new
@@ -398,48 +437,50 @@ def _keep_or_compute(wanted: list[Key], fingerprints: dict[Key, str], newest: li
 def prepare_output(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
                    attrs: dict[str, Any], identity: dict[str, str], force: bool = False, *,
                    fingerprints: dict[Key, str] | None = None, frozen: bool = False, drop_missing: bool = False,
-                   extend: bool = True) -> PreparedOutput:
+                   extend: bool = True, on_disk: set[Key] | None = None) -> PreparedOutput:
     """Decide from what is on disk what to compute and what to keep (see the module doc).
 
     ``fingerprints``: each observation's inputs now (:func:`arielstream.io.manifest.fingerprint`);
     ``frozen``: refuse rather than recompute observations whose inputs changed;
     ``drop_missing``: leave out of the output what is no longer in the data folder;
+    ``on_disk``: every observation in the data folder, selected or not (``None``: those of
+    ``observations``): what the output holds of the others is kept, whatever ``drop_missing``;
     ``extend=False``: the observations depend on each other (a master over the whole
     dataset), so a changed observation list or input is refused instead.
     """
     output = Path(output)
-    partial = partial_path(output)
+    files = OutputFiles.of(output)
+    partial = files.partial
     finish_publish(output)
-    for leftover in (partial.with_name(partial.name + ".new"), next_index_path(output).with_name(
-            next_index_path(output).name + ".new")):
+    for leftover in (files.partial_staging, files.journal_staging):
         leftover.unlink(missing_ok=True)
     current = {_key(o): o for o in observations}
     wanted = sorted(current)
-    fresh = fresh_marker(output)
     if force:
         return _lay_out_fresh(output, observations, layouts, attrs)
-    newest, published = _sources(output, identity, layouts)
-    if fresh.exists() and newest and newest[0].path == partial:  # a --force run stopped: it goes on, alone
-        if newest[0].keys != wanted:
+    found = _sources(output, identity, layouts)
+    if files.fresh.exists() and found.newest and found.newest[0].path == partial:  # a --force run stopped: it
+        if found.newest[0].keys != wanted:  # goes on, alone
             log.warning("%s: the --force run that stopped was for other observations; starting it again", output)
             return _lay_out_fresh(output, observations, layouts, attrs)
-        newest, published = newest[:1], {}
-    fresh.unlink(missing_ok=True)
-    if not newest and not published:
-        return _lay_out(partial, observations, layouts, attrs, "new", observations)
+        found = OnDisk(found.newest[:1], {})
+    files.fresh.unlink(missing_ok=True)
+    newest, published = found.newest, found.published
+    if not newest and not published and not found.lost:
+        return _lay_out(files, observations, layouts, attrs, "new", observations)
     counts: dict[str, list[Key]] = {name: [] for name in ("added", "recomputed", "retried", "repaired", "kept",
                                                           "dropped")}
-    missing = sorted(set(published) - set(current))
-    _sort_missing(output, missing, published, drop_missing, counts)
+    missing = sorted((set(published) | set(found.lost)) - set(current))
+    _sort_missing(output, missing, found, on_disk, drop_missing, counts)
     kept: dict[Key, tuple[Source, int]] = {key: published[key] for key in counts["kept"]}
-    todo_keys = _keep_or_compute(wanted, fingerprints or {}, newest, published, kept, counts, output, frozen)
+    todo_keys = _keep_or_compute(wanted, fingerprints or {}, found, kept, counts, output, frozen)
     if not extend and (counts["added"] or counts["recomputed"] or missing):
         problems = [f"observation list differs ({len(counts['added'])} new, {len(missing)} missing)"] \
             if counts["added"] or missing else [f"the inputs of {len(counts['recomputed'])} observation(s) changed"]
         raise _refuse(output if output.exists() else partial, problems,
                       " (with master_calibration = \"dataset\" every observation depends on all the others)")
     keys = sorted(set(wanted) | set(counts["kept"]))
-    unchanged = bool(published) and keys == list(published) and \
+    unchanged = bool(published) and keys == list(published) and not found.lost and not found.renamed and \
         all(kept.get(k) == published[k] for k in keys)
     if not todo_keys and unchanged:
         damaged = verify_published(output, published)
@@ -452,8 +493,13 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
                     ", ".join(f"{p}/visit {v}" for p, v in damaged))
         for key in damaged:
             kept.pop(key)
-            counts["repaired"].append(key)
-        todo_keys = damaged
+            counts["repaired" if key in current else "dropped"].append(key)
+        if counts["dropped"]:  # damaged, and its inputs are gone from the data folder: it cannot be recomputed
+            log.error("%s: %d damaged observation(s) cannot be recomputed (their inputs are no longer in the data "
+                      "folder) and are left out: %s", output, len(counts["dropped"]),
+                      ", ".join(f"{p}/visit {v}" for p, v in counts["dropped"]))
+            keys = [k for k in keys if k not in counts["dropped"]]
+        todo_keys = counts["repaired"]
     action = ("extend" if counts["added"] else "recompute" if counts["recomputed"] else
               "repair" if counts["repaired"] else "retry-failed" if counts["retried"] else "update")
     prepared = _partial_for(output, newest, kept, sorted(todo_keys), current, layouts, attrs, action)
@@ -471,7 +517,8 @@ def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Sourc
     A ``.partial`` laid out for other observations becomes a part (the observations it
     finished are kept from there), or is removed when it holds nothing kept.
     """
-    partial = partial_path(output)
+    files = OutputFiles.of(output)
+    partial = files.partial
     existing = newest[0] if newest and newest[0].path == partial else None
     if existing is not None:
         from_partial = {k for k, (s, _) in kept.items() if s is existing}
@@ -497,17 +544,17 @@ def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Sourc
     if not todo_keys:
         return PreparedOutput(action, partial)
     observations = [current[k] for k in todo_keys]
-    return _lay_out(partial, observations, layouts, attrs, action, observations)
+    return _lay_out(files, observations, layouts, attrs, action, observations)
 
 
-def _lay_out(partial: Path, observations: list[Observation], layouts: list[InstrumentLayout], attrs: dict[str, Any],
-             action: str, keys_from: list[Observation]) -> PreparedOutput:
+def _lay_out(files: OutputFiles, observations: list[Observation], layouts: list[InstrumentLayout],
+             attrs: dict[str, Any], action: str, keys_from: list[Observation]) -> PreparedOutput:
     """A new ``.partial`` for ``observations``, laid out under a staging name and renamed.
 
     A run killed while HDF5 builds the file leaves only ``OUT.h5.partial.new``, which the
     next run discards, never a ``.partial`` h5py cannot open.
     """
-    staging = partial.with_name(partial.name + ".new")
+    partial, staging = files.partial, files.partial_staging
     staging.unlink(missing_ok=True)
     create_output(staging, observations, layouts, attrs)
     with atomic.output_errors(partial, "create the output file"):
@@ -521,18 +568,13 @@ def _lay_out(partial: Path, observations: list[Observation], layouts: list[Instr
                           [_key(o) for o in keys_from])
 
 
-def fresh_marker(output: Path) -> Path:
-    """``OUT.h5.partial.force``: the ``.partial`` beside it belongs to a ``--force`` run (nothing older is kept)."""
-    return output.with_name(output.name + ".partial.force")
-
-
 def _lay_out_fresh(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
                    attrs: dict[str, Any]) -> PreparedOutput:
     """A ``.partial`` for every observation, marked so that a rerun after a kill goes on with it alone."""
-    marker = fresh_marker(output)
-    with atomic.output_errors(marker, "mark the --force run"):
-        marker.touch()
-    return _lay_out(partial_path(output), observations, layouts, attrs, "new", observations)
+    files = OutputFiles.of(output)
+    with atomic.output_errors(files.fresh, "mark the --force run"):
+        files.fresh.touch()
+    return _lay_out(files, observations, layouts, attrs, "new", observations)
 
 
 def _new_part_path(output: Path) -> Path:
@@ -541,9 +583,10 @@ def _new_part_path(output: Path) -> Path:
     Numbers are never reused, so a reader holding an earlier index never finds other
     observations under a name it knew.
     """
-    folder = parts_dir(output)
+    files = OutputFiles.of(output)
+    folder = files.parts
     numbers = [_part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
-    for path in (output, next_index_path(output)):
+    for path in (output, files.journal):
         with contextlib.suppress(OSError, KeyError, ValueError):
             with h5py.File(path, "r") as f:
                 numbers.append(int(f.attrs[ATTR_LAST_PART]))
@@ -551,10 +594,17 @@ def _new_part_path(output: Path) -> Path:
 
 
 def verify_published(output: Path, published: dict[Key, tuple[Source, int]]) -> list[Key]:
-    """The done observations of ``OUT.h5`` whose bytes no longer match their checksum."""
+    """The done observations of ``OUT.h5`` whose bytes no longer match their checksum.
+
+    Checked against what readers of ``OUT.h5`` see: its own keys, axes and attributes
+    (an index's, not those of the parts its observations' bytes are in).
+    """
+    scope = checksum_scope(output)
+    position = {(int(p), int(v)): i for i, (p, v) in enumerate(zip(scope.planet_id, scope.visit, strict=True))}
     damaged = []
     for key, (source, index) in published.items():
-        if source.status[index] == STATUS_DONE and not _checksum_ok(source, index):
+        if source.status[index] == STATUS_DONE and (key not in position or
+                                                    not _checksum_ok(source, index, scope, position[key])):
             damaged.append(key)
     return damaged
 
@@ -595,12 +645,38 @@ def reconcile(descriptors: dict[str, ArrayDescriptor], status: np.ndarray | None
     return todo
 
 
+def _read_located(descriptors: dict[str, ArrayDescriptor], key: str, skip: set[int]) -> np.ndarray:
+    """A per-observation field, leaving out (zero) the observations in ``skip``, which an index cannot locate."""
+    if not skip:
+        return read_field(descriptors, key)
+    d = descriptors[key]
+    out = np.zeros(d.shape, dtype=d.dtype)
+    for index in set(range(d.shape[0])) - skip:
+        mm = d.open(index, mode="r")
+        out[index] = mm
+        del mm
+    return out
+
+
+def verify_report(descriptors: dict[str, ArrayDescriptor]) -> tuple[np.ndarray, list[int]]:
+    """Each observation's status as stored, and the done ones whose bytes do not match their checksum.
+
+    The checksum is recomputed against the file the descriptors name (an index's own keys,
+    axes and attributes). An observation of an index that its part map does not lead to
+    (:func:`arielstream.io.store.misplaced`) is damaged too, whatever its status (0 here).
+    """
+    scope = checksum_scope(descriptors)
+    lost = set(misplaced(descriptors, scope))
+    status = _read_located(descriptors, "status", lost)
+    stored = _read_located(descriptors, "checksum", lost)
+    damaged = [int(i) for i in np.flatnonzero(status == STATUS_DONE)
+               if int(i) not in lost and stored[i].decode() != checksum(descriptors, int(i), scope)]
+    return status, sorted(lost.union(damaged))
+
+
 def verify(descriptors: dict[str, ArrayDescriptor]) -> list[int]:
-    """Indices of done observations whose bytes do not match their checksum."""
-    status = read_field(descriptors, "status")
-    stored = read_field(descriptors, "checksum")
-    return [int(i) for i in np.flatnonzero(status == STATUS_DONE)
-            if stored[i].decode() != checksum(descriptors, int(i))]
+    """Indices of done observations whose bytes do not match their checksum (:func:`verify_report`)."""
+    return verify_report(descriptors)[1]
 
 
 def _fault(step: str) -> None:
@@ -641,28 +717,30 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
     (observations kept from earlier files): the index is written as ``OUT.h5.next``
     (the journal), the ``.partial`` becomes the next part, and ``OUT.h5.next`` is renamed
     onto ``OUT.h5``; a run killed anywhere in between is finished by the next run
-    (:func:`finish_publish`) before it looks at anything else. Parts nothing refers to
-    any more are removed last.
+    (:func:`finish_publish`) before it looks at anything else. Parts the new output no
+    longer refers to are **retired** before the rename (``OUT.h5.parts/.retired``): a
+    reader that opened the output before this publish still finds them; the next publish
+    removes them.
     """
+    files = OutputFiles.of(output)
     partial = prepared.partial
     computed = bool(prepared.observations)
     if computed:
         _check_opens(partial)
     if computed and prepared.single:
-        stale = stale_marker(output)
         try:
-            if parts_dir(output).is_dir():  # what they hold is replaced: removed after the rename, or by the rerun
-                stale.touch()
+            if files.parts.is_dir():  # what they hold is replaced: retired, removed by the next publish
+                _retire(files, [])
             _fsync(partial)
             os.replace(partial, output)
         except OSError as exc:  # the .partial stays, whole: the rerun publishes it
             raise OutputError(f"{output}: cannot publish {partial.name}: {exc}; run again to publish it") from None
         _fsync_dir(output.parent)
         _fault("single")
-        fresh_marker(output).unlink(missing_ok=True)
-        _collect_parts(output)
+        files.fresh.unlink(missing_ok=True)
+        _collect_parts(files)
         return
-    folder = parts_dir(output)
+    folder = files.parts
     with atomic.output_errors(folder, "publish the extended output"):
         folder.mkdir(exist_ok=True)
         kept, sizes = dict(prepared.kept), dict(prepared.sizes)
@@ -681,14 +759,13 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
         for key in prepared.keys:
             path, index = kept[key] if key in kept else (new_part, in_partial[key])
             assert path is not None
-            entries.append(IndexEntry(key, _relative(path, output), index))
-        journal = next_index_path(output)
-        staging = journal.with_name(journal.name + ".new")
+            entries.append(IndexEntry(key, files.part_name(path), index))
+        staging = files.journal_staging
         last = max([_part_number(path) for path in sizes] + [number - 1])  # and every number used before
-        create_index(staging, entries, {_relative(path, output): n for path, n in sizes.items()}, layouts,
+        create_index(staging, entries, {files.part_name(path): n for path, n in sizes.items()}, layouts,
                      {**attrs, ATTR_LAST_PART: last})
         _fsync(staging)
-        os.replace(staging, journal)
+        os.replace(staging, files.journal)
         _fsync_dir(output.parent)
     _fault("journal")
     if new_part is not None:
@@ -698,10 +775,6 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
             _fsync_dir(folder)
     _fault("part")
     finish_publish(output)
-
-
-def _relative(path: Path, output: Path) -> str:
-    return path.relative_to(output.parent).as_posix()
 
 
 def _link(output: Path, part: Path) -> None:
@@ -718,28 +791,40 @@ def _link(output: Path, part: Path) -> None:
     _fsync_dir(part.parent)
 
 
-def stale_marker(output: Path) -> Path:
-    """``OUT.h5.parts/.stale``: written before a single file replaces an index; its parts are then unused."""
-    return parts_dir(output) / ".stale"
+def _index_names(path: Path) -> list[str] | None:
+    """The part names of the index at ``path`` ([] for a single file, None when there is none or it is unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return [Path(name).name for name in index_parts(f)]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _retire(files: OutputFiles, new_names: list[str]) -> None:
+    """Before ``OUT.h5`` is replaced: the parts it refers to and the new output does not are retired ("now").
+
+    What earlier publishes retired (and any publish killed before its rename) stays listed
+    ("earlier") until :func:`_collect_parts` removes it after the replacement: a run killed in
+    between leaves a superset listed, never a part a later run would take for unfinished work.
+    """
+    old = _index_names(files.path) or []
+    earlier, now = files.read_retired()
+    files.write_retired(earlier | now, set(old) - set(new_names))
 
 
 def finish_publish(output: Path) -> None:
-    """Finish a publish a killed run left half done (``OUT.h5.next`` there), then remove unused parts.
+    """Finish a publish a killed run left half done (``OUT.h5.next`` there), then collect unused parts.
 
-    A stale marker left by a single-file publish: if ``OUT.h5`` is that single file now, every part
-    is removed; if the rename did not happen (``OUT.h5`` is still the index), the marker goes.
+    A ``.stale`` marker (written by an earlier version before a single file replaced an
+    index) retires the parts ``OUT.h5`` does not refer to.
     """
-    stale = stale_marker(output)
-    if stale.exists():
-        single = False
-        with contextlib.suppress(OSError):
-            with h5py.File(output, "r") as f:
-                single = not index_parts(f)
-        if single:
-            _collect_parts(output)
-        else:
-            stale.unlink()
-    journal = next_index_path(output)
+    files = OutputFiles.of(output)
+    if files.stale.exists():
+        names = _index_names(output) or []
+        earlier, now = files.read_retired()
+        files.write_retired(earlier | now | {p.name for p in files.parts.glob("*.h5") if p.name not in names})
+        files.stale.unlink()
+    journal = files.journal
     if not journal.exists():
         return
     try:
@@ -749,40 +834,46 @@ def finish_publish(output: Path) -> None:
         log.warning("%s: an unreadable publish journal (%s); removed", journal, exc)
         journal.unlink()
         return
-    missing = [name for name in names if not (output.parent / name).exists()]
-    partial = partial_path(output)
+    missing = [name for name in names if not files.part(name).exists()]
+    partial = files.partial
     with atomic.output_errors(output, "publish the extended output"):
         if len(missing) == 1 and partial.exists():
             _fsync(partial)
-            os.replace(partial, output.parent / missing[0])
-            _fsync_dir(output.parent / missing[0].rsplit("/", 1)[0])
+            os.replace(partial, files.part(missing[0]))
+            _fsync_dir(files.parts)
         elif missing:
             log.warning("%s: refers to missing parts (%s); removed", journal, ", ".join(missing))
             journal.unlink()
             return
+        _retire(files, [Path(name).name for name in names])
         _fault("rename")
         os.replace(journal, output)
         _fsync_dir(output.parent)
-        fresh_marker(output).unlink(missing_ok=True)
-    log.info("%s: published (an index over %d part(s) in %s)", output, len(names), parts_dir(output).name)
-    _collect_parts(output)
+        files.fresh.unlink(missing_ok=True)
+    log.info("%s: published (an index over %d part(s) in %s)", output, len(names), files.parts.name)
+    _collect_parts(files)
 
 
-def _collect_parts(output: Path) -> None:
-    """Remove the part files ``OUT.h5`` does not refer to (after a publish).
+def _collect_parts(files: OutputFiles) -> None:
+    """After a publish: remove every part ``OUT.h5`` does not refer to, but those this publish retired.
 
-    A reader that opened the earlier index keeps what it mapped, but loses parts removed here.
+    Those are kept (a reader that opened the output before this publish still reads them)
+    and listed as "earlier" in ``.retired``: the next publish removes them.
     """
-    folder = parts_dir(output)
+    folder = files.parts
     if not folder.is_dir():
         return
-    with h5py.File(output, "r") as f:
-        used = {(output.parent / name).resolve() for name in index_parts(f)}
-    stale = stale_marker(output)
-    for path in [p for p in folder.iterdir() if p != stale] + [stale]:  # the marker last: it names the others
-        if path.resolve() not in used:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    if not used:
+    used = set(_index_names(files.path) or [])
+    _, now = files.read_retired()
+    keep = now - used
+    for path in folder.iterdir():
+        if path.name in used or path.name in keep or path in (files.retired, files.stale):
+            continue
         with contextlib.suppress(OSError):
-            folder.rmdir()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    files.write_retired(keep)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when nothing is left in it

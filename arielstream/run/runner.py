@@ -61,7 +61,8 @@ from ..config.options import CalibrationConfig, RunOptions
 from ..config.recipe import describe_recipe
 from ..errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
 from ..io.dataset import DatasetInfo, read_dataset_info
-from ..io.manifest import fingerprint, observation_inputs, resolve_manifest
+from ..io.manifest import check_manifest_covers, fingerprint, observation_inputs, resolve_manifest
+from ..io.output import OutputFiles, check_write_targets
 from ..io.store import (
     ERROR,
     PLANET_ID,
@@ -73,7 +74,9 @@ from ..io.store import (
     STATUS_RUNNING,
     VISIT,
     ArrayDescriptor,
+    ChecksumScope,
     InstrumentLayout,
+    checksum_scope,
     fail_observation,
     owner,
     read_field,
@@ -140,6 +143,7 @@ class Task:
     manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
     log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
     inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
+    scope: ChecksumScope | None = None  # the output's keys, axes, attributes its checksum covers (read once)
 
 
 @dataclass
@@ -319,7 +323,7 @@ def run_task(task: Task) -> ObservationResult:
     else:
         if owner(descriptors, index) != token:
             return result(STATUS_RUNNING, "revoked")
-        record_result(descriptors, index, STATUS_DONE, provenance=provenance, inputs=task.inputs)
+        record_result(descriptors, index, STATUS_DONE, provenance=provenance, inputs=task.inputs, scope=task.scope)
         _after_observation(in_worker)
         return result(STATUS_DONE)
     if owner(descriptors, index) != token:
@@ -464,7 +468,7 @@ def _log_file(output: Path, enabled: bool) -> Iterator[None]:
         yield
         return
     try:
-        handler = _RunLogHandler(output.with_name(output.name + ".log"), maxBytes=5 * 2**20, backupCount=3)
+        handler = _RunLogHandler(OutputFiles.of(output).log, maxBytes=5 * 2**20, backupCount=3)
     except OSError as exc:
         log.warning("%s.log: cannot open the log file (%s); the run goes on without it", output, exc)
         yield
@@ -663,7 +667,7 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
         prepared = prepare_output(job.output, job.observations, layouts, job.attrs, job.identity, options.force,
                                   fingerprints=job.fingerprints, frozen=options.frozen,
                                   drop_missing=options.drop_missing,
-                                  extend=job.config.master_calibration != "dataset")
+                                  extend=job.config.master_calibration != "dataset", on_disk=job.on_disk)
         summary.action, summary.counts = prepared.action, prepared.counts
         if prepared.action == "complete":
             log.info("%s: already complete with this config, numerical code and inputs; nothing to do", job.output)
@@ -692,6 +696,7 @@ class RunJob:
     attrs: dict[str, Any]  # the attributes of a new output: the identity and what describes the file
     manifest: str | None = None  # input manifest the workers check each input file against
     fingerprints: dict[tuple[int, int], str] = field(default_factory=dict)  # (planet, visit) -> its inputs now
+    on_disk: set[tuple[int, int]] | None = None  # every observation in the data folder, selected or not
 
 
 def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOptions,
@@ -712,6 +717,8 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     observations = discover_observations(data_dir, options.split, options.planets)
     if not observations:
         raise InputError(data_dir / options.split, "no planet folders found")
+    on_disk = None if options.planets is None else \
+        {(o.planet_id, o.visit) for o in discover_observations(data_dir, options.split)}
     if run_name is not None:  # only once the input is known to be there: no empty run folders
         output = run_output(run_name, options.split, runs_dir)
         try:
@@ -720,15 +727,19 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
         except OSError as exc:
             raise OutputError(f"{output.parent}: cannot create the run folder: {exc}") from None
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
-    run_identity = identity.run_identity(config, options.split, data_dir)
-    attrs = {**run_identity, "profile": config.profile, "recipe": describe_recipe(),
+    run_identity = identity.run_identity(config, options.split)
+    attrs = {**run_identity, "source": str(data_dir), "profile": config.profile, "recipe": describe_recipe(),
              "wavelength_order": config.wavelength_order}
     if output is None:
         raise ValueError("give either an output file or a run name")
     fingerprints = {(o.planet_id, o.visit): fingerprint(observation_inputs(
         o, data_dir, config.instruments, config.master_calibration == "planet"), data_dir) for o in observations}
-    return RunJob(data_dir, options.split, Path(output).resolve(), config, observations, layouts, run_identity,
-                  attrs, resolve_manifest(data_dir, options.verify_inputs), fingerprints)
+    manifest = resolve_manifest(data_dir, options.verify_inputs)
+    files = OutputFiles.of(output)
+    check_write_targets(files, data_dir, [Path(manifest)] if manifest else [], log_file=options.log_file)
+    check_manifest_covers(manifest, observations, data_dir, config.instruments, config.master_calibration == "planet")
+    return RunJob(data_dir, options.split, files.path, config, observations, layouts, run_identity,
+                  attrs, manifest, fingerprints, on_disk)
 
 
 def _report_dropped(job: RunJob) -> None:
@@ -924,6 +935,7 @@ class _Dispatcher:
                  summary: RunSummary):
         self.job, self.options, self.plan = job, options, worker_plan
         self.descriptors, self.summary = prepared.descriptors, summary
+        self.scope = checksum_scope(self.descriptors) if self.descriptors else None  # once, not in every worker
         self.observations = prepared.observations  # what the .partial holds: task indices refer to it
         self.total = len(prepared.todo)  # observations left to do when the dispatch started
         self.fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
@@ -958,7 +970,8 @@ class _Dispatcher:
         job, obs = self.job, self.observations[index]
         return Task(index, obs, str(job.data_dir), job.config, job.layouts, self.descriptors,
                     self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
-                    job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""))
+                    job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""),
+                    scope=self.scope)
 
     def collect(self, result: ObservationResult) -> None:
         if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation

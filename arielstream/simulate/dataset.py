@@ -76,6 +76,7 @@ from arielstream.layout import (
     AIRS_INTEGRATION_TIME,
     AIRS_WAVELENGTH_AXIS,
     CALIBRATION_NAMES,
+    COMPRESSIONS,
     FGS1,
     FGS1_WAVELENGTH_UM,
     Instrument,
@@ -148,7 +149,6 @@ _SPLIT_CODE = {"train": 0, "test": 1}
 _INST_CODE = {"planet": 0, AIRS.name: 1, FGS1.name: 2}
 # purposes of the random streams
 _P_ID, _P_PLANET, _P_VISITS, _P_DETECTOR, _P_DARK, _P_VISIT, _P_CR, _P_NOISE = range(8)
-COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 
 
 # ---------------------------------------------------------------- geometry
