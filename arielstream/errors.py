@@ -22,6 +22,14 @@ class InputError(ArielstreamError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class LockBusyError(ArielstreamError):
+    """Another run holds the output's lock."""
+
+
+class ConfigMismatchError(ArielstreamError):
+    """An existing output was made with other numerical code, config, input or observation list."""
+
+
 class MemoryBudgetError(ArielstreamError):
     """The memory budget cannot hold the smallest chunk the data allows."""
 

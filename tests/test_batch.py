@@ -28,10 +28,10 @@ from arielstream.cli.app import (
     EXIT_TEMPFAIL,
     EXIT_TERMINATED,
 )
-from arielstream.io import store
-from arielstream.io.output import OutputFiles
+from arielstream.io import schema, store
+from arielstream.io.output import RunLock
+from arielstream.io.sidefiles import OutputFiles
 from arielstream.layout import discover_observations
-from arielstream.run.lifecycle import RunLock
 
 from .conftest import DATA_SAMPLES, REPO
 
@@ -78,7 +78,7 @@ def same_bytes(a: Path, b: Path) -> bool:
             return a.read_bytes() == b.read_bytes()
         names: list[str] = []  # every dataset but an index's own bookkeeping (which part holds what)
         fb.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset)
-                      and name not in (store.PART, store.PART_INDEX) else None)
+                      and name not in (schema.PART, schema.PART_INDEX) else None)
         for name in names:
             x, y = fa[name][()], fb[name][()]
             if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):

@@ -14,7 +14,7 @@ import pytest
 
 from arielstream import build_config, calibrate
 from arielstream.calibration import compiled, engine
-from arielstream.run import runner
+from arielstream.run import dispatch, worker
 
 pytestmark = pytest.mark.slow  # chunked == whole over several datasets and chunk sizes: minutes in all
 
@@ -95,13 +95,13 @@ def test_the_numexpr_and_numba_engines_agree_end_to_end(whole, small_dataset, tm
 def test_each_observation_records_the_engine_of_the_process_that_computed_it(small_dataset, tmp_path,
                                                                             fresh_engine):
     assert engine.current().name == "numba"  # the coordinator's choice
-    run_task = runner.run_task
+    run_task = worker.run_task
 
     def run_task_on_numexpr(task):  # pickled by value into the worker process, where it runs
         os.environ[engine.ENV] = "numexpr"
         return run_task(task)
 
-    fresh_engine.setattr(runner, "run_task", run_task_on_numexpr)
+    fresh_engine.setattr(dispatch, "run_task", run_task_on_numexpr)  # where _execute looks it up
     out = tmp_path / "worker.h5"
     # one job with a task timeout: every observation runs in a worker process, not in this one
     summary = calibrate(small_dataset, out, chunk_bytes=WHOLE, jobs=1, task_timeout=600, progress=False,

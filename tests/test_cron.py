@@ -13,9 +13,9 @@ import pytest
 
 from arielstream.cli import app as cli
 from arielstream.cli.exits import EXIT_CANTCREAT, EXIT_FAILURES, EXIT_OK, EXIT_TEMPFAIL
+from arielstream.io.output import RunLock
 from arielstream.layout import discover_observations
 from arielstream.run.identity import code_version
-from arielstream.run.lifecycle import RunLock
 
 from .conftest import DATA_SAMPLES
 from .test_batch import run_cli

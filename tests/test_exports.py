@@ -18,7 +18,7 @@ import pytest
 import arielstream
 from arielstream.cli import app as cli
 from arielstream.errors import InputError, OutputError
-from arielstream.io.store import STATUS_FAILED
+from arielstream.io.schema import STATUS_FAILED
 from arielstream.products import exports
 from arielstream.products import lightcurves as lc
 

@@ -36,9 +36,9 @@ from arielstream.cli.exits import (
 from arielstream.errors import InputError, OutOfMemoryError, OutputError
 from arielstream.io import store
 from arielstream.io.dataset import read_axis_info
-from arielstream.io.output import OutputFiles
+from arielstream.io.sidefiles import OutputFiles
 from arielstream.layout import Observation
-from arielstream.run import budget, lifecycle, runner
+from arielstream.run import budget, lifecycle, runner, worker
 from arielstream.units import parse_bytes
 
 from .conftest import DATA_SAMPLES, REPO
@@ -138,7 +138,7 @@ def test_a_cgroup_limit_below_the_budget_is_what_the_run_plans_for(monkeypatch, 
 def test_out_of_memory_in_an_observation_is_not_blamed_on_its_input_and_the_rerun_retries_it(
         tmp_path, monkeypatch, capsys, clean_run):
     out = tmp_path / "o.h5"
-    real = runner.calibrate_observation
+    real = worker.calibrate_observation
     victim = {"index": 1}
 
     def starved(obs, index, *args, **kwargs):
@@ -150,14 +150,14 @@ def test_out_of_memory_in_an_observation_is_not_blamed_on_its_input_and_the_reru
                     from None
         return real(obs, index, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "calibrate_observation", starved)
+    monkeypatch.setattr(worker, "calibrate_observation", starved)
     assert cli.main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1"]) == EXIT_OSERR
     with h5py.File(out) as f:
         assert list(f["status"][()]) == [1, 2, 1]
         error = f["error"][1].decode()
     assert "out of memory, not an input error" in error and "Failed to launch worker thread" in error
     assert "out of memory, not an input error" in capsys.readouterr().out
-    monkeypatch.setattr(runner, "calibrate_observation", real)
+    monkeypatch.setattr(worker, "calibrate_observation", real)
     assert cli.main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1"]) == EXIT_OK
     assert same_bytes(out, clean_run)
 

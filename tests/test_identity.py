@@ -12,8 +12,9 @@ import pytest
 import arielstream
 from arielstream.calibration import engine
 from arielstream.cli import app as cli
+from arielstream.errors import ConfigMismatchError
+from arielstream.io.sidefiles import OutputFiles
 from arielstream.run import identity
-from arielstream.run.lifecycle import ConfigMismatchError, partial_path
 from arielstream.run.runner import RunSummary
 
 from .conftest import DATA_SAMPLES
@@ -32,7 +33,7 @@ def edit_a_comment(path: Path) -> None:
 
 def half_finished(out: Path) -> Path:
     """``out`` (complete) turned into the ``.partial`` of a run that stopped before its last observation."""
-    partial = partial_path(out)
+    partial = OutputFiles.of(out).partial
     out.replace(partial)
     with h5py.File(partial, "r+") as f:
         f["status"][-1] = 0  # pending
@@ -150,7 +151,8 @@ def test_a_smaller_observation_list_keeps_the_others_and_a_larger_one_extends(ou
     summary = run(output, planets=[73079497])  # the other planet's two visits are no longer asked for
     assert (summary.action, summary.results, len(summary.statuses)) == ("complete", [], 3)
     assert summary.counts["kept"] == [(4225610805, 0), (4225610805, 1)]
-    assert "2 observation(s) no longer in the data folder (or not selected by --planets) are kept" in caplog.text
+    assert "2 observation(s) not selected by this run are kept as they are" in caplog.text
+    assert "no longer in the data folder" not in caplog.text  # they are: only the selection left them out
     one = tmp_path / "one.h5"
     assert run(one, planets=[4225610805]).ok
     grown = run(one)

@@ -21,10 +21,10 @@ import pytest
 
 import arielstream
 from arielstream.cli.exits import EXIT_CONFIG, EXIT_FAILURES, EXIT_NOINPUT, EXIT_OK
+from arielstream.errors import ConfigMismatchError
 from arielstream.io import store
-from arielstream.io.output import OutputFiles
+from arielstream.io.sidefiles import OutputFiles
 from arielstream.run import identity
-from arielstream.run.lifecycle import ConfigMismatchError
 from arielstream.simulate.dataset import simulate_dataset
 
 from .test_batch import run_cli, same_bytes

@@ -15,7 +15,7 @@ import pytest
 
 import arielstream
 from arielstream import dq
-from arielstream.io import store
+from arielstream.io import schema, store
 
 from .conftest import DATA_SAMPLES
 
@@ -55,7 +55,7 @@ def test_xarray_sees_named_dimensions_and_coordinates(calibrated, engine):
 def test_dq_planes_carry_cf_flags(calibrated):
     with h5py.File(calibrated) as f:
         for inst in store.instruments_in(f):
-            plane = f[store.dataset(inst, store.DQ)]
+            plane = f[schema.dataset(inst, schema.DQ)]
             assert plane.attrs["flag_masks"].tolist() == list(dq.BITS.values())
             assert plane.attrs["flag_meanings"].split() == list(dq.BITS)
             assert plane.attrs["long_name"]
@@ -77,7 +77,7 @@ def test_the_file_stays_contiguous_and_memory_mappable(calibrated):
         for key in descriptors:
             assert f[key].chunks is None and f[key].compression is None, key
         np.testing.assert_array_equal(descriptors["AIRS-CH0/signal"].open(0, mode="r"), f["AIRS-CH0/signal"][0])
-        assert store.checksum(descriptors, 0) == f[store.CHECKSUM][0].decode()
+        assert store.checksum(descriptors, 0) == f[schema.CHECKSUM][0].decode()
 
 
 def test_to_xarray_keeps_working_after_the_results_are_closed(calibrated):

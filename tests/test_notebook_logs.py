@@ -12,7 +12,7 @@ import pytest
 
 import arielstream
 from arielstream.cli import app
-from arielstream.run import budget, runner
+from arielstream.run import budget, dispatch, runner, worker
 from arielstream.run.identity import code_version
 
 from .conftest import DATA_SAMPLES, REPO
@@ -57,7 +57,7 @@ def test_progress_lines_reach_the_console_only_with_verbose():
         for verbose, shown in ((0, False), (1, True)):
             app.setup_logging(verbose, False)
             record = logger.makeRecord("arielstream", logging.INFO, __file__, 1, "[1/1] x done", (), None,
-                                       extra={runner.CONSOLE_OPTIONAL: True})
+                                       extra={dispatch.CONSOLE_OPTIONAL: True})
             assert bool(logger.handlers[0].filter(record)) is shown
             record = logger.makeRecord("arielstream", logging.INFO, __file__, 1, "run started", (), None)
             assert logger.handlers[0].filter(record)
@@ -80,7 +80,7 @@ def test_a_run_uses_the_system_allocator_and_gives_the_caller_its_pool_back(monk
     monkeypatch.setenv("MALLOC_ARENA_MAX", "3")  # the user's own: kept
     before = pyarrow.default_memory_pool().backend_name
     with runner._worker_environment():
-        runner._system_arrow_pool()  # what every task does first
+        worker._system_arrow_pool()  # what every task does first
         assert pyarrow.default_memory_pool().backend_name == "system"
         assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"  # what workers started now inherit
         assert os.environ["MALLOC_ARENA_MAX"] == "3"

@@ -20,8 +20,8 @@ import pytest
 import arielstream
 from arielstream.cli.app import main
 from arielstream.cli.exits import EXIT_CONFIG, EXIT_NOINPUT, EXIT_OK
-from arielstream.io import store
-from arielstream.io.output import OutputFiles
+from arielstream.io import schema, store
+from arielstream.io.sidefiles import OutputFiles
 
 from .conftest import DATA_SAMPLES
 from .test_batch import run_cli, same_bytes
@@ -100,7 +100,7 @@ def test_a_subset_run_never_drops_what_it_did_not_select(pool, tmp_path, caplog)
     assert grown.action == "extend" and grown.counts["dropped"] == []
     with h5py.File(out, "r") as f:
         assert sorted(set(f["planet_id"][()].tolist())) == sorted([*planets, others[2]])
-        assert (f["status"][()] == store.STATUS_DONE).all()
+        assert (f["status"][()] == schema.STATUS_DONE).all()
     assert main(["verify", str(out)]) == EXIT_OK
 
 
@@ -188,7 +188,7 @@ def test_a_reader_open_across_a_publish_keeps_reading_valid_data(pool, tmp_path)
         retired = OutputFiles.of(out).parts / "0002.h5"
         assert retired.exists() and "0002.h5" in OutputFiles.of(out).read_retired()[0]
         old = reader["AIRS-CH0/signal"][k]
-        assert not np.isnan(old).all() and reader["status"][k] == store.STATUS_DONE
+        assert not np.isnan(old).all() and reader["status"][k] == schema.STATUS_DONE
     finally:
         reader.close()
     with store.open_output(out) as f:

@@ -20,7 +20,7 @@ import arielstream
 from arielstream.cli import app as cli
 from arielstream.cli import products as cli_products
 from arielstream.errors import ArielstreamError, InputError, OutputError
-from arielstream.io.store import STATUS_DONE, STATUS_FAILED
+from arielstream.io.schema import STATUS_DONE, STATUS_FAILED
 from arielstream.products import quicklook
 
 from .conftest import DATA_SAMPLES

@@ -12,7 +12,7 @@ import pytest
 import arielstream
 from arielstream.config.options import CalibrationConfig
 from arielstream.errors import ArielstreamError, InputError
-from arielstream.io.store import STATUS_FAILED
+from arielstream.io.schema import STATUS_FAILED
 from arielstream.products import lightcurves as lc
 from arielstream.products import results
 

@@ -102,7 +102,8 @@ def test_numpy_planet_ids_and_a_refused_run_leave_the_record_right(tmp_path):
                                     progress=False, log_file=False)
     assert summary.ok and load_run_options(runs / "np" / "config.toml").planets == (73079497,)
     # a second run of the same name and split while the first holds the lock: refused, record untouched
-    from arielstream.run.lifecycle import LockBusyError, RunLock
+    from arielstream.errors import LockBusyError
+    from arielstream.io.output import RunLock
 
     recorded = (runs / "np" / "config.toml").read_text()
     with RunLock(runs / "np" / "train.h5"):

@@ -1,4 +1,4 @@
-"""The output file's schema: declared once in ``arielstream.io.store``, written as declared, read back by name."""
+"""The output file's schema: declared once in ``arielstream.io.schema``, written as declared, read back by name."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from arielstream import dq
 from arielstream.errors import InputError
-from arielstream.io import store
+from arielstream.io import schema, store
+from arielstream.io.ledger import Ledger
 from arielstream.layout import AIRS, FGS1, Observation
 
 
@@ -25,7 +26,7 @@ def _layout(name: str, n_x: int, extras=()) -> store.InstrumentLayout:
 def output(tmp_path):
     path = tmp_path / "o.h5"
     observations = [Observation(11, 0, tmp_path), Observation(12, 1, tmp_path)]
-    layouts = [_layout(AIRS.name, 4, [(store.DQ_TIME, (3, 4, 2), "|u1", "obs,time,x,y")]), _layout(FGS1.name, 2)]
+    layouts = [_layout(AIRS.name, 4, [schema.OPTIONAL[schema.DQ_TIME]]), _layout(FGS1.name, 2)]
     descriptors = store.create_output(path, observations, layouts, {"profile": "default"})
     return path, descriptors
 
@@ -33,17 +34,18 @@ def output(tmp_path):
 def test_the_file_holds_the_declared_datasets_with_their_dtypes(output):
     path, descriptors = output
     with h5py.File(path) as f:
-        for name, dtype in store.PER_OBSERVATION_DTYPES.items():
-            assert f[name].shape == (2,) and f[name].dtype == np.dtype(dtype), name
+        for name in schema.PER_OBSERVATION:
+            assert f[name].shape == (2,) and f[name].dtype == np.dtype(schema.ROOT[name].dtype), name
         for inst, n_x in ((AIRS.name, 4), (FGS1.name, 2)):
-            for name, (dtype, axes, _) in store.PLANES.items():
-                ds = f[store.dataset(inst, name)]
-                assert ds.dtype == np.dtype(dtype) and ds.attrs["axes"] == axes
-                assert ds.shape == ((2, 3, n_x, 2) if name == store.SIGNAL else (2, n_x, 2))
-            assert f[store.dataset(inst, store.TIME)].shape == (3,)
-        assert f[store.dataset(AIRS.name, store.DQ_TIME)].shape == (2, 3, 4, 2)
-        assert store.dataset(FGS1.name, store.DQ_TIME) not in f
-        assert f[store.PLANET_ID][()].tolist() == [11, 12] and f[store.VISIT][()].tolist() == [0, 1]
+            for name, spec in schema.PLANES.items():
+                ds = f[schema.dataset(inst, name)]
+                assert ds.dtype == np.dtype(spec.dtype) and ds.attrs["axes"] == schema.axes_text(spec.axes)
+                assert ds.shape == ((2, 3, n_x, 2) if name == schema.SIGNAL else (2, n_x, 2))
+            assert f[schema.dataset(inst, schema.SIGNAL)].attrs["axes"] == "obs,time,x,y"
+            assert f[schema.dataset(inst, schema.TIME)].shape == (3,)
+        assert f[schema.dataset(AIRS.name, schema.DQ_TIME)].shape == (2, 3, 4, 2)
+        assert schema.dataset(FGS1.name, schema.DQ_TIME) not in f
+        assert f[schema.PLANET_ID][()].tolist() == [11, 12] and f[schema.VISIT][()].tolist() == [0, 1]
         assert store.instruments_in(f) == [AIRS.name, FGS1.name]
     assert set(descriptors) == set(store.read_descriptors(path))
     assert store.cube_keys(descriptors) == sorted(k for k in descriptors if "/" in k)
@@ -52,8 +54,8 @@ def test_the_file_holds_the_declared_datasets_with_their_dtypes(output):
 def test_both_data_quality_planes_name_their_bits_in_the_attributes(output):
     path, _ = output
     with h5py.File(path) as f:
-        assert json.loads(f.attrs[store.ATTR_DQ_BITS]) == dq.BITS
-        assert json.loads(f.attrs[store.ATTR_DQ_TIME_BITS]) == dq.TIME_BITS
+        assert json.loads(f.attrs[schema.ATTR_DQ_BITS]) == dq.BITS
+        assert json.loads(f.attrs[schema.ATTR_DQ_TIME_BITS]) == dq.TIME_BITS
         assert store.is_output_file(f)
     assert dq.describe(dq.TIME_COSMIC_RAY | dq.TIME_INTERPOLATED, dq.TIME_BITS) == ["COSMIC_RAY", "INTERPOLATED"]
     assert dq.describe(dq.DEAD | dq.HOT) == ["DEAD", "HOT"]
@@ -84,11 +86,11 @@ def test_the_owner_token_is_read_as_another_process_left_it_through_its_map(tmp_
     """``owner`` reads the bytes (no map of its own): it must see a write made through a map, unflushed."""
     path = tmp_path / "fields.bin"
     path.write_bytes(b"\0" * 64 + np.zeros(5, "<i8").tobytes())
-    descriptors = {store.OWNER: store.ArrayDescriptor(str(path), 64, (5,), "<i8")}
-    assert [store.owner(descriptors, i) for i in range(5)] == [0] * 5
-    writer = descriptors[store.OWNER].open(3)
-    writer[()] = 2**62 + 5  # as a worker's write_field does, through a shared map
-    assert store.owner(descriptors, 3) == 2**62 + 5 and store.owner(descriptors, 2) == 0
+    descriptors = {schema.OWNER: store.ArrayDescriptor(str(path), 64, (5,), "<i8")}
+    assert [Ledger(descriptors).owner(i) for i in range(5)] == [0] * 5
+    writer = descriptors[schema.OWNER].open(3)
+    writer[()] = 2**62 + 5  # as a worker's ledger writes it, through a shared map
+    assert Ledger(descriptors).owner(3) == 2**62 + 5 and Ledger(descriptors).owner(2) == 0
     del writer
     with pytest.raises(IndexError):
-        store.owner(descriptors, 5)
+        Ledger(descriptors).owner(5)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from arielstream.cli.app import EXIT_FAILURES, EXIT_OK, main
-from arielstream.io import store
+from arielstream.io import schema, store
 
 from .conftest import DATA_SAMPLES
 
@@ -29,7 +29,7 @@ TWO_VISITS = "4225610805"  # the sample planet with two visits; the other one (7
 # (only matter while an observation is unfinished), error (empty for a done observation; a failed
 # one has no checksum), and the checksum itself (a flip there is a mismatch anyway, but not a case
 # of "a covered byte changed").
-BOOKKEEPING = {store.STATUS, store.ATTEMPTS, store.OWNER, store.CHECKSUM, store.ERROR}
+BOOKKEEPING = {schema.STATUS, schema.ATTEMPTS, schema.OWNER, schema.CHECKSUM, schema.ERROR}
 
 
 def calibrate(out: Path, *extra: str) -> int:
@@ -47,7 +47,7 @@ def outputs(tmp_path_factory) -> dict[str, Path]:
     shutil.copyfile(single, index)
     assert calibrate(index) == EXIT_OK  # extends it: the old file becomes a part, the new planet another
     with h5py.File(index, "r") as f:
-        assert store.is_index(f) and len(store.index_parts(f)) == 2 and f[store.PLANET_ID].shape == (3,)
+        assert store.is_index(f) and len(store.index_parts(f)) == 2 and f[schema.PLANET_ID].shape == (3,)
     return {"single": single, "index": index}
 
 
@@ -111,13 +111,13 @@ def test_one_flipped_bit_in_any_dataset_of_a_file_is_reported(outputs, tmp_path,
     # every dataset a product reads: the cubes and planes, the per-observation texts, the keys, each
     # instrument's axes and dimension scales (row: the netCDF/xarray coordinate), the obs scale
     for required in ("AIRS-CH0/signal", "AIRS-CH0/dq", "AIRS-CH0/time", "AIRS-CH0/column", "AIRS-CH0/wavelength",
-                     "AIRS-CH0/wavelength_label", "AIRS-CH0/row", "FGS1/signal", "FGS1/time", store.PLANET_ID,
-                     store.VISIT, store.PROVENANCE, store.INPUTS, store.OBS):
+                     "AIRS-CH0/wavelength_label", "AIRS-CH0/row", "FGS1/signal", "FGS1/time", schema.PLANET_ID,
+                     schema.VISIT, schema.PROVENANCE, schema.INPUTS, schema.OBS):
         assert required in names
     missed = []
     for i, name in enumerate(names):
         copy = copy_output(path, tmp_path / f"{i}")
-        flip(copy, name, element=1 if name in (store.PLANET_ID, store.VISIT, store.OBS) else 0)
+        flip(copy, name, element=1 if name in (schema.PLANET_ID, schema.VISIT, schema.OBS) else 0)
         code, states = verify(copy, capsys)
         if code != EXIT_FAILURES or "damaged" not in states:
             missed.append(f"{name}: exit {code}, {states}")
@@ -141,12 +141,12 @@ def test_a_format_2_file_is_checked_as_its_writer_defined_the_checksum(outputs, 
     """Outputs written before format 3 stored a checksum of the cubes and planes alone: still verified so."""
     copy = copy_output(outputs["single"], tmp_path / "c")
     with h5py.File(copy, "r+") as f:  # what a format-2 writer left: only the attribute and the checksums differ
-        f.attrs[store.ATTR_FORMAT_VERSION] = 2
+        f.attrs[schema.ATTR_FORMAT_VERSION] = 2
     descriptors = store.read_descriptors(copy)
     scope = store.checksum_scope(copy)
     for i in range(2):
-        store.write_field(descriptors, store.CHECKSUM, i, store.checksum(descriptors, i, scope).encode())
-    legacy = hashlib.blake2b(digest_size=store.CHECKSUM_BYTES // 2)  # format 2's definition, spelt out
+        store.write_slice(descriptors[schema.CHECKSUM], i, store.checksum(descriptors, i, scope).encode())
+    legacy = hashlib.blake2b(digest_size=schema.CHECKSUM_BYTES // 2)  # format 2's definition, spelt out
     for key in store.cube_keys(descriptors):
         legacy.update(np.ascontiguousarray(descriptors[key].open(0, mode="r")).tobytes())
     assert store.checksum(descriptors, 0, scope) == legacy.hexdigest()
@@ -159,7 +159,7 @@ def test_a_format_2_file_is_checked_as_its_writer_defined_the_checksum(outputs, 
 
 def test_a_flipped_key_marks_that_observation_alone(outputs, tmp_path, capsys):
     copy = copy_output(outputs["single"], tmp_path / "c")
-    flip(copy, store.VISIT, element=1)
+    flip(copy, schema.VISIT, element=1)
     assert verify(copy, capsys) == (EXIT_FAILURES, ["ok", "damaged"])
 
 
@@ -170,21 +170,21 @@ def test_a_flipped_bit_in_an_index_or_in_its_parts_is_reported(outputs, tmp_path
     # and scales, and part/part_index, which the memory-mapped readers (read_descriptors) follow
     with h5py.File(path, "r") as f:
         own = [name for name in datasets(path) if name not in BOOKKEEPING and not f[name].is_virtual]
-    assert {store.PLANET_ID, store.VISIT, store.PART, store.PART_INDEX, "AIRS-CH0/wavelength"} <= set(own)
+    assert {schema.PLANET_ID, schema.VISIT, schema.PART, schema.PART_INDEX, "AIRS-CH0/wavelength"} <= set(own)
     targets: list[tuple[str | None, str]] = [(None, name) for name in own]
     # each part's per-observation bytes, which readers reach through the index's virtual datasets, and
     # its keys (each observation the index maps there must be found there). Not the parts' own axes
     # and dimension scales: no reader of the index reads them (it holds its own, checked above).
     for part in sorted(parts.iterdir()):
         descriptors = store.read_descriptors(part)
-        targets += [(part.name, name) for name in [store.PLANET_ID, store.VISIT, *sorted(descriptors)]
+        targets += [(part.name, name) for name in [schema.PLANET_ID, schema.VISIT, *sorted(descriptors)]
                     if name not in BOOKKEEPING]
     assert len(targets) > 2 * len(store.cube_keys(store.read_descriptors(parts / "0001.h5")))
     missed = []
     for i, (part, name) in enumerate(targets):
         copy = copy_output(path, tmp_path / f"{i}")
         target = copy if part is None else copy.with_name(copy.name + ".parts") / part
-        flip(target, name, element=1 if name in (store.PLANET_ID, store.VISIT, store.OBS) and
+        flip(target, name, element=1 if name in (schema.PLANET_ID, schema.VISIT, schema.OBS) and
              (part is None or part == "0001.h5") else 0)
         code, states = verify(copy, capsys)
         if code != EXIT_FAILURES or "damaged" not in states:

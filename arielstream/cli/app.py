@@ -85,7 +85,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     observation); ``-v`` prints them too (with each one's time, worker and peak memory),
     ``-vv`` adds debug output.
     """
-    from ..run.runner import CONSOLE_OPTIONAL
+    from ..run.dispatch import CONSOLE_OPTIONAL
 
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)

@@ -243,7 +243,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _check_report(args: argparse.Namespace, report: Path) -> None:
     """Refuse a ``--report`` that would land on an input, the output, a side file of it, or a named run's folder."""
-    from ..io.output import OutputFiles, UnsafeTargetError, check_report_target
+    from ..io.output import UnsafeTargetError, check_report_target
+    from ..io.sidefiles import OutputFiles
 
     inputs = [Path(p) for p in (args.config, args.verify_inputs) if p]
     output = None if args.output is None else OutputFiles.of(args.output)

@@ -34,7 +34,9 @@ import signal
 from ..errors import (
     ArielstreamError,
     ConfigError,
+    ConfigMismatchError,
     InputError,
+    LockBusyError,
     MemoryBudgetError,
     MissingDependencyError,
     OutOfMemoryError,
@@ -61,11 +63,9 @@ EXIT_TERMINATED = 143
 def exit_codes() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...]:
     """Errors a user can act on, their exit codes and message prefixes; the first match wins (subclasses first).
 
-    Built when first asked for, not on import: the run's own errors come with :mod:`arielstream.run.lifecycle`,
-    which loads h5py, and building the command's parser (``arielstream --help``) must not.
+    Built when first asked for, not on import: it names :mod:`arielstream.run.budget`'s out-of-memory test
+    (see :func:`exit_code_of`), and building the command's parser (``arielstream --help``) loads nothing heavy.
     """
-    from ..run.lifecycle import ConfigMismatchError, LockBusyError
-
     return (
         (LockBusyError, EXIT_TEMPFAIL, ""),
         (OutOfMemoryError, EXIT_OSERR, ""),

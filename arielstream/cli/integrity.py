@@ -3,7 +3,7 @@
 ``manifest DATA_DIR`` records a digest of every input file
 (:mod:`arielstream.io.manifest`), which ``calibrate`` then checks each file against
 before reading it; ``verify OUT.h5`` recomputes the stored checksum of every done
-observation of an output file (:func:`arielstream.run.lifecycle.verify`).
+observation of an output file (:meth:`arielstream.io.ledger.Ledger.verify`).
 """
 
 from __future__ import annotations
@@ -61,13 +61,14 @@ def add_verify(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``arielstream verify``: one line per observation, then the counts; 65 if any done one is damaged."""
-    from ..io.store import PLANET_ID, STATUS_DONE, STATUS_FAILED, VISIT, open_output, read_descriptors
-    from ..run.lifecycle import verify_report
+    from ..io.ledger import Ledger
+    from ..io.schema import PLANET_ID, STATUS_DONE, STATUS_FAILED, VISIT
+    from ..io.store import open_output, read_descriptors
 
     with open_output(args.path) as f:
         planets, visits = f[PLANET_ID][()], f[VISIT][()]
     descriptors = read_descriptors(args.path)
-    status, found = verify_report(descriptors)
+    status, found = Ledger(descriptors).verify()
     damaged = set(found)
     counts: dict[str, int] = {}
     print(f"{'planet_id':>12}  visit  check")

@@ -1,162 +1,62 @@
-"""The calibrated output's files: the one module that names them, and the guard on what a run may write.
+"""The calibrated output as one object: its run lock, what is on disk, how it is published, what it refuses.
 
-An output ``OUT.h5`` is never one file alone. Beside it a run keeps::
+The files themselves are named in :mod:`arielstream.io.sidefiles`; the bookkeeping of each
+observation (its status and checksum) is changed only through :mod:`arielstream.io.ledger`.
+Here:
 
-    OUT.h5.partial         the output being built (renamed onto OUT.h5, or into a part, when published)
-    OUT.h5.partial.new     a .partial while HDF5 lays it out (a run killed then leaves only this)
-    OUT.h5.partial.force   the .partial belongs to a --force run (nothing older is kept)
-    OUT.h5.next            a new index waiting to replace OUT.h5 (its presence is the publish journal)
-    OUT.h5.next.new        OUT.h5.next while it is written
-    OUT.h5.parts/          the part files of an output extended by later runs (NNNN.h5)
-    OUT.h5.parts/.stale    written before a single file replaces an index: its parts are then unused
-    OUT.h5.parts/.retired  parts the last publish stopped referring to: kept for readers that opened the
-                           index before it, removed by the next publish
-    OUT.h5.lock            the run lock (flock), left in place
-    OUT.h5.log             the run's log (rotating: .log.1, .log.2, ...)
-
-:class:`OutputFiles` names them; :func:`check_write_targets` and :func:`check_report_target`
-refuse, before anything is written, a run whose output, log or report would land on something
-that is not the run's to write: an input, a file inside the data folder, the output itself or one of its
-side files (``--force`` never overrides that).
-
-An index names its parts ``OUT.h5.parts/NNNN.h5`` (HDF5 virtual datasets need a path
-relative to the index), but arielstream finds a part by its number in the parts folder
-beside the output as it is named *now* (:meth:`OutputFiles.part`): an output renamed with
-its parts folder, or reached through a symlink, is still read and extended; the next run
-rewrites the index's names for other readers.
+* :class:`RunLock`: one run at a time on an output (``OUT.h5.lock``);
+* :func:`read_on_disk`: every file holding observations a run may keep (``OUT.h5`` or the
+  parts it refers to, an unfinished ``.partial``, parts a killed run left), with what is
+  missing or damaged in them;
+* :func:`lay_out`: a new ``.partial`` for the observations to compute;
+* :func:`publish` and :func:`finish_publish`: ``OUT.h5`` replaced by an atomic rename, or by a
+  journalled index over parts, with the parts it stops using retired, not removed, until the
+  next publish (a reader that opened the output before keeps reading valid data);
+* :func:`check_write_targets`, :func:`check_report_target`, :func:`check_product_target`: no
+  write lands on an input, inside the data folder, on the output or on one of its side files
+  (exit 78; ``--force`` never overrides that).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
+import fcntl
+import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import shutil
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import ConfigError
-from .atomic import PARTIAL_SUFFIX
+import h5py
+import numpy as np
 
-PARTS_SUFFIX = ".parts"
+from ..errors import ArielstreamError, ConfigError, ConfigMismatchError, LockBusyError, OutputError
+from ..layout import Observation
+from . import atomic
+from .schema import ATTR_LAST_PART, INPUTS, PART, PART_INDEX, PLANET_ID, STATUS_DONE, VISIT
+from .sidefiles import OutputFiles, _inside
+from .store import (
+    ArrayDescriptor,
+    ChecksumScope,
+    IndexEntry,
+    InstrumentLayout,
+    checksum,
+    checksum_scope,
+    create_index,
+    create_output,
+    index_parts,
+    read_descriptors,
+    read_field,
+)
 
+log = logging.getLogger(__name__)
 
 class UnsafeTargetError(ConfigError):
     """A file the run would write is, or resolves to, something that is not the run's to write (exit 78)."""
-
-
-@dataclass(frozen=True)
-class OutputFiles:
-    """``OUT.h5`` and every side file of it (see the module doc), from the output's real path.
-
-    Build it with :meth:`of`, which resolves symlinks: the side files sit beside the real file.
-    """
-
-    path: Path
-
-    @classmethod
-    def of(cls, output: str | Path) -> OutputFiles:
-        """The files of ``output``, named from its real (symlink-resolved, absolute) path."""
-        return cls(Path(output).resolve())
-
-    def _beside(self, suffix: str) -> Path:
-        return self.path.with_name(self.path.name + suffix)
-
-    @property
-    def partial(self) -> Path:
-        """``OUT.h5.partial``: where the output is built before it is published."""
-        return self._beside(PARTIAL_SUFFIX)
-
-    @property
-    def partial_staging(self) -> Path:
-        """``OUT.h5.partial.new``: a ``.partial`` while HDF5 lays it out."""
-        return self._beside(PARTIAL_SUFFIX + ".new")
-
-    @property
-    def fresh(self) -> Path:
-        """``OUT.h5.partial.force``: the ``.partial`` belongs to a ``--force`` run."""
-        return self._beside(PARTIAL_SUFFIX + ".force")
-
-    @property
-    def journal(self) -> Path:
-        """``OUT.h5.next``: an index waiting to replace ``OUT.h5``."""
-        return self._beside(".next")
-
-    @property
-    def journal_staging(self) -> Path:
-        """``OUT.h5.next.new``: ``OUT.h5.next`` while it is written."""
-        return self._beside(".next.new")
-
-    @property
-    def parts(self) -> Path:
-        """``OUT.h5.parts``: the folder of part files."""
-        return self._beside(PARTS_SUFFIX)
-
-    @property
-    def stale(self) -> Path:
-        """``OUT.h5.parts/.stale``: a single file is replacing the index."""
-        return self.parts / ".stale"
-
-    @property
-    def retired(self) -> Path:
-        """``OUT.h5.parts/.retired``: JSON list of the parts the last publish stopped referring to."""
-        return self.parts / ".retired"
-
-    @property
-    def lock(self) -> Path:
-        """``OUT.h5.lock``: the run lock."""
-        return self._beside(".lock")
-
-    @property
-    def log(self) -> Path:
-        """``OUT.h5.log``: the run's log file."""
-        return self._beside(".log")
-
-    def side_files(self) -> tuple[Path, ...]:
-        """Every file and folder beside the output that a run writes (the log's rotations too)."""
-        return (self.partial, self.partial_staging, self.fresh, self.journal, self.journal_staging, self.parts,
-                self.lock, self.log, *(self._beside(f".log.{k}") for k in range(1, 4)))
-
-    def part(self, name: str) -> Path:
-        """The part file an index calls ``name`` (``OUT.h5.parts/NNNN.h5``): found by its number, here."""
-        return self.parts / Path(name).name
-
-    def part_name(self, part: Path) -> str:
-        """How an index written now names ``part`` (relative to the output's folder)."""
-        return f"{self.parts.name}/{part.name}"
-
-    def owns(self, path: Path) -> bool:
-        """True when ``path`` (resolved) is the output, a side file, or inside its parts folder."""
-        path = path.resolve()
-        return path == self.path or path in self.side_files() or _inside(path, self.parts)
-
-    # ------------------------------------------------------------ retired parts
-    def read_retired(self) -> tuple[set[str], set[str]]:
-        """The parts (``NNNN.h5``) retired: by the last finished publish, and by one under way (or killed).
-
-        ``.retired`` is JSON ``{"earlier": [...], "now": [...]}``; empty sets when none or unreadable.
-        """
-        try:
-            raw = json.loads(self.retired.read_text())
-            return {str(n) for n in raw.get("earlier", [])}, {str(n) for n in raw.get("now", [])}
-        except (OSError, ValueError, TypeError, AttributeError):
-            return set(), set()
-
-    def write_retired(self, earlier: Iterable[str], now: Iterable[str] = ()) -> None:
-        """Record the retired parts, atomically (written beside, fsynced, renamed); nothing: the file goes."""
-        earlier, now = sorted(set(earlier)), sorted(set(now))
-        if not earlier and not now:
-            self.retired.unlink(missing_ok=True)
-            return
-        staging = self.retired.with_name(self.retired.name + ".new")
-        with open(staging, "w") as fh:
-            fh.write(json.dumps({"earlier": earlier, "now": now}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(staging, self.retired)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def _refuse_input(what: str, option: str, path: Path, data_dir: Path, inputs: Iterable[Path]) -> None:
@@ -221,3 +121,478 @@ def _recorded_data_folder(path: Path) -> Path | None:
         return None
     folder = Path(value.decode() if isinstance(value, bytes) else str(value))
     return folder.resolve() if folder.is_dir() else None
+
+
+# ---------------------------------------------------------------- the run lock, what is on disk, publishing
+Key = tuple[int, int]  # (planet_id, visit): an observation, wherever its bytes are
+
+
+def held_open(path: Path, exc: OSError) -> LockBusyError | None:
+    """The lock conflict hidden in h5py's open error, when another process holds ``path`` open for writing."""
+    if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc):
+        return LockBusyError(f"{path}: another process holds it open for writing (an h5py reader in 'r+' or 'a' "
+                             "mode?); close it and run again")
+    return None
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``OUT.h5.lock`` for the whole run.
+
+    The kernel drops the lock when the holder dies, so a killed run never blocks
+    the next one. The lock file itself is left in place: deleting it would let two
+    runs lock two different files.
+    """
+
+    def __init__(self, output: Path):
+        self.output = Path(output)
+        self.path = OutputFiles.of(self.output).lock
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock and write this process's id in it, or raise :class:`LockBusyError` at once."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the run lock: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockBusyError(f"{self.output}: another arielstream run is writing it "
+                                    f"({holder or 'pid unknown'}); try again when it has finished") from None
+            raise OutputError(f"{self.path}: cannot lock: {exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (the lock file stays)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def key_of(obs: Observation) -> Key:
+    """An observation's key in an output: ``(planet_id, visit)``."""
+    return (obs.planet_id, obs.visit)
+
+
+@dataclass
+class Source:
+    """A file holding calibrated observations a run may keep: ``OUT.h5``, a part, or ``OUT.h5.partial``."""
+
+    path: Path
+    published: bool  # OUT.h5 refers to it: trusted as published (verified by `verify` and a complete rerun)
+    keys: list[Key]
+    descriptors: dict[str, ArrayDescriptor]
+    status: np.ndarray
+    inputs: list[str]
+    checksums: np.ndarray  # as stored (S16), read once: every kept copy from an unpublished file is checked
+    scope: ChecksumScope  # its keys, axes and attributes, which its checksums cover (store.checksum_scope)
+    position: dict[Key, int] = field(init=False)  # where each observation is in the file
+
+    def __post_init__(self) -> None:
+        self.position = {key: i for i, key in enumerate(self.keys)}
+
+    @classmethod
+    def read(cls, path: Path, published: bool) -> Source:
+        """What ``path`` holds: its observations, their status and the inputs each was computed from."""
+        with h5py.File(path, "r") as f:
+            keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
+            scope = checksum_scope(f)
+        descriptors = read_descriptors(path)
+        inputs = [v.decode(errors="replace").rstrip("\x00") for v in read_field(descriptors, INPUTS)] \
+            if INPUTS in descriptors else [""] * len(keys)
+        return cls(path, published, keys, descriptors, read_field(descriptors, "status"), inputs,
+                   read_field(descriptors, "checksum"), scope)
+
+
+@dataclass
+class PreparedOutput:
+    """Where a run writes, what is left to do there, and what the output will hold once published."""
+
+    action: str  # "new", "resume", "extend", "recompute", "retry-failed", "repair", "update", "complete"
+    partial: Path
+    descriptors: dict[str, ArrayDescriptor] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)  # indices into observations
+    observations: list[Observation] = field(default_factory=list)  # what the .partial holds, in its order
+    keys: list[Key] = field(default_factory=list)  # every observation of the published output, in order
+    kept: dict[Key, tuple[Path, int]] = field(default_factory=dict)  # observations kept from earlier files
+    sizes: dict[Path, int] = field(default_factory=dict)  # observations in each file ``kept`` refers to
+    counts: dict[str, list[Key]] = field(default_factory=dict)  # added, recomputed, retried, repaired, kept, dropped
+
+    @property
+    def single(self) -> bool:
+        """The output is the ``.partial`` alone, in its order: published by a rename, no index."""
+        return not self.kept and self.keys == [key_of(o) for o in self.observations]
+
+
+def refused(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchError:
+    """The error refusing to mix a run's results with ``path``, made differently (``problems``)."""
+    return ConfigMismatchError(f"{path}: made by a different run: {'; '.join(problems)}{hint}. Refusing to mix "
+                               "results: use --force to recompute it, or write elsewhere with a different -o or --run")
+
+
+def _part_number(path: Path) -> int:
+    return int(path.stem) if path.stem.isdigit() else -1
+
+
+@dataclass
+class OnDisk:
+    """What a run finds of an output: the files it may keep observations from, and what the index lacks."""
+
+    newest: list[Source]  # unpublished files (.partial, parts a killed run left), newest first
+    published: dict[Key, tuple[Source, int]]  # where OUT.h5 puts each observation it holds, readable
+    lost: list[Key] = field(default_factory=list)  # observations of OUT.h5 whose part is missing or damaged
+    renamed: bool = False  # the index names its parts by another output name (renamed, or reached by a link)
+
+
+def _published_parts(output: Path, files: OutputFiles, names: list[str], keys: list[Key],
+                     where: list[tuple[int, int]], found: OnDisk) -> set[Path]:
+    """Read each part of an index; a missing or damaged part's observations become ``lost`` (recomputed)."""
+    parts: list[Source | None] = []
+    for name in names:
+        path = files.part(name)
+        found.renamed |= name != files.part_name(path)
+        try:
+            parts.append(Source.read(path, True))
+        except (OSError, ValueError, KeyError, ArielstreamError) as exc:
+            log.warning("%s: its part %s is missing or cannot be read (%s); its observations are recomputed",
+                        output, name, exc)
+            parts.append(None)
+    for key, (part, index) in zip(keys, where, strict=True):
+        source = parts[part] if 0 <= part < len(parts) else None
+        if source is None or not 0 <= index < len(source.keys) or source.keys[index] != key:
+            found.lost.append(key)
+        else:
+            found.published[key] = (source, index)
+    return {files.part(name) for name in names}
+
+
+def read_on_disk(output: Path, mismatch: Callable[[Path], list[str]]) -> OnDisk:
+    """Every file with observations this run may keep, newest first, and where ``OUT.h5`` puts each of its own.
+
+    ``OUT.h5`` and ``OUT.h5.partial`` made differently are refused (the user decides);
+    a part no index refers to and made differently (left by a run killed while it
+    published, before a ``--force``) is ignored and removed by the next publish, and so
+    is a part the last publish retired (kept only for readers of the index before it).
+    """
+    files = OutputFiles.of(output)
+    found = OnDisk([], {})
+    referenced: set[Path] = set()
+    if output.exists():
+        problems = mismatch(output)
+        if problems:
+            raise refused(output, problems)
+        with atomic.output_errors(output, "read the output file"):
+            with h5py.File(output, "r") as f:
+                names = index_parts(f)
+                keys = list(zip(f[PLANET_ID][()].tolist(), f[VISIT][()].tolist(), strict=True))
+                where = list(zip(f[PART][()].tolist(), f[PART_INDEX][()].tolist(), strict=True)) if names else []
+            if names:
+                referenced = _published_parts(output, files, names, keys, where, found)
+            else:
+                single = Source.read(output, True)
+                found.published = {key: (single, i) for i, key in enumerate(keys)}
+    retired = set().union(*files.read_retired())
+    if files.parts.is_dir():
+        for path in sorted(files.parts.glob("*.h5"), key=_part_number, reverse=True):
+            if path in referenced or path.name in retired:
+                continue
+            if mismatch(path):
+                log.debug("%s: a part made differently and referred to by nothing; ignored", path)
+                continue
+            try:
+                found.newest.append(Source.read(path, False))
+            except (OSError, ValueError, KeyError, ArielstreamError) as exc:
+                log.warning("%s: an unfinished part that cannot be read (%s); ignored", path, exc)
+    if files.partial.exists():
+        problems = mismatch(files.partial)
+        if problems:
+            raise refused(files.partial, problems)
+        with atomic.output_errors(files.partial, "read the output file"):
+            found.newest.insert(0, Source.read(files.partial, False))
+    return found
+
+
+def intact(source: Source, index: int, scope: ChecksumScope | None = None, position: int | None = None,
+                 ) -> bool:
+    """True when observation ``index`` of ``source`` matches its stored checksum.
+
+    Against the source's own keys and axes, or against ``scope`` (an index's), where
+    the observation is at ``position``.
+    """
+    return source.checksums[index].decode() == checksum(source.descriptors, index,
+                                                        source.scope if scope is None else scope, position)
+
+
+def lay_out(files: OutputFiles, observations: list[Observation], layouts: list[InstrumentLayout],
+             attrs: dict[str, Any], action: str, keys_from: list[Observation]) -> PreparedOutput:
+    """A new ``.partial`` for ``observations``, laid out under a staging name and renamed.
+
+    A run killed while HDF5 builds the file leaves only ``OUT.h5.partial.new``, which the
+    next run discards, never a ``.partial`` h5py cannot open.
+    """
+    partial, staging = files.partial, files.partial_staging
+    staging.unlink(missing_ok=True)
+    create_output(staging, observations, layouts, attrs)
+    with atomic.output_errors(partial, "create the output file"):
+        try:
+            os.replace(staging, partial)
+        except OSError:
+            atomic.discard(staging)
+            raise
+        descriptors = read_descriptors(partial)
+    return PreparedOutput(action, partial, descriptors, list(range(len(observations))), observations,
+                          [key_of(o) for o in keys_from])
+
+
+def lay_out_fresh(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
+                   attrs: dict[str, Any]) -> PreparedOutput:
+    """A ``.partial`` for every observation, marked so that a rerun after a kill goes on with it alone."""
+    files = OutputFiles.of(output)
+    with atomic.output_errors(files.fresh, "mark the --force run"):
+        files.fresh.touch()
+    return lay_out(files, observations, layouts, attrs, "new", observations)
+
+
+def new_part_path(output: Path) -> Path:
+    """The next part's name: one above every part on disk and every part ``OUT.h5`` ever numbered.
+
+    Numbers are never reused, so a reader holding an earlier index never finds other
+    observations under a name it knew.
+    """
+    files = OutputFiles.of(output)
+    folder = files.parts
+    numbers = [_part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
+    for path in (output, files.journal):
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            with h5py.File(path, "r") as f:
+                numbers.append(int(f.attrs[ATTR_LAST_PART]))
+    return folder / f"{max(numbers, default=0) + 1:04d}.h5"
+
+
+def verify_published(output: Path, published: dict[Key, tuple[Source, int]]) -> list[Key]:
+    """The done observations of ``OUT.h5`` whose bytes no longer match their checksum.
+
+    Checked against what readers of ``OUT.h5`` see: its own keys, axes and attributes
+    (an index's, not those of the parts its observations' bytes are in).
+    """
+    scope = checksum_scope(output)
+    position = {(int(p), int(v)): i for i, (p, v) in enumerate(zip(scope.planet_id, scope.visit, strict=True))}
+    damaged = []
+    for key, (source, index) in published.items():
+        if source.status[index] == STATUS_DONE and (key not in position or
+                                                    not intact(source, index, scope, position[key])):
+            damaged.append(key)
+    return damaged
+
+
+def _fault(step: str) -> None:
+    """Test hook ``ARIELSTREAM_FAULT=kill-publish:STEP``: the run kills itself at that step of a publish."""
+    if os.environ.get("ARIELSTREAM_FAULT") == f"kill-publish:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_opens(partial: Path) -> None:
+    try:
+        with h5py.File(partial, "r") as f:
+            f["status"][()]
+    except OSError as exc:
+        busy = held_open(partial, exc)
+        if busy is not None:
+            raise busy from None
+        raise OutputError(f"{partial}: does not open as HDF5 after writing ({exc}); not published") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayout], attrs: dict[str, Any]) -> None:
+    """Make ``OUT.h5`` what ``prepared`` says: rename the ``.partial``, or publish an index over parts.
+
+    A single file: a last check that h5py opens it, then the atomic rename. An index
+    (observations kept from earlier files): the index is written as ``OUT.h5.next``
+    (the journal), the ``.partial`` becomes the next part, and ``OUT.h5.next`` is renamed
+    onto ``OUT.h5``; a run killed anywhere in between is finished by the next run
+    (:func:`finish_publish`) before it looks at anything else. Parts the new output no
+    longer refers to are **retired** before the rename (``OUT.h5.parts/.retired``): a
+    reader that opened the output before this publish still finds them; the next publish
+    removes them.
+    """
+    files = OutputFiles.of(output)
+    partial = prepared.partial
+    computed = bool(prepared.observations)
+    if computed:
+        _check_opens(partial)
+    if computed and prepared.single:
+        try:
+            if files.parts.is_dir():  # what they hold is replaced: retired, removed by the next publish
+                _retire(files, [])
+            _fsync(partial)
+            os.replace(partial, output)
+        except OSError as exc:  # the .partial stays, whole: the rerun publishes it
+            raise OutputError(f"{output}: cannot publish {partial.name}: {exc}; run again to publish it") from None
+        _fsync_dir(output.parent)
+        _fault("single")
+        files.fresh.unlink(missing_ok=True)
+        _collect_parts(files)
+        return
+    folder = files.parts
+    with atomic.output_errors(folder, "publish the extended output"):
+        folder.mkdir(exist_ok=True)
+        kept, sizes = dict(prepared.kept), dict(prepared.sizes)
+        number = _part_number(new_part_path(output))  # the next free part number
+        if output in sizes:  # the single-file output becomes a part, linked
+            linked = folder / f"{number:04d}.h5"
+            _link(output, linked)
+            number += 1
+            sizes[linked] = sizes.pop(output)
+            kept = {k: (linked if path == output else path, i) for k, (path, i) in kept.items()}
+        new_part = folder / f"{number:04d}.h5" if computed else None
+        if new_part is not None:
+            sizes[new_part] = len(prepared.observations)
+        in_partial = {key_of(o): i for i, o in enumerate(prepared.observations)}
+        entries = []
+        for key in prepared.keys:
+            path, index = kept[key] if key in kept else (new_part, in_partial[key])
+            assert path is not None
+            entries.append(IndexEntry(key, files.part_name(path), index))
+        staging = files.journal_staging
+        last = max([_part_number(path) for path in sizes] + [number - 1])  # and every number used before
+        create_index(staging, entries, {files.part_name(path): n for path, n in sizes.items()}, layouts,
+                     {**attrs, ATTR_LAST_PART: last})
+        _fsync(staging)
+        os.replace(staging, files.journal)
+        _fsync_dir(output.parent)
+    _fault("journal")
+    if new_part is not None:
+        with atomic.output_errors(new_part, "publish the extended output"):
+            _fsync(partial)
+            os.replace(partial, new_part)
+            _fsync_dir(folder)
+    _fault("part")
+    finish_publish(output)
+
+
+def _link(output: Path, part: Path) -> None:
+    """``part`` names the same bytes as ``output`` (a hard link; a copy where links are refused)."""
+    try:
+        os.link(output, part)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise
+        log.info("%s: hard links refused (%s); copying %s instead", part, exc.strerror, output.name)
+        staging = part.with_name(part.name + ".new")
+        shutil.copyfile(output, staging)
+        os.replace(staging, part)
+    _fsync_dir(part.parent)
+
+
+def _index_names(path: Path) -> list[str] | None:
+    """The part names of the index at ``path`` ([] for a single file, None when there is none or it is unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return [Path(name).name for name in index_parts(f)]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _retire(files: OutputFiles, new_names: list[str]) -> None:
+    """Before ``OUT.h5`` is replaced: the parts it refers to and the new output does not are retired ("now").
+
+    What earlier publishes retired (and any publish killed before its rename) stays listed
+    ("earlier") until :func:`_collect_parts` removes it after the replacement: a run killed in
+    between leaves a superset listed, never a part a later run would take for unfinished work.
+    """
+    old = _index_names(files.path) or []
+    earlier, now = files.read_retired()
+    files.write_retired(earlier | now, set(old) - set(new_names))
+
+
+def finish_publish(output: Path) -> None:
+    """Finish a publish a killed run left half done (``OUT.h5.next`` there), then collect unused parts.
+
+    A ``.stale`` marker (written by an earlier version before a single file replaced an
+    index) retires the parts ``OUT.h5`` does not refer to.
+    """
+    files = OutputFiles.of(output)
+    if files.stale.exists():
+        names = _index_names(output) or []
+        earlier, now = files.read_retired()
+        files.write_retired(earlier | now | {p.name for p in files.parts.glob("*.h5") if p.name not in names})
+        files.stale.unlink()
+    journal = files.journal
+    if not journal.exists():
+        return
+    try:
+        with h5py.File(journal, "r") as f:
+            names = index_parts(f)
+    except OSError as exc:
+        log.warning("%s: an unreadable publish journal (%s); removed", journal, exc)
+        journal.unlink()
+        return
+    missing = [name for name in names if not files.part(name).exists()]
+    partial = files.partial
+    with atomic.output_errors(output, "publish the extended output"):
+        if len(missing) == 1 and partial.exists():
+            _fsync(partial)
+            os.replace(partial, files.part(missing[0]))
+            _fsync_dir(files.parts)
+        elif missing:
+            log.warning("%s: refers to missing parts (%s); removed", journal, ", ".join(missing))
+            journal.unlink()
+            return
+        _retire(files, [Path(name).name for name in names])
+        _fault("rename")
+        os.replace(journal, output)
+        _fsync_dir(output.parent)
+        files.fresh.unlink(missing_ok=True)
+    log.info("%s: published (an index over %d part(s) in %s)", output, len(names), files.parts.name)
+    _collect_parts(files)
+
+
+def _collect_parts(files: OutputFiles) -> None:
+    """After a publish: remove every part ``OUT.h5`` does not refer to, but those this publish retired.
+
+    Those are kept (a reader that opened the output before this publish still reads them)
+    and listed as "earlier" in ``.retired``: the next publish removes them.
+    """
+    folder = files.parts
+    if not folder.is_dir():
+        return
+    used = set(_index_names(files.path) or [])
+    _, now = files.read_retired()
+    keep = now - used
+    for path in folder.iterdir():
+        if path.name in used or path.name in keep or path in (files.retired, files.stale):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    files.write_retired(keep)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when nothing is left in it

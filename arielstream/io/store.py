@@ -43,8 +43,8 @@ File attributes: ``format`` (``"arielstream"``), ``format_version``,
 ``status_codes``, ``dq_bits`` and ``dq_time_bits`` (JSON name -> value), and what
 the run passes (config, profile, recipe, version, split, source, ...).
 
-The names above are declared once here (:data:`PLANET_ID`, :data:`SIGNAL`, ...,
-:func:`dataset`); the readers of :mod:`arielstream.products` use them.
+The names, dtypes, axes and descriptions above are declared once, as data, in
+:mod:`arielstream.io.schema`: this module lays files out from those declarations.
 """
 
 from __future__ import annotations
@@ -70,64 +70,64 @@ import numpy as np
 
 from .. import dq as dqbits
 from ..errors import InputError, OutputError
-from ..layout import AIRS, INSTRUMENTS, Observation
+from ..layout import INSTRUMENTS, Observation
 from .atomic import partial_path
-from .output import OutputFiles
+from .schema import (
+    ATTR_CONVENTIONS,
+    ATTR_DQ_BITS,
+    ATTR_DQ_TIME_BITS,
+    ATTR_FORMAT,
+    ATTR_FORMAT_VERSION,
+    ATTR_LAYOUT,
+    ATTR_PARTS,
+    ATTR_STATUS_CODES,
+    AXES,
+    CHECKSUM,
+    CHECKSUM_ATTRS,
+    CHECKSUM_AXES,
+    CHECKSUM_BYTES,
+    CHECKSUM_FIELDS,
+    CHECKSUM_PLANES,
+    COLUMN,
+    CONVENTIONS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INSTRUMENT,
+    LAYOUT_INDEX,
+    OBS,
+    OBS_AXIS,
+    PART,
+    PART_INDEX,
+    PER_OBSERVATION,
+    PER_PIXEL,
+    PLANES,
+    PLANET_ID,
+    ROOT,
+    ROW,
+    SIGNAL,
+    STATUS_NAMES,
+    TIME,
+    TIME_AXIS,
+    VISIT,
+    WAVELENGTH,
+    WAVELENGTH_LABEL,
+    X_AXIS,
+    XY,
+    XY_AXIS,
+    XY_VALUES,
+    Y_AXIS,
+    Field,
+    Written,
+    axes_text,
+    dataset,
+    field,
+    scale_name,
+)
+from .sidefiles import OutputFiles
 
 log = logging.getLogger(__name__)
-
-FORMAT_NAME = "arielstream"
-FORMAT_VERSION = 3  # 2: /inputs, and outputs extended through an index over parts; 3: the checksum covers the
-# observation's key, provenance and inputs and the file's axes and attributes (2 and older: its cubes and planes)
-
-# ---------------------------------------------------------------- the schema
-# per-observation datasets at the root
-PLANET_ID, VISIT = "planet_id", "visit"
-STATUS, ATTEMPTS, OWNER, CHECKSUM, ERROR, PROVENANCE = "status", "attempts", "owner", "checksum", "error", "provenance"
-INPUTS = "inputs"
-PART, PART_INDEX = "part", "part_index"  # an index file only: which part holds each observation, and where
-# per-instrument datasets, under /<instrument>/
-SIGNAL, DQ, READ_NOISE = "signal", "dq", "read_noise"
-DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID = "dq_time", "background", "trace_row", "centroid"  # optional steps
-TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL = "time", "column", "wavelength", "wavelength_label"  # axes
-# file attributes written here (the run adds its own: config, profile, recipe, arielstream_version, split, ...)
-ATTR_FORMAT, ATTR_FORMAT_VERSION, ATTR_STATUS_CODES = "format", "format_version", "status_codes"
-ATTR_DQ_BITS, ATTR_DQ_TIME_BITS = "dq_bits", "dq_time_bits"
-ATTR_LAYOUT, ATTR_PARTS, LAYOUT_INDEX = "layout", "parts", "index"  # an index file: layout = "index", parts = JSON
-ATTR_LAST_PART = "last_part"  # an index file: the highest part number its output ever used (never reused)
-
-STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING = 0, 1, 2, 3
-STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_DONE: "done", STATUS_FAILED: "failed", STATUS_RUNNING: "running"}
-ERROR_BYTES = 512
-PROVENANCE_BYTES = 4096
-INPUTS_BYTES = 2048
-CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest (:func:`checksum`)
-
-# bookkeeping per observation, written through memmaps: name -> dtype, shape (obs,)
-PER_OBSERVATION_DTYPES = {
-    STATUS: "|i1",
-    ATTEMPTS: "|i1",
-    OWNER: "<i8",
-    CHECKSUM: f"|S{CHECKSUM_BYTES}",
-    ERROR: f"|S{ERROR_BYTES}",
-    PROVENANCE: f"|S{PROVENANCE_BYTES}",
-    INPUTS: f"|S{INPUTS_BYTES}",
-}
-PER_OBSERVATION = tuple(PER_OBSERVATION_DTYPES)
-# per-instrument planes every file has: name -> (dtype, axes, units); shapes (obs, x, y) except the signal
-PLANES = {
-    SIGNAL: ("<f4", "obs,time,x,y", "electrons per time bin (flat-fielded)"),
-    DQ: ("<u2", "obs,x,y", ""),
-    READ_NOISE: ("<f4", "obs,x,y", "electrons per read (read.parquet; NaN if absent)"),
-}
-OPTIONAL_PLANES = (DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID)  # added by InstrumentLayout.extras
-# per-instrument, per-observation datasets, written through memmaps (suffixes of their keys)
-PER_PIXEL = tuple(f"/{name}" for name in (*PLANES, *OPTIONAL_PLANES))
-
-
-def dataset(instrument: str, name: str) -> str:
-    """The key of an instrument's dataset, e.g. ``dataset("FGS1", SIGNAL)`` is ``"FGS1/signal"``."""
-    return f"{instrument}/{name}"
+# The schema's names imported above ``as`` themselves are re-exported, for the modules that still import them
+# from here (arielstream.run, io/ledger.py, io/output.py); new code imports them from io/schema.py.
 
 
 def instruments_in(f: h5py.File) -> list[str]:
@@ -297,7 +297,7 @@ class InstrumentLayout:
     wavelength: np.ndarray  # (n_x,) µm
     labels: list[str]  # (n_x,) target labels, "" where none
     spatial_bin: int = 1  # output pixels sum spatial_bin x spatial_bin of these
-    extras: tuple[tuple[str, tuple[int, ...], str, str], ...] = ()  # (name, shape after obs, dtype, axes)
+    extras: tuple[Field, ...] = ()  # the optional planes (arielstream.io.schema.OPTIONAL) the recipe adds
 
     @property
     def n_bins(self) -> int:
@@ -308,6 +308,12 @@ class InstrumentLayout:
     def plane_shape(self) -> tuple[int, int]:
         """``(x, y)`` of the output, after spatial binning."""
         return (int(self.columns.shape[0]) // self.spatial_bin, self.rows // self.spatial_bin)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The length of each axis of an observation's datasets (the schema's axis names, ``obs`` aside)."""
+        n_x, n_y = self.plane_shape
+        return {TIME_AXIS: self.n_bins, X_AXIS: n_x, Y_AXIS: n_y, XY_AXIS: len(XY_VALUES)}
 
     @property
     def signal_shape(self) -> tuple[int, int, int]:
@@ -347,23 +353,7 @@ def check_room(path: Path, data_bytes: int) -> None:
 
 
 # ---------------------------------------------------------------- named dimensions (netCDF-4 / xarray / ncdump)
-OBS, ROW, XY = "obs", "row", "xy"  # dimension coordinates added beside the axes above
-LONG_NAMES = {
-    OBS: "observation index (one planet visit)", PLANET_ID: "planet id", VISIT: "visit of the planet",
-    STATUS: "calibration status", ATTEMPTS: "unfinished attempts", OWNER: "token of the writing attempt",
-    CHECKSUM: "BLAKE2b of the observation, its key and the file's axes", ERROR: "why the observation failed",
-    PROVENANCE: "steps run or skipped (JSON)", INPUTS: "size and modification time of each input file (JSON)",
-    PART: "part file holding the observation", PART_INDEX: "observation index in its part file",
-    SIGNAL: "calibrated signal per time bin", DQ: "data-quality bits", READ_NOISE: "read noise per read",
-    DQ_TIME: "data-quality bits per time bin", BACKGROUND: "background per time bin", TRACE_ROW: "trace row",
-    CENTROID: "FGS1 centroid (x, y)", TIME: "mean time of the frames of each bin", COLUMN: "detector column",
-    WAVELENGTH: "wavelength", WAVELENGTH_LABEL: "target label (wl_k)", ROW: "spatial row (after spatial binning)",
-    XY: "centroid axis",
-}
-TIME_REFERENCE = "hours from the start of each observation (the time axis of axis_info.parquet, same for all)"
-
-
-def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: dict[str, str]) -> None:
+def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: dict[str, tuple[str, ...]]) -> None:
     """Name every axis with an HDF5 dimension scale, and add CF attributes, so netCDF-4 tools read the file.
 
     ``xarray.open_dataset(path, engine="h5netcdf")`` (``group="AIRS-CH0"`` for a cube) and
@@ -371,73 +361,89 @@ def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: di
     and ``row`` (per instrument) with their coordinate variables. Only attributes and a few
     small datasets are added: the data stay contiguous, at the offsets the memmaps use.
     """
-    obs_scale = f.create_dataset(OBS, data=np.arange(f[PLANET_ID].shape[0], dtype=np.int32))
+    obs_scale = f.create_dataset(OBS, data=np.arange(f[PLANET_ID].shape[0], dtype=ROOT[OBS].dtype))
     obs_scale.make_scale(OBS)
-    for name in (PLANET_ID, VISIT, *PER_OBSERVATION):
-        f[name].dims[0].attach_scale(obs_scale)
-        if name not in (PLANET_ID, VISIT):
-            f[name].attrs["coordinates"] = f"{PLANET_ID} {VISIT}"
+    for spec in ROOT.values():
+        if spec.written in (Written.HEADER, Written.MEMMAP):
+            f[spec.name].dims[0].attach_scale(obs_scale)
+            if spec.written is Written.MEMMAP:
+                f[spec.name].attrs["coordinates"] = f"{PLANET_ID} {VISIT}"
+    x_coordinates = [spec.name for spec in AXES.values() if spec.axes == (X_AXIS,)]
     for lay in layouts:
         g = f[lay.name]
-        x_name = WAVELENGTH if lay.name == AIRS.name else COLUMN
-        row = g.create_dataset(ROW, data=np.arange(lay.plane_shape[1], dtype=np.int16))
-        for scale_name in (TIME, x_name, ROW):
-            g[scale_name].make_scale(scale_name)
-        for name in (COLUMN, WAVELENGTH, WAVELENGTH_LABEL):
+        x_name = scale_name(X_AXIS, lay.name)
+        row = g.create_dataset(ROW, data=np.arange(lay.plane_shape[1], dtype=AXES[ROW].dtype))
+        for scale in (TIME, x_name, ROW):
+            g[scale].make_scale(scale)
+        for name in x_coordinates:
             if name != x_name:
                 g[name].dims[0].attach_scale(g[x_name])
-        scales = {"obs": obs_scale, "time": g[TIME], "x": g[x_name], "y": row}
+        scales = {OBS_AXIS: obs_scale, TIME_AXIS: g[TIME], X_AXIS: g[x_name], Y_AXIS: row}
         for key, plane_axes in axes.items():
             if not key.startswith(f"{lay.name}/"):
                 continue
             ds = f[key]
-            for i, axis in enumerate(plane_axes.split(",", 3)):
-                if axis == "(x":  # the centroid's (x, y) pair
+            for i, axis in enumerate(plane_axes):
+                if axis == XY_AXIS:  # the centroid's (x, y) pair
                     if XY not in g:
-                        g.create_dataset(XY, data=np.array([b"x", b"y"], dtype="S1")).make_scale(XY)
+                        g.create_dataset(XY, data=np.array([v.encode() for v in XY_VALUES], dtype=AXES[XY].dtype)
+                                         ).make_scale(XY)
                     ds.dims[i].attach_scale(g[XY])
-                    break
+                    continue
                 ds.dims[i].attach_scale(scales[axis])
-            aux = [n for n in (COLUMN, WAVELENGTH, WAVELENGTH_LABEL) if n != x_name and "x" in plane_axes.split(",")]
+            aux = [n for n in x_coordinates if n != x_name and X_AXIS in plane_axes]
             if aux:
                 ds.attrs["coordinates"] = " ".join(aux)
     _cf_attributes(f, layouts)
 
 
+def _flag_attributes(ds: h5py.Dataset, spec: Field) -> None:
+    if spec.flags is not None:
+        ds.attrs[spec.flags.attribute] = np.array(spec.flags.values, dtype=spec.dtype)
+        ds.attrs["flag_meanings"] = " ".join(spec.flags.meanings)
+
+
 def _cf_attributes(f: h5py.File, layouts: list[InstrumentLayout]) -> None:
-    """``long_name``, ``units`` and the DQ planes' ``flag_masks``/``flag_meanings`` (CF conventions)."""
-    f.attrs["Conventions"] = "CF-1.10"
-    for name in (OBS, PLANET_ID, VISIT, *PER_OBSERVATION):
-        f[name].attrs["long_name"] = LONG_NAMES[name]
-    f[STATUS].attrs["flag_values"] = np.array(list(STATUS_NAMES), dtype=np.int8)
-    f[STATUS].attrs["flag_meanings"] = " ".join(STATUS_NAMES.values())
+    """The schema's ``long_name``, ``standard_name``, notes and flags (``flag_values``/``flag_masks``, CF)."""
+    f.attrs[ATTR_CONVENTIONS] = CONVENTIONS
+    described = [spec for spec in ROOT.values() if spec.written is not Written.INDEX]
+    for spec in described:
+        f[spec.name].attrs["long_name"] = spec.long_name
+    for spec in described:
+        _flag_attributes(f[spec.name], spec)
     for lay in layouts:
         g = f[lay.name]
         for name, obj in g.items():
-            if name in LONG_NAMES:
-                obj.attrs["long_name"] = LONG_NAMES[name]
-        g[TIME].attrs["reference"] = TIME_REFERENCE
-        g[WAVELENGTH].attrs["standard_name"] = "radiation_wavelength"
-        for name, bits, dtype in ((DQ, dqbits.BITS, np.uint16), (DQ_TIME, dqbits.TIME_BITS, np.uint8)):
-            if name in g:
-                g[name].attrs["flag_masks"] = np.array(list(bits.values()), dtype=dtype)
-                g[name].attrs["flag_meanings"] = " ".join(bits)
+            if name in INSTRUMENT:
+                obj.attrs["long_name"] = INSTRUMENT[name].long_name
+        for spec in INSTRUMENT.values():
+            if spec.name in g:
+                for key, value in spec.notes:
+                    g[spec.name].attrs[key] = value
+                if spec.standard_name:
+                    g[spec.name].attrs["standard_name"] = spec.standard_name
+        for spec in INSTRUMENT.values():
+            if spec.name in g:
+                _flag_attributes(g[spec.name], spec)
 
 
 def _memmapped_datasets(n: int, layouts: list[InstrumentLayout],
-                        ) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
-    """Every dataset written through memmaps for ``n`` observations: key -> (shape, dtype), and key -> axes."""
-    memmapped: dict[str, tuple[tuple[int, ...], str]] = {name: ((n,), dtype)
-                                                         for name, dtype in PER_OBSERVATION_DTYPES.items()}
-    axes: dict[str, str] = {}
+                        ) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, tuple[str, ...]]]:
+    """Every dataset written through memmaps for ``n`` observations: key -> (shape, dtype), and key -> axes.
+
+    The root's per-observation bookkeeping, then each instrument's planes and the optional ones its
+    layout adds, as the schema declares them (:mod:`arielstream.io.schema`); axes: the instruments' only.
+    """
+    memmapped: dict[str, tuple[tuple[int, ...], str]] = {
+        name: ((n, *ROOT[name].shape_for("", {})), ROOT[name].dtype) for name in PER_OBSERVATION}
+    axes: dict[str, tuple[str, ...]] = {}
     for lay in layouts:
-        for name, (dtype, plane_axes, _) in PLANES.items():
-            per_obs: tuple[int, ...] = lay.signal_shape if name == SIGNAL else lay.plane_shape
-            memmapped[dataset(lay.name, name)] = ((n, *per_obs), dtype)
-            axes[dataset(lay.name, name)] = plane_axes
-        for name, shape, dtype, extra_axes in lay.extras:
-            memmapped[dataset(lay.name, name)] = ((n, *shape), dtype)
-            axes[dataset(lay.name, name)] = extra_axes
+        for spec in (*PLANES.values(), *lay.extras):
+            if not spec.in_instrument(lay.name):
+                raise ValueError(f"{lay.name}: the schema declares no {spec.name} for it")
+            key = dataset(lay.name, spec.name)
+            memmapped[key] = ((n, *spec.shape_for(lay.name, lay.dims)), spec.dtype)
+            axes[key] = spec.axes_for(lay.name)
     return memmapped, axes
 
 
@@ -457,26 +463,26 @@ def _write_header(f: h5py.File, keys: list[tuple[int, int]], layouts: list[Instr
     f.attrs[ATTR_STATUS_CODES] = _json_attr(STATUS_NAMES)
     f.attrs[ATTR_DQ_BITS] = _json_attr(dqbits.BITS)
     f.attrs[ATTR_DQ_TIME_BITS] = _json_attr(dqbits.TIME_BITS)
-    f.create_dataset(PLANET_ID, data=np.array([planet for planet, _ in keys], dtype=np.int64))
-    f.create_dataset(VISIT, data=np.array([visit for _, visit in keys], dtype=np.int16))
+    f.create_dataset(PLANET_ID, data=np.array([planet for planet, _ in keys], dtype=ROOT[PLANET_ID].dtype))
+    f.create_dataset(VISIT, data=np.array([visit for _, visit in keys], dtype=ROOT[VISIT].dtype))
+    time, column, wavelength, label = AXES[TIME], AXES[COLUMN], AXES[WAVELENGTH], AXES[WAVELENGTH_LABEL]
     for lay in layouts:
         g = f.create_group(lay.name)
-        g.create_dataset(TIME, data=lay.time.astype(np.float64)).attrs["units"] = "hours"
-        g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(np.float32 if lay.spatial_bin > 1
-                                                                          else np.int16))
-        g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength)).attrs["units"] = "um"
+        g.create_dataset(TIME, data=lay.time.astype(time.dtype)).attrs["units"] = time.units
+        g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(column.dtype_for(lay.spatial_bin)))
+        g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength).astype(wavelength.dtype)
+                         ).attrs["units"] = wavelength.units
         labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
-        g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype="S8"))
+        g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype=label.dtype))
 
 
 def _describe_data(f: h5py.File, layouts: list[InstrumentLayout], datasets: dict[str, h5py.Dataset],
-                   axes: dict[str, str]) -> None:
+                   axes: dict[str, tuple[str, ...]]) -> None:
     for key, plane_axes in axes.items():
-        datasets[key].attrs["axes"] = plane_axes
-    for lay in layouts:
-        for name, (_, _, units) in PLANES.items():
-            if units:
-                datasets[dataset(lay.name, name)].attrs["units"] = units
+        datasets[key].attrs["axes"] = axes_text(plane_axes)
+    for key in axes:
+        if units := field(key).units:
+            datasets[key].attrs["units"] = units
     _describe_dimensions(f, layouts, axes)
 
 
@@ -521,8 +527,8 @@ def _write_index(path: Path, entries: list[IndexEntry], part_sizes: dict[str, in
         _write_header(f, [e.key for e in entries], layouts, attrs)
         f.attrs[ATTR_LAYOUT] = LAYOUT_INDEX
         f.attrs[ATTR_PARTS] = _json_attr(parts)
-        f.create_dataset(PART, data=np.array([parts.index(e.part) for e in entries], dtype=np.int16))
-        f.create_dataset(PART_INDEX, data=np.array([e.index for e in entries], dtype=np.int32))
+        f.create_dataset(PART, data=np.array([parts.index(e.part) for e in entries], dtype=ROOT[PART].dtype))
+        f.create_dataset(PART_INDEX, data=np.array([e.index for e in entries], dtype=ROOT[PART_INDEX].dtype))
         datasets = {}
         for key, (shape, dtype) in memmapped.items():
             virtual = h5py.VirtualLayout(shape=shape, dtype=dtype)
@@ -530,12 +536,12 @@ def _write_index(path: Path, entries: list[IndexEntry], part_sizes: dict[str, in
                 source = h5py.VirtualSource(part, key, shape=(part_sizes[part], *shape[1:]), dtype=dtype)
                 virtual[first:stop] = source[start: start + stop - first]
             # where a part is missing h5py reads the fill value: NaN cubes and status 0 (pending), never zeros
-            fill = np.nan if np.dtype(dtype).kind == "f" else None
+            fill = field(key).fill
             datasets[key] = f.create_virtual_dataset(key, virtual, fillvalue=fill)
         _describe_data(f, layouts, datasets, axes)
         for name in (PART, PART_INDEX):
             f[name].dims[0].attach_scale(f[OBS])
-            f[name].attrs["long_name"] = LONG_NAMES[name]
+            f[name].attrs["long_name"] = ROOT[name].long_name
         f.flush()
     return {}
 
@@ -748,18 +754,14 @@ def read_descriptors(path: str | Path) -> dict[str, ArrayDescriptor]:
 
 def cube_keys(descriptors: dict[str, ArrayDescriptor]) -> list[str]:
     """The per-observation science datasets (cubes and DQ planes), in a fixed order."""
-    return sorted(k for k in descriptors if k.endswith(PER_PIXEL))
+    return sorted(k for k in descriptors if k.endswith(CHECKSUM_PLANES))
 
 
 CHECKSUM_SINCE = 3  # the first format_version whose checksum covers more than the cubes and DQ planes
-# The axes of each instrument a product reads (ROW, XY: the dimension scales netCDF and xarray readers get).
-CHECKSUM_AXES = (TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL, ROW, XY)
-# File attributes whose value changes what a product computes or how its numbers are read: the config (spatial
-# and time binning: the noise per bin, the aperture), the AIRS x order, the split (which star info the spectrum
-# fit reads), the DQ bit values. Identical in an index and in each of its parts (the run identity and the
-# code), so the checksum a part's writer stored holds when the index is verified. Not ``source``: the data
-# folder may move between the runs that wrote the parts and the index (run/identity.py), so it may differ.
-CHECKSUM_ATTRS = ("config", "wavelength_order", "split", ATTR_DQ_BITS, ATTR_DQ_TIME_BITS)
+# What the checksum covers is declared in the schema (arielstream.io.schema, each declaration's Coverage): per
+# observation, CHECKSUM_PLANES (cube_keys) and CHECKSUM_FIELDS; per file, CHECKSUM_AXES (each instrument's axes a
+# product reads, and the dimension scales netCDF and xarray readers get) and CHECKSUM_ATTRS (the attributes whose
+# value changes what a product computes or how its numbers are read, the same in an index and in its parts).
 
 
 def _framed(*chunks: bytes) -> bytes:
@@ -845,7 +847,7 @@ def checksum(descriptors: dict[str, ArrayDescriptor], index: int, scope: Checksu
     keys = cube_keys(descriptors)
     if scope.version >= CHECKSUM_SINCE:
         digest.update(scope.observation(index if position is None else position))
-        keys += [key for key in (PROVENANCE, INPUTS) if key in descriptors]
+        keys += [key for key in CHECKSUM_FIELDS if key in descriptors]
     for key in keys:
         mm = descriptors[key].open(index, mode="r")
         digest.update(np.ascontiguousarray(mm).data.cast("B"))
@@ -897,69 +899,3 @@ def write_slice(descriptor: ArrayDescriptor, index: int, value: Any) -> None:
         del mm
     except OSError as exc:
         raise OutputError(f"{descriptor.path}: cannot write the output file: {exc}") from None
-
-
-def write_field(descriptors: dict[str, ArrayDescriptor], key: str, index: int, value: Any) -> None:
-    """Write ``value`` into observation ``index`` of the per-observation dataset ``key`` and flush it."""
-    write_slice(descriptors[key], index, value)
-
-
-def record_result(descriptors: dict[str, ArrayDescriptor], index: int, status: int, error: str = "",
-                  provenance: dict[str, Any] | None = None, inputs: str = "",
-                  scope: ChecksumScope | None = None) -> None:
-    """Write an observation's error, provenance and inputs, then its checksum, then (last, so it is true) its status.
-
-    ``owner`` goes back to 0, and a done observation's ``attempts`` too: they only
-    matter while it is unfinished, so a file finished after a crash is
-    byte-identical to one made in a single run; the log keeps the history. The
-    checksum covers the provenance and inputs, so it is computed after they are
-    written; ``scope``: the file's :func:`checksum_scope` (read from it when not given).
-    """
-    write_field(descriptors, OWNER, index, 0)
-    if status == STATUS_DONE:
-        write_field(descriptors, ATTEMPTS, index, 0)
-    for key, value, size in ((ERROR, error, ERROR_BYTES),
-                             (PROVENANCE, _json_attr(provenance or {}), PROVENANCE_BYTES),
-                             (INPUTS, inputs, INPUTS_BYTES)):
-        raw = value.encode("utf-8", "replace")
-        if len(raw) > size:
-            raw = raw[: size - 3] + b"..."
-            if key != ERROR:
-                log.warning("%s of observation %d truncated to %d bytes", key, index, size)
-        write_field(descriptors, key, index, raw)
-    write_field(descriptors, CHECKSUM, index, checksum(descriptors, index, scope).encode() if status == STATUS_DONE
-                else b"")
-    write_field(descriptors, STATUS, index, status)
-
-
-def owner(descriptors: dict[str, ArrayDescriptor], index: int) -> int:
-    """The owner token of observation ``index``: who may write it now (0: nobody).
-
-    Read with one ``pread`` of its bytes, not a memory map: a worker asks after every chunk
-    (~110 times per observation), and mapping cost ~0.25 ms a time. A read sees what other
-    processes wrote through their maps (the same page cache).
-    """
-    d = descriptors[OWNER]
-    where = d.item_offset(index)
-    fd = os.open(d.path, os.O_RDONLY)
-    try:
-        raw = os.pread(fd, d.item_bytes, where)
-    finally:
-        os.close(fd)
-    if len(raw) != d.item_bytes:
-        raise OSError(f"{d.path}: owner field of observation {index} cut short")
-    return int(np.frombuffer(raw, dtype=d.dtype)[0])
-
-
-def fail_observation(descriptors: dict[str, ArrayDescriptor], index: int, message: str) -> None:
-    """NaN every cube of an observation and record why, so nothing half-written looks valid.
-
-    Called by the coordinator, it first revokes the observation's owner token, so a
-    writer still running somewhere (a dask task, a worker being killed) stops before
-    its next write instead of mixing its bytes with these.
-    """
-    write_field(descriptors, OWNER, index, 0)
-    for key in cube_keys(descriptors):
-        if key.endswith(f"/{SIGNAL}"):
-            write_slice(descriptors[key], index, np.nan)
-    record_result(descriptors, index, STATUS_FAILED, error=message)

@@ -74,6 +74,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import OutputError
+from ..io import schema as _schema
 from ..io import store
 from ..io.atomic import Staging, atomic_write, output_errors, staged
 from ..io.output import check_product_target
@@ -144,7 +145,7 @@ def npy_rows(f: h5py.File, chosen: list[int], visits: str = "all") -> list[list[
         return [[index] for index in chosen]
     if visits not in NPY_VISITS:
         raise ValueError(f"visits must be one of {', '.join(NPY_VISITS)}: {visits!r}")
-    planet_id, visit = f[store.PLANET_ID][()], f[store.VISIT][()]
+    planet_id, visit = f[_schema.PLANET_ID][()], f[_schema.VISIT][()]
     groups: dict[int, list[int]] = {}
     for index in chosen:
         groups.setdefault(int(planet_id[index]), []).append(index)
@@ -182,7 +183,7 @@ def _write_index(f: h5py.File, chosen: list[list[int]], staging: Staging, target
 
     ``visit`` is the row's (first) visit; ``visits`` every visit the row holds, ``;``-separated.
     """
-    planet_id, visit = f[store.PLANET_ID][()], f[store.VISIT][()]
+    planet_id, visit = f[_schema.PLANET_ID][()], f[_schema.VISIT][()]
     with output_errors(target), staging.path(target).open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["row", "planet_id", "visit", "visits"])
@@ -210,13 +211,13 @@ def export_npy(path: str | Path, out_dir: str | Path, *, dtype: npt.DTypeLike = 
         targets = {AIRS: out_dir / f"data_{split}.npy", FGS1: out_dir / f"data_{split}_FGS.npy",
                    "index": out_dir / f"data_{split}_index.csv"}
         held = store.instruments_in(f)
-        orders = {AIRS: x_order(f[store.dataset(AIRS, store.WAVELENGTH)][()], wavelength_order) if AIRS in held
+        orders = {AIRS: x_order(f[_schema.dataset(AIRS, _schema.WAVELENGTH)][()], wavelength_order) if AIRS in held
                   else None, FGS1: None}
         nans = 0
         with staged() as staging:
             written = {key: targets[key] for key in (*held, "index")}
             for inst in held:
-                nans += _write_npy(f[store.dataset(inst, store.SIGNAL)], chosen, staging, targets[inst],
+                nans += _write_npy(f[_schema.dataset(inst, _schema.SIGNAL)], chosen, staging, targets[inst],
                                    dtype=np.dtype(dtype), order=orders[inst], fill_value=fill_value)
             _write_index(f, chosen, staging, targets["index"])
             staging.commit()
@@ -316,11 +317,11 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
         attrs = {k: _text(v) for k, v in f.attrs.items()}
         instruments = store.instruments_in(f)
         for index in lcmod.require_done(f, path, observations, "export"):
-            planet_id, visit = int(f[store.PLANET_ID][index]), int(f[store.VISIT][index])
+            planet_id, visit = int(f[_schema.PLANET_ID][index]), int(f[_schema.VISIT][index])
             primary = fits.PrimaryHDU()
             for key, value, comment in fits_header_cards(attrs, planet_id, visit, instruments):
                 _set(primary.header, key, value, comment)
-            provenance = _text(f[store.PROVENANCE][index]).rstrip("\x00") if store.PROVENANCE in f else ""
+            provenance = _text(f[_schema.PROVENANCE][index]).rstrip("\x00") if _schema.PROVENANCE in f else ""
             table = fits.BinTableHDU.from_columns([
                 fits.Column(name=name, format=f"{max(1, len(value.encode()))}A", array=np.array([value.encode()]))
                 for name, value in (("CONFIG", attrs.get("config", "{}")), ("RECIPE", attrs.get("recipe", "")),
@@ -329,26 +330,26 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
             hdus: list[Any] = [primary, table]
             for inst in instruments:
                 g = f[inst]
-                image = fits.ImageHDU(g[store.SIGNAL][index], name=inst)
+                image = fits.ImageHDU(g[_schema.SIGNAL][index], name=inst)
                 image.header["BUNIT"] = ("electron", "per time bin, flat-fielded")
                 image.header["AXES"] = ("time,x,y", "numpy order: NAXIS1=y NAXIS2=x NAXIS3=time")
                 image.header["PLANETID"], image.header["VISIT"] = planet_id, visit
                 image.header["INSTRUME"], image.header["OBJECT"] = inst, str(planet_id)
-                wcs_table = _fits_wcs(fits, image.header, inst, g[store.TIME][()], g[store.WAVELENGTH][()])
-                dq = fits.ImageHDU(g[store.DQ][index], name=f"{inst}_DQ")
-                _set(dq.header, "BITS", attrs.get(store.ATTR_DQ_BITS, ""), "data-quality bit values")
+                wcs_table = _fits_wcs(fits, image.header, inst, g[_schema.TIME][()], g[_schema.WAVELENGTH][()])
+                dq = fits.ImageHDU(g[_schema.DQ][index], name=f"{inst}_DQ")
+                _set(dq.header, "BITS", attrs.get(_schema.ATTR_DQ_BITS, ""), "data-quality bit values")
                 hdus += [image, dq] if wcs_table is None else [image, wcs_table, dq]
-                if store.READ_NOISE in g:
-                    rn = fits.ImageHDU(g[store.READ_NOISE][index], name=f"{inst}_READNOISE")
+                if _schema.READ_NOISE in g:
+                    rn = fits.ImageHDU(g[_schema.READ_NOISE][index], name=f"{inst}_READNOISE")
                     rn.header["BUNIT"] = ("electron", "per read")
                     hdus.append(rn)
                 hdus.append(fits.BinTableHDU.from_columns(
-                    [fits.Column(name="TIME", format="D", unit="h", array=g[store.TIME][()])], name=f"{inst}_TIME"))
-                labels = np.array([_text(s).encode() or b"-" for s in g[store.WAVELENGTH_LABEL][()]])
-                column = g[store.COLUMN][()]  # float (a mean) when the output is spatially binned
+                    [fits.Column(name="TIME", format="D", unit="h", array=g[_schema.TIME][()])], name=f"{inst}_TIME"))
+                labels = np.array([_text(s).encode() or b"-" for s in g[_schema.WAVELENGTH_LABEL][()]])
+                column = g[_schema.COLUMN][()]  # float (a mean) when the output is spatially binned
                 hdus.append(fits.BinTableHDU.from_columns([
                     fits.Column(name="COLUMN", format="I" if column.dtype.kind in "iu" else "E", array=column),
-                    fits.Column(name="WAVELENGTH", format="D", unit="um", array=g[store.WAVELENGTH][()]),
+                    fits.Column(name="WAVELENGTH", format="D", unit="um", array=g[_schema.WAVELENGTH][()]),
                     fits.Column(name="LABEL", format="8A", array=labels),
                 ], name=f"{inst}_AXIS"))
             target = out_dir / f"{planet_id}_visit{visit}.fits"
@@ -399,17 +400,17 @@ def _rows_of(lc: lcmod.LightCurves) -> dict[str, np.ndarray]:
 
 
 def _from_lightcurve_file(f: h5py.File, k: int) -> lcmod.LightCurves:
-    lc = lcmod.LightCurves(index=int(f["source_index"][k]), planet_id=int(f[store.PLANET_ID][k]),
-                           visit=int(f[store.VISIT][k]))
+    lc = lcmod.LightCurves(index=int(f["source_index"][k]), planet_id=int(f[_schema.PLANET_ID][k]),
+                           visit=int(f[_schema.VISIT][k]))
     if AIRS in f:
         g = f[AIRS]
-        lc.airs_time, lc.wavelength = g[store.TIME][()], g[store.WAVELENGTH][()]
-        lc.wavelength_label = [_text(s) for s in g[store.WAVELENGTH_LABEL][()]]
+        lc.airs_time, lc.wavelength = g[_schema.TIME][()], g[_schema.WAVELENGTH][()]
+        lc.wavelength_label = [_text(s) for s in g[_schema.WAVELENGTH_LABEL][()]]
         lc.airs_flux, lc.airs_flux_err = g["flux"][k], g["flux_err"][k]
         lc.airs_white, lc.airs_white_err = g["white_flux"][k], g["white_flux_err"][k]
     if FGS1 in f:
         g = f[FGS1]
-        lc.fgs1_time, lc.fgs1_flux, lc.fgs1_flux_err = g[store.TIME][()], g["flux"][k], g["flux_err"][k]
+        lc.fgs1_time, lc.fgs1_flux, lc.fgs1_flux_err = g[_schema.TIME][()], g["flux"][k], g["flux_err"][k]
     return lc
 
 

@@ -110,10 +110,12 @@ from .._version import __version__
 from ..calibration import frame_steps
 from ..config.options import build_config
 from ..errors import ArielstreamError, InputError
+from ..io import schema as _schema
 from ..io import store as _s
 from ..io.atomic import atomic_write, output_errors
 from ..io.output import check_product_target
-from ..io.store import STATUS_DONE, check_output, open_output, text
+from ..io.schema import STATUS_DONE
+from ..io.store import check_output, open_output, text
 from ..layout import AIRS, FGS1, FGS1_WAVELENGTH_UM, frames_per_bin
 from ..nan import quiet_nan
 from .defaults import DEFAULT_FGS1_RADIUS, DEFAULT_HALF_WIDTH
@@ -436,7 +438,7 @@ def mean_and_finite(ds: h5py.Dataset, index: int, block_bytes: int) -> tuple[np.
 def _read_noise(f: h5py.File, instrument: str, index: int, label: str,
                 shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
     """The observation's read noise per output pixel, unknown values replaced by the typical one; and how many."""
-    key = _s.dataset(instrument, _s.READ_NOISE)
+    key = _schema.dataset(instrument, _schema.READ_NOISE)
     rn = f[key][index].astype(np.float64) if key in f else None
     assumed = int(np.prod(shape)) if rn is None else int((~np.isfinite(rn)).sum())
     factor = int(file_config(f).get("spatial_bin", 1))
@@ -452,7 +454,7 @@ def subtracted_background(f: h5py.File, instrument: str, index: int) -> np.ndarr
     ``<inst>/background`` is ``(t, x)`` for AIRS and ``(t,)`` for FGS1, per output pixel;
     ``None`` when the calibration did not subtract one.
     """
-    key = _s.dataset(instrument, _s.BACKGROUND)
+    key = _schema.dataset(instrument, _schema.BACKGROUND)
     if key not in f:
         return None
     level = f[key][index].astype(np.float64)
@@ -460,9 +462,9 @@ def subtracted_background(f: h5py.File, instrument: str, index: int) -> np.ndarr
 
 
 def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, block_bytes: int, label: str):
-    ds = f[_s.dataset(instrument, _s.SIGNAL)]
+    ds = f[_schema.dataset(instrument, _schema.SIGNAL)]
     mean, finite = mean_and_finite(ds, index, block_bytes)
-    dq_key = _s.dataset(instrument, _s.DQ)
+    dq_key = _schema.dataset(instrument, _schema.DQ)
     dq = f[dq_key][index] if dq_key in f else None
     usable = usable_pixels(finite, dq)
     subtracted = subtracted_background(f, instrument, index)
@@ -496,10 +498,10 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
                              weighted: bool = False, fgs1_radius: float = DEFAULT_FGS1_RADIUS,
                              background: bool = True, block_bytes: int = BLOCK_BYTES) -> LightCurves:
     """The light curves of observation ``index`` of an open arielstream file (read one time block at a time)."""
-    n = f[_s.PLANET_ID].shape[0]
+    n = f[_schema.PLANET_ID].shape[0]
     if not 0 <= index < n:
         raise IndexError(f"observation {index} outside 0..{n - 1}")
-    lc = LightCurves(index=index, planet_id=int(f[_s.PLANET_ID][index]), visit=int(f[_s.VISIT][index]))
+    lc = LightCurves(index=index, planet_id=int(f[_schema.PLANET_ID][index]), visit=int(f[_schema.VISIT][index]))
     label = f"{lc.planet_id}/visit {lc.visit}"
     held = _s.instruments_in(f)
     if AIRS.name in held:
@@ -510,12 +512,12 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
                              background=background, subtracted=subtracted)
 
         plan, flux, var, _ = _extract_instrument(f, AIRS.name, index, plan_a, block_bytes, label)
-        order = target_order(g[_s.WAVELENGTH][()])
+        order = target_order(g[_schema.WAVELENGTH][()])
         flux, var = flux[:, order], var[:, order]
-        lc.airs_time = g[_s.TIME][()]
-        lc.wavelength = g[_s.WAVELENGTH][()][order]
-        lc.wavelength_label = [text(s) for s in g[_s.WAVELENGTH_LABEL][()][order]]
-        lc.column = g[_s.COLUMN][()][order]
+        lc.airs_time = g[_schema.TIME][()]
+        lc.wavelength = g[_schema.WAVELENGTH][()][order]
+        lc.wavelength_label = [text(s) for s in g[_schema.WAVELENGTH_LABEL][()][order]]
+        lc.column = g[_schema.COLUMN][()][order]
         lc.airs_flux, lc.airs_flux_err = flux, np.sqrt(var)
         white, white_err = white_light(flux, var)
         lc.airs_white, lc.airs_white_err = white, white_err
@@ -529,7 +531,7 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
             return plan_fgs1(mean, usable, rn, n_reads, radius=fgs1_radius, background=background)
 
         plan, flux, var, track = _extract_instrument(f, FGS1.name, index, plan_f, block_bytes, label)
-        lc.fgs1_time = f[_s.dataset(FGS1.name, _s.TIME)][()]
+        lc.fgs1_time = f[_schema.dataset(FGS1.name, _schema.TIME)][()]
         lc.fgs1_flux, lc.fgs1_flux_err = white_light(flux, var)
         lc.fgs1_centroid = track
         lc.fgs1_aperture_centre = plan.extra["aperture_centre"]
@@ -539,7 +541,7 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
 
 def done_observations(f: h5py.File, observations: Sequence[int] | None = None) -> list[int]:
     """Indices of the observations whose status is done (optionally only among ``observations``)."""
-    status = f[_s.STATUS][()]
+    status = f[_schema.STATUS][()]
     if observations is None:
         return [int(i) for i in np.flatnonzero(status == STATUS_DONE)]
     chosen = []
@@ -561,7 +563,7 @@ def require_done(f: h5py.File, path: str | Path, observations: Sequence[int] | N
     chosen = done_observations(f, observations)
     if not chosen:
         among = (f"among observations {[int(i) for i in observations]}" if observations is not None
-                 else f"(none of its {f[_s.STATUS].shape[0]} observations is done)")
+                 else f"(none of its {f[_schema.STATUS].shape[0]} observations is done)")
         raise InputError(path, f"no done observation to {purpose} {among}")
     return chosen
 
@@ -602,7 +604,8 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
                         weighted: bool, fgs1_radius: float, background: bool, block_bytes: int) -> None:
     n = len(chosen)
     dst.attrs.update({
-        _s.ATTR_FORMAT: LC_FORMAT_NAME, _s.ATTR_FORMAT_VERSION: LC_FORMAT_VERSION, "source": str(path.resolve()),
+        _schema.ATTR_FORMAT: LC_FORMAT_NAME, _schema.ATTR_FORMAT_VERSION: LC_FORMAT_VERSION,
+        "source": str(path.resolve()),
         "source_config": text(src.attrs.get("config", "{}")), "profile": text(src.attrs.get("profile", "")),
         "arielstream_version": text(src.attrs.get("arielstream_version", "")),
         "extracted_with": __version__, "half_width": int(half_width), "weighted": bool(weighted),
@@ -610,19 +613,19 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
         "background_gap": BACKGROUND_GAP, "variance_model": VARIANCE_MODEL,
         "units": "flux: electrons per time bin (flat-fielded); time: hours; wavelength: um",
     })
-    dst.create_dataset(_s.PLANET_ID, data=src[_s.PLANET_ID][()][chosen].astype(np.int64))
-    dst.create_dataset(_s.VISIT, data=src[_s.VISIT][()][chosen].astype(np.int16))
+    dst.create_dataset(_schema.PLANET_ID, data=src[_schema.PLANET_ID][()][chosen].astype(np.int64))
+    dst.create_dataset(_schema.VISIT, data=src[_schema.VISIT][()][chosen].astype(np.int16))
     dst.create_dataset("source_index", data=np.array(chosen, dtype=np.int64))
     targets: dict[str, h5py.Dataset] = {}
     held = _s.instruments_in(src)
     if AIRS.name in held:
         g, s = dst.create_group(AIRS.name), src[AIRS.name]
-        order = target_order(s[_s.WAVELENGTH][()])
-        t, w = s[_s.TIME].shape[0], order.shape[0]
-        g.create_dataset(_s.TIME, data=s[_s.TIME][()]).attrs["units"] = "hours"
-        g.create_dataset(_s.WAVELENGTH, data=s[_s.WAVELENGTH][()][order]).attrs["units"] = "um"
-        g.create_dataset(_s.WAVELENGTH_LABEL, data=s[_s.WAVELENGTH_LABEL][()][order])
-        g.create_dataset(_s.COLUMN, data=s[_s.COLUMN][()][order])
+        order = target_order(s[_schema.WAVELENGTH][()])
+        t, w = s[_schema.TIME].shape[0], order.shape[0]
+        g.create_dataset(_schema.TIME, data=s[_schema.TIME][()]).attrs["units"] = "hours"
+        g.create_dataset(_schema.WAVELENGTH, data=s[_schema.WAVELENGTH][()][order]).attrs["units"] = "um"
+        g.create_dataset(_schema.WAVELENGTH_LABEL, data=s[_schema.WAVELENGTH_LABEL][()][order])
+        g.create_dataset(_schema.COLUMN, data=s[_schema.COLUMN][()][order])
         for name, shape, dtype in (("flux", (n, t, w), "f8"), ("flux_err", (n, t, w), "f8"),
                                    ("white_flux", (n, t), "f8"), ("white_flux_err", (n, t), "f8"),
                                    ("n_pixels", (n, w), "i2"), ("n_filled", (n, w), "i2"), ("trace_row", (n,), "f8"),
@@ -630,9 +633,9 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
             targets[f"{AIRS.name}/{name}"] = g.create_dataset(name, shape=shape, dtype=dtype)
     if FGS1.name in held:
         g, s = dst.create_group(FGS1.name), src[FGS1.name]
-        t = s[_s.TIME].shape[0]
-        g.create_dataset(_s.TIME, data=s[_s.TIME][()]).attrs["units"] = "hours"
-        g.create_dataset(_s.WAVELENGTH, data=np.float64(FGS1_WAVELENGTH_UM)).attrs["units"] = "um"
+        t = s[_schema.TIME].shape[0]
+        g.create_dataset(_schema.TIME, data=s[_schema.TIME][()]).attrs["units"] = "hours"
+        g.create_dataset(_schema.WAVELENGTH, data=np.float64(FGS1_WAVELENGTH_UM)).attrs["units"] = "um"
         for name, shape, dtype in (("flux", (n, t), "f8"), ("flux_err", (n, t), "f8"),
                                    ("centroid", (n, t, 2), "f8"), ("aperture_centre", (n, 2), "f8"),
                                    ("n_pixels", (n,), "i2")):
@@ -659,4 +662,4 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
 
 def is_lightcurve_file(f: h5py.File) -> bool:
     """True for a light-curve file written by :func:`extract` (its ``format`` attribute)."""
-    return text(f.attrs.get(_s.ATTR_FORMAT, "")) == LC_FORMAT_NAME
+    return text(f.attrs.get(_schema.ATTR_FORMAT, "")) == LC_FORMAT_NAME

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import dq as dqbits
 from ..errors import MissingDependencyError
-from ..io import store
+from ..io import schema, store
 from ..io.atomic import output_errors, staged
 from ..io.output import check_product_target
 from ..io.store import open_output, text
@@ -82,7 +82,7 @@ def _plot_frames(plt, f: h5py.File, index: int, title: str, partial: Path, path:
     instruments = store.instruments_in(f)
     fig, axes = _panels(plt, instruments)
     for ax, inst in zip(axes[0], instruments, strict=True):
-        mean = _mean_frame(f[store.dataset(inst, store.SIGNAL)], index)  # (x, y)
+        mean = _mean_frame(f[schema.dataset(inst, schema.SIGNAL)], index)  # (x, y)
         finite = mean[np.isfinite(mean)]
         vmin, vmax = (np.percentile(finite, [1, 99.9]) if finite.size else (0, 1))
         im = ax.imshow(mean.T, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="viridis",
@@ -115,10 +115,10 @@ def _plot_dq(plt, f: h5py.File, index: int, title: str, partial: Path, path: Pat
     names = list(dqbits.BITS)
     cmap = ListedColormap(DQ_COLOURS[: len(names) + 1])
     norm = BoundaryNorm(np.arange(len(names) + 2) - 0.5, cmap.N)
-    instruments = [i for i in store.instruments_in(f) if store.dataset(i, store.DQ) in f]
+    instruments = [i for i in store.instruments_in(f) if schema.dataset(i, schema.DQ) in f]
     fig, axes = _panels(plt, instruments)
     for ax, inst in zip(axes[0], instruments, strict=True):
-        dq = f[store.dataset(inst, store.DQ)][index]
+        dq = f[schema.dataset(inst, schema.DQ)][index]
         counts = ", ".join(f"{name} {int(np.count_nonzero(dq & bit))}" for name, bit in dqbits.BITS.items()
                            if np.any(dq & bit))
         im = ax.imshow(dq_codes(dq).T, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
@@ -226,7 +226,7 @@ def quicklook(path: str | Path, out_dir: str | Path, obs: Sequence[int] | None =
         with output_errors(out_dir, "create the quicklook folder"):
             out_dir.mkdir(parents=True, exist_ok=True)
         for index in chosen:
-            planet_id, visit = int(f[store.PLANET_ID][index]), int(f[store.VISIT][index])
+            planet_id, visit = int(f[schema.PLANET_ID][index]), int(f[schema.VISIT][index])
             stem = f"{planet_id}_visit{visit}"
             title = f"planet {planet_id} visit {visit} (observation {index})"
             lc = lcmod.observation_light_curves(f, index, **extract_options)

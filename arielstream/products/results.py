@@ -26,8 +26,10 @@ import numpy as np
 
 from ..config.options import CalibrationConfig, ConfigError, build_config
 from ..errors import InputError, MissingDependencyError
+from ..io import schema as _schema
 from ..io import store as _s
-from ..io.store import STATUS_DONE, STATUS_NAMES, open_output
+from ..io.schema import STATUS_DONE, STATUS_NAMES
+from ..io.store import open_output
 from ..io.store import text as _text
 from ..layout import AIRS as _AIRS
 from ..layout import FGS1 as _FGS1
@@ -79,7 +81,7 @@ class Results:
         return f"<arielstream.Results {self.path} ({state})>"
 
     def __len__(self) -> int:
-        return int(self.file[_s.PLANET_ID].shape[0])
+        return int(self.file[_schema.PLANET_ID].shape[0])
 
     @property
     def file(self) -> h5py.File:
@@ -117,9 +119,9 @@ class Results:
     def observations(self) -> list[ObservationInfo]:
         """Every planet visit of the file, in file order, with its status."""
         f = self.file
-        status = f[_s.STATUS][()]
+        status = f[_schema.STATUS][()]
         return [ObservationInfo(i, int(p), int(v), STATUS_NAMES.get(int(s), f"unknown({int(s)})"))
-                for i, (p, v, s) in enumerate(zip(f[_s.PLANET_ID][()], f[_s.VISIT][()], status, strict=True))]
+                for i, (p, v, s) in enumerate(zip(f[_schema.PLANET_ID][()], f[_schema.VISIT][()], status, strict=True))]
 
     @property
     def instruments(self) -> list[str]:
@@ -128,7 +130,7 @@ class Results:
 
     def _inst(self, instrument: str) -> str:
         name = _ALIASES.get(instrument.lower(), instrument)
-        if _s.dataset(name, _s.SIGNAL) not in self.file:
+        if _schema.dataset(name, _schema.SIGNAL) not in self.file:
             raise KeyError(f"{self.path}: no {instrument} data (instruments: {', '.join(self.instruments)})")
         return name
 
@@ -142,7 +144,7 @@ class Results:
     def index(self, planet_id: int, visit: int = 0) -> int:
         """The observation index of a planet visit."""
         f = self.file
-        hits = np.flatnonzero((f[_s.PLANET_ID][()] == planet_id) & (f[_s.VISIT][()] == visit))
+        hits = np.flatnonzero((f[_schema.PLANET_ID][()] == planet_id) & (f[_schema.VISIT][()] == visit))
         if hits.size == 0:
             raise KeyError(f"{self.path}: no planet {planet_id} visit {visit}")
         return int(hits[0])
@@ -151,28 +153,28 @@ class Results:
     @property
     def wavelength(self) -> np.ndarray:
         """AIRS wavelength (µm) of each x of the cubes, in the file's order."""
-        return self.file[_s.dataset(AIRS, _s.WAVELENGTH)][()]
+        return self.file[_schema.dataset(AIRS, _schema.WAVELENGTH)][()]
 
     @property
     def wavelength_label(self) -> list[str]:
         """``wl_k`` target label of each AIRS x, in the file's order."""
-        return [_text(s) for s in self.file[_s.dataset(AIRS, _s.WAVELENGTH_LABEL)][()]]
+        return [_text(s) for s in self.file[_schema.dataset(AIRS, _schema.WAVELENGTH_LABEL)][()]]
 
     @property
     def column(self) -> np.ndarray:
         """Detector column of each AIRS x."""
-        return self.file[_s.dataset(AIRS, _s.COLUMN)][()]
+        return self.file[_schema.dataset(AIRS, _schema.COLUMN)][()]
 
     def time(self, instrument: str = AIRS) -> np.ndarray:
         """Mean time (hours) of each time bin of ``instrument``."""
-        return self.file[_s.dataset(self._inst(instrument), _s.TIME)][()]
+        return self.file[_schema.dataset(self._inst(instrument), _schema.TIME)][()]
 
     # -- data, one observation at a time
     def signal(self, instrument: str, i: int, time: slice | int | None = None) -> np.ndarray:
         """Observation ``i``'s cube ``(time, x, y)`` float32 (electrons per bin); ``time`` selects bins."""
-        ds = self.file[_s.dataset(self._inst(instrument), _s.SIGNAL)]
+        ds = self.file[_schema.dataset(self._inst(instrument), _schema.SIGNAL)]
         index = self._index(i)
-        status = int(self.file[_s.STATUS][index])
+        status = int(self.file[_schema.STATUS][index])
         if status != STATUS_DONE:
             raise InputError(self.path, f"observation {index} is {STATUS_NAMES.get(status, status)}, not done")
         return ds[index] if time is None else ds[index, time]
@@ -187,22 +189,22 @@ class Results:
 
     def dq(self, instrument: str, i: int) -> np.ndarray:
         """Data-quality bits ``(x, y)`` uint16 of observation ``i`` (see :mod:`arielstream.dq`)."""
-        return self.file[_s.dataset(self._inst(instrument), _s.DQ)][self._index(i)]
+        return self.file[_schema.dataset(self._inst(instrument), _schema.DQ)][self._index(i)]
 
     def read_noise(self, instrument: str, i: int) -> np.ndarray:
         """Read noise ``(x, y)`` (electrons per read; NaN if the calibration had none)."""
-        return self.file[_s.dataset(self._inst(instrument), _s.READ_NOISE)][self._index(i)]
+        return self.file[_schema.dataset(self._inst(instrument), _schema.READ_NOISE)][self._index(i)]
 
     def provenance(self, i: int) -> dict[str, Any]:
         """Which steps ran (or were skipped, and why) for observation ``i``."""
-        raw = _text(self.file[_s.PROVENANCE][self._index(i)]).rstrip("\x00")
+        raw = _text(self.file[_schema.PROVENANCE][self._index(i)]).rstrip("\x00")
         return json.loads(raw) if raw else {}
 
     def light_curves(self, i: int, *, half_width: int = _lc.DEFAULT_HALF_WIDTH, weighted: bool = False,
                      fgs1_radius: float = _lc.DEFAULT_FGS1_RADIUS, background: bool = True) -> _lc.LightCurves:
         """Spectral and white-light curves of observation ``i`` (see :mod:`arielstream.products.lightcurves`)."""
         index = self._index(i)
-        if int(self.file[_s.STATUS][index]) != STATUS_DONE:
+        if int(self.file[_schema.STATUS][index]) != STATUS_DONE:
             raise InputError(self.path, f"observation {index} is not done")
         return _lc.observation_light_curves(self.file, index, half_width=half_width, weighted=weighted,
                                             fgs1_radius=fgs1_radius, background=background)
@@ -249,26 +251,28 @@ class Results:
         f = self.file
         n = len(self)
         coords: dict[str, Any] = {
-            "obs": np.arange(n), "planet_id": ("obs", f[_s.PLANET_ID][()]), "visit": ("obs", f[_s.VISIT][()]),
+            "obs": np.arange(n), "planet_id": ("obs", f[_schema.PLANET_ID][()]), "visit": ("obs", f[_schema.VISIT][()]),
         }
-        data: dict[str, Any] = {"status": ("obs", f[_s.STATUS][()])}
+        data: dict[str, Any] = {"status": ("obs", f[_schema.STATUS][()])}
         for name in _s.instruments_in(f):
             short = {AIRS: "airs", FGS1: "fgs1"}[name]
             g = f[name]
             t, x, y = f"{short}_time", f"{short}_x", f"{short}_y"
-            coords[t] = (t, g[_s.TIME][()], {"units": "hours"})
+            coords[t] = (t, g[_schema.TIME][()], {"units": "hours"})
             if name == AIRS:
                 x = "wavelength"
-                coords[x] = (x, g[_s.WAVELENGTH][()], {"units": "um"})
-                coords["wavelength_label"] = (x, np.array([_text(s) for s in g[_s.WAVELENGTH_LABEL][()]]))
-                coords["column"] = (x, g[_s.COLUMN][()])
+                coords[x] = (x, g[_schema.WAVELENGTH][()], {"units": "um"})
+                coords["wavelength_label"] = (x, np.array([_text(s) for s in g[_schema.WAVELENGTH_LABEL][()]]))
+                coords["column"] = (x, g[_schema.COLUMN][()])
             else:
-                coords[x] = (x, g[_s.COLUMN][()])
-            signal = g[_s.SIGNAL]
+                coords[x] = (x, g[_schema.COLUMN][()])
+            signal = g[_schema.SIGNAL]
             coords[y] = (y, np.arange(signal.shape[-1]))
             data[short] = (("obs", t, x, y), array(signal),
-                           {"units": _text(signal.attrs.get("units", _s.PLANES[_s.SIGNAL][2])), "instrument": name})
-            data[f"{short}_dq"] = (("obs", x, y), array(g[_s.DQ]), {"flags": self.attrs.get(_s.ATTR_DQ_BITS, "")})
+                           {"units": _text(signal.attrs.get("units", _schema.PLANES[_schema.SIGNAL].units)),
+                            "instrument": name})
+            data[f"{short}_dq"] = (("obs", x, y), array(g[_schema.DQ]),
+                                   {"flags": self.attrs.get(_schema.ATTR_DQ_BITS, "")})
         attrs = {k: v for k, v in self.attrs.items() if k in ("config", "profile", "arielstream_version", "recipe",
                                                                  "wavelength_order", "split")}
         attrs["source_file"] = str(self.path)

@@ -54,7 +54,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import InputError, OutputError
-from ..io import store as _s
+from ..io import schema as _schema
 from ..io.atomic import output_errors, staged
 from ..io.output import check_product_target
 from ..io.store import open_output, text
@@ -643,7 +643,7 @@ def _write_csv(partial: Path, spectra: Spectra) -> None:
 def _write_fits(partial: Path, spectra: Spectra, source: Path, degree: int) -> None:
     v = spectra.visits
     with h5py.File(partial, "w") as f:
-        f.attrs.update({_s.ATTR_FORMAT: FITS_FORMAT_NAME, _s.ATTR_FORMAT_VERSION: FITS_FORMAT_VERSION,
+        f.attrs.update({_schema.ATTR_FORMAT: FITS_FORMAT_NAME, _schema.ATTR_FORMAT_VERSION: FITS_FORMAT_VERSION,
                         "source": str(source.resolve()), "fitted_with": __version__, "degree": degree,
                         "units": "time: hours; depth: fraction of the stellar flux; residual_rms: relative flux",
                         "targets": "wl_1 (FGS1), wl_2 ... wl_283 (AIRS ascending)"})

@@ -9,8 +9,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..io import store
-from ..io.store import STATUS_NAMES, open_output, text
+from ..io import schema, store
+from ..io.schema import STATUS_NAMES
+from ..io.store import open_output, text
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
@@ -28,12 +29,12 @@ def summarize(path: str | Path) -> dict[str, Any]:
                 datasets[name] = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
 
         f.visititems(visit)
-        status = f[store.STATUS][()]
-        errors = [text(e).rstrip("\x00") for e in f[store.ERROR][()]]
+        status = f[schema.STATUS][()]
+        errors = [text(e).rstrip("\x00") for e in f[schema.ERROR][()]]
         observations = [
             {"planet_id": int(p), "visit": int(v), "status": STATUS_NAMES.get(int(s), f"unknown({int(s)})"),
              "error": e}
-            for p, v, s, e in zip(f[store.PLANET_ID][()], f[store.VISIT][()], status, errors, strict=True)
+            for p, v, s, e in zip(f[schema.PLANET_ID][()], f[schema.VISIT][()], status, errors, strict=True)
         ]
         counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
         attrs = {k: text(v) for k, v in f.attrs.items()}

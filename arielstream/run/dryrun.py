@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config.options import CalibrationConfig, RunOptions
 from ..errors import ArielstreamError
-from ..io import store
+from ..io import schema, store
 from ..layout import AIRS
 from ..units import format_bytes, parse_bytes
 from .budget import WorkerPlan
@@ -85,10 +85,10 @@ def _existing(output: Path, total: int) -> tuple[str, int]:
         if not path.exists():
             continue
         try:
-            status = store.read_field(store.read_descriptors(path), store.STATUS)
+            status = store.read_field(store.read_descriptors(path), schema.STATUS)
         except (ArielstreamError, OSError) as exc:
             return f"{path} exists but is not a readable arielstream file ({exc})", 0
-        done = int((status == store.STATUS_DONE).sum())
+        done = int((status == schema.STATUS_DONE).sum())
         return (f"{path}: {done} of {status.shape[0]} observation(s) done (a run with the same config and "
                 "code resumes it; another config needs --force)"), min(done, total)
     return "", 0
@@ -127,7 +127,8 @@ def dry_run(data_dir: str | Path, config: CalibrationConfig, options: RunOptions
     Bad input fails as the run would (missing data folder, unknown planet, a memory
     budget too small for one worker), so a dry run also checks a command line.
     """
-    from .runner import dataset_info, identify, plan_run
+    from .runner import identify, plan_run
+    from .worker import dataset_info
 
     budget = parse_bytes(options.memory)
     job = identify(data_dir, config, options, output, run_name, runs_dir, create=False)

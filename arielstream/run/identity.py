@@ -10,8 +10,11 @@ with their sizes and modification times, so a data folder that moved (``mv``, ``
 another mount point) still matches, and a file that changed is recomputed.
 
 The numerical code is the package version plus a digest of the modules on the
-numerical path (:data:`NUMERICAL_MODULES`): editing the CLI, the products or the
-run coordinator leaves a finished output finished and a ``.partial`` resumable.
+numerical path (:data:`NUMERICAL_MODULES`) and of the output schema's numerical
+declarations (:func:`schema_json`: the datasets' names, dtypes, axes, fill values and
+checksum coverage): editing the CLI, the products, the run coordinator or a description
+in the schema (a long name, units) leaves a finished output finished and a ``.partial``
+resumable.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from .._version import __version__
 from ..config.options import CalibrationConfig
+from ..io import schema
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +40,7 @@ NUMERICAL_MODULES: tuple[str, ...] = (
     "io/dataset.py",  # the ADC gain and offset and the wavelength and time axes
     "calibration/*.py",  # the maths: reference steps, numexpr and numba kernels, frame steps
     "run/observation.py",  # one observation through the recipe: which steps run, on which arrays, in what order
-    "io/store.py",  # the output's dtypes, shapes, fill values and the checksums a resume trusts
+    "io/store.py",  # the output's layout and the checksums a resume trusts (its schema: schema_json)
     "layout.py",  # instrument geometry and the files that make an observation
     "dq.py",  # the data-quality bits written beside the cubes
     "config/options.py",  # the defaults and profiles a config is built from
@@ -55,12 +59,24 @@ def numerical_sources(root: Path = PACKAGE_ROOT) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def schema_json(declarations: Mapping[str, Any] | None = None) -> str:
+    """The output schema's numerical declarations (:func:`arielstream.io.schema.numerical_declarations`), canonical."""
+    declarations = schema.numerical_declarations() if declarations is None else declarations
+    return json.dumps(declarations, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def source_digest(root: Path = PACKAGE_ROOT) -> str:
-    """The package version plus a digest of the numerical modules under ``root``."""
+    """The package version plus a digest of the numerical modules under ``root`` and of the output schema.
+
+    The schema's numerical declarations are those of this installation's :mod:`arielstream.io.schema`,
+    read when called (its file is not one of :data:`NUMERICAL_MODULES`: its descriptions are not numbers).
+    """
     digest = hashlib.blake2b(digest_size=6)
     for path in numerical_sources(root):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
+    digest.update(b"io/schema.py:numerical_declarations")
+    digest.update(schema_json().encode())
     return f"{__version__}+{digest.hexdigest()}"
 
 

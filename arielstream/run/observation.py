@@ -54,6 +54,7 @@ from ..errors import ConfigError
 from ..io.calibration import DetectorCalibration, load_calibration, read_master_stacks
 from ..io.dataset import DatasetInfo, target_labels
 from ..io.manifest import check_observation_inputs
+from ..io.schema import BACKGROUND, CENTROID, DQ, DQ_TIME, OPTIONAL, READ_NOISE, SIGNAL, TRACE_ROW, Field
 from ..io.signal import SignalFile, plan_chunks, prefetch
 from ..io.store import ArrayDescriptor, InstrumentLayout, write_slice
 from ..layout import AIRS, FGS1_WAVELENGTH_UM, INSTRUMENTS, Instrument, Observation, frames_per_bin
@@ -84,17 +85,14 @@ def instrument_layout(inst: Instrument, info: DatasetInfo, config: CalibrationCo
         wavelength = np.full(inst.columns, FGS1_WAVELENGTH_UM)
         labels = [""] * inst.columns
     layout = InstrumentLayout(inst.name, times, columns, inst.rows, wavelength, labels, config.spatial_bin)
-    nx, ny = layout.plane_shape
-    extras: list[tuple[str, tuple[int, ...], str, str]] = []  # as InstrumentLayout.extras
+    extras: list[Field] = []  # the optional planes the steps add (their dtypes and axes: the schema's)
     airs = inst.name == AIRS.name
     if config.cosmic_rays or config.interpolate_bad_pixels or (config.spatial_outliers and airs):
-        extras.append(("dq_time", (n_bins, nx, ny), "|u1", "obs,time,x,y"))
+        extras.append(OPTIONAL[DQ_TIME])
     if config.background:
-        extras.append(("background", (n_bins, nx) if airs else (n_bins,), "<f4",
-                       "obs,time,x" if airs else "obs,time"))
+        extras.append(OPTIONAL[BACKGROUND])
     if config.tracking:
-        extras.append(("trace_row", (n_bins,), "<f4", "obs,time") if airs else
-                      ("centroid", (n_bins, 2), "<f4", "obs,time,(x,y)"))
+        extras.append(OPTIONAL[TRACE_ROW] if airs else OPTIONAL[CENTROID])
     return dataclasses.replace(layout, extras=tuple(extras))
 
 
@@ -412,14 +410,14 @@ def frame_stage(cube: np.ndarray, dq_time: np.ndarray, read_plane: np.ndarray, i
 def output_planes(products: dict[str, np.ndarray], dq_time: np.ndarray, arrays: InstrumentArrays,
                   outputs: dict[str, ArrayDescriptor], factor: int) -> dict[str, np.ndarray]:
     """Every dataset of ``outputs`` for this observation, spatially binned by ``factor``."""
-    planes = {"signal": frame_steps.spatial_bin(products["cube"], factor),
-              "dq": frame_steps.bin_planes(arrays.dq_plane, factor, "or"),
-              "read_noise": frame_steps.bin_planes(arrays.read_plane, factor, "rms")}
-    if "dq_time" in outputs:
-        planes["dq_time"] = frame_steps.bin_planes(dq_time, factor, "or")
-    if "background" in outputs:
-        planes["background"] = frame_steps.bin_background(products["background"], factor)
-    for key in ("trace_row", "centroid"):
+    planes = {SIGNAL: frame_steps.spatial_bin(products["cube"], factor),
+              DQ: frame_steps.bin_planes(arrays.dq_plane, factor, "or"),
+              READ_NOISE: frame_steps.bin_planes(arrays.read_plane, factor, "rms")}
+    if DQ_TIME in outputs:
+        planes[DQ_TIME] = frame_steps.bin_planes(dq_time, factor, "or")
+    if BACKGROUND in outputs:
+        planes[BACKGROUND] = frame_steps.bin_background(products["background"], factor)
+    for key in (TRACE_ROW, CENTROID):
         if key in outputs:
             planes[key] = frame_steps.bin_positions(products[key], factor)
     return planes

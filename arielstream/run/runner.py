@@ -12,10 +12,12 @@ which runs four stages:
    any worker starts, with its disk space reserved;
 2. **plan** (:func:`plan_run`): the worker count, threads per worker and chunk budget from the
    RAM budget and the coordinator's measured footprint (:func:`arielstream.run.budget.plan_workers`);
-3. **dispatch** (:func:`dispatch`): one :class:`Task` per observation through joblib (loky
+3. **dispatch** (:func:`arielstream.run.dispatch.dispatch`): one
+   :class:`~arielstream.run.worker.Task` per observation through joblib (loky
    processes on one machine, or dask workers on a cluster). A task carries descriptors
    ``(path, offset, shape, dtype)``, never an open file or memmap, and writes its
-   observation's bytes, then its checksum and status, through memmaps. When a worker
+   observation's bytes, then its checksum and status, through memmaps
+   (:func:`arielstream.run.worker.run_task`). When a worker
    dies (killed, out of memory, timed out), its observation goes back to pending and is
    retried alone; a second death fails it, and the rest go on. Every checksum is
    verified, and ``OUT.h5`` is published by an atomic rename;
@@ -24,16 +26,9 @@ which runs four stages:
 SIGTERM, SIGHUP and Ctrl-C stop the dispatch, leave what is done in ``OUT.h5.partial``,
 release the lock and exit; running the same command again resumes.
 
-Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in production):
-
-``kill-worker:PLANET:VISIT[:MARKER]``
-    a worker calibrating that observation kills itself (SIGKILL) at its first chunk
-    (only while file ``MARKER`` does not exist, which it then creates: a one-off death);
-``hang-obs:PLANET:VISIT[:MARKER]``
-    that observation hangs at its first chunk (sleeps for an hour) after creating
-    ``MARKER``, on every attempt: the run cannot finish before a test acts on it;
-``kill-coordinator:N``
-    the coordinator kills itself after N results.
+What runs in a worker process for one observation is :mod:`arielstream.run.worker` (with
+the test hooks, ``ARIELSTREAM_FAULT``); how the coordinator hands the observations to
+workers and retries those a dead worker left, :mod:`arielstream.run.dispatch`.
 """
 
 from __future__ import annotations
@@ -42,16 +37,12 @@ import contextlib
 import gc
 import logging
 import logging.handlers
-import multiprocessing
 import os
-import secrets
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -60,30 +51,11 @@ import h5py
 from ..config.options import CalibrationConfig, RunOptions
 from ..config.recipe import describe_recipe
 from ..errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
-from ..io.dataset import DatasetInfo, read_dataset_info
 from ..io.manifest import check_manifest_covers, fingerprint, observation_inputs, resolve_manifest
-from ..io.output import OutputFiles, check_write_targets
-from ..io.store import (
-    ERROR,
-    PLANET_ID,
-    STATUS,
-    STATUS_DONE,
-    STATUS_FAILED,
-    STATUS_NAMES,
-    STATUS_PENDING,
-    STATUS_RUNNING,
-    VISIT,
-    ArrayDescriptor,
-    ChecksumScope,
-    InstrumentLayout,
-    checksum_scope,
-    fail_observation,
-    owner,
-    read_field,
-    record_result,
-    write_field,
-)
-from ..layout import AIRS, INSTRUMENTS, Instrument, Observation, discover_observations, frames_per_bin
+from ..io.output import OutputFiles, RunLock, check_write_targets, publish
+from ..io.schema import ERROR, PLANET_ID, STATUS, STATUS_NAMES, VISIT
+from ..io.store import InstrumentLayout
+from ..layout import AIRS, INSTRUMENTS, Observation, discover_observations, frames_per_bin
 from ..units import format_bytes, parse_bytes
 from . import identity
 from .budget import (
@@ -95,75 +67,20 @@ from .budget import (
     available_memory,
     current_rss,
     effective_budget,
-    is_out_of_memory,
-    out_of_memory_cause,
     peak_rss,
     physical_memory,
-    pin_threads,
     plan_workers,
     release_memory,
 )
-from .lifecycle import PreparedOutput, RunLock, prepare_output, publish, reconcile, verify
-from .observation import calibrate_observation, instrument_layout, load_masters
+from .dispatch import dispatch
+from .lifecycle import prepare_output
+from .observation import instrument_layout
 from .runs import DEFAULT_RUNS_DIR, prepare_run, run_output
-from .worker_logs import LogChannel, LogForwarder, above_bar, forward_to
+from .worker import ObservationResult, dataset_info
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = "2GB"
-IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
-MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
-CONSOLE_OPTIONAL = "arielstream_console_optional"  # log-record flag: the console may drop it (a bar shows it)
-HANG_SECONDS = 3600  # how long the hang-obs test hook sleeps: far longer than any test waits
-
-
-class OrphanedWorker(BaseException):
-    """This worker's coordinator is gone: abandon the observation."""
-
-
-class Superseded(BaseException):
-    """The coordinator revoked this attempt (it gave the observation up or to another writer)."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """Everything a worker needs for one observation: plain, picklable values."""
-
-    index: int
-    observation: Observation
-    data_dir: str
-    config: CalibrationConfig
-    layouts: dict[str, InstrumentLayout]
-    descriptors: dict[str, ArrayDescriptor]
-    chunk_bytes: int
-    threads: int
-    parent_pid: int | None  # the coordinator, when the task runs in a local worker process
-    in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
-    masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
-    manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
-    log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
-    inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
-    scope: ChecksumScope | None = None  # the output's keys, axes, attributes its checksum covers (read once)
-
-
-@dataclass
-class ObservationResult:
-    """What one attempt at an observation came to, reported by the process that made it."""
-
-    index: int
-    planet_id: int
-    visit: int
-    status: int
-    error: str = ""
-    seconds: float = 0.0
-    pid: int = 0
-    peak_rss: int = 0
-    out_of_memory: bool = False  # failed for want of memory, not for its input
-
-    @property
-    def ok(self) -> bool:
-        """The observation is done."""
-        return self.status == STATUS_DONE
 
 
 @dataclass
@@ -200,218 +117,6 @@ class RunSummary:
     def out_of_memory(self) -> list[ObservationResult]:
         """What this run failed for want of memory (not for its input): a rerun with more retries them."""
         return [r for r in self.results if r.out_of_memory]
-
-
-@lru_cache(maxsize=4)
-def _dataset_info(data_dir: str, stamp: tuple[float, ...]) -> DatasetInfo:
-    return read_dataset_info(data_dir)
-
-
-def dataset_info(data_dir: str | Path) -> DatasetInfo:
-    """The dataset-level files, read once per process (re-read if they change)."""
-    root = Path(data_dir)
-    stamp = tuple((root / name).stat().st_mtime if (root / name).exists() else -1.0
-                  for name in ("adc_info.csv", "axis_info.parquet"))
-    return _dataset_info(str(root), stamp)
-
-
-class _Fault:
-    """Test-only fault injection (see the module docstring)."""
-
-    def __init__(self, spec: str | None):
-        self.kind, self.args = None, []
-        if spec:
-            self.kind, *self.args = spec.split(":")
-
-    def _targets(self, obs: Observation) -> bool:
-        return int(self.args[0]) == obs.planet_id and int(self.args[1]) == obs.visit
-
-    def _marker(self) -> Path | None:
-        return Path(self.args[2]) if len(self.args) > 2 else None
-
-    def worker_chunk(self, obs: Observation) -> None:
-        if self.kind == "hang-obs" and self._targets(obs):
-            marker = self._marker()
-            if marker is not None:
-                marker.touch()
-            time.sleep(HANG_SECONDS)
-        elif self.kind == "kill-worker" and self._targets(obs):
-            marker = self._marker()
-            if marker is not None:
-                if marker.exists():
-                    return
-                marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def coordinator_result(self, n_results: int) -> None:
-        if self.kind == "kill-coordinator" and n_results >= int(self.args[0]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-_WATCHED_PARENT: list[int] = []
-
-
-def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
-    """In a worker process: exit soon after the coordinator dies, even while idle or never given a task.
-
-    Idle loky workers otherwise linger for minutes after a killed coordinator, holding its
-    pipes and overlapping the next cron run. The initializer of every local worker
-    (:func:`_local_worker_options`); started once per worker process.
-    """
-    if _WATCHED_PARENT:
-        return
-    _WATCHED_PARENT.append(parent_pid)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(period)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="arielstream-parent-watch", daemon=True).start()
-
-
-def run_task(task: Task) -> ObservationResult:
-    """Calibrate one observation and record its outcome in the file; never raises for bad input."""
-    t0 = time.perf_counter()
-    obs, index, descriptors = task.observation, task.index, task.descriptors
-    in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
-    if in_worker:
-        # Ctrl-C on a terminal reaches the whole process group: the coordinator stops the run and its
-        # workers; a worker of its own would only print a KeyboardInterrupt traceback (main thread only).
-        # A closed terminal's SIGHUP too: the coordinator stops the run and cleans up
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if in_worker and task.log_channel is not None:
-        forward_to(task.log_channel)
-    pin_threads(task.threads)
-    _system_arrow_pool()
-    fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
-    token = secrets.randbits(62) + 1
-    write_field(descriptors, "owner", index, token)
-    if task.in_coordinator:  # a death here is the coordinator's: count it against the observation
-        write_field(descriptors, "attempts", index, int(read_field(descriptors, "attempts")[index]) + 1)
-    write_field(descriptors, "status", index, STATUS_RUNNING)
-
-    def checkpoint() -> None:
-        if in_worker and os.getppid() != task.parent_pid:
-            raise OrphanedWorker()
-        if owner(descriptors, index) != token:
-            raise Superseded()
-        fault.worker_chunk(obs)
-
-    def result(status: int, message: str = "", oom: bool = False) -> ObservationResult:
-        return ObservationResult(index, obs.planet_id, obs.visit, status, message, time.perf_counter() - t0,
-                                 os.getpid(), peak_rss(), oom)
-
-    oom = False
-
-    try:
-        info = dataset_info(task.data_dir)
-        provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
-                                           task.chunk_bytes, checkpoint, task.masters, task.manifest)
-    except OrphanedWorker:
-        log.warning("%s: the coordinator is gone; abandoning it", obs.label)
-        os._exit(1)
-    except Superseded:
-        log.warning("%s: this attempt was revoked by the coordinator; abandoning it", obs.label)
-        return result(STATUS_RUNNING, "revoked")
-    except OutputError:  # the output cannot be written (disk full, I/O error): the run stops, not only this one
-        raise
-    except Exception as exc:  # bad input fails this observation alone; so do a bug and a lack of memory
-        message, oom = _failure_message(obs, exc, task.chunk_bytes), is_out_of_memory(exc)
-    else:
-        if owner(descriptors, index) != token:
-            return result(STATUS_RUNNING, "revoked")
-        record_result(descriptors, index, STATUS_DONE, provenance=provenance, inputs=task.inputs, scope=task.scope)
-        _after_observation(in_worker)
-        return result(STATUS_DONE)
-    if owner(descriptors, index) != token:
-        return result(STATUS_RUNNING, "revoked")
-    fail_observation(descriptors, index, message)
-    return result(STATUS_FAILED, message, oom)
-
-
-def _after_observation(in_worker: bool) -> None:
-    """Release what the observation freed, so the next one starts from what the process holds.
-
-    In a worker process, what survives is long-lived (imports, caches) and is frozen out
-    of later collections: a full collection of a worker's ~150k objects takes ~75 ms,
-    one of what an observation leaves, ~1 ms. (The coordinator's own objects are frozen
-    for the run only: :func:`_gc_frozen`.)
-    """
-    release_memory()
-    if in_worker:
-        gc.freeze()
-
-
-def _failure_message(obs: Observation, exc: Exception, chunk_bytes: int) -> str:
-    """Why an observation failed: out of memory (whatever wrapped it), its input, or a bug (traceback logged)."""
-    cause = out_of_memory_cause(exc)
-    if cause is not None:
-        where = "" if cause is exc else f", while: {exc}"
-        return (f"{obs.label}: out of memory, not an input error ({str(cause) or type(cause).__name__}{where}; chunk "
-                f"budget {format_bytes(chunk_bytes)}); a rerun retries it: lower --jobs or --memory, or raise the "
-                "memory limit")
-    if isinstance(exc, ArielstreamError):
-        return str(exc)
-    log.error("%s failed with an unexpected error", obs.label, exc_info=exc)  # a bug must not sink the batch
-    return f"{obs.label}: internal error {type(exc).__name__}: {exc}"
-
-
-def _local_worker_options() -> dict[str, Any]:
-    """What every local worker process starts with: the watch on this coordinator."""
-    return {"initializer": _watch_parent, "initargs": (os.getpid(),)}
-
-
-def _infrastructure_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning a worker (not an observation) failed."""
-    from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
-
-    # joblib reports a task over its timeout with multiprocessing's TimeoutError, not the built-in one
-    errors: list[type[BaseException]] = [TerminatedWorkerError, BrokenProcessPool, TimeoutError,
-                                         multiprocessing.TimeoutError]
-    with contextlib.suppress(ImportError):
-        from distributed import KilledWorker
-
-        errors.append(KilledWorker)
-    return tuple(errors)
-
-
-def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
-             ) -> Iterator[ObservationResult]:
-    """Results in completion order: in this process for one local job, else through joblib.
-
-    One local job with a task timeout runs in a single worker process instead, so that
-    the timeout can be enforced and a dying task does not take the coordinator with it.
-    """
-    if backend == "loky" and plan.jobs == 1:
-        if task_timeout is None:
-            for task in tasks:
-                yield run_task(task)
-            return
-        from joblib.externals.loky import ProcessPoolExecutor
-
-        executor = ProcessPoolExecutor(max_workers=1, **_local_worker_options())
-        try:
-            for task in tasks:
-                yield executor.submit(run_task, task).result(timeout=task_timeout)
-        finally:
-            executor.shutdown(wait=False, kill_workers=True)
-        return
-    from joblib import Parallel, delayed, parallel_config
-
-    if backend == "loky":
-        config = parallel_config(backend="loky", inner_max_num_threads=plan.threads,
-                                 idle_worker_timeout=IDLE_WORKER_TIMEOUT_S, **_local_worker_options())
-        n_jobs = plan.jobs
-    else:
-        config = parallel_config(backend="dask")
-        n_jobs = -1
-    with config:
-        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", timeout=task_timeout,
-                            pre_dispatch="n_jobs", batch_size=1)
-        yield from parallel(delayed(run_task)(task) for task in tasks)
 
 
 @contextlib.contextmanager
@@ -507,19 +212,6 @@ def _gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _system_arrow_pool() -> None:
-    """Allocate Arrow buffers with the system allocator in this process (run only, never at import).
-
-    Arrow's default allocator (mimalloc) keeps what a process freed: ~50 MB more peak
-    RSS per worker on a full-size observation than the system allocator, for no speed
-    (BENCHMARKS.md). Set per task, so importing arielstream changes nothing process-wide.
-    """
-    import pyarrow
-
-    if pyarrow.default_memory_pool().backend_name != "system":
-        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-
-
 ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 
 
@@ -546,61 +238,6 @@ def _worker_environment() -> Iterator[None]:
         for name in set_here:
             os.environ.pop(name, None)
         pyarrow.set_memory_pool(pool)
-
-
-def _in_notebook() -> bool:
-    """True inside a Jupyter kernel (a progress widget there, though stderr is no TTY)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def _progress(total: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty() or _in_notebook()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm  # a widget in Jupyter, a text bar on a terminal
-
-    return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True, smoothing=0.1)
-
-
-def _abandon_running(descriptors: dict[str, ArrayDescriptor]) -> list[int]:
-    """In-flight observations go back to pending without counting their attempt; returns them.
-
-    Used when the run itself stopped them (an interruption) or when a pool broke and
-    took every running task down with it, so that none is blamed for another's death.
-    """
-    status = read_field(descriptors, "status")
-    attempts = read_field(descriptors, "attempts")
-    running = [i for i in range(status.shape[0]) if status[i] == STATUS_RUNNING]
-    for index in running:
-        write_field(descriptors, "owner", index, 0)  # a writer still running somewhere stops at its next write
-        write_field(descriptors, "attempts", index, max(0, int(attempts[index]) - 1))
-        write_field(descriptors, "status", index, STATUS_PENDING)
-    return running
-
-
-def _run_alone(task: Task, backend: str, task_timeout: float | None) -> ObservationResult | None:
-    """Run one task in a worker process of its own; None if that worker dies or times out."""
-    if backend == "dask":
-        from distributed import get_client
-
-        future = get_client().submit(run_task, task, pure=False)
-        try:
-            return future.result(timeout=task_timeout)
-        except _infrastructure_errors():
-            future.cancel()
-            return None
-    from joblib.externals.loky import ProcessPoolExecutor
-
-    executor = ProcessPoolExecutor(max_workers=1, **_local_worker_options())
-    try:
-        return executor.submit(run_task, task).result(timeout=task_timeout)
-    except _infrastructure_errors():
-        return None
-    finally:
-        executor.shutdown(wait=False, kill_workers=True)
 
 
 def _statuses(output: Path) -> list[tuple]:
@@ -826,61 +463,6 @@ def plan_run(options: RunOptions, budget: int, n_todo: int, chunk_bytes: int | N
                         address_headroom=address_headroom())
 
 
-def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
-             summary: RunSummary) -> None:
-    """Stage 3: run the observations left to do until each has a final status and every done one its checksum.
-
-    What each computed is appended to ``summary.results``. An interruption sends the
-    running observations back to pending and propagates.
-    """
-    log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
-             prepared.action, prepared.partial, len(prepared.todo), len(prepared.keys),
-             len({p for p, _ in prepared.keys}), job.data_dir, job.split, worker_plan.describe(),
-             options.backend)
-    dispatcher = _Dispatcher(job, options, worker_plan, prepared, summary)
-    client = _dask_client(options.scheduler) if options.backend == "dask" else contextlib.nullcontext()
-    try:
-        with client, _worker_logs(dispatcher):
-            todo = prepared.todo
-            for _ in range(MAX_ROUNDS):
-                dispatcher.round(todo)
-                todo = dispatcher.left_to_do()
-                if not todo:
-                    return
-            raise OutputError(f"{prepared.partial}: observations still unfinished after {MAX_ROUNDS} rounds; "
-                              "run again to resume")
-    except (KeyboardInterrupt, RunInterrupted):
-        _abandon_running(prepared.descriptors)
-        log.warning("interrupted: %d observation(s) done are kept in %s; run the same command to resume",
-                    sum(r.ok for r in summary.results), prepared.partial)
-        raise
-    except OutputError:  # the output cannot be written: stop; what is done stays in .partial for the rerun
-        with contextlib.suppress(OutputError):  # the disk may refuse this too: the rerun reconciles it then
-            _abandon_running(prepared.descriptors)
-        raise
-    finally:
-        if dispatcher.bar is not None:
-            dispatcher.bar.close()
-
-
-@contextlib.contextmanager
-def _worker_logs(dispatcher: _Dispatcher) -> Iterator[None]:
-    """While dispatching: local workers' log records logged here (run/worker_logs.py), console lines above the bar."""
-    forwarder = None
-    if dispatcher.parent is None:
-        log.debug("dask backend: the workers' log records stay in the dask workers' own logs")
-    elif not dispatcher.in_coordinator:
-        forwarder = LogForwarder()
-        dispatcher.log_channel = forwarder.channel
-    try:
-        with above_bar(dispatcher.bar is not None):
-            yield
-    finally:
-        dispatcher.log_channel = None
-        if forwarder is not None:
-            forwarder.close()
-
-
 def _helper_peaks() -> dict[int, int]:
     """Peak RSS of the resource-tracker processes that loky and multiprocessing started for this run.
 
@@ -926,120 +508,3 @@ def summarize(summary: RunSummary, t_start: float) -> RunSummary:
              60 * len(summary.results) / max(summary.seconds, 1e-9), format_bytes(summary.peak_rss_bound),
              summary.output)
     return summary
-
-
-class _Dispatcher:
-    """The state of one dispatch: makes the tasks, collects their results, retries dead workers' ones."""
-
-    def __init__(self, job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
-                 summary: RunSummary):
-        self.job, self.options, self.plan = job, options, worker_plan
-        self.descriptors, self.summary = prepared.descriptors, summary
-        self.scope = checksum_scope(self.descriptors) if self.descriptors else None  # once, not in every worker
-        self.observations = prepared.observations  # what the .partial holds: task indices refer to it
-        self.total = len(prepared.todo)  # observations left to do when the dispatch started
-        self.fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
-        self.parent = os.getpid() if options.backend == "loky" else None
-        self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
-        self.masters = None
-        self.log_channel: LogChannel | None = None  # set while local workers forward their logs here
-        self.unusable: dict[tuple[int, int], str] = {}  # (planet, visit) failed before dispatch, and why
-        if job.config.master_calibration == "dataset":
-            self.masters = {name: self._dataset_master(INSTRUMENTS[name]) for name in job.config.instruments}
-        self.bar = _progress(self.total, options.progress)  # last: nothing after it may fail and leave it open
-
-    def _dataset_master(self, inst: Instrument) -> Any:
-        """The master over every observation whose calibration files read; the others fail, not the run."""
-        usable = [o for o in self.job.observations if (o.planet_id, o.visit) not in self.unusable]
-        while True:
-            try:
-                master = load_masters(usable, inst)
-            except InputError as exc:
-                bad = [o for o in usable if exc.path.parent == o.calibration_path(inst, "dark").parent]
-                if not bad or len(bad) == len(usable):
-                    raise
-                for o in bad:
-                    self.unusable[o.planet_id, o.visit] = f"{exc}; left out of the {inst.name} master dark and flat"
-                    log.error("%s: %s", o.label, self.unusable[o.planet_id, o.visit])
-                usable = [o for o in usable if o not in bad]
-                continue
-            log.info("%s master dark and flat combined over %d observation(s)", inst.name, len(usable))
-            return master
-
-    def task(self, index: int) -> Task:
-        job, obs = self.job, self.observations[index]
-        return Task(index, obs, str(job.data_dir), job.config, job.layouts, self.descriptors,
-                    self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
-                    job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""),
-                    scope=self.scope)
-
-    def collect(self, result: ObservationResult) -> None:
-        if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
-            return
-        self.summary.results.append(result)
-        _report(result, self.bar, len(self.summary.results), self.total)
-        self.fault.coordinator_result(len(self.summary.results))
-
-    def round(self, todo: list[int]) -> None:
-        """Run ``todo``; if the pool breaks, retry each observation it was running alone, once."""
-        timeout = self.options.task_timeout
-        unusable = {i: self.unusable[key] for i in todo
-                    if (key := (self.observations[i].planet_id, self.observations[i].visit)) in self.unusable}
-        for index, why in unusable.items():  # its calibration files do not read
-            obs = self.observations[index]
-            fail_observation(self.descriptors, index, why)
-            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, why))
-        todo = [i for i in todo if i not in unusable]
-        try:
-            for result in _execute([self.task(i) for i in todo], self.plan, self.options.backend, timeout):
-                self.collect(result)
-        except _infrastructure_errors() as exc:
-            # The pool is gone with every task in it: the culprit is among those running.
-            suspects = _abandon_running(self.descriptors)
-            log.warning("a worker died (%s: %s); %d observation(s) that were running are retried one at a time",
-                        type(exc).__name__, exc, len(suspects))
-            for index in suspects:
-                alone = _run_alone(self.task(index), self.options.backend, timeout)
-                if alone is None:
-                    message = (f"{self.observations[index].label}: its worker died while calibrating it "
-                               "alone (killed, out of memory, or over the task timeout)")
-                    log.error(message)
-                    fail_observation(self.descriptors, index, message)
-                else:
-                    self.collect(alone)
-
-    def left_to_do(self) -> list[int]:
-        """After a round: what a dead worker left pending, else the done ones whose bytes fail their checksum."""
-        todo = reconcile(self.descriptors)
-        if todo:
-            return todo
-        mismatched = verify(self.descriptors)
-        for index in mismatched:
-            log.warning("observation %d: bytes differ from its checksum; recomputing", index)
-            write_field(self.descriptors, "status", index, STATUS_PENDING)
-        return mismatched
-
-
-def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:
-    label = f"{result.planet_id}/visit {result.visit}"
-    if not result.ok:
-        log.error("%s failed: %s", label, result.error)
-    if bar is not None:
-        bar.update(1)
-    # always in the log file; on the console beside a progress bar only with -v (``cli.app.setup_logging``)
-    log.info("[%d/%d] %s %s in %.1f s (pid %d, peak RSS %s)", done, total, label, "done" if result.ok else "FAILED",
-             result.seconds, result.pid, format_bytes(result.peak_rss), extra={CONSOLE_OPTIONAL: bar is not None})
-
-
-def _dask_client(scheduler: str | None):
-    try:
-        from distributed import Client
-    except ImportError:
-        raise ArielstreamError("the dask backend needs dask.distributed: pip install 'arielstream[dask]'") from None
-    if not scheduler:
-        raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
-    try:
-        return Client(scheduler)
-    except (OSError, TimeoutError) as exc:
-        raise ArielstreamError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc})") from None
-

@@ -1,0 +1,311 @@
+"""Stage 3 of a run: the coordinator dispatches the observations left to do to workers.
+
+:func:`dispatch` sends one :class:`~arielstream.run.worker.Task` per observation through
+joblib (loky processes on one machine, or dask workers on a cluster), or runs them in
+this process (``--jobs 1`` without a task timeout), and collects each
+:class:`~arielstream.run.worker.ObservationResult` (:class:`_Dispatcher`). When a worker
+dies (killed, out of memory, timed out), the observations that were running go back to
+pending and are retried alone, each in a worker of its own; a second death fails it, and
+the rest go on. Each round ends with what is left pending, else with the done
+observations whose bytes fail their checksum, for up to :data:`MAX_ROUNDS` rounds. An
+interruption sends the running observations back to pending. What runs in a worker is
+:mod:`arielstream.run.worker`; the run as a whole, :mod:`arielstream.run.runner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..config.options import RunOptions
+from ..errors import ArielstreamError, InputError, OutputError, RunInterrupted
+from ..io.ledger import Ledger
+from ..io.output import PreparedOutput
+from ..io.schema import STATUS_FAILED, STATUS_RUNNING
+from ..io.store import checksum_scope
+from ..layout import INSTRUMENTS, Instrument
+from ..units import format_bytes
+from .budget import WorkerPlan
+from .observation import load_masters
+from .worker import ObservationResult, Task, _Fault, _watch_parent, run_task
+from .worker_logs import LogChannel, LogForwarder, above_bar
+
+if TYPE_CHECKING:  # annotations only: the runner imports this module, never the other way round
+    from .runner import RunJob, RunSummary
+
+log = logging.getLogger(__name__)
+
+IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
+MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
+CONSOLE_OPTIONAL = "arielstream_console_optional"  # log-record flag: the console may drop it (a bar shows it)
+
+
+def _local_worker_options() -> dict[str, Any]:
+    """What every local worker process starts with: the watch on this coordinator."""
+    return {"initializer": _watch_parent, "initargs": (os.getpid(),)}
+
+
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning a worker (not an observation) failed."""
+    from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
+    # joblib reports a task over its timeout with multiprocessing's TimeoutError, not the built-in one
+    errors: list[type[BaseException]] = [TerminatedWorkerError, BrokenProcessPool, TimeoutError,
+                                         multiprocessing.TimeoutError]
+    with contextlib.suppress(ImportError):
+        from distributed import KilledWorker
+
+        errors.append(KilledWorker)
+    return tuple(errors)
+
+
+def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
+             ) -> Iterator[ObservationResult]:
+    """Results in completion order: in this process for one local job, else through joblib.
+
+    One local job with a task timeout runs in a single worker process instead, so that
+    the timeout can be enforced and a dying task does not take the coordinator with it.
+    """
+    if backend == "loky" and plan.jobs == 1:
+        if task_timeout is None:
+            for task in tasks:
+                yield run_task(task)
+            return
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(max_workers=1, **_local_worker_options())
+        try:
+            for task in tasks:
+                yield executor.submit(run_task, task).result(timeout=task_timeout)
+        finally:
+            executor.shutdown(wait=False, kill_workers=True)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    if backend == "loky":
+        config = parallel_config(backend="loky", inner_max_num_threads=plan.threads,
+                                 idle_worker_timeout=IDLE_WORKER_TIMEOUT_S, **_local_worker_options())
+        n_jobs = plan.jobs
+    else:
+        config = parallel_config(backend="dask")
+        n_jobs = -1
+    with config:
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", timeout=task_timeout,
+                            pre_dispatch="n_jobs", batch_size=1)
+        yield from parallel(delayed(run_task)(task) for task in tasks)
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (a progress widget there, though stderr is no TTY)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _progress(total: int, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty() or _in_notebook()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm  # a widget in Jupyter, a text bar on a terminal
+
+    return tqdm(total=total, unit="obs", desc="calibrating", dynamic_ncols=True, smoothing=0.1)
+
+
+def _run_alone(task: Task, backend: str, task_timeout: float | None) -> ObservationResult | None:
+    """Run one task in a worker process of its own; None if that worker dies or times out."""
+    if backend == "dask":
+        from distributed import get_client
+
+        future = get_client().submit(run_task, task, pure=False)
+        try:
+            return future.result(timeout=task_timeout)
+        except _infrastructure_errors():
+            future.cancel()
+            return None
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(max_workers=1, **_local_worker_options())
+    try:
+        return executor.submit(run_task, task).result(timeout=task_timeout)
+    except _infrastructure_errors():
+        return None
+    finally:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
+def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
+             summary: RunSummary) -> None:
+    """Stage 3: run the observations left to do until each has a final status and every done one its checksum.
+
+    What each computed is appended to ``summary.results``. An interruption sends the
+    running observations back to pending and propagates.
+    """
+    log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
+             prepared.action, prepared.partial, len(prepared.todo), len(prepared.keys),
+             len({p for p, _ in prepared.keys}), job.data_dir, job.split, worker_plan.describe(),
+             options.backend)
+    dispatcher = _Dispatcher(job, options, worker_plan, prepared, summary)
+    client = _dask_client(options.scheduler) if options.backend == "dask" else contextlib.nullcontext()
+    try:
+        with client, _worker_logs(dispatcher):
+            todo = prepared.todo
+            for _ in range(MAX_ROUNDS):
+                dispatcher.round(todo)
+                todo = dispatcher.left_to_do()
+                if not todo:
+                    return
+            raise OutputError(f"{prepared.partial}: observations still unfinished after {MAX_ROUNDS} rounds; "
+                              "run again to resume")
+    except (KeyboardInterrupt, RunInterrupted):
+        Ledger(prepared.descriptors).abandon()
+        log.warning("interrupted: %d observation(s) done are kept in %s; run the same command to resume",
+                    sum(r.ok for r in summary.results), prepared.partial)
+        raise
+    except OutputError:  # the output cannot be written: stop; what is done stays in .partial for the rerun
+        with contextlib.suppress(OutputError):  # the disk may refuse this too: the rerun reconciles it then
+            Ledger(prepared.descriptors).abandon()
+        raise
+    finally:
+        if dispatcher.bar is not None:
+            dispatcher.bar.close()
+
+
+@contextlib.contextmanager
+def _worker_logs(dispatcher: _Dispatcher) -> Iterator[None]:
+    """While dispatching: local workers' log records logged here (run/worker_logs.py), console lines above the bar."""
+    forwarder = None
+    if dispatcher.parent is None:
+        log.debug("dask backend: the workers' log records stay in the dask workers' own logs")
+    elif not dispatcher.in_coordinator:
+        forwarder = LogForwarder()
+        dispatcher.log_channel = forwarder.channel
+    try:
+        with above_bar(dispatcher.bar is not None):
+            yield
+    finally:
+        dispatcher.log_channel = None
+        if forwarder is not None:
+            forwarder.close()
+
+
+class _Dispatcher:
+    """The state of one dispatch: makes the tasks, collects their results, retries dead workers' ones."""
+
+    def __init__(self, job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared: PreparedOutput,
+                 summary: RunSummary):
+        self.job, self.options, self.plan = job, options, worker_plan
+        self.descriptors, self.summary = prepared.descriptors, summary
+        self.ledger = Ledger(self.descriptors)  # the only writer of the observations' status, here
+        self.scope = checksum_scope(self.descriptors) if self.descriptors else None  # once, not in every worker
+        self.observations = prepared.observations  # what the .partial holds: task indices refer to it
+        self.total = len(prepared.todo)  # observations left to do when the dispatch started
+        self.fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
+        self.parent = os.getpid() if options.backend == "loky" else None
+        self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
+        self.masters = None
+        self.log_channel: LogChannel | None = None  # set while local workers forward their logs here
+        self.unusable: dict[tuple[int, int], str] = {}  # (planet, visit) failed before dispatch, and why
+        if job.config.master_calibration == "dataset":
+            self.masters = {name: self._dataset_master(INSTRUMENTS[name]) for name in job.config.instruments}
+        self.bar = _progress(self.total, options.progress)  # last: nothing after it may fail and leave it open
+
+    def _dataset_master(self, inst: Instrument) -> Any:
+        """The master over every observation whose calibration files read; the others fail, not the run."""
+        usable = [o for o in self.job.observations if (o.planet_id, o.visit) not in self.unusable]
+        while True:
+            try:
+                master = load_masters(usable, inst)
+            except InputError as exc:
+                bad = [o for o in usable if exc.path.parent == o.calibration_path(inst, "dark").parent]
+                if not bad or len(bad) == len(usable):
+                    raise
+                for o in bad:
+                    self.unusable[o.planet_id, o.visit] = f"{exc}; left out of the {inst.name} master dark and flat"
+                    log.error("%s: %s", o.label, self.unusable[o.planet_id, o.visit])
+                usable = [o for o in usable if o not in bad]
+                continue
+            log.info("%s master dark and flat combined over %d observation(s)", inst.name, len(usable))
+            return master
+
+    def task(self, index: int) -> Task:
+        job, obs = self.job, self.observations[index]
+        return Task(index, obs, str(job.data_dir), job.config, job.layouts, self.descriptors,
+                    self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
+                    job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""),
+                    scope=self.scope)
+
+    def collect(self, result: ObservationResult) -> None:
+        if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
+            return
+        self.summary.results.append(result)
+        _report(result, self.bar, len(self.summary.results), self.total)
+        self.fault.coordinator_result(len(self.summary.results))
+
+    def round(self, todo: list[int]) -> None:
+        """Run ``todo``; if the pool breaks, retry each observation it was running alone, once."""
+        timeout = self.options.task_timeout
+        unusable = {i: self.unusable[key] for i in todo
+                    if (key := (self.observations[i].planet_id, self.observations[i].visit)) in self.unusable}
+        for index, why in unusable.items():  # its calibration files do not read
+            obs = self.observations[index]
+            self.ledger.fail(index, why)
+            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, why))
+        todo = [i for i in todo if i not in unusable]
+        try:
+            for result in _execute([self.task(i) for i in todo], self.plan, self.options.backend, timeout):
+                self.collect(result)
+        except _infrastructure_errors() as exc:
+            # The pool is gone with every task in it: the culprit is among those running.
+            suspects = self.ledger.abandon()
+            log.warning("a worker died (%s: %s); %d observation(s) that were running are retried one at a time",
+                        type(exc).__name__, exc, len(suspects))
+            for index in suspects:
+                alone = _run_alone(self.task(index), self.options.backend, timeout)
+                if alone is None:
+                    message = (f"{self.observations[index].label}: its worker died while calibrating it "
+                               "alone (killed, out of memory, or over the task timeout)")
+                    log.error(message)
+                    self.ledger.fail(index, message)
+                else:
+                    self.collect(alone)
+
+    def left_to_do(self) -> list[int]:
+        """After a round: what a dead worker left pending, else the done ones whose bytes fail their checksum."""
+        todo = self.ledger.reconcile()
+        if todo:
+            return todo
+        mismatched = self.ledger.verify()[1]
+        for index in mismatched:
+            log.warning("observation %d: bytes differ from its checksum; recomputing", index)
+            self.ledger.reset(index)
+        return mismatched
+
+
+def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:
+    label = f"{result.planet_id}/visit {result.visit}"
+    if not result.ok:
+        log.error("%s failed: %s", label, result.error)
+    if bar is not None:
+        bar.update(1)
+    # always in the log file; on the console beside a progress bar only with -v (``cli.app.setup_logging``)
+    log.info("[%d/%d] %s %s in %.1f s (pid %d, peak RSS %s)", done, total, label, "done" if result.ok else "FAILED",
+             result.seconds, result.pid, format_bytes(result.peak_rss), extra={CONSOLE_OPTIONAL: bar is not None})
+
+
+def _dask_client(scheduler: str | None):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ArielstreamError("the dask backend needs dask.distributed: pip install 'arielstream[dask]'") from None
+    if not scheduler:
+        raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    try:
+        return Client(scheduler)
+    except (OSError, TimeoutError) as exc:
+        raise ArielstreamError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc})") from None

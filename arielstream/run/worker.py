@@ -1,0 +1,268 @@
+"""One observation in the process that calibrates it: what the dispatch sends, and what comes back.
+
+A run (:mod:`arielstream.run.runner`) dispatches (:mod:`arielstream.run.dispatch`) one
+:class:`Task` per observation to a worker process (loky on one machine, dask on a
+cluster), or runs it in the coordinator itself (``--jobs 1`` without a task timeout).
+:func:`run_task` calibrates it (:func:`arielstream.run.observation.calibrate_observation`),
+records its outcome in the output through the task's memmap descriptors and returns an
+:class:`ObservationResult`. It is pickled by reference (``arielstream.run.worker.run_task``):
+this module imports neither the runner nor the dispatch, so a worker loads only what a
+task needs.
+
+Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in production):
+
+``kill-worker:PLANET:VISIT[:MARKER]``
+    a worker calibrating that observation kills itself (SIGKILL) at its first chunk
+    (only while file ``MARKER`` does not exist, which it then creates: a one-off death);
+``hang-obs:PLANET:VISIT[:MARKER]``
+    that observation hangs at its first chunk (sleeps for an hour) after creating
+    ``MARKER``, on every attempt: the run cannot finish before a test acts on it;
+``kill-coordinator:N``
+    the coordinator kills itself after N results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..config.options import CalibrationConfig
+from ..errors import ArielstreamError, OutputError
+from ..io.dataset import DatasetInfo, read_dataset_info
+from ..io.ledger import Ledger
+from ..io.schema import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
+from ..io.store import ArrayDescriptor, ChecksumScope, InstrumentLayout
+from ..layout import Observation
+from ..units import format_bytes
+from .budget import is_out_of_memory, out_of_memory_cause, peak_rss, pin_threads, release_memory
+from .observation import calibrate_observation
+from .worker_logs import LogChannel, forward_to
+
+log = logging.getLogger(__name__)
+
+HANG_SECONDS = 3600  # how long the hang-obs test hook sleeps: far longer than any test waits
+
+
+class OrphanedWorker(BaseException):
+    """This worker's coordinator is gone: abandon the observation."""
+
+
+class Superseded(BaseException):
+    """The coordinator revoked this attempt (it gave the observation up or to another writer)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one observation: plain, picklable values."""
+
+    index: int
+    observation: Observation
+    data_dir: str
+    config: CalibrationConfig
+    layouts: dict[str, InstrumentLayout]
+    descriptors: dict[str, ArrayDescriptor]
+    chunk_bytes: int
+    threads: int
+    parent_pid: int | None  # the coordinator, when the task runs in a local worker process
+    in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
+    masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
+    manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
+    log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
+    inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
+    scope: ChecksumScope | None = None  # the output's keys, axes, attributes its checksum covers (read once)
+
+
+@dataclass
+class ObservationResult:
+    """What one attempt at an observation came to, reported by the process that made it."""
+
+    index: int
+    planet_id: int
+    visit: int
+    status: int
+    error: str = ""
+    seconds: float = 0.0
+    pid: int = 0
+    peak_rss: int = 0
+    out_of_memory: bool = False  # failed for want of memory, not for its input
+
+    @property
+    def ok(self) -> bool:
+        """The observation is done."""
+        return self.status == STATUS_DONE
+
+
+@lru_cache(maxsize=4)
+def _dataset_info(data_dir: str, stamp: tuple[float, ...]) -> DatasetInfo:
+    return read_dataset_info(data_dir)
+
+
+def dataset_info(data_dir: str | Path) -> DatasetInfo:
+    """The dataset-level files, read once per process (re-read if they change)."""
+    root = Path(data_dir)
+    stamp = tuple((root / name).stat().st_mtime if (root / name).exists() else -1.0
+                  for name in ("adc_info.csv", "axis_info.parquet"))
+    return _dataset_info(str(root), stamp)
+
+
+class _Fault:
+    """Test-only fault injection (see the module docstring)."""
+
+    def __init__(self, spec: str | None):
+        self.kind, self.args = None, []
+        if spec:
+            self.kind, *self.args = spec.split(":")
+
+    def _targets(self, obs: Observation) -> bool:
+        return int(self.args[0]) == obs.planet_id and int(self.args[1]) == obs.visit
+
+    def _marker(self) -> Path | None:
+        return Path(self.args[2]) if len(self.args) > 2 else None
+
+    def worker_chunk(self, obs: Observation) -> None:
+        if self.kind == "hang-obs" and self._targets(obs):
+            marker = self._marker()
+            if marker is not None:
+                marker.touch()
+            time.sleep(HANG_SECONDS)
+        elif self.kind == "kill-worker" and self._targets(obs):
+            marker = self._marker()
+            if marker is not None:
+                if marker.exists():
+                    return
+                marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def coordinator_result(self, n_results: int) -> None:
+        if self.kind == "kill-coordinator" and n_results >= int(self.args[0]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_WATCHED_PARENT: list[int] = []
+
+
+def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
+    """In a worker process: exit soon after the coordinator dies, even while idle or never given a task.
+
+    Idle loky workers otherwise linger for minutes after a killed coordinator, holding its
+    pipes and overlapping the next cron run. The initializer of every local worker
+    (:func:`_local_worker_options`); started once per worker process.
+    """
+    if _WATCHED_PARENT:
+        return
+    _WATCHED_PARENT.append(parent_pid)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="arielstream-parent-watch", daemon=True).start()
+
+
+def run_task(task: Task) -> ObservationResult:
+    """Calibrate one observation and record its outcome in the file; never raises for bad input."""
+    t0 = time.perf_counter()
+    obs, index, descriptors = task.observation, task.index, task.descriptors
+    in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
+    if in_worker:
+        # Ctrl-C on a terminal reaches the whole process group: the coordinator stops the run and its
+        # workers; a worker of its own would only print a KeyboardInterrupt traceback (main thread only).
+        # A closed terminal's SIGHUP too: the coordinator stops the run and cleans up
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if in_worker and task.log_channel is not None:
+        forward_to(task.log_channel)
+    pin_threads(task.threads)
+    _system_arrow_pool()
+    fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
+    ledger = Ledger(descriptors)
+    token = ledger.claim(index, count_attempt=task.in_coordinator)  # in the coordinator, a death is its own
+
+    def checkpoint() -> None:
+        if in_worker and os.getppid() != task.parent_pid:
+            raise OrphanedWorker()
+        if ledger.owner(index) != token:
+            raise Superseded()
+        fault.worker_chunk(obs)
+
+    def result(status: int, message: str = "", oom: bool = False) -> ObservationResult:
+        return ObservationResult(index, obs.planet_id, obs.visit, status, message, time.perf_counter() - t0,
+                                 os.getpid(), peak_rss(), oom)
+
+    oom = False
+
+    try:
+        info = dataset_info(task.data_dir)
+        provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
+                                           task.chunk_bytes, checkpoint, task.masters, task.manifest)
+    except OrphanedWorker:
+        log.warning("%s: the coordinator is gone; abandoning it", obs.label)
+        os._exit(1)
+    except Superseded:
+        log.warning("%s: this attempt was revoked by the coordinator; abandoning it", obs.label)
+        return result(STATUS_RUNNING, "revoked")
+    except OutputError:  # the output cannot be written (disk full, I/O error): the run stops, not only this one
+        raise
+    except Exception as exc:  # bad input fails this observation alone; so do a bug and a lack of memory
+        message, oom = _failure_message(obs, exc, task.chunk_bytes), is_out_of_memory(exc)
+    else:
+        if ledger.owner(index) != token:
+            return result(STATUS_RUNNING, "revoked")
+        ledger.done(index, provenance, task.inputs, task.scope)
+        _after_observation(in_worker)
+        return result(STATUS_DONE)
+    if ledger.owner(index) != token:
+        return result(STATUS_RUNNING, "revoked")
+    ledger.fail(index, message)
+    return result(STATUS_FAILED, message, oom)
+
+
+def _after_observation(in_worker: bool) -> None:
+    """Release what the observation freed, so the next one starts from what the process holds.
+
+    In a worker process, what survives is long-lived (imports, caches) and is frozen out
+    of later collections: a full collection of a worker's ~150k objects takes ~75 ms,
+    one of what an observation leaves, ~1 ms. (The coordinator's own objects are frozen
+    for the run only: :func:`_gc_frozen`.)
+    """
+    release_memory()
+    if in_worker:
+        gc.freeze()
+
+
+def _failure_message(obs: Observation, exc: Exception, chunk_bytes: int) -> str:
+    """Why an observation failed: out of memory (whatever wrapped it), its input, or a bug (traceback logged)."""
+    cause = out_of_memory_cause(exc)
+    if cause is not None:
+        where = "" if cause is exc else f", while: {exc}"
+        return (f"{obs.label}: out of memory, not an input error ({str(cause) or type(cause).__name__}{where}; chunk "
+                f"budget {format_bytes(chunk_bytes)}); a rerun retries it: lower --jobs or --memory, or raise the "
+                "memory limit")
+    if isinstance(exc, ArielstreamError):
+        return str(exc)
+    log.error("%s failed with an unexpected error", obs.label, exc_info=exc)  # a bug must not sink the batch
+    return f"{obs.label}: internal error {type(exc).__name__}: {exc}"
+
+
+def _system_arrow_pool() -> None:
+    """Allocate Arrow buffers with the system allocator in this process (run only, never at import).
+
+    Arrow's default allocator (mimalloc) keeps what a process freed: ~50 MB more peak
+    RSS per worker on a full-size observation than the system allocator, for no speed
+    (BENCHMARKS.md). Set per task, so importing arielstream changes nothing process-wide.
+    """
+    import pyarrow
+
+    if pyarrow.default_memory_pool().backend_name != "system":
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
