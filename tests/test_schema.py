@@ -16,14 +16,11 @@ import h5py
 import numpy as np
 import pytest
 
-from arielstream.cli.app import EXIT_OK, main
 from arielstream.io import schema, store
 from arielstream.layout import AIRS, FGS1
 from arielstream.run import identity
 
-from .conftest import DATA_SAMPLES
-
-TWO_VISITS = "4225610805"  # the sample planet with two visits; the other one extends the output into an index
+from .test_verify_all import single_and_index
 
 
 def _changed(name: str, **changes) -> tuple[schema.Field, ...]:
@@ -101,22 +98,10 @@ def test_optional_planes_are_shaped_by_the_schema_per_instrument():
     assert not schema.OPTIONAL[schema.TRACE_ROW].in_instrument(FGS1.name)
 
 
-def calibrate(out: Path, *extra: str) -> int:
-    return main(["-q", "calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1",
-                 "--profile", "full", *extra])
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[str, Path]:
     """The samples with every optional plane: a single file, and an index over it and a new part."""
-    folder = tmp_path_factory.mktemp("schema")
-    single, index = folder / "single" / "out.h5", folder / "index" / "out.h5"
-    single.parent.mkdir()
-    index.parent.mkdir()
-    assert calibrate(single, "--planets", TWO_VISITS) == EXIT_OK
-    index.write_bytes(single.read_bytes())
-    assert calibrate(index) == EXIT_OK  # extends it: an index over two parts
-    return {"single": single, "index": index}
+    return single_and_index(tmp_path_factory.mktemp("schema"), "--profile", "full")
 
 
 def _walk(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], dict]], set[str]]:

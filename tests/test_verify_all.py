@@ -36,19 +36,23 @@ def calibrate(out: Path, *extra: str) -> int:
     return main(["-q", "calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", "--jobs", "1", *extra])
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> dict[str, Path]:
+def single_and_index(folder: Path, *extra: str) -> dict[str, Path]:
     """A single-file output (one planet, two visits) and an index over it and a new part (a second planet)."""
-    folder = tmp_path_factory.mktemp("verify_all")
     single, index = folder / "single" / "out.h5", folder / "index" / "out.h5"
     single.parent.mkdir()
     index.parent.mkdir()
-    assert calibrate(single, "--planets", TWO_VISITS) == EXIT_OK
+    assert calibrate(single, "--planets", TWO_VISITS, *extra) == EXIT_OK
     shutil.copyfile(single, index)
-    assert calibrate(index) == EXIT_OK  # extends it: the old file becomes a part, the new planet another
+    assert calibrate(index, *extra) == EXIT_OK  # extends it: the old file becomes a part, the new planet another
     with h5py.File(index, "r") as f:
         assert store.is_index(f) and len(store.index_parts(f)) == 2 and f[schema.PLANET_ID].shape == (3,)
     return {"single": single, "index": index}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, Path]:
+    """A single-file output and an index over it and a new part (:func:`single_and_index`)."""
+    return single_and_index(tmp_path_factory.mktemp("verify_all"))
 
 
 def copy_output(path: Path, where: Path) -> Path:

@@ -244,6 +244,7 @@ def _relinked(f: h5py.File, files: OutputFiles) -> h5py.File:
         copy_attrs(obj, mem[name])
 
     copy_attrs(f, mem)
+    mem.attrs[ATTR_PARTS] = _json_attr([files.part_name(files.part(name)) for name in index_parts(f)])
     f.visititems(visit)
     return mem
 

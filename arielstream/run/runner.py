@@ -88,7 +88,7 @@ class RunSummary:
     """What a run did: its output, how it started, every observation's status and what it computed."""
 
     output: Path
-    action: str = "new"  # lifecycle.PreparedOutput.action: "new", "resume", "extend", ... or "complete"
+    action: str = "new"  # io.output.PreparedOutput.action: "new", "resume", "extend", ... or "complete"
     statuses: list[tuple[int, int, str, str]] = field(default_factory=list)  # planet, visit, status, error
     results: list[ObservationResult] = field(default_factory=list)  # what this run computed
     seconds: float = 0.0
