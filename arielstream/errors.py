@@ -45,6 +45,21 @@ class OutputError(ArielstreamError):
 class MissingDependencyError(ArielstreamError):
     """An optional package (named in the message, with the pip command that installs it) is needed for this feature."""
 
+    @classmethod
+    def of(cls, feature: str, package: str, requirement: str | None = None,
+           extra: str | None = None) -> MissingDependencyError:
+        """``feature`` needs ``package``, which does not import: how to install it, online and offline.
+
+        ``requirement`` is what pip installs (default ``package``, e.g. ``dask[distributed]``
+        for ``dask.distributed``); ``extra`` the arielstream extra that installs it too.
+        """
+        requirement = requirement or package
+        quoted = f"'{requirement}'" if "[" in requirement else requirement
+        also = f" (or the arielstream[{extra}] extra)" if extra else ""
+        return cls(f"{feature} needs {package}: pip install {quoted}{also}; offline (e.g. a Kaggle kernel without "
+                   f"internet) upload its wheels as a dataset and pip install --no-index --find-links WHEEL_DIR "
+                   f"{quoted}")
+
 
 class RunInterrupted(BaseException):  # like KeyboardInterrupt, not an Exception: `except Exception` lets it through
     """SIGTERM arrived: stop dispatching, keep what is done."""

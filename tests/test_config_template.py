@@ -14,8 +14,15 @@ from arielstream.cli import calibrate as cli_calibrate
 from arielstream.cli import products as cli_products
 from arielstream.config import template as config_template
 from arielstream.config.descriptions import DESCRIPTIONS
-from arielstream.config.options import CalibrationConfig, RunOptions, build_config, load_config, load_run_options
-from arielstream.errors import OutputError
+from arielstream.config.options import (
+    PER_CALL_OPTIONS,
+    CalibrationConfig,
+    RunOptions,
+    build_config,
+    load_config,
+    load_run_options,
+)
+from arielstream.errors import ConfigError, OutputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,6 +50,8 @@ def test_every_option_is_written_with_a_comment(template):
         names = [f.name for f in fields(cls)]
         assert set(DESCRIPTIONS[table]) == set(names), f"[{table}]: comments and options differ"
         for name in names:
+            if table == "run" and name in PER_CALL_OPTIONS:  # a switch of one run: named in a note, no line
+                continue
             line = re.search(rf"^(# )?{name} = .*#\s*(\S.*)$", text, flags=re.M)
             assert line, f"[{table}] {name} missing from the template"
             assert DESCRIPTIONS[table][name] in line.group(2)
@@ -121,3 +130,26 @@ def test_init_config_command(tmp_path, capsys):
         args.handler(args)
     args = parse(["init-config", "-o", str(target), "--force"])
     assert args.handler(args) == 0
+
+
+def test_force_is_a_switch_of_one_run_not_a_line_of_the_template(template):
+    text = template.read_text()
+    assert not re.search(r"^(# )?force = ", text, flags=re.M)
+    assert "# not set here, for one run only: --force (" in text
+
+
+def test_a_config_file_may_say_force_false_but_not_force_true(tmp_path, capsys):
+    from arielstream.cli.app import EXIT_CONFIG, main
+
+    from .conftest import DATA_SAMPLES
+
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\nforce = false\n")  # what init-config used to write: the default, accepted
+    assert load_run_options(config) == RunOptions()
+    config.write_text("[run]\nforce = true\n")  # every nightly run would recompute everything: refused
+    with pytest.raises(ConfigError, match=r"run.toml: force = true in a config file .* pass --force \(or force=True"):
+        load_run_options(config)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["calibrate", str(DATA_SAMPLES), "-o", str(out / "o.h5"), "--config", str(config)]) == EXIT_CONFIG
+    assert "force = true in a config file" in capsys.readouterr().err and list(out.iterdir()) == []

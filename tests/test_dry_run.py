@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from arielstream.cli.app import EXIT_NOINPUT, EXIT_OK, main
+from arielstream.cli.app import EXIT_CONFIG, EXIT_NOINPUT, EXIT_OK, main
 from arielstream.config.options import CalibrationConfig, RunOptions
 from arielstream.run import dryrun
 
@@ -74,3 +74,17 @@ def test_the_estimate_charges_only_the_whole_series_cosmic_ray_rejection():
     plain = _constant_core_seconds(build_config(cosmic_rays=False), 11250)[0]
     assert _constant_core_seconds(build_config(), 11250)[0] == plain  # per bin: in the streaming pass
     assert _constant_core_seconds(build_config(cr_method="series"), 11250)[0] > plain
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["--memory", "100TB"], EXIT_CONFIG, "--memory 100TB is more than this machine's memory"),
+    (["--memory", "10MB"], EXIT_CONFIG, "--memory 10MB: memory budget"),
+], ids=["above-the-ram", "too-small"])
+def test_a_dry_run_refuses_what_the_run_refuses_with_its_exit_code(tmp_path, capsys, argv, code, message):
+    """One check for both (``runner.checked_budget``): a dry run never says "fits" for what the run refuses."""
+    out = tmp_path / "out.h5"
+    for dry in (["--dry-run"], []):
+        assert main(["calibrate", str(DATA_SAMPLES), "-o", str(out), "--no-progress", *argv, *dry]) == code
+        captured = capsys.readouterr()
+        assert message in captured.err and "fits" not in captured.out
+        assert _tree(tmp_path) == []

@@ -154,3 +154,31 @@ def test_version_names_the_numerical_code(capsys):
     digest = code_version().partition("+")[2]
     assert capsys.readouterr().out.strip() == (f"arielstream {arielstream.__version__} (numerical code {digest}; "
                                                f"output files record arielstream_version = {code_version()})")
+
+
+def test_a_failed_observation_reaches_stderr_from_python_while_the_log_file_is_written(tmp_path, monkeypatch, capsys):
+    """No handler of the caller's: the run's file handler must not silence Python's last resort (a notebook cell)."""
+    import shutil
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a notebook: pytest's capture handlers gone
+    logger = logging.getLogger("arielstream")
+    monkeypatch.setattr(logger, "handlers", [])  # nor one a CLI test in this process left
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    data = tmp_path / "data"
+    shutil.copytree(DATA_SAMPLES, data, ignore=shutil.ignore_patterns("reference", "simulation_truth"))
+    (data / "train" / str(PLANET) / "AIRS-CH0_signal_0.parquet").write_bytes(b"not a parquet file")
+    out = tmp_path / "nb.h5"
+    summary = arielstream.calibrate(data, out, jobs=1, progress=False)
+    assert not summary.ok
+    err = capsys.readouterr().err
+    assert f"ERROR arielstream.run.dispatch: {PLANET}/visit 0 failed: " in err and "AIRS-CH0_signal_0.parquet" in err
+    assert "INFO" not in err  # warnings and errors only, as the last resort prints them
+    assert f"{PLANET}/visit 0 failed" in (tmp_path / "nb.h5.log").read_text()  # and the file has it too
+    assert logger.handlers == []  # for the run only
+
+
+def test_the_refusal_to_mix_results_names_the_python_keyword_too(tmp_path):
+    from arielstream.io.output import refused
+
+    message = str(refused(tmp_path / "o.h5", ["config differs in flat"]))
+    assert "use --force (force=True from Python)" in message

@@ -20,7 +20,7 @@ import pytest
 import arielstream
 from arielstream.cli.app import main
 from arielstream.cli.exits import EXIT_CONFIG, EXIT_NOINPUT, EXIT_OK
-from arielstream.io import schema, store
+from arielstream.io import reader, schema, store
 from arielstream.io.sidefiles import OutputFiles
 
 from .conftest import DATA_SAMPLES
@@ -53,6 +53,16 @@ def test_a_slip_of_the_finger_is_refused_and_nothing_is_written(samples, tmp_pat
     signal = next((samples / "train").glob("*/AIRS-CH0_signal_0.parquet"))
     link = tmp_path / "link.h5"
     link.symlink_to(samples / "train.csv")
+    other = tmp_path / "other.h5"  # another output, with a part and a lock
+    (tmp_path / "other.h5.parts").mkdir()
+    for name in ("other.h5", "other.h5.lock", "other.h5.parts/0001.h5"):
+        (tmp_path / name).write_bytes(b"another output's")
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\njobs = 1\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "r1" / "train.h5.parts").mkdir(parents=True)  # a named run's folder, extended once
+    keep = {"link.h5", "r.h5", "other.h5", "other.h5.lock", "other.h5.parts", "run.toml", "fifo", "r1"}
     slips = {
         "--report is the output": ["-o", out, "--report", out],
         "--report is an input": ["-o", tmp_path / "o.h5", "--report", samples / "train.csv"],
@@ -60,15 +70,24 @@ def test_a_slip_of_the_finger_is_refused_and_nothing_is_written(samples, tmp_pat
         "-o is a signal file, --force": ["-o", signal, "--force"],
         "-o is inside the data folder": ["-o", samples / "out.h5"],
         "-o is a link to an input": ["-o", link, "--force"],
+        "-o is another output's part": ["-o", tmp_path / "other.h5.parts" / "0001.h5"],
+        "-o is another output's lock": ["-o", tmp_path / "other.h5.lock", "--force"],
+        "-o is the config file, --force": ["-o", config, "--config", config, "--force"],
+        "--report is a fifo": ["-o", tmp_path / "o.h5", "--report", fifo],
+        "--report is a folder": ["-o", tmp_path / "o.h5", "--report", tmp_path],
+        "--run in the data folder": ["--run", "12345", "--runs-dir", samples / "train"],
+        "--report in a named run's parts": ["--run", "r1", "--runs-dir", tmp_path,
+                                            "--report", tmp_path / "r1" / "train.h5.parts" / ".retired"],
     }
     for slip, args in slips.items():
         code, _, stderr = run_cli("calibrate", samples, "--no-progress", *args)
         assert code == EXIT_CONFIG, (slip, stderr)
         assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, (slip, stderr)
-        assert "write it elsewhere" in stderr or "another name" in stderr, (slip, stderr)
+        assert any(hint in stderr for hint in ("write it elsewhere", "another name", "name the JSON file")), slip
     assert _snapshot(samples) == before  # no input touched, nothing added to the data folder
     assert out.read_bytes() == b"a calibrated output the user keeps"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.h5", "r.h5"]  # no .partial, .lock or .log
+    assert {p.name for p in tmp_path.iterdir()} == keep  # no .partial, .lock, .log or run folder
+    assert config.read_text() == "[run]\njobs = 1\n" and other.read_bytes() == b"another output's"
 
 
 def test_a_product_is_never_written_over_its_source(samples, tmp_path):
@@ -77,11 +96,17 @@ def test_a_product_is_never_written_over_its_source(samples, tmp_path):
     before = out.read_bytes()
     slips = [["extract", out, "-o", out], ["export", out, "--format", "npy", "-o", OutputFiles.of(out).parts],
              ["spectrum", out, "-o", out], ["spectrum", out, "-o", samples / "submission.csv"],
-             ["quicklook", out, "-o", samples / "ql"]]
+             ["quicklook", out, "-o", samples / "ql"], ["spectrum", out, "-o", tmp_path / "s.csv", "--fits",
+                                                        tmp_path / "s.csv"]]
     for args in slips:
         code, _, stderr = run_cli(*args)
         assert code == EXIT_CONFIG and "Traceback" not in stderr, (args, stderr)
     assert out.read_bytes() == before and not (samples / "submission.csv").exists() and not (samples / "ql").exists()
+    assert not (tmp_path / "s.csv").exists()
+    lc = tmp_path / "lc.h5"  # a light-curve file names the calibrated file it came from: followed to the data
+    assert run_cli("extract", out, "-o", lc)[0] == EXIT_OK
+    code, _, stderr = run_cli("export", lc, "--format", "csv", "-o", samples)
+    assert code == EXIT_CONFIG and "inside the data folder" in stderr, stderr
 
 
 def test_a_subset_run_never_drops_what_it_did_not_select(pool, tmp_path, caplog):  # noqa: F811
@@ -128,7 +153,7 @@ def test_a_renamed_or_linked_output_and_a_moved_data_folder_resume_and_extend(po
     os.rename(OutputFiles.of(out).parts, OutputFiles.of(renamed).parts)
     for command in (["info", str(renamed)], ["verify", str(renamed)]):
         assert main(command) == EXIT_OK, command
-    with store.open_output(renamed) as f:  # the products' reader: every done observation reads as data
+    with reader.open_output(renamed) as f:  # the products' reader: every done observation reads as data
         assert not np.isnan(f["AIRS-CH0/signal"][()]).all(axis=(1, 2, 3)).any()
     link = tmp_path / "elsewhere" / "link.h5"
     link.parent.mkdir()
@@ -180,20 +205,69 @@ def test_a_reader_open_across_a_publish_keeps_reading_valid_data(pool, tmp_path)
     with h5py.File(out, "r") as f:
         planets = f["planet_id"][()].tolist()
     k = planets.index(others[1])  # the observation the extension computed: alone in part 0002
-    reader = store.open_output(out)  # opened before the publish, read after it
+    held = reader.open_output(out)  # opened before the publish, read after it
     try:
         signal = data / "train" / str(others[1]) / "FGS1_signal_0.parquet"
         signal.write_bytes(signal.read_bytes())  # a new modification time: recomputed into a new part
         assert run(data, out).action == "recompute"
         retired = OutputFiles.of(out).parts / "0002.h5"
         assert retired.exists() and "0002.h5" in OutputFiles.of(out).read_retired()[0]
-        old = reader["AIRS-CH0/signal"][k]
-        assert not np.isnan(old).all() and reader["status"][k] == schema.STATUS_DONE
+        old = held["AIRS-CH0/signal"][k]
+        assert not np.isnan(old).all() and held["status"][k] == schema.STATUS_DONE
     finally:
-        reader.close()
-    with store.open_output(out) as f:
+        held.close()
+    with reader.open_output(out) as f:
         np.testing.assert_array_equal(f["AIRS-CH0/signal"][k], old)  # the same numbers, from the new part
     signal.write_bytes(signal.read_bytes())
     assert run(data, out).action == "recompute"
     assert not retired.exists()  # the publish after next removes it
     assert main(["verify", str(out)]) == EXIT_OK
+
+
+def test_a_subset_run_recomputes_an_unselected_observation_whose_part_is_lost(pool, tmp_path):  # noqa: F811
+    data, out = _index(pool, tmp_path)
+    _, _, others = pool
+    os.unlink(OutputFiles.of(out).parts / "0002.h5")  # the part holding others[1], which the run does not select
+    subset = run(data, out, planets=[others[0]], drop_missing=True)
+    assert subset.counts["dropped"] == [] and [(r.planet_id, r.visit) for r in subset.results] == [(others[1], 0)]
+    with h5py.File(out, "r") as f:
+        assert len(f["planet_id"]) == 3 and (f["status"][()] == schema.STATUS_DONE).all()
+    assert main(["verify", str(out)]) == EXIT_OK
+
+
+def test_a_renamed_and_damaged_output_is_repaired_by_the_run_that_relinks_it(pool, tmp_path):  # noqa: F811
+    data, out = _index(pool, tmp_path)
+    renamed = tmp_path / "b.h5"
+    os.rename(out, renamed)
+    os.rename(OutputFiles.of(out).parts, OutputFiles.of(renamed).parts)
+    part = OutputFiles.of(renamed).parts / "0002.h5"
+    target = store.read_descriptors(part)["FGS1/signal"]
+    with open(part, "r+b") as fh:
+        fh.seek(target.offset + 64)
+        fh.write(b"\x7f\x7f\x7f\x7f")
+    fixed = run(data, renamed)
+    assert (fixed.action, len(fixed.results)) == ("repair", 1)
+    assert main(["verify", str(renamed)]) == EXIT_OK
+
+
+def test_a_force_run_killed_after_its_rename_never_brings_back_older_results(pool, tmp_path):  # noqa: F811
+    data = three_planets(pool, tmp_path)
+    out = tmp_path / "out.h5"
+    assert run(data, out).ok
+    parts = OutputFiles.of(out).parts
+    parts.mkdir()
+    shutil.copyfile(out, parts / "0001.h5")  # what a killed run leaves: a part no index refers to, all done
+    adc = data / "adc_info.csv"  # new numbers from a file whose size and modification time stay the same
+    stat = adc.stat()
+    text = adc.read_text()
+    digit = next(i for i, c in enumerate(text) if c in "123456789" and i > text.index("\n"))
+    adc.write_text(text[:digit] + str(int(text[digit]) % 9 + 1) + text[digit + 1:])
+    os.utime(adc, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    env = {**os.environ, "ARIELSTREAM_FAULT": "kill-publish:single"}
+    assert run_cli("calibrate", data, "-o", out, "--jobs", "1", "-q", "--force", env=env)[0] == -9
+    assert run(data, out).action == "complete"  # the forced output, as published: the old part is not taken
+    fresh = tmp_path / "fresh.h5"  # in a new process: this one read adc_info.csv before, under the same stat
+    assert run_cli("calibrate", data, "-o", fresh, "--jobs", "1", "-q")[0] == EXIT_OK
+    assert same_bytes(out, fresh)
+    shutil.copyfile(parts / "0001.h5", out)  # check the check: the old part's numbers are not the forced ones
+    assert not same_bytes(out, fresh)

@@ -11,7 +11,7 @@ import pytest
 
 from arielstream import dq
 from arielstream.errors import InputError
-from arielstream.io import schema, store
+from arielstream.io import reader, schema, store
 from arielstream.io.ledger import Ledger
 from arielstream.layout import AIRS, FGS1, Observation
 
@@ -63,23 +63,23 @@ def test_both_data_quality_planes_name_their_bits_in_the_attributes(output):
 
 def test_readers_open_one_way_and_name_the_file(output, tmp_path):
     path, _ = output
-    with store.open_output(path) as f:
+    with reader.open_output(path) as f:
         assert f.mode == "r"
     missing = tmp_path / "nowhere.h5"
     with pytest.raises(InputError, match=rf"^{missing}: cannot read: no such file$"):
-        store.open_output(missing)
+        reader.open_output(missing)
     (tmp_path / "nowhere.h5.partial").write_bytes(b"")
     with pytest.raises(InputError, match="an unfinished run left nowhere.h5.partial"):
-        store.open_output(missing)
+        reader.open_output(missing)
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["x"] = 1
     with pytest.raises(InputError, match=rf"^{foreign}: not an arielstream output file"):
-        store.open_output(foreign)
+        reader.open_output(foreign)
     text_file = Path(tmp_path / "notes.h5")
     text_file.write_text("not HDF5")
     with pytest.raises(InputError, match=rf"^{text_file}: cannot read: not a readable HDF5 file"):
-        store.open_readable(text_file)
+        reader.open_readable(text_file)
 
 
 def test_the_owner_token_is_read_as_another_process_left_it_through_its_map(tmp_path):

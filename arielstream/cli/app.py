@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Console verbosity; the logger itself passes INFO on so that the run's log file gets it.
 
-    Without ``-v`` the console leaves out the lines a progress bar already shows (one per
-    observation); ``-v`` prints them too (with each one's time, worker and peak memory),
-    ``-vv`` adds debug output.
+    Without ``-v`` the console leaves out the records flagged ``CONSOLE_OPTIONAL``: the line per
+    observation (a bar shows the progress, an error line each failure) and a complete run's
+    "nothing to do" (the printed summary says it); ``-v`` prints them, with or without a bar
+    (each observation's time, worker and peak memory), ``-vv`` adds debug output. The bar's
+    handler (:func:`..run.worker_logs.above_bar`) keeps this handler's level and filter.
     """
     from ..run.dispatch import CONSOLE_OPTIONAL
 

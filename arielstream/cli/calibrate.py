@@ -217,8 +217,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     report = getattr(args, "report", None)
     if report is not None and not args.dry_run and not report.resolve().parent.is_dir():
         raise OutputError(f"{report}: the folder of --report does not exist")
-    if report is not None:  # refused before anything runs: a failure report must not land there either
-        _check_report(args, report)
+    _check_targets(args, report)  # before anything runs: a failure report must not land there either
     t_start = time.perf_counter()
     try:
         code, summary = _calibrate(args)
@@ -241,16 +240,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return code
 
 
-def _check_report(args: argparse.Namespace, report: Path) -> None:
-    """Refuse a ``--report`` that would land on an input, the output, a side file of it, or a named run's folder."""
-    from ..io.output import UnsafeTargetError, check_report_target
-    from ..io.sidefiles import OutputFiles
+def _check_targets(args: argparse.Namespace, report: Path | None) -> None:
+    """Refuse ``-o`` or ``--report`` landing where the command line says they must not, before anything runs.
+
+    ``-o`` on the config file or the manifest (the run checks the rest of ``-o`` itself, from
+    Python too); ``--report`` on an input, the output, a side file of it, or in a named run's folder.
+    """
+    from ..io.output import UnsafeTargetError, check_report_target, check_write_targets
+    from ..io.sidefiles import OutputFiles, inside
 
     inputs = [Path(p) for p in (args.config, args.verify_inputs) if p]
     output = None if args.output is None else OutputFiles.of(args.output)
+    if output is not None:
+        check_write_targets(output, args.data_dir, inputs)
+    if report is None:
+        return
     check_report_target(report, args.data_dir, inputs, output)
     run_folder = (Path(args.runs_dir) / str(args.run)).resolve()
-    if args.run is not None and report.resolve().parent == run_folder:
+    if args.run is not None and inside(report.resolve(), run_folder):
         raise UnsafeTargetError(f"--report {report}: would be written inside the named run's folder {run_folder} "
                                 "(its output, log and config.toml); write it elsewhere")
 

@@ -9,8 +9,9 @@
 66    an input is missing or unreadable: a data folder or dataset-level file, or
       the file given to ``info``, ``extract``, ``quicklook`` or ``export`` (also
       when it is not an arielstream file, or has no done observation to show)
-69    an optional package is needed (e.g. matplotlib for quicklook: the
-      message names the extra to install)
+69    an optional package is needed (dask.distributed for --backend dask,
+      matplotlib for quicklook), found before anything is written: the message
+      names the package, the extra and the offline install (--no-index --find-links)
 70    internal error (a bug: please report it with the log)
 71    out of memory: the machine, the container (cgroup) or ``ulimit -v``
       could not hold the run; no input is blamed; observations it failed are

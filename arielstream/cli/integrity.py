@@ -62,8 +62,9 @@ def add_verify(sub, parents: list[argparse.ArgumentParser]) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``arielstream verify``: one line per observation, then the counts; 65 if any done one is damaged."""
     from ..io.ledger import Ledger
+    from ..io.reader import open_output
     from ..io.schema import PLANET_ID, STATUS_DONE, STATUS_FAILED, VISIT
-    from ..io.store import open_output, read_descriptors
+    from ..io.store import read_descriptors
 
     with open_output(args.path) as f:
         planets, visits = f[PLANET_ID][()], f[VISIT][()]

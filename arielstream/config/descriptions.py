@@ -68,8 +68,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "scheduler": "dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786; needed with backend dask only",
         "task_timeout": "seconds; a task running longer counts as a dead worker (retried once, then failed); "
                         "leave out for no limit",
-        "force": "recompute everything even if an output made with another config or code version exists",
-        "progress": "true: a progress bar, false: log lines; leave out for a bar on a terminal only",
+        "force": "recompute everything even if an output made with another config or code version exists (a "
+                 "switch of one run: a config file may not set it to true)",
+        "progress": "true: a progress bar, false: none; leave out for a bar on a terminal only (-v adds a log line "
+                    "per observation, with or without it)",
         "log_file": "write OUT.h5.log beside the output",
         "verify_inputs": "input manifest (arielstream manifest) that every input file is checked against before "
                          "it is read; leave out to use DATA_DIR/arielstream-manifest.json when it exists",

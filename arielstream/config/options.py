@@ -382,6 +382,9 @@ class RunOptions:
 
 
 CONFIG_TABLES = ("calibration", "run")  # the tables of a config file
+# run options of one invocation, not settings: init-config's template and a named run's config.toml leave
+# them out, and a config file may not switch them on (force = true would recompute everything every night)
+PER_CALL_OPTIONS = ("force",)
 
 
 def _table(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
@@ -398,6 +401,12 @@ def _table(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
 def load_run_options(toml_path: str | Path | None = None, **overrides: Any) -> RunOptions:
     """Defaults < TOML file ``[run]`` table < explicit overrides (the CLI); ``None`` overrides nothing."""
     options = _table(read_toml(toml_path), "run", toml_path) if toml_path is not None else {}
+    switched_on = [name for name in PER_CALL_OPTIONS if options.get(name) is True]
+    if switched_on:  # false (what init-config used to write) is the default: accepted
+        name = switched_on[0]
+        raise ConfigError(f"{toml_path}: {name} = true in a config file would apply to every run that reads it "
+                          f"(recomputing everything each time); remove it and pass --{name} (or {name}=True from "
+                          "Python) to the one run that needs it")
     options.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(RunOptions)}
     unknown = sorted(set(options) - known)

@@ -18,6 +18,10 @@ Two kinds of option are written commented out:
   override the profile, so that switching ``profile = "notebook"`` would silently
   keep the default profile's value. Uncomment them to override the profile on
   purpose; each comment lists the value of every profile.
+
+Options of one invocation (:data:`~arielstream.config.options.PER_CALL_OPTIONS`:
+``force``) are not written at all, only a note naming the flag: a config file is read
+by every run (a nightly job's too), and ``force = true`` there is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from .descriptions import DESCRIPTIONS
-from .options import PROFILES, CalibrationConfig, RunOptions, build_config
+from .options import PER_CALL_OPTIONS, PROFILES, CalibrationConfig, RunOptions, build_config
 
 # Examples shown for options whose default (None) has no TOML form.
 EXAMPLES: dict[str, Any] = {
@@ -125,6 +129,8 @@ def render_config_template() -> str:
         for f in fields(cls):
             comment = DESCRIPTIONS[table][f.name]
             default = _default(f)
+            if table == "run" and f.name in PER_CALL_OPTIONS:
+                continue
             if table == "calibration" and f.name in varying:
                 out.append(_line(f.name, toml_value(default), f"{comment} ({_per_profile(varying[f.name])})", True,
                                  width))
@@ -132,6 +138,9 @@ def render_config_template() -> str:
                 out.append(_line(f.name, toml_value(EXAMPLES[f.name]), f"{comment} (default: unset)", True, width))
             else:
                 out.append(_line(f.name, toml_value(default), comment, False, width))
+        if table == "run":
+            out.append("# not set here, for one run only: " + ", ".join(
+                f"--{name.replace('_', '-')} ({DESCRIPTIONS[table][name]})" for name in PER_CALL_OPTIONS))
         out.append("")
     return "\n".join(out)
 
@@ -156,7 +165,7 @@ def render_config(config: CalibrationConfig, run: RunOptions | None = None) -> s
         out += ["", "[run]"]
         for f in fields(RunOptions):
             value = getattr(run, f.name)
-            if value is None or f.name == "force":  # force is an action of one call, not a setting
+            if value is None or f.name in PER_CALL_OPTIONS:  # force is an action of one call, not a setting
                 continue
             out.append(_line(f.name, toml_value(value), DESCRIPTIONS["run"][f.name], False, width))
     return "\n".join(out) + "\n"

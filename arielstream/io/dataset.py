@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..layout import AIRS, AIRS_INTEGRATION_TIME, AIRS_WAVELENGTH_AXIS, FGS1, Instrument
-from .signal import columns_into
+from .signal import columns_into, open_parquet
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def read_axis_info(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.nd
     try:
         # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, which imports
         # pandas (+56 MB RSS in every worker that reads the axes)
-        table = pq.ParquetFile(path, page_checksum_verification=True).read()
+        table = open_parquet(path).read()
     except FileNotFoundError:
         raise InputError(path, "missing: the frame-time axes are needed to validate and bin the signal") from None
     except (pa.ArrowInvalid, OSError) as exc:

@@ -38,7 +38,7 @@ from ..errors import ArielstreamError, ConfigError, ConfigMismatchError, LockBus
 from ..layout import Observation
 from . import atomic
 from .schema import ATTR_LAST_PART, INPUTS, PART, PART_INDEX, PLANET_ID, STATUS_DONE, VISIT
-from .sidefiles import OutputFiles, _inside
+from .sidefiles import OutputFiles, belongs_to, inside
 from .store import (
     ArrayDescriptor,
     ChecksumScope,
@@ -62,7 +62,7 @@ class UnsafeTargetError(ConfigError):
 def _refuse_input(what: str, option: str, path: Path, data_dir: Path, inputs: Iterable[Path]) -> None:
     """:class:`UnsafeTargetError` when ``path`` is, or resolves to, a path in ``data_dir`` or one of ``inputs``."""
     real, folder = path.resolve(), data_dir.resolve()
-    if _inside(real, folder):
+    if inside(real, folder):
         raise UnsafeTargetError(f"{option} {path}: {what} would be written inside the data folder {folder}; write "
                                 "it elsewhere (the inputs are never written)")
     if real in {Path(p).resolve() for p in inputs}:
@@ -70,17 +70,30 @@ def _refuse_input(what: str, option: str, path: Path, data_dir: Path, inputs: It
                                 "elsewhere")
 
 
+def _refuse_foreign(what: str, option: str, path: Path) -> None:
+    """:class:`UnsafeTargetError` when ``path`` exists and is no regular file, or belongs to another output."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UnsafeTargetError(f"{option} {path}: {what} would replace something that is not a regular file; "
+                                "write it elsewhere")
+    owner = belongs_to(path)
+    if owner is not None:
+        raise UnsafeTargetError(f"{option} {path}: {what} would be written over a side file or a part of the output "
+                                f"{owner}; write it elsewhere")
+
+
 def check_write_targets(output: OutputFiles, data_dir: Path, inputs: Iterable[Path] = (),
-                        log_file: bool = True) -> None:
+                        log_file: bool = True, option: str = "-o") -> None:
     """Refuse (:class:`UnsafeTargetError`, nothing written) an output that would land on what is not its own.
 
     The output and its side files (the log when ``log_file``) must not be, or resolve to,
-    a path inside the data folder or one of ``inputs`` (a manifest, a config file).
+    a path inside the data folder or one of ``inputs`` (a manifest, a config file), nor
+    a side file or a part of another output, nor anything that is not a regular file.
     """
     inputs = list(inputs)
-    _refuse_input("the calibrated output", "-o", output.path, data_dir, inputs)
+    _refuse_input("the calibrated output", option, output.path, data_dir, inputs)
+    _refuse_foreign("the calibrated output", option, output.path)
     for side in (output.partial, output.parts, output.lock, *((output.log,) if log_file else ())):
-        _refuse_input(f"its side file {side.name}", "-o", side, data_dir, inputs)
+        _refuse_input(f"its side file {side.name}", option, side, data_dir, inputs)
 
 
 def check_report_target(report: Path, data_dir: Path, inputs: Iterable[Path] = (),
@@ -90,6 +103,9 @@ def check_report_target(report: Path, data_dir: Path, inputs: Iterable[Path] = (
     if output is not None and output.owns(report):
         raise UnsafeTargetError(f"--report {report}: would overwrite the calibrated output or one of its side files "
                                 f"({report.resolve().name}); give the report another name")
+    if report.is_dir():
+        raise UnsafeTargetError(f"--report {report}: is a folder; name the JSON file to write")
+    _refuse_foreign("the run report", "--report", report)
 
 
 def check_product_target(target: str | Path, source: str | Path, option: str = "-o") -> None:
@@ -103,15 +119,17 @@ def check_product_target(target: str | Path, source: str | Path, option: str = "
         raise UnsafeTargetError(f"{option} {target}: would overwrite {source} (the file it is made from) or one of "
                                 "its side files; write it elsewhere")
     data_dir = _recorded_data_folder(files.path)
-    if data_dir is not None and _inside(target.resolve(), data_dir):
+    if data_dir is not None and inside(target.resolve(), data_dir):
         raise UnsafeTargetError(f"{option} {target}: would be written inside the data folder {data_dir} that "
                                 f"{Path(source).name} was calibrated from; write it elsewhere")
 
 
-def _recorded_data_folder(path: Path) -> Path | None:
-    """The data folder an arielstream file records (``source``), when it has one and it is a folder here."""
-    import h5py
+def _recorded_data_folder(path: Path, depth: int = 3) -> Path | None:
+    """The data folder an arielstream file records (``source``), when it is a folder here.
 
+    A product's ``source`` names the file it was made from (a light-curve file names its
+    calibrated file): followed, a few steps at most, to the data folder.
+    """
     try:
         with h5py.File(path, "r") as f:
             value = f.attrs.get("source")
@@ -119,8 +137,10 @@ def _recorded_data_folder(path: Path) -> Path | None:
         return None
     if value is None:
         return None
-    folder = Path(value.decode() if isinstance(value, bytes) else str(value))
-    return folder.resolve() if folder.is_dir() else None
+    source = Path(value.decode() if isinstance(value, bytes) else str(value))
+    if source.is_dir():
+        return source.resolve()
+    return _recorded_data_folder(source, depth - 1) if depth > 0 and source.is_file() else None
 
 
 # ---------------------------------------------------------------- the run lock, what is on disk, publishing
@@ -240,7 +260,8 @@ class PreparedOutput:
 def refused(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchError:
     """The error refusing to mix a run's results with ``path``, made differently (``problems``)."""
     return ConfigMismatchError(f"{path}: made by a different run: {'; '.join(problems)}{hint}. Refusing to mix "
-                               "results: use --force to recompute it, or write elsewhere with a different -o or --run")
+                               "results: use --force (force=True from Python) to recompute it, or write elsewhere "
+                               "with a different -o or --run")
 
 
 def _part_number(path: Path) -> int:
@@ -448,8 +469,8 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
         _check_opens(partial)
     if computed and prepared.single:
         try:
-            if files.parts.is_dir():  # what they hold is replaced: retired, removed by the next publish
-                _retire(files, [])
+            if files.parts.is_dir():  # every part there is replaced (a killed run's too): retired, removed next time
+                _retire(files, [], every_part=True)
             _fsync(partial)
             os.replace(partial, output)
         except OSError as exc:  # the .partial stays, whole: the rerun publishes it
@@ -519,7 +540,7 @@ def _index_names(path: Path) -> list[str] | None:
         return None
 
 
-def _retire(files: OutputFiles, new_names: list[str]) -> None:
+def _retire(files: OutputFiles, new_names: list[str], every_part: bool = False) -> None:
     """Before ``OUT.h5`` is replaced: the parts it refers to and the new output does not are retired ("now").
 
     What earlier publishes retired (and any publish killed before its rename) stays listed
@@ -527,6 +548,8 @@ def _retire(files: OutputFiles, new_names: list[str]) -> None:
     between leaves a superset listed, never a part a later run would take for unfinished work.
     """
     old = _index_names(files.path) or []
+    if every_part:  # a single file replaces the output: no part on disk may be taken for unfinished work later
+        old = sorted(set(old) | {p.name for p in files.parts.glob("*.h5")})
     earlier, now = files.read_retired()
     files.write_retired(earlier | now, set(old) - set(new_names))
 
@@ -582,7 +605,11 @@ def _collect_parts(files: OutputFiles) -> None:
     folder = files.parts
     if not folder.is_dir():
         return
-    used = set(_index_names(files.path) or [])
+    names = _index_names(files.path)
+    if names is None:  # OUT.h5 cannot be read now: collect nothing rather than every part
+        log.warning("%s: cannot read it to collect unused parts; they are left for the next run", files.path)
+        return
+    used = set(names)
     _, now = files.read_retired()
     keep = now - used
     for path in folder.iterdir():

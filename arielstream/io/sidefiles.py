@@ -117,7 +117,7 @@ class OutputFiles:
     def owns(self, path: Path) -> bool:
         """True when ``path`` (resolved) is the output, a side file, or inside its parts folder."""
         path = path.resolve()
-        return path == self.path or path in self.side_files() or _inside(path, self.parts)
+        return path == self.path or path in self.side_files() or inside(path, self.parts)
 
     # ------------------------------------------------------------ retired parts
     def read_retired(self) -> tuple[set[str], set[str]]:
@@ -145,5 +145,26 @@ class OutputFiles:
         os.replace(staging, self.retired)
 
 
-def _inside(path: Path, folder: Path) -> bool:
+SIDE_SUFFIXES = (PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".new", PARTIAL_SUFFIX + ".force", ".next", ".next.new", ".lock",
+                 ".log", *(f".log.{k}" for k in range(1, 4)))  # as the properties of OutputFiles name them
+
+
+def belongs_to(path: Path) -> Path | None:
+    """The existing output ``path`` is a side file or a part of (``X.h5.lock``, ``X.h5.parts/0001.h5``), or None."""
+    real = path.resolve()
+    for suffix in SIDE_SUFFIXES:
+        if real.name.endswith(suffix) and real.name != suffix:
+            owner = real.with_name(real.name[: -len(suffix)])
+            if owner.is_file():
+                return owner
+    for folder in (real, *real.parents):
+        if folder.name.endswith(PARTS_SUFFIX) and folder.name != PARTS_SUFFIX:
+            owner = folder.with_name(folder.name[: -len(PARTS_SUFFIX)])
+            if owner.is_file() or folder.is_dir():
+                return owner
+    return None
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or below it."""
     return path == folder or folder in path.parents

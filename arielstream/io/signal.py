@@ -21,6 +21,8 @@ block of columns decodes only those columns and bounds memory by the block (see
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import queue
 import threading
@@ -54,6 +56,25 @@ COLUMN_OVERHEAD_BYTES = 24_000
 # Reads decoded at once for one block: the one being calibrated and the next, prefetched
 # in the background (:func:`prefetch` below).
 READS_IN_FLIGHT = 2
+
+
+# pyarrow >= 15 verifies the CRC of every Parquet page written with one (write_page_checksum) as it decodes it;
+# pyarrow 14, the floor in setup.cfg, has no such option and decodes those pages unverified (README).
+PAGE_CHECKSUM_VERIFICATION = "page_checksum_verification" in inspect.signature(pq.ParquetFile).parameters
+
+
+def open_parquet(path: str | Path, **options) -> pq.ParquetFile:
+    """``pq.ParquetFile(path, **options)``, verifying page checksums where this pyarrow can (>= 15)."""
+    if PAGE_CHECKSUM_VERIFICATION:
+        return pq.ParquetFile(path, page_checksum_verification=True, **options)
+    _unverified_once()
+    return pq.ParquetFile(path, **options)
+
+
+@functools.cache
+def _unverified_once() -> None:
+    log.debug("pyarrow %s cannot verify Parquet page checksums (pyarrow >= 15 can): pages written with one "
+              "are decoded unverified", pa.__version__)
 
 
 def damaged(exc: BaseException) -> str:
@@ -217,8 +238,7 @@ class SignalFile:
             raise InputError(self.path, f"{inst.name} signal file missing")
         try:
             # pages written with a CRC (write_page_checksum) are checked as they are decoded; others are not
-            self._file = pq.ParquetFile(self.path, memory_map=False, pre_buffer=True,
-                                        page_checksum_verification=True)
+            self._file = open_parquet(self.path, memory_map=False, pre_buffer=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(self.path, f"not a readable Parquet file: {exc}") from None
         meta = self._file.metadata

@@ -78,7 +78,7 @@ from ..io import schema as _schema
 from ..io import store
 from ..io.atomic import Staging, atomic_write, output_errors, staged
 from ..io.output import check_product_target
-from ..io.store import open_output, open_readable
+from ..io.reader import open_output, open_readable
 from ..io.store import text as _text
 from ..layout import AIRS as _AIRS
 from ..layout import FGS1 as _FGS1

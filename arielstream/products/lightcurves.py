@@ -114,8 +114,9 @@ from ..io import schema as _schema
 from ..io import store as _s
 from ..io.atomic import atomic_write, output_errors
 from ..io.output import check_product_target
+from ..io.reader import check_output, open_output
 from ..io.schema import STATUS_DONE
-from ..io.store import check_output, open_output, text
+from ..io.store import text
 from ..layout import AIRS, FGS1, FGS1_WAVELENGTH_UM, frames_per_bin
 from ..nan import quiet_nan
 from .defaults import DEFAULT_FGS1_RADIUS, DEFAULT_HALF_WIDTH

@@ -34,7 +34,8 @@ from ..errors import MissingDependencyError
 from ..io import schema, store
 from ..io.atomic import output_errors, staged
 from ..io.output import check_product_target
-from ..io.store import open_output, text
+from ..io.reader import open_output
+from ..io.store import text
 from ..layout import AIRS, FGS1
 from ..nan import quiet_nan
 from . import lightcurves as lcmod
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 PLOTS = ("frames", "dq", "lightcurves", "centroid")
 N_SPECTRAL = 5  # spectral light curves drawn
-MATPLOTLIB_MESSAGE = "quicklook needs matplotlib: pip install matplotlib"
 
 
 def _pyplot():
@@ -51,7 +51,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise MissingDependencyError(MATPLOTLIB_MESSAGE) from None
+        raise MissingDependencyError.of("quicklook", "matplotlib", extra="plots") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

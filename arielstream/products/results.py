@@ -28,8 +28,8 @@ from ..config.options import CalibrationConfig, ConfigError, build_config
 from ..errors import InputError, MissingDependencyError
 from ..io import schema as _schema
 from ..io import store as _s
+from ..io.reader import open_output
 from ..io.schema import STATUS_DONE, STATUS_NAMES
-from ..io.store import open_output
 from ..io.store import text as _text
 from ..layout import AIRS as _AIRS
 from ..layout import FGS1 as _FGS1
@@ -229,7 +229,7 @@ class Results:
         try:
             import xarray as xr
         except ImportError:
-            raise MissingDependencyError("to_xarray needs xarray: pip install xarray") from None
+            raise MissingDependencyError.of("to_xarray", "xarray", extra="xarray") from None
         if lazy is None or lazy:
             try:
                 import dask.array as da

@@ -56,8 +56,9 @@ from .._version import __version__
 from ..errors import InputError, OutputError
 from ..io import schema as _schema
 from ..io.atomic import output_errors, staged
-from ..io.output import check_product_target
-from ..io.store import open_output, text
+from ..io.output import UnsafeTargetError, check_product_target
+from ..io.reader import open_output
+from ..io.store import text
 from ..layout import SIGMA_PREFIX, TARGET_PREFIX
 from . import lightcurves as lc
 from .defaults import DEFAULT_DEGREE
@@ -672,6 +673,12 @@ def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str
     fits = Path(fits) if fits is not None else fits_path(out)
     check_product_target(out, path)
     check_product_target(fits, path, "--fits")
+    star_info = options.get("star_info")
+    for target, option in ((out, "-o"), (fits, "--fits")):
+        if isinstance(star_info, (str, Path)) and target.resolve() == Path(star_info).resolve():
+            raise UnsafeTargetError(f"{option} {target}: would overwrite the star info it reads; write it elsewhere")
+    if out.resolve() == fits.resolve():
+        raise UnsafeTargetError(f"-o {out} and --fits {fits}: the submission and the fits would be one file")
     for target in (out, fits):  # before the fits, not after them
         if not target.resolve().parent.is_dir():
             raise OutputError(f"{target.parent}: output folder does not exist")

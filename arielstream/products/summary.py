@@ -10,15 +10,16 @@ import h5py
 import numpy as np
 
 from ..io import schema, store
+from ..io.reader import open_output
 from ..io.schema import STATUS_NAMES
-from ..io.store import open_output, text
+from ..io.store import text
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
     """Attributes, dataset shapes and the status of every observation of an output file.
 
     A missing, unreadable or foreign file is an :class:`~arielstream.errors.InputError`
-    (:func:`arielstream.io.store.open_output`), as for every other reader.
+    (:func:`arielstream.io.reader.open_output`), as for every other reader.
     """
     path = Path(path)
     with open_output(path) as f:

@@ -266,7 +266,8 @@ def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, proces
     counted as the smaller of that and :data:`WORKER_PROCESS_BYTES`. With one job
     everything runs in the coordinator; with more, each worker is a process of its own.
     ``jobs=None`` means "auto": as many workers as cores and tasks allow while each
-    still gets at least ``MIN_CHUNK_BYTES``.
+    still gets at least ``MIN_CHUNK_BYTES``. An explicit ``jobs`` is capped by the cores and
+    the tasks too (``--jobs 24`` on two cores starts two workers; the runner logs the cap).
     ``address_headroom`` is what an address-space limit lets each process hold
     (:func:`address_headroom`): threads and chunks shrink to fit it, or the run is refused
     (:class:`OutOfMemoryError`) before anything is written.
@@ -285,7 +286,7 @@ def plan_workers(budget: int, n_tasks: int, jobs: int | None, cores: int, proces
             if chunk_for(n) >= MIN_CHUNK_BYTES:
                 jobs = n
                 break
-    jobs = max(1, int(jobs))
+    jobs = min(max(1, int(jobs)), limit)  # more would only share the cores, or wait with nothing to do
     chunk = min(chunk_for(jobs), max_chunk)
     if chunk < MIN_CHUNK_BYTES // 4:
         workers = jobs if jobs > 1 else 0

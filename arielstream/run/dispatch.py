@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..config.options import RunOptions
-from ..errors import ArielstreamError, InputError, OutputError, RunInterrupted
+from ..errors import ArielstreamError, InputError, MissingDependencyError, OutputError, RunInterrupted
 from ..io.ledger import Ledger
 from ..io.output import PreparedOutput
 from ..io.schema import STATUS_FAILED, STATUS_RUNNING
@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 IDLE_WORKER_TIMEOUT_S = 10  # idle loky workers exit this soon (they outlive a killed coordinator otherwise)
 MAX_ROUNDS = 4  # dispatch rounds after worker deaths or checksum mismatches before giving up
-CONSOLE_OPTIONAL = "arielstream_console_optional"  # log-record flag: the console may drop it (a bar shows it)
+# log-record flag: the command's console drops it unless -v (a bar or the printed summary says it); the log keeps it
+CONSOLE_OPTIONAL = "arielstream_console_optional"
 
 
 def _local_worker_options() -> dict[str, Any]:
@@ -88,16 +89,31 @@ def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: fl
     from joblib import Parallel, delayed, parallel_config
 
     if backend == "loky":
-        config = parallel_config(backend="loky", inner_max_num_threads=plan.threads,
-                                 idle_worker_timeout=IDLE_WORKER_TIMEOUT_S, **_local_worker_options())
+        try:
+            config = parallel_config(backend="loky", inner_max_num_threads=plan.threads,
+                                     idle_worker_timeout=IDLE_WORKER_TIMEOUT_S, **_local_worker_options())
+        except TypeError:
+            # joblib < 1.5 (setup.cfg's floor is 1.3) takes no executor options here: idle workers keep joblib's
+            # own timeout (300 s), and each worker starts its watch on this process with its first task (run_task)
+            log.debug("joblib %s: no idle_worker_timeout or initializer through parallel_config", _joblib_version())
+            config = parallel_config(backend="loky", inner_max_num_threads=plan.threads)
         n_jobs = plan.jobs
     else:
         config = parallel_config(backend="dask")
         n_jobs = -1
     with config:
-        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", timeout=task_timeout,
-                            pre_dispatch="n_jobs", batch_size=1)
+        options = {"n_jobs": n_jobs, "timeout": task_timeout, "pre_dispatch": "n_jobs", "batch_size": 1}
+        try:
+            parallel = Parallel(return_as="generator_unordered", **options)
+        except ValueError:  # joblib 1.3: results in the order of the tasks (joblib >= 1.4: as they finish)
+            parallel = Parallel(return_as="generator", **options)
         yield from parallel(delayed(run_task)(task) for task in tasks)
+
+
+def _joblib_version() -> str:
+    import joblib
+
+    return str(joblib.__version__)
 
 
 def _in_notebook() -> bool:
@@ -293,16 +309,18 @@ def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:
         log.error("%s failed: %s", label, result.error)
     if bar is not None:
         bar.update(1)
-    # always in the log file; on the console beside a progress bar only with -v (``cli.app.setup_logging``)
+    # always in the log file; on the command's console only with -v, with or without a bar (a failure has
+    # its own error line above) (``cli.app.setup_logging``)
     log.info("[%d/%d] %s %s in %.1f s (pid %d, peak RSS %s)", done, total, label, "done" if result.ok else "FAILED",
-             result.seconds, result.pid, format_bytes(result.peak_rss), extra={CONSOLE_OPTIONAL: bar is not None})
+             result.seconds, result.pid, format_bytes(result.peak_rss), extra={CONSOLE_OPTIONAL: True})
 
 
 def _dask_client(scheduler: str | None):
     try:
         from distributed import Client
     except ImportError:
-        raise ArielstreamError("the dask backend needs dask.distributed: pip install 'arielstream[dask]'") from None
+        # (runner.check_options refuses this before anything is written; here if it went since)
+        raise MissingDependencyError.of("the dask backend", "dask.distributed", "dask[distributed]", "dask") from None
     if not scheduler:
         raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
     try:

@@ -21,7 +21,7 @@ from ..config.options import CalibrationConfig, RunOptions
 from ..errors import ArielstreamError
 from ..io import schema, store
 from ..layout import AIRS
-from ..units import format_bytes, parse_bytes
+from ..units import format_bytes
 from .budget import WorkerPlan
 from .runs import DEFAULT_RUNS_DIR
 
@@ -51,6 +51,7 @@ class DryRun:
     plan: WorkerPlan
     core_seconds: float  # per observation
     estimate_from: str  # "measured constants" or "measured here"
+    capped: str = ""  # "--jobs N capped at M: ..." when the plan runs fewer workers than asked for
 
     @property
     def seconds(self) -> float:
@@ -67,7 +68,7 @@ class DryRun:
         lines += [f"  output size: {format_bytes(self.output_bytes)} (written in place as "
                   f"{self.output.name}.partial and renamed when done: no other scratch space)",
                   f"  disk free at the output: {format_bytes(self.free_bytes)} ({room})",
-                  f"  workers: {self.plan.describe()}",
+                  f"  workers: {self.plan.describe()}" + (f" ({self.capped})" if self.capped else ""),
                   f"  estimated time: {_duration(self.seconds)} ({self.core_seconds:.1f} core-s per observation, "
                   f"{self.estimate_from}; --dry-run-measure times one planet here)"]
         return lines
@@ -124,17 +125,21 @@ def dry_run(data_dir: str | Path, config: CalibrationConfig, options: RunOptions
             runs_dir: str | Path = DEFAULT_RUNS_DIR, measure: bool = False) -> DryRun:
     """What :func:`arielstream.run.runner.run_calibration` would do with these arguments; writes nothing.
 
-    Bad input fails as the run would (missing data folder, unknown planet, a memory
-    budget too small for one worker), so a dry run also checks a command line.
+    Bad input fails as the run would, with the same error (exit code): the run's own
+    checks run first (:func:`~arielstream.run.runner.checked_budget`: a ``--memory`` above
+    this machine's RAM or too small for one worker, the dask backend without its package
+    or scheduler), then a missing data folder or unknown planet; so a dry run also checks a
+    command line.
     """
-    from .runner import identify, plan_run
+    from .runner import checked_budget, identify, jobs_capped, plan_run
     from .worker import dataset_info
 
-    budget = parse_bytes(options.memory)
+    budget = checked_budget(options)
     job = identify(data_dir, config, options, output, run_name, runs_dir, create=False)
     existing, done = _existing(job.output, len(job.observations))
     todo = len(job.observations) - done
     plan = plan_run(options, budget, max(1, todo))
+    capped = jobs_capped(options, plan, todo) if todo else None
     probe = job.output.parent
     while not probe.exists():  # a named run's folder is created only by the run itself
         probe = probe.parent
@@ -144,4 +149,4 @@ def dry_run(data_dir: str | Path, config: CalibrationConfig, options: RunOptions
         core_seconds, source = _constant_core_seconds(config, dataset_info(job.data_dir).n_frames(AIRS))
     return DryRun(job.output, len({o.planet_id for o in job.observations}), len(job.observations), todo, existing,
                   store.output_bytes(len(job.observations), list(job.layouts.values())),
-                  shutil.disk_usage(probe).free, plan, core_seconds, source)
+                  shutil.disk_usage(probe).free, plan, core_seconds, source, capped or "")

@@ -244,15 +244,21 @@ def plan_output(output: Path, wanted: list[Key], found: OnDisk, *, fingerprints:
     return Plan(keys, kept, sorted(todo), counts, unchanged)
 
 
-def _repair(plan: Plan, damaged: list[Key], wanted: set[Key], output: Path) -> None:
-    """Published observations whose bytes fail their checksum: recomputed, or left out when their inputs are gone."""
+def _repair(plan: Plan, damaged: list[Key], current: dict[Key, Observation], available: dict[Key, Observation],
+            output: Path) -> None:
+    """Published observations whose bytes fail their checksum: recomputed, or left out when their inputs are gone.
+
+    One the run's selection left out is recomputed too: its inputs are still in the data folder.
+    """
     log.warning("%s: %d done observation(s) no longer match their checksum (the file was damaged after it was "
                 "published): %s; they are recomputed", output, len(damaged),
                 ", ".join(f"{p}/visit {v}" for p, v in damaged))
     for key in damaged:
         plan.kept.pop(key)
-        plan.counts["repaired" if key in wanted else "dropped"].append(key)
-    lost = [k for k in damaged if k not in wanted]
+        if key in available:
+            current.setdefault(key, available[key])
+        plan.counts["repaired" if key in current else "dropped"].append(key)
+    lost = [k for k in damaged if k not in current]
     if lost:
         log.error("%s: %d damaged observation(s) cannot be recomputed (their inputs are no longer in the data "
                   "folder) and are left out: %s", output, len(lost), ", ".join(f"{p}/visit {v}" for p, v in lost))
@@ -263,14 +269,15 @@ def _repair(plan: Plan, damaged: list[Key], wanted: set[Key], output: Path) -> N
 def prepare_output(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
                    attrs: dict[str, Any], identity: dict[str, str], force: bool = False, *,
                    fingerprints: dict[Key, str] | None = None, frozen: bool = False, drop_missing: bool = False,
-                   extend: bool = True, on_disk: set[Key] | None = None) -> PreparedOutput:
+                   extend: bool = True, on_disk: dict[Key, Observation] | None = None) -> PreparedOutput:
     """Carry out :func:`plan_output` on what is on disk: the ``.partial`` to compute into, laid out or resumed.
 
     ``fingerprints``: each observation's inputs now (:func:`arielstream.io.manifest.fingerprint`);
     ``frozen``: refuse rather than recompute observations whose inputs changed;
     ``drop_missing``: leave out of the output what is no longer in the data folder;
     ``on_disk``: every observation in the data folder, selected or not (``None``: those of
-    ``observations``): what the output holds of the others is kept, whatever ``drop_missing``;
+    ``observations``): what the output holds of the others is kept, whatever ``drop_missing``, and
+    one of them whose part is lost or whose bytes are damaged is recomputed;
     ``extend=False``: the observations depend on each other (a master over the whole
     dataset), so a changed observation list or input is refused instead.
     """
@@ -293,15 +300,23 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     files.fresh.unlink(missing_ok=True)
     if not found.newest and not found.published and not found.lost:
         return lay_out(files, observations, layouts, attrs, "new", observations)
-    plan = plan_output(output if output.exists() else partial, wanted, found, fingerprints=fingerprints,
-                       on_disk=on_disk, drop_missing=drop_missing, frozen=frozen, extend=extend)
-    if plan.unchanged:
-        damaged = verify_published(output, found.published)
-        if not damaged:
+    available = on_disk if on_disk is not None else current
+    revived = [key for key in found.lost if key not in current and key in available]
+    if revived:  # the selection left them out, but their part is gone: recomputed from the inputs still here
+        log.warning("%s: %d observation(s) not selected by this run are recomputed: their part is missing or "
+                    "damaged (%s)", output, len(revived), ", ".join(f"{p}/visit {v}" for p, v in revived))
+        current.update({key: available[key] for key in revived})
+    plan = plan_output(output if output.exists() else partial, sorted(current), found, fingerprints=fingerprints,
+                       on_disk=set(available), drop_missing=drop_missing, frozen=frozen, extend=extend)
+    if plan.unchanged or (not plan.todo and found.renamed):  # nothing computed: what is kept is checked first
+        damaged = verify_published(output, {key: copy for key, copy in plan.kept.items()
+                                            if found.published.get(key) == copy})
+        if not damaged and plan.unchanged:
             if partial.exists():  # nothing of it is kept (what it finished is older than OUT.h5's copies)
                 atomic.discard(partial)
             return PreparedOutput("complete", partial, keys=plan.keys, counts=plan.counts)
-        _repair(plan, damaged, set(current), output)
+        if damaged:
+            _repair(plan, damaged, current, available, output)
     prepared = _partial_for(output, found.newest, plan.kept, plan.todo, current, layouts, attrs, plan.action)
     prepared.keys, prepared.counts = plan.keys, plan.counts
     prepared.kept = {k: (s.path, i) for k, (s, i) in plan.kept.items() if s.path != partial}

@@ -50,7 +50,14 @@ import h5py
 
 from ..config.options import CalibrationConfig, RunOptions
 from ..config.recipe import describe_recipe
-from ..errors import ArielstreamError, InputError, MemoryBudgetError, OutputError, RunInterrupted
+from ..errors import (
+    ArielstreamError,
+    InputError,
+    MemoryBudgetError,
+    MissingDependencyError,
+    OutputError,
+    RunInterrupted,
+)
 from ..io.manifest import check_manifest_covers, fingerprint, observation_inputs, resolve_manifest
 from ..io.output import OutputFiles, RunLock, check_write_targets, publish
 from ..io.schema import ERROR, PLANET_ID, STATUS, STATUS_NAMES, VISIT
@@ -72,7 +79,7 @@ from .budget import (
     plan_workers,
     release_memory,
 )
-from .dispatch import dispatch
+from .dispatch import CONSOLE_OPTIONAL, dispatch
 from .lifecycle import prepare_output
 from .observation import instrument_layout
 from .runs import DEFAULT_RUNS_DIR, prepare_run, run_output
@@ -168,7 +175,11 @@ class _RunLogHandler(logging.handlers.RotatingFileHandler):
 
 @contextlib.contextmanager
 def _log_file(output: Path, enabled: bool) -> Iterator[None]:
-    """Log the run to ``OUT.h5.log`` (rotating) beside the output, as well as to the console."""
+    """Log the run to ``OUT.h5.log`` (rotating) beside the output, as well as to the console.
+
+    Where the caller has no handler for ``arielstream`` (nor above it), warnings and errors
+    go to stderr for the run's length, as they would without the file.
+    """
     if not enabled:
         yield
         return
@@ -183,12 +194,23 @@ def _log_file(output: Path, enabled: bool) -> Iterator[None]:
     root = logging.getLogger("arielstream")
     level = root.level
     if root.getEffectiveLevel() > logging.INFO:  # called from Python: logging is not set up, WARNING applies
-        root.setLevel(logging.INFO)  # the console still shows only warnings (Python's last-resort handler)
+        root.setLevel(logging.INFO)
+    console = None
+    if not root.hasHandlers():
+        # Called from Python (a notebook) with no handler set up: warnings and errors went to Python's
+        # last-resort handler, which the file's handler would switch off (it runs only when no handler is
+        # found). One on stderr at WARNING instead, for this run only: a failed observation still shows.
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(console)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        if console is not None:
+            root.removeHandler(console)
         root.setLevel(level)
         handler.close()
 
@@ -286,8 +308,7 @@ def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: Ru
 def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: RunOptions, output: str | Path | None,
                      run_name: str | None, runs_dir: str | Path, chunk_bytes: int | None) -> RunSummary:
     t_start = time.perf_counter()
-    budget = parse_bytes(options.memory)  # a bad size fails before anything is created
-    check_options(options, budget, chunk_bytes)
+    budget = checked_budget(options, chunk_bytes)  # a bad size or budget fails before anything is created
     job = identify(data_dir, config, options, output, run_name, runs_dir)
     summary = RunSummary(job.output)
     with contextlib.ExitStack() as stack:
@@ -295,7 +316,6 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
         if run_name is not None:  # under the lock: config.toml always describes what the locked run writes
             prepare_run(run_name, config, options, runs_dir, force=options.force)
         stack.enter_context(_log_file(job.output, options.log_file))
-        _report_dropped(job)
         stack.enter_context(_stop_on_signals())
         stack.enter_context(_worker_environment())
         # planned before the layout: a budget or an address-space limit the run cannot use leaves nothing behind
@@ -306,12 +326,18 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
                                   drop_missing=options.drop_missing,
                                   extend=job.config.master_calibration != "dataset", on_disk=job.on_disk)
         summary.action, summary.counts = prepared.action, prepared.counts
-        if prepared.action == "complete":
-            log.info("%s: already complete with this config, numerical code and inputs; nothing to do", job.output)
+        # said when there is work to do; a complete run's log is its one line (debug output has them)
+        _report_dropped(job, logging.DEBUG if prepared.action == "complete" else None)
+        if prepared.action == "complete":  # the command prints its summary: the console gets this with -v only
+            log.info("%s: already complete with this config, numerical code and inputs; nothing to do", job.output,
+                     extra={CONSOLE_OPTIONAL: True})
         else:
             if prepared.todo:
                 if len(prepared.todo) < plan.jobs:  # fewer left than workers planned: fewer, bigger workers
                     plan = plan_run(options, budget, len(prepared.todo), chunk_bytes)
+                capped = jobs_capped(options, plan, len(prepared.todo))
+                if capped:
+                    log.info("%s", capped)
                 summary.plan = plan
                 dispatch(job, options, summary.plan, prepared, summary)
             publish(prepared, job.output, layouts, job.attrs)
@@ -333,7 +359,7 @@ class RunJob:
     attrs: dict[str, Any]  # the attributes of a new output: the identity and what describes the file
     manifest: str | None = None  # input manifest the workers check each input file against
     fingerprints: dict[tuple[int, int], str] = field(default_factory=dict)  # (planet, visit) -> its inputs now
-    on_disk: set[tuple[int, int]] | None = None  # every observation in the data folder, selected or not
+    on_disk: dict[tuple[int, int], Observation] = field(default_factory=dict)  # the data folder's, selected or not
 
 
 def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOptions,
@@ -354,38 +380,42 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     observations = discover_observations(data_dir, options.split, options.planets)
     if not observations:
         raise InputError(data_dir / options.split, "no planet folders found")
-    on_disk = None if options.planets is None else \
-        {(o.planet_id, o.visit) for o in discover_observations(data_dir, options.split)}
-    if run_name is not None:  # only once the input is known to be there: no empty run folders
+    if run_name is not None:
         output = run_output(run_name, options.split, runs_dir)
+    if output is None:
+        raise ValueError("give either an output file or a run name")
+    manifest = resolve_manifest(data_dir, options.verify_inputs)
+    files = OutputFiles.of(output)
+    check_write_targets(files, data_dir, [Path(manifest)] if manifest else [], log_file=options.log_file,
+                        option="-o" if run_name is None else "--run")  # before anything is created
+    if run_name is not None and create:  # only once the input is known to be there: no empty run folders
         try:
-            if create:
-                output.parent.mkdir(parents=True, exist_ok=True)
+            files.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"{output.parent}: cannot create the run folder: {exc}") from None
+            raise OutputError(f"{files.path.parent}: cannot create the run folder: {exc}") from None
+    # a selection (--planets) leaves the others out of this run, not out of the output: they stay, and one of
+    # them whose part is lost or damaged is recomputed (its inputs are still here)
+    on_disk = observations if options.planets is None else discover_observations(data_dir, options.split)
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
     run_identity = identity.run_identity(config, options.split)
     attrs = {**run_identity, "source": str(data_dir), "profile": config.profile, "recipe": describe_recipe(),
              "wavelength_order": config.wavelength_order}
-    if output is None:
-        raise ValueError("give either an output file or a run name")
     fingerprints = {(o.planet_id, o.visit): fingerprint(observation_inputs(
-        o, data_dir, config.instruments, config.master_calibration == "planet"), data_dir) for o in observations}
-    manifest = resolve_manifest(data_dir, options.verify_inputs)
-    files = OutputFiles.of(output)
-    check_write_targets(files, data_dir, [Path(manifest)] if manifest else [], log_file=options.log_file)
+        o, data_dir, config.instruments, config.master_calibration == "planet"), data_dir) for o in on_disk}
     check_manifest_covers(manifest, observations, data_dir, config.instruments, config.master_calibration == "planet")
     return RunJob(data_dir, options.split, files.path, config, observations, layouts, run_identity,
-                  attrs, manifest, fingerprints, on_disk)
+                  attrs, manifest, fingerprints, {(o.planet_id, o.visit): o for o in on_disk})
 
 
-def _report_dropped(job: RunJob) -> None:
+def _report_dropped(job: RunJob, level: int | None = None) -> None:
     """Log what the time and spatial bins leave out of every observation: never silently.
 
     A bin width that does not divide a visit's samples drops its incomplete last bin (the
     organisers' notebook does so with the default widths: half a bin of the real visits);
     a spatial bin that does not divide the columns drops the last columns. A width other
-    than the default gets a warning, the default an info line.
+    than the default gets a warning, the default an info line; ``level`` logs every notice
+    at that level instead (debug, for a run with nothing to do: the run that did the work
+    said them).
     """
     config, info = job.config, dataset_info(job.data_dir)
     defaults = CalibrationConfig()
@@ -396,25 +426,34 @@ def _report_dropped(job: RunJob) -> None:
         samples, width = info.n_frames(inst) // per_sample, config.bin_width(name)
         if config.time_binning and samples % width:
             exact = [str(n) for n in range(1, min(samples, 2000) + 1) if samples % n == 0]
-            level = logging.INFO if width == getattr(defaults, option) else logging.WARNING
-            log.log(level, "%s: %s %d leaves the last %d of %d %s of every observation out of a whole time bin: "
+            notice = level or (logging.INFO if width == getattr(defaults, option) else logging.WARNING)
+            log.log(notice, "%s: %s %d leaves the last %d of %d %s of every observation out of a whole time bin: "
                     "they are dropped (widths that divide %d: %s)", name, option, width, samples % width, samples,
                     "CDS samples" if config.cds else "frames", samples, ", ".join(exact[:12]))
+        warning = level or logging.WARNING
         if config.cosmic_rays and config.cr_method == "bin" and config.bin_width(name) < 3:
-            log.warning("%s: cosmic rays are looked for per time bin, and bins of %d sample(s) are too short: none "
-                        "is rejected (cr_method = \"series\" looks along each pixel's whole series)", name,
-                        config.bin_width(name))
+            log.log(warning, "%s: cosmic rays are looked for per time bin, and bins of %d sample(s) are too short: "
+                    "none is rejected (cr_method = \"series\" looks along each pixel's whole series)", name,
+                    config.bin_width(name))
         columns = int(layout.columns.shape[0])
         if columns % config.spatial_bin:
-            log.warning("%s: spatial_bin %d leaves the last %d of %d output columns out of a whole block: they "
-                        "are dropped", name, config.spatial_bin, columns % config.spatial_bin, columns)
+            log.log(warning, "%s: spatial_bin %d leaves the last %d of %d output columns out of a whole block: they "
+                    "are dropped", name, config.spatial_bin, columns % config.spatial_bin, columns)
+
+
+def checked_budget(options: RunOptions, chunk_bytes: int | None = None) -> int:
+    """``--memory`` in bytes, once :func:`check_options` passed: what a run and ``--dry-run`` check first."""
+    budget = parse_bytes(options.memory)
+    check_options(options, budget, chunk_bytes)
+    return budget
 
 
 def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = None) -> None:
-    """Refuse a memory budget or a scheduler the run cannot use, before any output is laid out.
+    """Refuse a memory budget, a backend or a scheduler the run cannot use, before any output is laid out.
 
     ``--memory`` above this machine's RAM, or too small for one worker (what :func:`plan_run`
-    would refuse later), and an unreachable dask scheduler stop the run here.
+    would refuse later), the dask backend without dask.distributed installed
+    (:class:`MissingDependencyError`, exit 69) and an unreachable dask scheduler stop the run here.
     """
     if options.backend == "loky" and budget > physical_memory():
         raise MemoryBudgetError(f"--memory {options.memory} is more than this machine's memory "
@@ -426,6 +465,12 @@ def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = No
             plan_workers(min(budget, available_memory()), 1, jobs, available_cores(), current_rss())
         except MemoryBudgetError as exc:
             raise MemoryBudgetError(f"--memory {options.memory}: {exc}") from None
+    if options.backend == "dask":
+        try:
+            import distributed  # noqa: F401 - only whether it imports
+        except ImportError:
+            raise MissingDependencyError.of("the dask backend", "dask.distributed", "dask[distributed]",
+                                            "dask") from None
     if options.backend == "dask" and options.scheduler:
         _probe_scheduler(options.scheduler)
 
@@ -455,12 +500,21 @@ def plan_run(options: RunOptions, budget: int, n_todo: int, chunk_bytes: int | N
     """Stage 2: workers, threads and chunk budget for ``n_todo`` observations in ``budget`` bytes."""
     release_memory()  # measure what this process holds, not what it freed before the run
     if chunk_bytes is not None:  # set directly (tests, experiments): no budget planning
-        jobs = 1 if options.backend == "dask" else (options.jobs or min(available_cores(), n_todo))
+        cap = max(1, min(available_cores(), n_todo))
+        jobs = 1 if options.backend == "dask" else min(options.jobs or cap, cap)
         return WorkerPlan(jobs, max(1, available_cores() // jobs), int(chunk_bytes), budget, current_rss())
     if options.backend == "dask":
         return plan_workers(budget, 1, 1, 1, current_rss())
     return plan_workers(effective_budget(budget), n_todo, options.jobs, available_cores(), current_rss(),
                         address_headroom=address_headroom())
+
+
+def jobs_capped(options: RunOptions, plan: WorkerPlan, n_todo: int) -> str | None:
+    """The line saying that ``--jobs N`` was capped (by the cores and the observations to do), or None."""
+    if options.backend != "loky" or options.jobs is None or plan.jobs >= options.jobs:
+        return None
+    return (f"--jobs {options.jobs} capped at {plan.jobs}: {available_cores()} core(s), "
+            f"{n_todo} observation(s) to calibrate")
 
 
 def _helper_peaks() -> dict[int, int]:

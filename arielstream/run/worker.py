@@ -155,7 +155,9 @@ def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
 
     Idle loky workers otherwise linger for minutes after a killed coordinator, holding its
     pipes and overlapping the next cron run. The initializer of every local worker
-    (:func:`_local_worker_options`); started once per worker process.
+    (:func:`_local_worker_options`); started once per worker process. joblib < 1.5 takes no
+    initializer for its pool (:func:`.dispatch._execute`): there each worker starts it with its
+    first task (:func:`run_task`), and one never given a task exits on joblib's idle timeout.
     """
     if _WATCHED_PARENT:
         return
@@ -181,6 +183,8 @@ def run_task(task: Task) -> ObservationResult:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if in_worker and task.parent_pid is not None:
+        _watch_parent(task.parent_pid)  # started already where the pool ran it as the initializer
     if in_worker and task.log_channel is not None:
         forward_to(task.log_channel)
     pin_threads(task.threads)

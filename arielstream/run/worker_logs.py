@@ -149,11 +149,16 @@ def forward_to(channel: LogChannel) -> None:
 
 
 class _AboveBar(logging.Handler):
-    """A console handler's records, written with ``tqdm.write``: above the progress bar."""
+    """A console handler's records, written with ``tqdm.write``: above the progress bar.
+
+    It keeps the console handler's level and filters: without ``-v`` the console leaves out
+    the per-observation lines (:data:`.dispatch.CONSOLE_OPTIONAL`) beside a bar as well.
+    """
 
     def __init__(self, console: logging.StreamHandler):
         super().__init__(console.level)
         self.setFormatter(console.formatter)
+        self.filters = list(console.filters)
         self.stream = console.stream
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -54,6 +54,7 @@ and test splits of one seed hold different planets.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -69,7 +70,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arielstream._version import __version__
-from arielstream.errors import OutputError
+from arielstream.errors import MissingDependencyError, OutputError
 from arielstream.layout import (
     AIRS,
     AIRS_CUT,
@@ -648,7 +649,7 @@ class _SignalSink:
                                  for p in range(n_pixels)])
         self.tmp = path.with_name(path.name + ".tmp")
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression=compression,
-                                       write_page_checksum=page_checksums)
+                                       **_checksum_option(page_checksums))
         self.executor = executor
         self.pending: Future | None = None
         self.buf = np.empty((n_pixels, self.rg), dtype=np.uint16)
@@ -707,7 +708,17 @@ class _SignalSink:
 def _write_table(path: Path, columns: list[np.ndarray], names: list[str], page_checksums: bool = False) -> None:
     table = pa.Table.from_arrays([pa.array(c) for c in columns], names=names)
     pq.write_table(table, path, compression="zstd", row_group_size=max(1, table.num_rows),
-                   write_page_checksum=page_checksums)
+                   **_checksum_option(page_checksums))
+
+
+def _checksum_option(page_checksums: bool) -> dict[str, bool]:
+    """The Parquet writers' page-checksum option: none without checksums (pyarrow 14, the floor, has no such option)."""
+    if not page_checksums:
+        return {}
+    if "write_page_checksum" not in inspect.signature(pq.write_table).parameters:
+        raise MissingDependencyError(f"Parquet page checksums need pyarrow >= 15 (this is pyarrow {pa.__version__}): "
+                                     "pip install 'pyarrow>=15'")
+    return {"write_page_checksum": True}
 
 
 def _write_calibration(folder: Path, det: Detector, page_checksums: bool = False) -> None:
@@ -958,6 +969,7 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
     """
     _check_arguments(n_planets, seed, split, two_visit_fraction, background_fraction, row_group_frames,
                      cosmic_rate, compression)
+    _checksum_option(page_checksums)  # before anything is written
     n_bins, airs_frames, fgs1_frames = frame_counts(scale)
     n_planets, seed = int(n_planets), int(seed)
     row_group_frames = None if row_group_frames is None else int(row_group_frames)
