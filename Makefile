@@ -73,3 +73,21 @@ wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-index --no-deps --no-build-isolation \
 		-w "$(abspath $(DIST))" "$$src"
 	ls $(DIST)/arielstream-*.whl
+
+## The samples' quicklook (output/quicklook/) and a headless-browser screenshot of its page (output/quicklook.png).
+## Needs chromium (Debian: apt-get install chromium); skipped, saying so, without it.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+.PHONY: quicklook-screenshot
+quicklook-screenshot: $(STAMP)
+	@if [ -z "$(CHROMIUM)" ]; then \
+		echo "quicklook-screenshot: skipped: chromium not found (apt-get install chromium, or CHROMIUM=...)"; exit 0; fi; \
+	set -e; mkdir -p $(OUT); \
+	test -f $(OUT)/data_samples.h5 || $(BIN)/arielstream calibrate $(DATA) --split train -o $(OUT)/data_samples.h5 \
+		--memory $(MEMORY) --force; \
+	$(BIN)/arielstream quicklook $(OUT)/data_samples.h5 -o $(OUT)/quicklook; \
+	profile=$$(mktemp -d); trap 'rm -rf "$$profile"' EXIT; \
+	"$(CHROMIUM)" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+		--disable-component-update --disable-sync --user-data-dir="$$profile" --hide-scrollbars \
+		--screenshot="$(abspath $(OUT))/quicklook.png" --window-size=1400,2400 \
+		"file://$(abspath $(OUT))/quicklook/index.html" 2>/dev/null; \
+	test -s $(OUT)/quicklook.png; echo "$(OUT)/quicklook.png: screenshot of $(OUT)/quicklook/index.html"

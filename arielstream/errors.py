@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+def flag(name: str, value: Any = True, *, option: str | None = None) -> str:
+    """An option as the command line and Python name it, for messages that reach both.
+
+    ``flag("force")`` is ``--force (force=True from Python)``; ``flag("frozen", False)``
+    ``--frozen (frozen=False from Python)`` (for "without ..."); ``flag("memory", "8GB")``
+    ``--memory 8GB (memory='8GB' from Python)``; ``flag("jobs", ...)`` names the option
+    alone: ``--jobs (jobs=... from Python)``. ``name`` is the keyword argument's name;
+    ``option`` the command line's where it is not ``--name`` (``flag("output", ..., option="-o")``).
+    """
+    option = option or "--" + name.replace("_", "-")
+    if value is True or value is False or value is Ellipsis:
+        python = "..." if value is Ellipsis else repr(value)
+    else:
+        option, python = f"{option} {value}", repr(value)
+    return f"{option} ({name}={python} from Python)"
 
 
 class ConfigError(ValueError):

@@ -77,8 +77,9 @@ def test_the_estimate_charges_only_the_whole_series_cosmic_ray_rejection():
 
 
 @pytest.mark.parametrize("argv,code,message", [
-    (["--memory", "100TB"], EXIT_CONFIG, "--memory 100TB is more than this machine's memory"),
-    (["--memory", "10MB"], EXIT_CONFIG, "--memory 10MB: memory budget"),
+    (["--memory", "100TB"], EXIT_CONFIG,
+     "--memory 100TB (memory='100TB' from Python) is more than this machine's memory"),
+    (["--memory", "10MB"], EXIT_CONFIG, "--memory 10MB (memory='10MB' from Python): memory budget"),
 ], ids=["above-the-ram", "too-small"])
 def test_a_dry_run_refuses_what_the_run_refuses_with_its_exit_code(tmp_path, capsys, argv, code, message):
     """One check for both (``runner.checked_budget``): a dry run never says "fits" for what the run refuses."""

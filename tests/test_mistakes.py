@@ -98,7 +98,7 @@ def test_config_file_that_is_not_utf8_or_a_folder(capsys, tmp_path):
 
 def command_line_mistakes() -> list:
     return [
-        (["--memory", "2"], EXIT_CONFIG, "--memory 2: memory budget 2 B is too small"),
+        (["--memory", "2"], EXIT_CONFIG, "--memory 2 (memory='2' from Python): memory budget 2 B is too small"),
         (["--memory", f"{physical_memory() * 2}"], EXIT_CONFIG, "is more than this machine's memory"),
         (["--spatial-bin", "5"], EXIT_CONFIG,
          "spatial_bin must divide the 32 detector rows: one of 1, 2, 4, 8, 16, 32; got 5"),

@@ -259,18 +259,20 @@ def test_a_failed_rerun_leaves_the_previous_page_and_images_as_they_were(calibra
     before = snapshot(out)
     savefig, calls = matplotlib.figure.Figure.savefig, []
 
-    def disk_full_on_the_sixth(self, fname, *args, **kwargs):  # observation 1, second image (dq)
+    failing = len(quicklook.PLOTS) + 2  # observation 1, second image (dq)
+
+    def disk_full_on_the_dq_of_observation_1(self, fname, *args, **kwargs):
         calls.append(fname)
-        if len(calls) == 6:
+        if len(calls) == failing:
             Path(fname).write_bytes(PNG_SIGNATURE + b"\0\0\0\rIHDR")  # a truncated PNG, then the error
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fname))
         return savefig(self, fname, *args, **kwargs)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full_on_the_sixth)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full_on_the_dq_of_observation_1)
     failed = out / f"{stems(calibrated)[1]}_dq.png"
     with pytest.raises(OutputError, match=f"^{failed}: cannot write the quicklook image: .*No space left"):
         quicklook.quicklook(calibrated, out)
-    assert len(calls) == 6
+    assert len(calls) == failing
     assert snapshot(out) == before  # not one image replaced, no truncated one, no *.partial left
     monkeypatch.undo()
     assert quicklook.quicklook(calibrated, out).read_text().count("<section") == 3  # the re-run completes
@@ -298,3 +300,59 @@ def test_every_dq_bit_has_a_colour():
     from arielstream import dq as dqbits
 
     assert len(quicklook.DQ_COLOURS) >= len(dqbits.BITS) + 1
+
+
+def test_quick_depths_recover_a_box_transit_with_errors_from_the_scatter():
+    rng = np.random.default_rng(3)
+    t, w = 60, 4
+    depth = np.array([0.010, 0.012, 0.015, 0.011])
+    inside_true = (np.arange(t) >= 20) & (np.arange(t) < 40)
+    flux = 1.0 - inside_true[:, None] * depth[None, :] + rng.normal(0, 1e-4, (t, w))
+    err = np.full((t, w), 1e-4)
+    bins = quicklook.transit_bins(flux.mean(axis=1), err[:, 0] / 2)
+    assert bins is not None
+    inside, outside = bins
+    assert np.array_equal(inside, inside_true) and np.array_equal(outside, ~inside_true)
+    got, sigma, from_scatter = quicklook.quick_depths(flux, err, inside, outside)
+    assert from_scatter
+    assert np.all(np.abs(got - depth) < 5 * sigma) and np.all(sigma < 1e-4)
+    flat = 1.0 + rng.normal(0, 1e-4, t)
+    assert quicklook.transit_bins(flat, np.full(t, 1e-4)) is None  # no dip: no quick spectrum
+
+
+def test_the_airs_axis_is_the_files_wavelength_in_um(calibrated):
+    with h5py.File(calibrated, "r") as f:
+        wl = quicklook.wavelength_um(f, "AIRS-CH0")
+        assert wl is not None and np.array_equal(wl, f["AIRS-CH0/wavelength"][()])
+        assert f["AIRS-CH0/wavelength"].attrs["units"] in ("um", b"um")
+        assert quicklook.wavelength_um(f, "FGS1") is None
+        counts = quicklook.dq_time_counts(f["AIRS-CH0/dq_time"], 0)
+        assert counts.shape == (f["AIRS-CH0/time"].shape[0], 4) and counts.sum() > 0
+    assert np.allclose(quicklook.edges(np.array([1.0, 2.0, 4.0])), [0.5, 1.5, 3.0, 5.0])
+
+
+def test_a_spectrum_file_beside_the_source_is_drawn_instead_of_the_quick_estimate(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+    from arielstream.products import spectrum
+
+    source = tmp_path / "samples.h5"
+    shutil.copy(calibrated, source)
+    page = quicklook.quicklook(source, tmp_path / "quick", obs=[0]).read_text()
+    assert "quick estimates from the light curves" in page and "Quick estimate, not a fit" in page
+    submission = spectrum.default_submission(source)  # what `arielstream spectrum OUT.h5` writes by default
+    rows = [spectrum.submission_header(), ["73079497", *["0.005"] * 283, *["0.0002"] * 283]]
+    submission.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    page = quicklook.quicklook(source, tmp_path / "found", obs=[0]).read_text()
+    assert f"Spectra from {submission}" in page and "Quick estimate, not a fit" not in page
+    given = quicklook.SpectrumFile(submission)
+    with h5py.File(source, "r") as f:
+        from arielstream.products import lightcurves
+
+        lc = lightcurves.observation_light_curves(f, 0)
+    drawn = given.spectrum(lc)
+    assert drawn is not None and not drawn.quick and drawn.wavelength.size == 283
+    assert drawn.wavelength[0] == 0.7 and np.allclose(np.sort(drawn.wavelength[1:]), lc.wavelength)
+    (tmp_path / "bad.csv").write_text("not,a,spectrum\n")
+    with pytest.raises(InputError, match="cannot read the spectrum"):
+        quicklook.quicklook(source, tmp_path / "bad", spectrum=tmp_path / "bad.csv")
+    assert not (tmp_path / "bad").exists()

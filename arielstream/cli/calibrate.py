@@ -357,7 +357,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
-    print(f"{args.path}  (arielstream {info['arielstream_version']}, profile {info['profile']}, "
+    if "status_counts" not in info:  # a product: light curves or per-visit fits
+        print(f"{args.path}  {info['kind']}, format {info['format']} {info['format_version']} "
+              f"(arielstream {info['arielstream_version']}), from {info['source']}")
+        for name, d in info["datasets"].items():
+            dims = f"({', '.join(d['dims'])})" if "dims" in d else str(tuple(d["shape"]))
+            print(f"  {name:24s} {str(tuple(d['shape'])):16s} {d['dtype']:8s} {dims:28s} "
+                  f"{d.get('long_name', '')}{' [' + d['units'] + ']' if d.get('units') else ''}")
+        print(f"  observations: {len(info['observations'])}")
+        for o in info["observations"]:
+            print(f"    {o['planet_id']:>12d}  visit {o['visit']}")
+        return EXIT_OK
+    print(f"{args.path}  {info['kind']} (arielstream {info['arielstream_version']}, profile {info['profile']}, "
           f"split {info['split']})")
     if info["parts"]:
         print(f"  an index over {len(info['parts'])} part file(s): {', '.join(info['parts'])} (keep them beside it)")

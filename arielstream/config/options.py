@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, flag
 from ..layout import AIRS, INSTRUMENTS
 
 if sys.version_info >= (3, 11):
@@ -214,6 +214,24 @@ def build_config(base: CalibrationConfig | None = None, **options: Any) -> Calib
     ``profile`` is applied first (its defaults), then every other option, so
     ``build_config(profile="notebook", nonlinearity=True)`` is the notebook
     recipe with the non-linearity switched back on.
+
+    Parameters
+    ----------
+    base : CalibrationConfig, optional
+        The config to start from (default: the ``profile``'s, ``"default"`` when none is given).
+    **options
+        ``profile`` (``"default"``, ``"notebook"`` or ``"full"``) and any field of
+        :class:`CalibrationConfig` (``arielstream init-config`` lists them with their help).
+
+    Returns
+    -------
+    CalibrationConfig
+        The checked config, to pass to :func:`calibrate` as ``config=``.
+
+    Raises
+    ------
+    ConfigError
+        An unknown option or profile, or a value of the wrong type or out of range.
     """
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
@@ -378,7 +396,7 @@ class RunOptions:
         if self.task_timeout is not None and not 0 < self.task_timeout < float("inf"):
             raise ConfigError(f"task_timeout must be {must_be['task_timeout']}; got {self.task_timeout!r}")
         if self.backend == "dask" and not self.scheduler:
-            raise ConfigError("the dask backend needs a scheduler address (--scheduler tcp://host:8786)")
+            raise ConfigError(f"the dask backend needs a scheduler address: {flag('scheduler', 'tcp://HOST:8786')}")
 
 
 CONFIG_TABLES = ("calibration", "run")  # the tables of a config file
@@ -424,7 +442,27 @@ def load_run_options(toml_path: str | Path | None = None, **overrides: Any) -> R
 
 
 def load_config(toml_path: str | Path | None = None, **overrides: Any) -> CalibrationConfig:
-    """Defaults < TOML file ``[calibration]`` table < explicit overrides (the CLI)."""
+    """A config from defaults < a TOML file's ``[calibration]`` table < explicit overrides (the CLI's).
+
+    Parameters
+    ----------
+    toml_path : str or Path, optional
+        A config file (``arielstream init-config`` writes one); none: the defaults.
+    **overrides
+        Options as :func:`build_config` takes them; ``None`` values are ignored (an option
+        not given on the command line), and a ``profile`` replaces the file's.
+
+    Returns
+    -------
+    CalibrationConfig
+        The checked config.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or parsed, or holds an unknown table, option or a bad value
+        (the message names the file).
+    """
     options: dict[str, Any] = {}
     if toml_path is not None:
         options.update(_table(read_toml(toml_path), "calibration", toml_path))

@@ -34,7 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import ArielstreamError, ConfigError, ConfigMismatchError, LockBusyError, OutputError
+from ..errors import ArielstreamError, ConfigError, ConfigMismatchError, LockBusyError, OutputError, flag
 from ..layout import Observation
 from . import atomic
 from .schema import ATTR_LAST_PART, INPUTS, PART, PART_INDEX, PLANET_ID, STATUS_DONE, VISIT
@@ -260,8 +260,8 @@ class PreparedOutput:
 def refused(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchError:
     """The error refusing to mix a run's results with ``path``, made differently (``problems``)."""
     return ConfigMismatchError(f"{path}: made by a different run: {'; '.join(problems)}{hint}. Refusing to mix "
-                               "results: use --force (force=True from Python) to recompute it, or write elsewhere "
-                               "with a different -o or --run")
+                               f"results: use {flag('force')} to recompute it, or write elsewhere with a different "
+                               f"{flag('output', ..., option='-o')} or {flag('run', ...)}")
 
 
 def _part_number(path: Path) -> int:

@@ -69,6 +69,8 @@ PROVENANCE_BYTES = 4096
 INPUTS_BYTES = 2048
 CHECKSUM_BYTES = 16  # hex of an 8-byte BLAKE2b digest (arielstream.io.store.checksum)
 
+# units: UDUNITS-2 strings only (CF); UDUNITS has no "electron": counts of electrons are "count", said in long_name
+COUNT = "count"
 TIME_REFERENCE = "hours from the start of each observation (the time axis of axis_info.parquet, same for all)"
 
 
@@ -202,15 +204,16 @@ FIELDS: tuple[Field, ...] = (
     Field(PART, "<i2", _PER_OBS, "part file holding the observation", _ROOT, Written.INDEX, Coverage.INDEX),
     Field(PART_INDEX, "<i4", _PER_OBS, "observation index in its part file", _ROOT, Written.INDEX, Coverage.INDEX),
     # each instrument: the planes every file has
-    Field(SIGNAL, "<f4", _CUBE, "calibrated signal per time bin", units="electrons per time bin (flat-fielded)",
-          fill=_NAN),
+    Field(SIGNAL, "<f4", _CUBE, "calibrated signal per time bin (electrons, flat-fielded)", units=COUNT,
+          notes=(("comment", "electrons per time bin (flat-fielded)"),), fill=_NAN),
     Field(DQ, "<u2", _PLANE, "data-quality bits", flags=Flags.of("flag_masks", dqbits.BITS)),
-    Field(READ_NOISE, "<f4", _PLANE, "read noise per read", units="electrons per read (read.parquet; NaN if absent)",
-          fill=_NAN),
+    Field(READ_NOISE, "<f4", _PLANE, "read noise per read (electrons)", units=COUNT,
+          notes=(("comment", "electrons per read (read.parquet; NaN if absent)"),), fill=_NAN),
     # the optional planes, each added by the steps named
     Field(DQ_TIME, "|u1", _CUBE, "data-quality bits per time bin", flags=Flags.of("flag_masks", dqbits.TIME_BITS),
           added_by=("cosmic_rays", "interpolate_bad_pixels", "spatial_outliers")),
-    Field(BACKGROUND, "<f4", (OBS_AXIS, TIME_AXIS, X_AXIS), "background per time bin", fill=_NAN,
+    Field(BACKGROUND, "<f4", (OBS_AXIS, TIME_AXIS, X_AXIS), "background per time bin (electrons)", units=COUNT,
+          fill=_NAN,
           axes_by_instrument=((FGS1.name, _PER_BIN),), added_by=("background",)),
     Field(TRACE_ROW, "<f4", _PER_BIN, "trace row", fill=_NAN, instruments=(AIRS.name,), added_by=("tracking",)),
     Field(CENTROID, "<f4", (OBS_AXIS, TIME_AXIS, XY_AXIS), "FGS1 centroid (x, y)", fill=_NAN,

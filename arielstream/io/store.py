@@ -71,6 +71,7 @@ import numpy as np
 from .. import dq as dqbits
 from ..errors import OutputError
 from ..layout import INSTRUMENTS, Observation
+from . import cf
 from .schema import (
     ATTR_CONVENTIONS,
     ATTR_DQ_BITS,
@@ -257,20 +258,19 @@ def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: di
     and ``row`` (per instrument) with their coordinate variables. Only attributes and a few
     small datasets are added: the data stay contiguous, at the offsets the memmaps use.
     """
-    obs_scale = f.create_dataset(OBS, data=np.arange(f[PLANET_ID].shape[0], dtype=ROOT[OBS].dtype))
-    obs_scale.make_scale(OBS)
+    obs_scale = cf.scale(f, OBS, np.arange(f[PLANET_ID].shape[0], dtype=ROOT[OBS].dtype))
     for spec in ROOT.values():
         if spec.written in (Written.HEADER, Written.MEMMAP):
-            f[spec.name].dims[0].attach_scale(obs_scale)
+            cf.attach(f[spec.name], obs_scale)
             if spec.written is Written.MEMMAP:
                 f[spec.name].attrs["coordinates"] = f"{PLANET_ID} {VISIT}"
     x_coordinates = [spec.name for spec in AXES.values() if spec.axes == (X_AXIS,)]
     for lay in layouts:
         g = f[lay.name]
         x_name = scale_name(X_AXIS, lay.name)
-        row = g.create_dataset(ROW, data=np.arange(lay.plane_shape[1], dtype=AXES[ROW].dtype))
-        for scale in (TIME, x_name, ROW):
-            g[scale].make_scale(scale)
+        row = cf.scale(g, ROW, np.arange(lay.plane_shape[1], dtype=AXES[ROW].dtype))
+        for scale in (TIME, x_name):
+            cf.scale(g, scale, None)
         for name in x_coordinates:
             if name != x_name:
                 g[name].dims[0].attach_scale(g[x_name])
@@ -279,14 +279,9 @@ def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: di
             if not key.startswith(f"{lay.name}/"):
                 continue
             ds = f[key]
-            for i, axis in enumerate(plane_axes):
-                if axis == XY_AXIS:  # the centroid's (x, y) pair
-                    if XY not in g:
-                        g.create_dataset(XY, data=np.array([v.encode() for v in XY_VALUES], dtype=AXES[XY].dtype)
-                                         ).make_scale(XY)
-                    ds.dims[i].attach_scale(g[XY])
-                    continue
-                ds.dims[i].attach_scale(scales[axis])
+            if XY_AXIS in plane_axes:  # the centroid's (x, y) pair
+                scales[XY_AXIS] = cf.scale(g, XY, np.array([v.encode() for v in XY_VALUES], dtype=AXES[XY].dtype))
+            cf.attach(ds, *(scales[axis] for axis in plane_axes))
             aux = [n for n in x_coordinates if n != x_name and X_AXIS in plane_axes]
             if aux:
                 ds.attrs["coordinates"] = " ".join(aux)
@@ -436,7 +431,7 @@ def _write_index(path: Path, entries: list[IndexEntry], part_sizes: dict[str, in
             datasets[key] = f.create_virtual_dataset(key, virtual, fillvalue=fill)
         _describe_data(f, layouts, datasets, axes)
         for name in (PART, PART_INDEX):
-            f[name].dims[0].attach_scale(f[OBS])
+            cf.attach(f[name], f[OBS])
             f[name].attrs["long_name"] = ROOT[name].long_name
         f.flush()
     return {}

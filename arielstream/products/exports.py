@@ -296,6 +296,11 @@ def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: n
     step = _uniform_step(time)
     header["CTYPE3"], header["CUNIT3"] = ("TIME" if step is not None else "TIME-TAB"), "h"
     header["CNAME3"] = "time from the start of the observation"
+    # FITS time (WCS Paper VII, FITS 4.0 sec. 9): no absolute epoch is known, so a LOCAL time scale (the standard's
+    # scale for relative / simulated clocks) whose reference MJDREF = 0 is the start of the observation
+    header["TIMESYS"] = ("LOCAL", "relative time, from the observation start")
+    header["MJDREFI"], header["MJDREFF"] = (0, "reference: the observation start"), (0.0, "no absolute epoch")
+    header["TIMEUNIT"] = ("h", "time unit: hours")
     if step is not None:
         header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, float(time[0]), step
     else:
@@ -492,7 +497,35 @@ def export_table(path: str | Path, out_dir: str | Path, fmt: str = "csv", *,
 
 # ---------------------------------------------------------------- one entry point
 def export(path: str | Path, out_dir: str | Path, fmt: str, **options: Any) -> list[Path]:
-    """Export ``path`` as ``fmt`` (npy, fits, csv, parquet) into ``out_dir``; the files written."""
+    """Export ``path`` as ``fmt`` (npy, fits, csv, parquet) into ``out_dir``; the files written.
+
+    Parameters
+    ----------
+    path : str or Path
+        A calibrated file (the output of :func:`arielstream.calibrate`).
+    out_dir : str or Path
+        The folder to write into (created if needed).
+    fmt : str
+        ``"npy"`` (the notebook's ``data_<split>.npy``), ``"fits"`` (one file per observation),
+        ``"csv"`` or ``"parquet"`` (the long light-curve table).
+    **options
+        The format's options: ``dtype``, ``wavelength_order``, ``fill_value``, ``visits`` (npy);
+        ``overwrite`` (fits); the extraction's (csv, parquet); ``observations`` (all).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``fmt``.
+    InputError
+        ``path`` is not a calibrated file, or an observation asked for is not done.
+    ConfigError
+        ``out_dir`` is ``path``, one of its side files, or inside its data folder.
+    """
     check_product_target(out_dir, path)
     if fmt == "npy":
         return list(export_npy(path, out_dir, **options).values())

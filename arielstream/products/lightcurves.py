@@ -73,10 +73,12 @@ The light-curve file written by :func:`extract`
 -----------------------------------------------
 ``obs`` counts the *done* observations of the source file, in its order::
 
-    attrs: format = "arielstream-lightcurves", format_version, source (path), source_config (JSON),
+    attrs: format = "arielstream-lightcurves", format_version, Conventions, title,
+           source (the calibrated file, relative to this one), source_config (JSON),
            profile, arielstream_version (of the source), extracted_with (this version),
-           half_width, weighted, fgs1_radius, background, background_gap, variance_model, units
-    /planet_id (obs,) int64     /visit (obs,) int16     /source_index (obs,) int64: obs index in the source
+           half_width, weighted, fgs1_radius, background, background_gap, variance_model
+    /obs (obs,) int32 dimension     /planet_id (obs,) int64     /visit (obs,) int16
+    /source_index (obs,) int64: obs index in the source
     /AIRS-CH0/time (t,) float64 hours
     /AIRS-CH0/wavelength (w,) float64 µm ascending   /wavelength_label (w,) S8   /column (w,) as the source
     /AIRS-CH0/flux, /flux_err (obs, t, w) float64    electrons per bin (spectral light curves)
@@ -87,7 +89,12 @@ The light-curve file written by :func:`extract`
     /FGS1/time (t,) float64 hours
     /FGS1/flux, /flux_err (obs, t) float64           /FGS1/centroid (obs, t, 2) float64 (x, y) px
     /FGS1/aperture_centre (obs, 2) float64 (x, y)     /FGS1/n_pixels (obs,) int16
-    /FGS1/wavelength () float64 µm (0.7, wl_1)
+    /FGS1/wavelength () float64 µm (0.7, wl_1): a scalar coordinate (a photometer: no wavelength axis)
+
+Every axis is a named dimension (HDF5 dimension scales, :mod:`arielstream.io.cf`): ``obs``, and in
+each group ``time``; AIRS-CH0 ``wavelength`` and ``edge`` (of ``aperture_rows``), FGS1 ``xy``. Each
+dataset has a ``long_name``; fluxes ``units = "count"`` (electrons: UDUNITS has no electron unit),
+times ``"hours"``, wavelengths ``"um"``; float datasets a NaN ``_FillValue``.
 
 An instrument the source does not hold is absent. The file is written as
 ``LC.h5.partial`` and renamed when complete.
@@ -97,6 +104,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +118,7 @@ from .._version import __version__
 from ..calibration import frame_steps
 from ..config.options import build_config
 from ..errors import ArielstreamError, InputError
+from ..io import cf
 from ..io import schema as _schema
 from ..io import store as _s
 from ..io.atomic import atomic_write, output_errors
@@ -391,6 +400,11 @@ class LightCurves:
     fgs1_aperture_centre: tuple[float, float] = (float("nan"), float("nan"))
     fgs1_n_pixels: int = 0
 
+    def __repr__(self) -> str:  # one line: the shapes, not the arrays
+        held = [f"AIRS flux {self.airs_flux.shape} (time, wavelength)"] if self.airs_flux is not None else []
+        held += [f"FGS1 flux {self.fgs1_flux.shape} (time,)"] if self.fgs1_flux is not None else []
+        return f"<LightCurves {self.planet_id}/visit {self.visit} (index {self.index}): {', '.join(held) or 'empty'}>"
+
 
 def file_config(f: h5py.File) -> dict[str, Any]:
     """The source file's calibration config (JSON attribute) as a dict."""
@@ -581,7 +595,39 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     """Write the light curves of every done observation of ``path`` to ``out_path`` (layout in the module doc).
 
     Streamed: one observation (and within it one block of time bins) at a time.
-    Returns the path written (default ``OUT.lightcurves.h5`` beside the input).
+
+    Parameters
+    ----------
+    path : str or Path
+        A calibrated file (the output of :func:`arielstream.calibrate`).
+    out_path : str or Path, optional
+        The light-curve file to write (default ``OUT.lightcurves.h5`` beside ``path``).
+    half_width : int
+        Rows each side of the AIRS trace in the aperture.
+    weighted : bool
+        Optimal (variance-weighted) extraction instead of a box sum.
+    fgs1_radius : float
+        Radius in pixels of the FGS1 aperture.
+    background : bool
+        Subtract the per-column background measured off the trace.
+    observations : sequence of int, optional
+        Indices of the observations to extract (default every done one).
+    block_bytes : int
+        Bytes of time bins read at a time.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        ``half_width`` < 0 or ``fgs1_radius`` <= 0.
+    InputError
+        ``path`` is not a calibrated file, or an observation asked for is not done.
+    ConfigError
+        ``out_path`` is ``path``, one of its side files, or inside its data folder.
     """
     path = Path(path)
     out = Path(out_path) if out_path is not None else default_output(path)
@@ -601,46 +647,89 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     return out
 
 
+def relative_source(source: Path, product: str | Path) -> str:
+    """Where ``source`` is, relative to the folder of the product file ``product`` (never an absolute local path)."""
+    return Path(os.path.relpath(Path(source).resolve(), Path(product).resolve().parent)).as_posix()
+
+
+_FLUX_COMMENT = "electrons per time bin (flat-fielded); UDUNITS has no electron unit"
+_NAN_FILL = {"_FillValue": np.nan}
+
+
 def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list[int], *, half_width: int,
                         weighted: bool, fgs1_radius: float, background: bool, block_bytes: int) -> None:
     n = len(chosen)
     dst.attrs.update({
         _schema.ATTR_FORMAT: LC_FORMAT_NAME, _schema.ATTR_FORMAT_VERSION: LC_FORMAT_VERSION,
-        "source": str(path.resolve()),
+        _schema.ATTR_CONVENTIONS: _schema.CONVENTIONS,
+        "title": "arielstream light curves (spectral and white-light, per done observation)",
+        "source": relative_source(path, dst.filename),
         "source_config": text(src.attrs.get("config", "{}")), "profile": text(src.attrs.get("profile", "")),
         "arielstream_version": text(src.attrs.get("arielstream_version", "")),
         "extracted_with": __version__, "half_width": int(half_width), "weighted": bool(weighted),
         "fgs1_radius": float(fgs1_radius), "background": bool(background),
         "background_gap": BACKGROUND_GAP, "variance_model": VARIANCE_MODEL,
-        "units": "flux: electrons per time bin (flat-fielded); time: hours; wavelength: um",
     })
-    dst.create_dataset(_schema.PLANET_ID, data=src[_schema.PLANET_ID][()][chosen].astype(np.int64))
-    dst.create_dataset(_schema.VISIT, data=src[_schema.VISIT][()][chosen].astype(np.int16))
-    dst.create_dataset("source_index", data=np.array(chosen, dtype=np.int64))
+    obs = cf.scale(dst, _schema.OBS, np.arange(n, dtype=np.int32), "done observation (one planet visit)")
+    for name, data, long_name in ((_schema.PLANET_ID, src[_schema.PLANET_ID][()][chosen].astype(np.int64),
+                                   "planet id"),
+                                  (_schema.VISIT, src[_schema.VISIT][()][chosen].astype(np.int16),
+                                   "visit of the planet"),
+                                  ("source_index", np.array(chosen, dtype=np.int64),
+                                   "observation index in the calibrated file")):
+        cf.describe(cf.attach(dst.create_dataset(name, data=data), obs), long_name)
     targets: dict[str, h5py.Dataset] = {}
     held = _s.instruments_in(src)
+    time_attrs = {"long_name": "mean time of the frames of each bin", "units": "hours",
+                  "reference": _schema.TIME_REFERENCE}
     if AIRS.name in held:
         g, s = dst.create_group(AIRS.name), src[AIRS.name]
         order = target_order(s[_schema.WAVELENGTH][()])
-        t, w = s[_schema.TIME].shape[0], order.shape[0]
-        g.create_dataset(_schema.TIME, data=s[_schema.TIME][()]).attrs["units"] = "hours"
-        g.create_dataset(_schema.WAVELENGTH, data=s[_schema.WAVELENGTH][()][order]).attrs["units"] = "um"
-        g.create_dataset(_schema.WAVELENGTH_LABEL, data=s[_schema.WAVELENGTH_LABEL][()][order])
-        g.create_dataset(_schema.COLUMN, data=s[_schema.COLUMN][()][order])
-        for name, shape, dtype in (("flux", (n, t, w), "f8"), ("flux_err", (n, t, w), "f8"),
-                                   ("white_flux", (n, t), "f8"), ("white_flux_err", (n, t), "f8"),
-                                   ("n_pixels", (n, w), "i2"), ("n_filled", (n, w), "i2"), ("trace_row", (n,), "f8"),
-                                   ("aperture_rows", (n, 2), "i2")):
-            targets[f"{AIRS.name}/{name}"] = g.create_dataset(name, shape=shape, dtype=dtype)
+        time = cf.scale(g, _schema.TIME, s[_schema.TIME][()], **time_attrs)
+        wavelength = cf.scale(g, _schema.WAVELENGTH, s[_schema.WAVELENGTH][()][order], "wavelength", "um",
+                              standard_name="radiation_wavelength")
+        edge = cf.scale(g, "edge", np.arange(2, dtype=np.int8), "aperture edge (0: first row, 1: last row)")
+        cf.describe(cf.attach(g.create_dataset(_schema.WAVELENGTH_LABEL, data=s[_schema.WAVELENGTH_LABEL][()][order]),
+                              wavelength), "target label (wl_k)")
+        cf.describe(cf.attach(g.create_dataset(_schema.COLUMN, data=s[_schema.COLUMN][()][order]), wavelength),
+                    "detector column")
+        labels = f"{_schema.WAVELENGTH_LABEL} {_schema.COLUMN}"
+        for name, dims, dtype, long_name, units, extra in (
+                ("flux", (obs, time, wavelength), "f8", "spectral light curve (electrons per time bin)",
+                 _schema.COUNT, {"comment": _FLUX_COMMENT, "coordinates": labels}),
+                ("flux_err", (obs, time, wavelength), "f8", "1-sigma uncertainty of flux (electrons per time bin)",
+                 _schema.COUNT, {"coordinates": labels}),
+                ("white_flux", (obs, time), "f8", "white-light curve (electrons per time bin)", _schema.COUNT,
+                 {"comment": _FLUX_COMMENT}),
+                ("white_flux_err", (obs, time), "f8", "1-sigma uncertainty of white_flux (electrons per time bin)",
+                 _schema.COUNT, {}),
+                ("n_pixels", (obs, wavelength), "i2", "usable aperture pixels of each wavelength", "",
+                 {"coordinates": labels}),
+                ("n_filled", (obs, wavelength), "i2", "bad aperture pixels filled from the spatial profile", "",
+                 {"coordinates": labels}),
+                ("trace_row", (obs,), "f8", "trace row (detector pixel row)", "", {}),
+                ("aperture_rows", (obs, edge), "i2", "first and last detector row of the aperture", "", {})):
+            targets[f"{AIRS.name}/{name}"] = _product_dataset(g, name, dims, dtype, long_name, units, extra)
     if FGS1.name in held:
         g, s = dst.create_group(FGS1.name), src[FGS1.name]
-        t = s[_schema.TIME].shape[0]
-        g.create_dataset(_schema.TIME, data=s[_schema.TIME][()]).attrs["units"] = "hours"
-        g.create_dataset(_schema.WAVELENGTH, data=np.float64(FGS1_WAVELENGTH_UM)).attrs["units"] = "um"
-        for name, shape, dtype in (("flux", (n, t), "f8"), ("flux_err", (n, t), "f8"),
-                                   ("centroid", (n, t, 2), "f8"), ("aperture_centre", (n, 2), "f8"),
-                                   ("n_pixels", (n,), "i2")):
-            targets[f"{FGS1.name}/{name}"] = g.create_dataset(name, shape=shape, dtype=dtype)
+        time = cf.scale(g, _schema.TIME, s[_schema.TIME][()], **time_attrs)
+        xy = cf.scale(g, _schema.XY, np.array([v.encode() for v in _schema.XY_VALUES], dtype="S1"),
+                      "detector axis (x: column, y: row)")
+        # a photometer: no wavelength axis; its band's nominal wavelength (wl_1) as a scalar coordinate
+        cf.describe(g.create_dataset(_schema.WAVELENGTH, data=np.float64(FGS1_WAVELENGTH_UM)),
+                    "nominal wavelength of the FGS1 photometer band (wl_1)", "um",
+                    standard_name="radiation_wavelength")
+        for name, dims, dtype, long_name, units, extra in (
+                ("flux", (obs, time), "f8", "FGS1 photometric light curve (electrons per time bin)", _schema.COUNT,
+                 {"comment": _FLUX_COMMENT, "coordinates": _schema.WAVELENGTH}),
+                ("flux_err", (obs, time), "f8", "1-sigma uncertainty of flux (electrons per time bin)", _schema.COUNT,
+                 {"coordinates": _schema.WAVELENGTH}),
+                ("centroid", (obs, time, xy), "f8", "FGS1 centroid (detector column, row)", "1",
+                 {"comment": "in detector pixels"}),
+                ("aperture_centre", (obs, xy), "f8", "FGS1 aperture centre (detector column, row)", "1",
+                 {"comment": "in detector pixels"}),
+                ("n_pixels", (obs,), "i2", "pixels in the FGS1 aperture", "", {})):
+            targets[f"{FGS1.name}/{name}"] = _product_dataset(g, name, dims, dtype, long_name, units, extra)
     for k, index in enumerate(chosen):
         lc = observation_light_curves(src, index, half_width=half_width, weighted=weighted,
                                       fgs1_radius=fgs1_radius, background=background,
@@ -659,6 +748,16 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
         for key, ds in targets.items():
             ds[k] = values[key]
         log.info("[%d/%d] %d/visit %d: light curves extracted", k + 1, n, lc.planet_id, lc.visit)
+
+
+def _product_dataset(g: h5py.Group, name: str, dims: tuple[h5py.Dataset, ...], dtype: str, long_name: str,
+                     units: str, extra: dict[str, Any]) -> h5py.Dataset:
+    """A dataset of the light-curve file, its axes named by ``dims``; NaN-filled (``_FillValue``) when float."""
+    floating = np.dtype(dtype).kind == "f"
+    ds = g.create_dataset(name, shape=tuple(d.shape[0] for d in dims), dtype=dtype,
+                          fillvalue=np.nan if floating else None)
+    cf.describe(cf.attach(ds, *dims), long_name, units, **(_NAN_FILL if floating else {}), **extra)
+    return ds
 
 
 def is_lightcurve_file(f: h5py.File) -> bool:

@@ -280,6 +280,24 @@ class Results:
 
 
 def open(path: str | Path) -> Results:  # shadows the builtin on purpose: arielstream.open(OUT.h5)
-    """Open a calibrated file read-only; use as a context manager (``with arielstream.open(p) as res``)."""
+    """Open a calibrated file read-only; use as a context manager (``with arielstream.open(p) as res``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The output of :func:`calibrate` (a single file, or an index with its parts folder).
+
+    Returns
+    -------
+    Results
+        The file's observations (``res.airs(i)``, ``res.fgs1(i)``, ``res.to_xarray()``, ...);
+        ``close()`` it, or use it in a ``with`` block.
+
+    Raises
+    ------
+    InputError
+        ``path`` is missing, unreadable or not an arielstream output, or one of its parts
+        is lost or damaged.
+    """
     return Results(path)
 

@@ -48,12 +48,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from .._version import __version__
 from ..errors import InputError, OutputError
+from ..io import cf
 from ..io import schema as _schema
 from ..io.atomic import output_errors, staged
 from ..io.output import UnsafeTargetError, check_product_target
@@ -554,6 +556,11 @@ class Spectra:
     sigma: np.ndarray
     visits: list[VisitFit]
 
+    def __repr__(self) -> str:  # one line: the shapes, not the arrays
+        planets = ", ".join(str(int(p)) for p in self.planet_id[:5]) + (", ..." if len(self.planet_id) > 5 else "")
+        return (f"<Spectra {len(self.planet_id)} planet(s) [{planets}]: depth and sigma {self.depth.shape} "
+                f"(planet, target), {len(self.visits)} visit fit(s)>")
+
 
 def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | None) -> dict[int, dict[str, float]]:
     if star_info is False:
@@ -580,6 +587,34 @@ def spectrum(path: str | Path, *, degree: int = DEFAULT_DEGREE, decorrelate: boo
     durations without it. ``extraction`` goes to
     :func:`.lightcurves.observation_light_curves` (``half_width``, ``weighted``, …).
     Reads one observation at a time.
+
+    Parameters
+    ----------
+    path : str or Path
+        A calibrated file (the output of :func:`arielstream.calibrate`).
+    degree : int
+        Degree of the baseline polynomial of each fit.
+    decorrelate : bool
+        Decorrelate against the FGS1 centroid.
+    star_info : str, Path or bool, optional
+        A ``<split>_star_info.csv``; default the data folder's, ``False`` fits without it.
+    observations : sequence of int, optional
+        Indices of the observations to fit (default every done one).
+    **extraction
+        Options of the light curves' extraction (``half_width``, ``weighted``, ...).
+
+    Returns
+    -------
+    Spectra
+        Per planet ``depth`` and ``sigma`` ``(planets, 283)``, and the per-visit fits.
+
+    Raises
+    ------
+    ValueError
+        ``degree`` < 0.
+    InputError
+        ``path`` is not a calibrated file, an observation asked for is not done, or no
+        observation gave a spectrum.
     """
     path = Path(path)
     if degree < 0:
@@ -642,24 +677,58 @@ def _write_csv(partial: Path, spectra: Spectra) -> None:
 
 
 def _write_fits(partial: Path, spectra: Spectra, source: Path, degree: int) -> None:
+    """The per-visit fits, netCDF-4 readable: dimensions ``fit``, ``target`` (wl_k) and ``coefficient``.
+
+    ``fit``: one fitted visit; ``coefficient``: of the baseline polynomial. FGS1, a photometer, is
+    target 1: the file has no wavelength axis.
+    """
     v = spectra.visits
     with h5py.File(partial, "w") as f:
         f.attrs.update({_schema.ATTR_FORMAT: FITS_FORMAT_NAME, _schema.ATTR_FORMAT_VERSION: FITS_FORMAT_VERSION,
-                        "source": str(source.resolve()), "fitted_with": __version__, "degree": degree,
-                        "units": "time: hours; depth: fraction of the stellar flux; residual_rms: relative flux",
+                        _schema.ATTR_CONVENTIONS: _schema.CONVENTIONS,
+                        "title": "arielstream per-visit transit fits",
+                        "source": lc.relative_source(source, partial), "fitted_with": __version__, "degree": degree,
                         "targets": "wl_1 (FGS1), wl_2 ... wl_283 (AIRS ascending)"})
-        f["planet_id"] = np.array([x.planet_id for x in v], dtype=np.int64)
-        f["visit"] = np.array([x.visit for x in v], dtype=np.int16)
-        f["source_index"] = np.array([x.index for x in v], dtype=np.int64)
-        for name in ("t0", "t14", "t23", "chi2"):
-            f[f"timing/{name}"] = np.array([getattr(x.timing, name) for x in v], dtype=np.float64)
-        f["timing/durations"] = np.array([x.timing.durations for x in v], dtype="S24")
-        f["white_depth"] = np.array([x.white_depth for x in v])
-        f["white_sigma"] = np.array([x.white_sigma for x in v])
-        f["n_regressors"] = np.array([x.n_regressors for x in v], dtype=np.int16)
-        for name in ("depth", "sigma", "chi2_dof", "residual_rms"):
-            f[name] = np.stack([getattr(x, name) for x in v])
-        f["baseline"] = np.stack([x.baseline for x in v])
+        fit = cf.scale(f, "fit", np.arange(len(v), dtype=np.int32), "fitted observation (one planet visit)")
+        target = cf.scale(f, "target", np.arange(1, N_TARGETS + 1, dtype=np.int16),
+                          "target k of wl_k (1: FGS1 photometer, 2 ... 283: AIRS-CH0 by ascending wavelength)")
+        baseline = np.stack([x.baseline for x in v]).astype(np.float64)
+        coefficient = cf.scale(f, "coefficient", np.arange(baseline.shape[-1], dtype=np.int16),
+                               "power of time of the baseline polynomial's coefficient")
+        nan = {"_FillValue": np.nan}
+
+        def put(name: str, data: np.ndarray, dims: tuple[h5py.Dataset, ...], long_name: str, units: str = "",
+                **attrs: Any) -> None:
+            floating = data.dtype.kind == "f"
+            ds = f.create_dataset(name, data=data, fillvalue=np.nan if floating else None)
+            cf.describe(cf.attach(ds, *dims), long_name, units, **(nan if floating else {}), **attrs)
+
+        put("planet_id", np.array([x.planet_id for x in v], dtype=np.int64), (fit,), "planet id")
+        put("visit", np.array([x.visit for x in v], dtype=np.int16), (fit,), "visit of the planet")
+        put("source_index", np.array([x.index for x in v], dtype=np.int64), (fit,),
+            "observation index in the calibrated file")
+        hours = {"reference": "hours from the start of each observation"}
+        for name, long_name, units, attrs in (("t0", "mid-transit time", "hours", hours),
+                                              ("t14", "transit duration, first to fourth contact", "hours", {}),
+                                              ("t23", "transit duration, second to third contact", "hours", {}),
+                                              ("chi2", "chi-square of the white-light timing fit", "1", {})):
+            put(f"timing/{name}", np.array([getattr(x.timing, name) for x in v], dtype=np.float64), (fit,),
+                long_name, units, **attrs)
+        put("timing/durations", np.array([x.timing.durations for x in v], dtype="S24"), (fit,),
+            "how the durations were found")
+        put("white_depth", np.array([x.white_depth for x in v], dtype=np.float64), (fit,),
+            "white-light transit depth (fraction of the stellar flux)", "1")
+        put("white_sigma", np.array([x.white_sigma for x in v], dtype=np.float64), (fit,),
+            "1-sigma uncertainty of white_depth", "1")
+        put("n_regressors", np.array([x.n_regressors for x in v], dtype=np.int16), (fit,),
+            "decorrelation regressors of the fit")
+        for name, long_name in (("depth", "transit depth (fraction of the stellar flux)"),
+                                ("sigma", "1-sigma uncertainty of depth"),
+                                ("chi2_dof", "reduced chi-square of the depth fit"),
+                                ("residual_rms", "rms of the fit's residuals (relative flux)")):
+            put(name, np.stack([getattr(x, name) for x in v]).astype(np.float64), (fit, target), long_name, "1")
+        put("baseline", baseline, (fit, target, coefficient),
+            "baseline polynomial coefficients (relative flux per hour**k)")
 
 
 def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str | Path | None = None,

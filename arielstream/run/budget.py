@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MemoryBudgetError, OutOfMemoryError
+from ..errors import MemoryBudgetError, OutOfMemoryError, flag
 from ..units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def effective_budget(budget: int) -> int:
     """``budget``, or the container's memory limit (cgroup ``memory.max``) when that is lower (logged)."""
     limit = cgroup_memory_limit()
     if limit is not None and limit < budget:
-        log.warning("--memory %s is above this container's memory limit %s (cgroup memory.max): planning for %s",
-                    format_bytes(budget), format_bytes(limit), format_bytes(limit))
+        log.warning("%s is above this container's memory limit %s (cgroup memory.max): planning for %s",
+                    flag("memory", format_bytes(budget)), format_bytes(limit), format_bytes(limit))
         return limit
     return budget
 

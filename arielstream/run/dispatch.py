@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..config.options import RunOptions
-from ..errors import ArielstreamError, InputError, MissingDependencyError, OutputError, RunInterrupted
+from ..errors import ArielstreamError, InputError, MissingDependencyError, OutputError, RunInterrupted, flag
 from ..io.ledger import Ledger
 from ..io.output import PreparedOutput
 from ..io.schema import STATUS_FAILED, STATUS_RUNNING
@@ -322,8 +322,8 @@ def _dask_client(scheduler: str | None):
         # (runner.check_options refuses this before anything is written; here if it went since)
         raise MissingDependencyError.of("the dask backend", "dask.distributed", "dask[distributed]", "dask") from None
     if not scheduler:
-        raise ArielstreamError("the dask backend needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786)")
+        raise ArielstreamError(f"the dask backend needs a scheduler address: {flag('scheduler', 'tcp://HOST:8786')}")
     try:
         return Client(scheduler)
     except (OSError, TimeoutError) as exc:
-        raise ArielstreamError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc})") from None
+        raise ArielstreamError(f"{flag('scheduler', scheduler)}: cannot reach the dask scheduler ({exc})") from None

@@ -47,7 +47,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import ConfigMismatchError
+from ..errors import ConfigMismatchError, flag
 from ..io import atomic
 from ..io.ledger import Ledger
 from ..io.manifest import fingerprint_changes
@@ -153,8 +153,8 @@ def _sort_missing(output: Path, missing: list[Key], found: OnDisk, on_disk: set[
     if selected_out:
         log.info("%s: %d observation(s) not selected by this run are kept as they are", output, len(selected_out))
     if gone_kept:
-        log.warning("%s: %d observation(s) no longer in the data folder are kept (%s); --drop-missing leaves them "
-                    "out", output, len(gone_kept), ", ".join(f"{p}/visit {v}" for p, v in gone_kept))
+        log.warning("%s: %d observation(s) no longer in the data folder are kept (%s); %s leaves them out", output,
+                    len(gone_kept), ", ".join(f"{p}/visit {v}" for p, v in gone_kept), flag("drop_missing"))
     if counts["dropped"]:
         log.warning("%s: %d observation(s) no longer in the data folder are left out (%s)", output,
                     len(counts["dropped"]), ", ".join(f"{p}/visit {v}" for p, v in counts["dropped"]))
@@ -168,8 +168,8 @@ def _report_changes(output: Path, changes: dict[Key, list[str]], frozen: bool) -
              for (p, v), c in changes.items()]
     if frozen:
         raise ConfigMismatchError(f"{output}: the inputs of {len(changes)} observation(s) changed since they "
-                                  f"were calibrated: {'; '.join(lines[:5])}. Refusing with --frozen: restore "
-                                  "the files, or run without --frozen to recompute them")
+                                  f"were calibrated: {'; '.join(lines[:5])}. Refusing with {flag('frozen')}: "
+                                  f"restore the files, or run without {flag('frozen', False)} to recompute them")
     for line in lines:
         log.warning("%s: inputs changed since it was calibrated (%s); recomputed", output, line)
 

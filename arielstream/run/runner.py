@@ -57,6 +57,7 @@ from ..errors import (
     MissingDependencyError,
     OutputError,
     RunInterrupted,
+    flag,
 )
 from ..io.manifest import check_manifest_covers, fingerprint, observation_inputs, resolve_manifest
 from ..io.output import OutputFiles, RunLock, check_write_targets, publish
@@ -271,23 +272,85 @@ def _statuses(output: Path) -> list[tuple]:
             for p, v, s, e in zip(planets, visits, status, errors, strict=True)]
 
 
-def calibrate(data_dir: str | Path, output: str | Path | None = None, split: str = "train",
+def calibrate(data_dir: str | Path, output: str | Path | None = None, *, split: str = "train",
               planets: list[int] | None = None, config: CalibrationConfig | None = None,
               memory: str | int = DEFAULT_MEMORY, jobs: int | None = None, backend: str = "loky",
               scheduler: str | None = None, task_timeout: float | None = None, force: bool = False,
-              progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None, *,
+              progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None,
               run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
               verify_inputs: str | None = None, frozen: bool = False, drop_missing: bool = False) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
-    Give either ``output`` or ``run``: a named run writes ``runs_dir/run/<split>.h5``
-    and records its options in ``runs_dir/run/config.toml`` (:mod:`arielstream.run.runs`).
-    ``memory`` is the RAM budget of the whole process tree on this machine;
-    ``jobs=None`` picks the worker count from it (``--jobs auto``). With
-    ``backend="dask"``, ``scheduler`` is the address of a dask.distributed scheduler
-    whose workers see the same files, and ``memory`` is the budget of one task.
-    ``chunk_bytes`` sets the chunk budget directly (tests, experiments). The
-    execution options are those of :class:`~arielstream.config.options.RunOptions`.
+    The options after ``output`` are keyword-only; they are those of
+    :class:`~arielstream.config.options.RunOptions` and the command line's
+    (``jobs=2`` is ``--jobs 2``). Warnings and errors (a failed observation) print on
+    stderr while the run lasts when logging is not set up; ``OUT.h5.log`` has every line.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        The ADC2025 data folder (``train.csv``, ``<split>/<planet_id>/...``).
+    output : str or Path, optional
+        The HDF5 file to write, resume or extend. Give either ``output`` or ``run``.
+    split : str
+        The folder of ``data_dir`` to calibrate (``"train"`` or ``"test"``).
+    planets : list of int, optional
+        The planets to calibrate (default all); the output keeps the others it holds.
+    config : CalibrationConfig, optional
+        The science (default :class:`CalibrationConfig()`; see :func:`build_config`).
+    memory : str or int
+        The RAM budget of the whole process tree on this machine (``"8GB"`` or bytes);
+        with ``backend="dask"``, the budget of one task.
+    jobs : int, optional
+        Worker processes; ``None`` picks them from ``memory`` and the cores (``--jobs auto``).
+        ``jobs=1`` without ``task_timeout`` runs in this process.
+    backend : str
+        ``"loky"`` (processes on this machine) or ``"dask"`` (a dask.distributed cluster).
+    scheduler : str, optional
+        With ``backend="dask"``: the scheduler's address, whose workers see the same files.
+    task_timeout : float, optional
+        Seconds after which an observation still running counts as a dead worker.
+    force : bool
+        Recompute everything, replacing an output made with another config or code.
+    progress : bool, optional
+        A progress bar (default: on a terminal only).
+    log_file : bool
+        Write the run's log to ``OUT.h5.log`` beside the output.
+    chunk_bytes : int, optional
+        The chunk budget, set directly (tests, experiments) instead of planned from ``memory``.
+    run : str, optional
+        A named run instead of ``output``: it writes ``runs_dir/run/<split>.h5`` and records its
+        options in ``runs_dir/run/config.toml`` (:mod:`arielstream.run.runs`).
+    runs_dir : str or Path
+        The folder of the named runs.
+    verify_inputs : str, optional
+        An input manifest to check every input file against (default: the data folder's, when there).
+    frozen : bool
+        Refuse, instead of recomputing, observations whose input files changed.
+    drop_missing : bool
+        Leave out of the output the observations no longer in the data folder.
+
+    Returns
+    -------
+    RunSummary
+        The output, every observation's status (``summary.failed``, ``summary.ok``), what this
+        run computed, its time and peak memory; its repr is one line.
+
+    Raises
+    ------
+    ConfigError
+        An option the run cannot use (a bad ``jobs``, ``backend`` or ``output``), a ``ValueError``.
+    MemoryBudgetError
+        ``memory`` is more than this machine has, or too little for one worker.
+    InputError
+        ``data_dir`` is missing or holds no planet of ``split``.
+    ConfigMismatchError
+        ``output`` was made differently (another config or code): use ``force=True``.
+    LockBusyError
+        Another run writes ``output``.
+    ArielstreamError
+        The base of the errors above but ``ConfigError``, and of the others a user can act on.
+        An observation that fails does not raise: it is ``failed`` in the summary.
     """
     options = RunOptions(split=split, planets=None if planets is None else tuple(int(p) for p in planets),
                          memory=str(memory), jobs=jobs, backend=backend, scheduler=scheduler,
@@ -456,7 +519,7 @@ def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = No
     (:class:`MissingDependencyError`, exit 69) and an unreachable dask scheduler stop the run here.
     """
     if options.backend == "loky" and budget > physical_memory():
-        raise MemoryBudgetError(f"--memory {options.memory} is more than this machine's memory "
+        raise MemoryBudgetError(f"{flag('memory', options.memory)} is more than this machine's memory "
                                 f"({format_bytes(physical_memory())}); give at most that")
     if chunk_bytes is None:  # what plan_run refuses later, for one task, without its log lines
         release_memory()
@@ -464,7 +527,7 @@ def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = No
         try:
             plan_workers(min(budget, available_memory()), 1, jobs, available_cores(), current_rss())
         except MemoryBudgetError as exc:
-            raise MemoryBudgetError(f"--memory {options.memory}: {exc}") from None
+            raise MemoryBudgetError(f"{flag('memory', options.memory)}: {exc}") from None
     if options.backend == "dask":
         try:
             import distributed  # noqa: F401 - only whether it imports
@@ -488,11 +551,11 @@ def _probe_scheduler(address: str, timeout: float = 10.0) -> None:
     except ValueError:
         host, port = None, None
     if not host or port is None:
-        raise ArielstreamError(f"--scheduler {address}: not a scheduler address (use tcp://HOST:PORT)")
+        raise ArielstreamError(f"{flag('scheduler', address)}: not a scheduler address (use tcp://HOST:PORT)")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise ArielstreamError(f"--scheduler {address}: cannot reach the dask scheduler "
+        raise ArielstreamError(f"{flag('scheduler', address)}: cannot reach the dask scheduler "
                                f"({exc.strerror or type(exc).__name__})") from None
 
 

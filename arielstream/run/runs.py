@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from ..config.options import CalibrationConfig, RunOptions, load_config
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError, flag
 from ..io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,17 @@ def prepare_run(name: str, config: CalibrationConfig, run: RunOptions,
         except (ConfigError, OSError) as exc:
             if not force:
                 raise ConfigError(f"{config_path}: run {name!r} exists but its config cannot be read ({exc}); "
-                                  "pick another --run name or use --force") from None
+                                  f"pick another run name ({flag('run', ...)}) or use {flag('force')}") from None
     if previous is not None and previous != config:
         changed = sorted(k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v)
         if not force:
             raise ConfigError(f"run {name!r} ({folder}) was made with other calibration options "
-                              f"({', '.join(changed)}); pick another --run name or use --force to replace it")
+                              f"({', '.join(changed)}); pick another run name ({flag('run', ...)}) or use "
+                              f"{flag('force')} to replace it")
         for other in sorted(folder.glob("*.h5")):
             if other.name != f"{run.split}.h5":
-                log.warning("%s was made with the run's previous options (%s); recalibrate it with --force "
-                            "(--split %s) or it no longer matches %s", other, ", ".join(changed), other.stem,
+                log.warning("%s was made with the run's previous options (%s); recalibrate it with %s and %s or it no "
+                            "longer matches %s", other, ", ".join(changed), flag("force"), flag("split", other.stem),
                             config_path)
     try:
         folder.mkdir(parents=True, exist_ok=True)

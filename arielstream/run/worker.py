@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.options import CalibrationConfig
-from ..errors import ArielstreamError, OutputError
+from ..errors import ArielstreamError, OutputError, flag
 from ..io.dataset import DatasetInfo, read_dataset_info
 from ..io.ledger import Ledger
 from ..io.schema import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
@@ -251,8 +251,8 @@ def _failure_message(obs: Observation, exc: Exception, chunk_bytes: int) -> str:
     if cause is not None:
         where = "" if cause is exc else f", while: {exc}"
         return (f"{obs.label}: out of memory, not an input error ({str(cause) or type(cause).__name__}{where}; chunk "
-                f"budget {format_bytes(chunk_bytes)}); a rerun retries it: lower --jobs or --memory, or raise the "
-                "memory limit")
+                f"budget {format_bytes(chunk_bytes)}); a rerun retries it: lower {flag('jobs', ...)} or "
+                f"{flag('memory', ...)}, or raise the memory limit")
     if isinstance(exc, ArielstreamError):
         return str(exc)
     log.error("%s failed with an unexpected error", obs.label, exc_info=exc)  # a bug must not sink the batch
