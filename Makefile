@@ -11,7 +11,7 @@ MEMORY ?= 2GB
 BENCH_ARGS ?= --notebook-nl
 STAMP  := $(VENV)/.installed
 
-.PHONY: install calibrate test test-fast lint bench data-samples clean
+.PHONY: install calibrate test test-fast lint bench data-samples clean docs
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-science: $(STAMP)
 data-samples: $(STAMP)
 	rm -rf $(DATA)/train $(DATA)/simulation_truth $(DATA)/*.csv $(DATA)/axis_info.parquet
 	$(BIN)/arielstream simulate $(DATA) --planets 2 --scale 0.02 --seed 2025
+
+## docs/cli.md, the command-line reference, rendered from the parser (tests/test_docs.py checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -c 'import pathlib, arielstream.cli.app as app; pathlib.Path("docs/cli.md").write_text(app.cli_reference())'
 
 clean:
 	rm -rf $(VENV) $(OUT) $(DIST) .pytest_cache .ruff_cache .mypy_cache *.egg-info

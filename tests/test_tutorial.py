@@ -1,4 +1,4 @@
-"""The README tutorial runs as written: its ```bash and ```python blocks, in order, in a fresh folder.
+"""The tutorial (docs/tutorial.md) runs as written: its ```bash and ```python blocks, in order, in a fresh folder.
 
 Bash lines that start with ``arielstream`` run as ``python -m arielstream`` (this checkout), and
 ``make calibrate`` runs the ``calibrate`` recipe of the Makefile with the same substitution, so the
@@ -19,7 +19,9 @@ import arielstream
 
 from .conftest import DATA_SAMPLES, REPO
 
-pytestmark = pytest.mark.slow  # runs the README tutorial end to end
+pytestmark = pytest.mark.slow  # runs the tutorial end to end
+
+TUTORIAL = REPO / "docs" / "tutorial.md"
 
 BEGIN, END = "<!-- tutorial:begin -->", "<!-- tutorial:end -->"
 
@@ -27,7 +29,7 @@ BEGIN, END = "<!-- tutorial:begin -->", "<!-- tutorial:end -->"
 def tutorial_blocks(text: str) -> list[tuple[str, str]]:
     """The fenced bash and python blocks between the tutorial markers, in order."""
     if BEGIN not in text or END not in text:
-        raise AssertionError(f"README.md has no tutorial section ({BEGIN} ... {END})")
+        raise AssertionError(f"{TUTORIAL.name} has no tutorial section ({BEGIN} ... {END})")
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
     return re.findall(r"^```(bash|python)[ \t]*\n(.*?)^```[ \t]*$", section, flags=re.M | re.S)
 
@@ -65,9 +67,9 @@ def test_the_makefile_recipe_is_what_the_tutorial_expects():
                for line in lines), lines
 
 
-def test_readme_tutorial_runs(tmp_path, monkeypatch):
+def test_tutorial_runs(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")  # the quicklook step
-    blocks = tutorial_blocks((REPO / "README.md").read_text())
+    blocks = tutorial_blocks(TUTORIAL.read_text())
     assert {lang for lang, _ in blocks} == {"bash", "python"}
     (tmp_path / "data_samples").symlink_to(DATA_SAMPLES, target_is_directory=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -75,7 +77,7 @@ def test_readme_tutorial_runs(tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__tutorial__"}
     for k, (lang, code) in enumerate(blocks):
         if lang == "python":
-            exec(compile(code, f"README.md tutorial block {k}", "exec"), namespace)
+            exec(compile(code, f"docs/tutorial.md block {k}", "exec"), namespace)
             continue
         for line in code.splitlines():
             line = line.strip()

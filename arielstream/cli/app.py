@@ -38,7 +38,7 @@ from .exits import (
 
 __all__ = ["EXIT_CANTCREAT", "EXIT_CONFIG", "EXIT_FAILURES", "EXIT_HANGUP", "EXIT_INTERRUPTED", "EXIT_NOINPUT",
            "EXIT_OK", "EXIT_OSERR", "EXIT_SOFTWARE", "EXIT_TEMPFAIL", "EXIT_TERMINATED", "EXIT_UNAVAILABLE",
-           "EXIT_USAGE", "build_parser", "exit_code_of", "main", "setup_logging"]
+           "EXIT_USAGE", "build_parser", "cli_reference", "exit_code_of", "main", "setup_logging"]
 
 log = logging.getLogger("arielstream")
 
@@ -76,6 +76,134 @@ def build_parser() -> argparse.ArgumentParser:
     integrity.add_commands(sub, [verbosity])
     science.add_commands(sub, [verbosity])
     return parser
+
+
+
+# --- the command-line reference (docs/cli.md; `make docs`, tests/test_docs.py) -------------------------------
+# Rendered from the parser itself, in a format of its own rather than argparse's help layout (which changes
+# between Python versions), so that the file is the same on every supported Python.
+
+def _metavar(action: argparse.Action) -> str:
+    """How an option's value is written: ``SIZE``, ``{a,b}``, ``ID [ID ...]``; ``""`` for a switch."""
+    if action.nargs == 0:
+        return ""
+    if action.metavar is not None:
+        name = " ".join(action.metavar) if isinstance(action.metavar, tuple) else str(action.metavar)
+    elif action.choices is not None:
+        name = "{" + ",".join(map(str, action.choices)) + "}"
+    else:
+        name = action.dest.upper() if action.option_strings else action.dest
+    nargs = action.nargs
+    if nargs == "?":
+        return f"[{name}]"
+    if nargs == "*":
+        return f"[{name} ...]"
+    if nargs == "+":
+        return f"{name} [{name} ...]"
+    if isinstance(nargs, int):
+        return " ".join([name] * nargs)
+    return name
+
+
+def _usage_item(action: argparse.Action) -> str:
+    value = _metavar(action)
+    if not action.option_strings:
+        return value
+    return f"{action.option_strings[0]} {value}".rstrip()
+
+
+def _usage(prog: str, parser: argparse.ArgumentParser) -> str:
+    """One usage line per sub-command, wrapped at 100 columns (mutually exclusive options as ``(a | b)``)."""
+    grouped = {id(a): g for g in parser._mutually_exclusive_groups for a in g._group_actions}
+    items: list[str] = []
+    seen: set[int] = set()
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings or id(action) in seen:
+            continue
+        group = grouped.get(id(action))
+        if group is None:
+            items.append(_usage_item(action) if action.required else f"[{_usage_item(action)}]")
+            continue
+        members = [a for a in group._group_actions if a.help != argparse.SUPPRESS]
+        seen.update(id(a) for a in members)
+        inner = " | ".join(_usage_item(a) for a in members)
+        items.append(f"({inner})" if group.required else f"[{inner}]")
+    items += [_usage_item(a) for a in parser._actions
+              if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+    lines = [prog]
+    for item in items:  # wrapped between items, never inside one
+        if len(lines[-1]) + 1 + len(item) > 100 and lines[-1].strip():
+            lines.append(" " * len(prog))
+        lines[-1] += " " + item
+    return "\n".join(lines)
+
+
+def _help(action: argparse.Action, prog: str) -> str:
+    """An option's help with argparse's ``%(...)s`` expanded (as ``--help`` shows it)."""
+    if not action.help:
+        return ""
+    params = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+    params["prog"] = prog
+    if params.get("choices") is not None:
+        params["choices"] = ", ".join(map(str, params["choices"]))
+    return _markdown(action.help % params)
+
+
+def _markdown(text: str) -> str:
+    """Plain help text made safe for Markdown: no HTML tags, no emphasis from ``*``."""
+    return text.replace("<", "&lt;").replace("*", "\\*")
+
+
+def _options(actions: list[argparse.Action], prog: str, leave_out: tuple[str, ...] = ()) -> list[str]:
+    lines = []
+    for action in actions:
+        if (action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction)
+                or action.dest in leave_out):
+            continue
+        value = _metavar(action)
+        names = ", ".join(action.option_strings) or value
+        invocation = f"{names} {value}".rstrip() if action.option_strings else names
+        text = _help(action, prog)
+        lines.append(f"- `{invocation}`" + (f": {text}" if text else ""))
+    return lines
+
+
+def cli_reference() -> str:
+    """docs/cli.md: every sub-command's help, usage and options, rendered from :func:`build_parser`.
+
+    The options' help texts are those of ``--help`` (for config options, the descriptions table through
+    ``option_help``), so the reference cannot drift from the command; ``make docs`` writes it and
+    tests/test_docs.py checks that the committed file is what this returns.
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {choice.dest: choice.help for choice in sub._choices_actions}
+    out = ["[← README](../README.md) · [all documentation](../README.md#documentation)", "",
+           "# Command-line reference", "",
+           "<!-- generated by `make docs` (arielstream.cli.app.cli_reference) from the parser: do not edit -->", "",
+           f"{parser.description}", "",
+           "Every sub-command below also takes `-h`/`--help`, `-v`/`--verbose` and `-q`/`--quiet`;",
+           "`arielstream COMMAND --help` prints the same help texts. What the options mean in practice:",
+           "[calibrate.md](calibrate.md); exit codes: [faults.md](faults.md#exit-codes).", "",
+           "```", _usage("arielstream", parser) + " COMMAND ...", "```", "",
+           *_options(parser._actions, "arielstream"), "",
+           "Commands: " + ", ".join(f"[`{name}`](#arielstream-{name})" for name in sub.choices) + ".", ""]
+    for name, command in sub.choices.items():
+        prog = f"arielstream {name}"
+        summary = (summaries.get(name) or "").strip()
+        out += [f"## arielstream {name}", ""] + ([summary[:1].upper() + summary[1:] + ".", ""] if summary else [])
+        if command.description:
+            out += [_markdown(command.description), ""]
+        out += ["```", _usage(prog, command), "```", ""]
+        for group in command._action_groups:
+            lines = _options(group._group_actions, prog, leave_out=("help", "verbose", "quiet"))
+            if not lines:
+                continue
+            title = group.title or "options"
+            title = "options" if title == "optional arguments" else title  # Python 3.10's name for it
+            out += [f"**{title[0].upper() + title[1:]}**" + (f" ({group.description})" if group.description else "")
+                    + ":", "", *lines, ""]
+    return "\n".join(out).rstrip() + "\n"
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
