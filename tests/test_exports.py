@@ -249,8 +249,8 @@ def test_fits_is_standard_with_a_wavelength_and_time_wcs(calibrated, tmp_path):
                                                   np.zeros(wavelength.size))
         np.testing.assert_allclose(world_x, wavelength, rtol=1e-12)  # WAVE-TAB: exact, not a linear fit
         _, _, world_t = wcs.pixel_to_world_values(np.zeros(time.size), np.zeros(time.size), np.arange(time.size))
-        np.testing.assert_allclose(world_t, time, rtol=1e-9)
-        assert wcs.world_axis_units[1:] == ["um", "h"]
+        np.testing.assert_allclose(world_t, time * 3600, rtol=1e-9)  # seconds from the observation's start
+        assert wcs.world_axis_units[1:] == ["um", "s"]
     if shutil.which("fitsverify") is None:
         pytest.skip("fitsverify is not installed (Debian: apt-get install fitsverify)")
     import subprocess

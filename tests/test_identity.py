@@ -128,7 +128,8 @@ def refusal(out: Path, **options) -> str:
         run(out, **options)
     message = str(exc.value)
     assert "made by a different run" in message
-    assert "--force to recompute" in message and "different -o or --run" in message  # what to do
+    assert "use --force (force=True from Python) to recompute" in message  # what to do, in both languages
+    assert "different -o (output=... from Python) or --run (run=... from Python)" in message
     return message
 
 

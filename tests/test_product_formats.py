@@ -132,20 +132,24 @@ def test_info_describes_every_product(products, product, kind, capsys):
 
 def test_fits_export_time_axis_converts_without_warnings(products, tmp_path):
     from astropy.io import fits
+    from astropy.time import Time
     from astropy.wcs import WCS
 
     paths = exports.export_fits(products["calibrated"], tmp_path, observations=[0])
     with fits.open(paths[0]) as hdul, warnings.catch_warnings():
         warnings.simplefilter("error")
         header = hdul["AIRS-CH0"].header
-        # hours from the start of the observation: a LOCAL (relative) time scale, its reference MJDREF = 0
-        assert header["TIMEUNIT"] == "h" and header["CUNIT3"] == "h"
+        # seconds from the start of the observation: a LOCAL (relative) time scale, its reference MJDREF = 0
+        assert header["TIMEUNIT"] == "s" and header["CUNIT3"] == "s"
         assert header["TIMESYS"] == "LOCAL" and header["MJDREFI"] == 0 and header["MJDREFF"] == 0.0
         wcs = WCS(header, fobj=hdul)
         assert wcs.wcs.timesys == "LOCAL" and list(wcs.wcs.mjdref) == [0.0, 0.0]
         world = wcs.pixel_to_world(0, 0, 1)  # the time axis converts to an astropy Time, without a warning
         times = [w for w in world if type(w).__name__ == "Time"]
         assert len(times) == 1 and times[0].scale == "local"
-        _, _, hours = wcs.pixel_to_world_values(0, 0, 1)
+        _, _, seconds = wcs.pixel_to_world_values(0, 0, 1)
+        start = Time(0.0, format="mjd", scale="local")  # MJDREF = 0: the observation's start
         with h5py.File(products["calibrated"], "r") as f:
-            np.testing.assert_allclose(hours, f["AIRS-CH0/time"][1], rtol=1e-9)  # in hours (CUNIT3)
+            hours = f["AIRS-CH0/time"][1]
+        np.testing.assert_allclose(seconds / 3600, hours, rtol=1e-9)
+        np.testing.assert_allclose((times[0] - start).to_value("h"), hours, rtol=1e-6)  # the Time is right too

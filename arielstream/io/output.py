@@ -138,6 +138,8 @@ def _recorded_data_folder(path: Path, depth: int = 3) -> Path | None:
     if value is None:
         return None
     source = Path(value.decode() if isinstance(value, bytes) else str(value))
+    if not source.is_absolute():  # a product names its source relative to itself
+        source = path.parent / source
     if source.is_dir():
         return source.resolve()
     return _recorded_data_folder(source, depth - 1) if depth > 0 and source.is_file() else None

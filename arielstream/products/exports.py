@@ -31,8 +31,9 @@
     ``provenance`` JSON strings. Then per instrument (``AIRS-CH0``, ``FGS1``):
     ``<INST>`` the cube float32 (numpy ``(time, x, y)``, i.e. FITS
     ``NAXIS1 = y``, ``NAXIS2 = x``, ``NAXIS3 = time``; ``BUNIT``, ``INSTRUME``, ``OBJECT``
-    and a WCS: time in hours along axis 3, linear when the bins are evenly spaced, and for
-    AIRS the wavelength (µm) along axis 2 as ``WAVE-TAB``, looked up in the table
+    and a WCS: time along axis 3 in seconds from the observation's start (``TIMESYS = LOCAL``,
+    ``MJDREF = 0``: astropy converts it to a ``Time`` without a warning), linear when the bins
+    are evenly spaced, and for AIRS the wavelength (µm) along axis 2 as ``WAVE-TAB``, looked up in the table
     ``<INST>_WCSTAB`` that follows the cube, so ``astropy.wcs.WCS(header, fobj=hdul)``
     gives the exact wavelengths; ``LONGSTRN`` where ``CONTINUE`` cards are used), ``<INST>_DQ``
     the DQ bits ``(x, y)`` (uint16, stored by astropy as int16 with BZERO = 32768),
@@ -273,8 +274,8 @@ def _uniform_step(values: np.ndarray) -> float | None:
 def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: np.ndarray) -> Any | None:
     """World coordinates of a cube (FITS axes 1 row, 2 x, 3 time); the ``-TAB`` table it needs, or None.
 
-    The time axis is linear (hours) when its bins are evenly spaced, else looked up in the
-    table; AIRS's wavelength (quadratic in the detector column) is always looked up there
+    The time axis (seconds from the observation's start) is linear when its bins are evenly spaced, else
+    looked up in the table; AIRS's wavelength (quadratic in the detector column) is always looked up there
     (``WAVE-TAB``, FITS WCS Paper III), in the table ``<INST>_WCSTAB``.
     """
     header["WCSAXES"] = (3, "row, x, time")
@@ -293,21 +294,22 @@ def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: n
     else:
         header["CNAME2"], header["CTYPE2"] = "detector column", "LINEAR"
         header["CRPIX2"], header["CRVAL2"], header["CDELT2"] = 1.0, 0.0, 1.0
-    step = _uniform_step(time)
-    header["CTYPE3"], header["CUNIT3"] = ("TIME" if step is not None else "TIME-TAB"), "h"
+    seconds = time * 3600.0  # in seconds: astropy turns a time axis into a Time as if in seconds, whatever CUNIT says
+    step = _uniform_step(seconds)
+    header["CTYPE3"], header["CUNIT3"] = ("TIME" if step is not None else "TIME-TAB"), "s"
     header["CNAME3"] = "time from the start of the observation"
     # FITS time (WCS Paper VII, FITS 4.0 sec. 9): no absolute epoch is known, so a LOCAL time scale (the standard's
     # scale for relative / simulated clocks) whose reference MJDREF = 0 is the start of the observation
     header["TIMESYS"] = ("LOCAL", "relative time, from the observation start")
     header["MJDREFI"], header["MJDREFF"] = (0, "reference: the observation start"), (0.0, "no absolute epoch")
-    header["TIMEUNIT"] = ("h", "time unit: hours")
+    header["TIMEUNIT"] = ("s", "time unit: seconds")
     if step is not None:
-        header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, float(time[0]), step
+        header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, float(seconds[0]), step
     else:
         header["PS3_0"], header["PS3_1"] = (f"{inst}_WCSTAB", "table of the -TAB axes"), ("TIME", "column")
         header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = 1.0, 1.0, 1.0
-        columns.append(fits.Column(name="TIME", format=f"{time.shape[0]}D", unit="h", dim=f"(1,{time.shape[0]})",
-                                   array=time.reshape(1, 1, -1)))
+        columns.append(fits.Column(name="TIME", format=f"{time.shape[0]}D", unit="s", dim=f"(1,{time.shape[0]})",
+                                   array=seconds.reshape(1, 1, -1)))
     return fits.BinTableHDU.from_columns(columns, name=f"{inst}_WCSTAB") if columns else None
 
 
