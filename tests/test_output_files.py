@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import pytest
 
-import arielstream
 from arielstream.cli.app import main
 from arielstream.cli.exits import EXIT_CONFIG, EXIT_NOINPUT, EXIT_OK
 from arielstream.io import reader, schema, store
@@ -25,13 +24,9 @@ from arielstream.io.sidefiles import OutputFiles
 
 from .conftest import DATA_SAMPLES
 from .test_batch import run_cli, same_bytes
-from .test_incremental import grow, pool, three_planets  # noqa: F401 - pool is a fixture
+from .test_incremental import grow, pool, run, three_planets  # noqa: F401 - pool is a fixture
 
 pytestmark = pytest.mark.slow  # several small calibrations each
-
-
-def run(data: Path, out: Path, **options):
-    return arielstream.calibrate(data, out, jobs=1, progress=False, log_file=False, **options)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from pathlib import Path
 from .atomic import PARTIAL_SUFFIX
 
 PARTS_SUFFIX = ".parts"
+SIDE_SUFFIXES = (PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".new", PARTIAL_SUFFIX + ".force", ".next", ".next.new", ".lock",
+                 ".log", *(f".log.{k}" for k in range(1, 4)))  # the files beside OUT.h5, as the properties name them
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class OutputFiles:
 
     @property
     def retired(self) -> Path:
-        """``OUT.h5.parts/.retired``: JSON list of the parts the last publish stopped referring to."""
+        """``OUT.h5.parts/.retired``: the parts publishes stopped referring to (:meth:`read_retired`)."""
         return self.parts / ".retired"
 
     @property
@@ -103,8 +105,7 @@ class OutputFiles:
 
     def side_files(self) -> tuple[Path, ...]:
         """Every file and folder beside the output that a run writes (the log's rotations too)."""
-        return (self.partial, self.partial_staging, self.fresh, self.journal, self.journal_staging, self.parts,
-                self.lock, self.log, *(self._beside(f".log.{k}") for k in range(1, 4)))
+        return (*(self._beside(suffix) for suffix in SIDE_SUFFIXES), self.parts)
 
     def part(self, name: str) -> Path:
         """The part file an index calls ``name`` (``OUT.h5.parts/NNNN.h5``): found by its number, here."""
@@ -143,10 +144,6 @@ class OutputFiles:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(staging, self.retired)
-
-
-SIDE_SUFFIXES = (PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".new", PARTIAL_SUFFIX + ".force", ".next", ".next.new", ".lock",
-                 ".log", *(f".log.{k}" for k in range(1, 4)))  # as the properties of OutputFiles name them
 
 
 def belongs_to(path: Path) -> Path | None:

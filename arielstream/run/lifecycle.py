@@ -52,6 +52,7 @@ from ..io import atomic
 from ..io.ledger import Ledger
 from ..io.manifest import fingerprint_changes
 from ..io.output import (
+    Key,
     OnDisk,
     PreparedOutput,
     Source,
@@ -74,7 +75,6 @@ from .identity import identity_differences
 
 log = logging.getLogger(__name__)
 
-Key = tuple[int, int]  # (planet_id, visit): an observation, wherever its bytes are
 Intact = Callable[[Source, int], bool]  # does this unpublished copy match its checksum (a run died writing it?)
 COUNTS = ("added", "recomputed", "retried", "repaired", "kept", "dropped")
 
