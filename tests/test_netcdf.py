@@ -50,6 +50,10 @@ def test_xarray_sees_named_dimensions_and_coordinates(calibrated, engine):
         np.testing.assert_array_equal(airs.signal.isel(obs=0).values, f["AIRS-CH0/signal"][0])
     with xr.open_dataset(calibrated, engine=engine, group="FGS1") as fgs1:
         assert fgs1.signal.dims == ("obs", "time", "column", "row")
+        # a photometer: no wavelength axis, no per-column labels; its band's wavelength is a scalar coordinate
+        assert "wavelength" not in fgs1.sizes and "wavelength_label" not in fgs1.variables
+        assert fgs1.wavelength.dims == () and float(fgs1.wavelength) == 0.7
+        assert fgs1.wavelength.attrs["units"] == "um" and "wavelength" in fgs1.signal.coords
 
 
 def test_dq_planes_carry_cf_flags(calibrated):

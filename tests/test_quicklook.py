@@ -356,3 +356,26 @@ def test_a_spectrum_file_beside_the_source_is_drawn_instead_of_the_quick_estimat
     with pytest.raises(InputError, match="cannot read the spectrum"):
         quicklook.quicklook(source, tmp_path / "bad", spectrum=tmp_path / "bad.csv")
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_quicklook_draws_the_spectrum_file_it_is_given(calibrated, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from arielstream.cli.app import main
+    from arielstream.products import spectrum
+
+    elsewhere = tmp_path / "kept" / "my_submission.csv"  # not beside the source: only --spectrum finds it
+    elsewhere.parent.mkdir()
+    rows = [spectrum.submission_header(), ["73079497", *["0.005"] * 283, *["0.0002"] * 283]]
+    elsewhere.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    assert main(["quicklook", str(calibrated), "--obs", "0", "-o", str(tmp_path / "ql"), "-q"]) == 0
+    assert "Quick estimate, not a fit" in (tmp_path / "ql" / "index.html").read_text()
+    argv = ["quicklook", str(calibrated), "--obs", "0", "-o", str(tmp_path / "given"), "--spectrum", str(elsewhere)]
+    assert main(argv + ["-q"]) == 0
+    page = (tmp_path / "given" / "index.html").read_text()
+    assert f"Spectra from {elsewhere}" in page and "Quick estimate, not a fit" not in page
+    capsys.readouterr()
+    argv = ["quicklook", str(calibrated), "-o", str(tmp_path / "none"), "--spectrum", str(tmp_path / "no.csv")]
+    assert main(argv) == 66  # an input that cannot be read
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no.csv" in err and "no such file" in err and "Traceback" not in err
+    assert not (tmp_path / "none").exists()

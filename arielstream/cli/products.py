@@ -81,7 +81,7 @@ def cmd_quicklook(args: argparse.Namespace) -> int:
     """``arielstream quicklook``: write the HTML page of diagnostic plots."""
     from ..products.quicklook import quicklook
 
-    index = quicklook(args.path, args.output, obs=args.obs)
+    index = quicklook(args.path, args.output, obs=args.obs, spectrum=args.spectrum)
     print(f"{index}: quicklook page written (open it in a browser)")
     return EXIT_OK
 
@@ -181,6 +181,9 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
     ql.add_argument("--obs", type=_non_negative_int, nargs="+", metavar="I",
                     help="observation indices (default: every done observation)")
     ql.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    ql.add_argument("--spectrum", type=Path, metavar="FILE",
+                    help="the spectrum to draw: a file of arielstream spectrum (.fits.h5 or submission .csv); "
+                         "default OUT.submission.fits.h5 or OUT.submission.csv beside OUT.h5, else a quick estimate")
     ql.set_defaults(handler=cmd_quicklook)
 
     exp = subparsers.add_parser(

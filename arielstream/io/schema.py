@@ -223,9 +223,12 @@ FIELDS: tuple[Field, ...] = (
           checksum=Coverage.FILE, units="hours", notes=(("reference", TIME_REFERENCE),)),
     Field(COLUMN, "<i2", (X_AXIS,), "detector column", written=Written.HEADER, checksum=Coverage.FILE,
           binned_dtype="<f4"),
+    # FGS1, a photometer, has no wavelength axis (its x is a detector column): its band's nominal wavelength
+    # (wl_1) is a scalar coordinate, and it has no per-column labels
     Field(WAVELENGTH, "<f8", (X_AXIS,), "wavelength", written=Written.HEADER, checksum=Coverage.FILE, units="um",
-          standard_name="radiation_wavelength"),
-    Field(WAVELENGTH_LABEL, "|S8", (X_AXIS,), "target label (wl_k)", written=Written.HEADER, checksum=Coverage.FILE),
+          standard_name="radiation_wavelength", axes_by_instrument=((FGS1.name, ()),)),
+    Field(WAVELENGTH_LABEL, "|S8", (X_AXIS,), "target label (wl_k)", written=Written.HEADER, checksum=Coverage.FILE,
+          instruments=(AIRS.name,)),
     Field(ROW, "<i2", (Y_AXIS,), "spatial row (after spatial binning)", written=Written.SCALE,
           checksum=Coverage.FILE),
     Field(XY, "|S1", (XY_AXIS,), "centroid axis", written=Written.SCALE, checksum=Coverage.FILE),

@@ -271,7 +271,9 @@ def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: di
         row = cf.scale(g, ROW, np.arange(lay.plane_shape[1], dtype=AXES[ROW].dtype))
         for scale in (TIME, x_name):
             cf.scale(g, scale, None)
-        for name in x_coordinates:
+        scalars = [spec.name for spec in AXES.values() if spec.name in g and not spec.axes_for(lay.name)]
+        along_x = [n for n in x_coordinates if n in g and n not in scalars]
+        for name in along_x:
             if name != x_name:
                 g[name].dims[0].attach_scale(g[x_name])
         scales = {OBS_AXIS: obs_scale, TIME_AXIS: g[TIME], X_AXIS: g[x_name], Y_AXIS: row}
@@ -282,7 +284,7 @@ def _describe_dimensions(f: h5py.File, layouts: list[InstrumentLayout], axes: di
             if XY_AXIS in plane_axes:  # the centroid's (x, y) pair
                 scales[XY_AXIS] = cf.scale(g, XY, np.array([v.encode() for v in XY_VALUES], dtype=AXES[XY].dtype))
             cf.attach(ds, *(scales[axis] for axis in plane_axes))
-            aux = [n for n in x_coordinates if n != x_name and X_AXIS in plane_axes]
+            aux = [n for n in along_x if n != x_name and X_AXIS in plane_axes] + scalars
             if aux:
                 ds.attrs["coordinates"] = " ".join(aux)
     _cf_attributes(f, layouts)
@@ -361,10 +363,14 @@ def _write_header(f: h5py.File, keys: list[tuple[int, int]], layouts: list[Instr
         g = f.create_group(lay.name)
         g.create_dataset(TIME, data=lay.time.astype(time.dtype)).attrs["units"] = time.units
         g.create_dataset(COLUMN, data=lay.binned_axis(lay.columns).astype(column.dtype_for(lay.spatial_bin)))
-        g.create_dataset(WAVELENGTH, data=lay.binned_axis(lay.wavelength).astype(wavelength.dtype)
-                         ).attrs["units"] = wavelength.units
-        labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
-        g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype=label.dtype))
+        if wavelength.axes_for(lay.name):
+            values = lay.binned_axis(lay.wavelength).astype(wavelength.dtype)
+        else:  # a photometer's band (every column's wavelength is the band's)
+            values = np.asarray(lay.wavelength, dtype=wavelength.dtype).flat[0]
+        g.create_dataset(WAVELENGTH, data=values).attrs["units"] = wavelength.units
+        if label.in_instrument(lay.name):
+            labels = lay.labels if lay.spatial_bin == 1 else [""] * lay.plane_shape[0]
+            g.create_dataset(WAVELENGTH_LABEL, data=np.array(labels, dtype=label.dtype))
 
 
 def _describe_data(f: h5py.File, layouts: list[InstrumentLayout], datasets: dict[str, h5py.Dataset],

@@ -38,8 +38,8 @@
     gives the exact wavelengths; ``LONGSTRN`` where ``CONTINUE`` cards are used), ``<INST>_DQ``
     the DQ bits ``(x, y)`` (uint16, stored by astropy as int16 with BZERO = 32768),
     ``<INST>_READNOISE`` ``(x, y)`` float32 electrons per read, ``<INST>_TIME`` a
-    table ``TIME`` (hours) per bin and ``<INST>_AXIS`` a table of x: ``COLUMN``,
-    ``WAVELENGTH`` (µm) and ``LABEL`` (``wl_k``). The x order is the file's.
+    table ``TIME`` (hours) per bin and ``<INST>_AXIS`` a table of x: ``COLUMN``, and for
+    AIRS ``WAVELENGTH`` (µm) and ``LABEL`` (``wl_k``). The x order is the file's.
 ``csv`` / ``parquet`` — the light curves as one long table, ``lightcurves.csv`` / ``lightcurves.parquet``
     one row per observation, instrument, wavelength and time bin: ``planet_id``,
     ``visit``, ``instrument`` (``AIRS-CH0``, ``AIRS-CH0-white``, ``FGS1``),
@@ -271,7 +271,7 @@ def _uniform_step(values: np.ndarray) -> float | None:
     return step if step != 0 and np.allclose(steps, step, rtol=1e-6, atol=0) else None
 
 
-def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: np.ndarray) -> Any | None:
+def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: np.ndarray | None) -> Any | None:
     """World coordinates of a cube (FITS axes 1 row, 2 x, 3 time); the ``-TAB`` table it needs, or None.
 
     The time axis (seconds from the observation's start) is linear when its bins are evenly spaced, else
@@ -282,10 +282,11 @@ def _fits_wcs(fits: Any, header: Any, inst: str, time: np.ndarray, wavelength: n
     header["CNAME1"], header["CTYPE1"] = "spatial row", "LINEAR"
     header["CRPIX1"], header["CRVAL1"], header["CDELT1"] = 1.0, 0.0, 1.0
     columns: list[Any] = []
-    steps = np.diff(wavelength)
-    spectral = inst == AIRS and bool(np.all(np.isfinite(wavelength))) and (bool(np.all(steps > 0))
-                                                                          or bool(np.all(steps < 0)))
-    if spectral:
+    spectral = False
+    if inst == AIRS and wavelength is not None and wavelength.ndim == 1 and wavelength.size > 1:
+        steps = np.diff(wavelength)
+        spectral = bool(np.all(np.isfinite(wavelength))) and (bool(np.all(steps > 0)) or bool(np.all(steps < 0)))
+    if spectral and wavelength is not None:
         header["CTYPE2"], header["CUNIT2"], header["CNAME2"] = "WAVE-TAB", "um", "wavelength"
         header["PS2_0"], header["PS2_1"] = (f"{inst}_WCSTAB", "table of the -TAB axes"), ("WAVELENGTH", "column")
         header["CRPIX2"], header["CRVAL2"], header["CDELT2"] = 1.0, 1.0, 1.0
@@ -342,7 +343,9 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
                 image.header["AXES"] = ("time,x,y", "numpy order: NAXIS1=y NAXIS2=x NAXIS3=time")
                 image.header["PLANETID"], image.header["VISIT"] = planet_id, visit
                 image.header["INSTRUME"], image.header["OBJECT"] = inst, str(planet_id)
-                wcs_table = _fits_wcs(fits, image.header, inst, g[_schema.TIME][()], g[_schema.WAVELENGTH][()])
+                along_x = _schema.WAVELENGTH_LABEL in g  # FGS1, a photometer: no wavelength axis
+                wavelength = g[_schema.WAVELENGTH][()] if along_x else None
+                wcs_table = _fits_wcs(fits, image.header, inst, g[_schema.TIME][()], wavelength)
                 dq = fits.ImageHDU(g[_schema.DQ][index], name=f"{inst}_DQ")
                 _set(dq.header, "BITS", attrs.get(_schema.ATTR_DQ_BITS, ""), "data-quality bit values")
                 hdus += [image, dq] if wcs_table is None else [image, wcs_table, dq]
@@ -352,13 +355,13 @@ def export_fits(path: str | Path, out_dir: str | Path, *, observations: Sequence
                     hdus.append(rn)
                 hdus.append(fits.BinTableHDU.from_columns(
                     [fits.Column(name="TIME", format="D", unit="h", array=g[_schema.TIME][()])], name=f"{inst}_TIME"))
-                labels = np.array([_text(s).encode() or b"-" for s in g[_schema.WAVELENGTH_LABEL][()]])
                 column = g[_schema.COLUMN][()]  # float (a mean) when the output is spatially binned
-                hdus.append(fits.BinTableHDU.from_columns([
-                    fits.Column(name="COLUMN", format="I" if column.dtype.kind in "iu" else "E", array=column),
-                    fits.Column(name="WAVELENGTH", format="D", unit="um", array=g[_schema.WAVELENGTH][()]),
-                    fits.Column(name="LABEL", format="8A", array=labels),
-                ], name=f"{inst}_AXIS"))
+                axis = [fits.Column(name="COLUMN", format="I" if column.dtype.kind in "iu" else "E", array=column)]
+                if wavelength is not None:
+                    labels = np.array([_text(s).encode() or b"-" for s in g[_schema.WAVELENGTH_LABEL][()]])
+                    axis += [fits.Column(name="WAVELENGTH", format="D", unit="um", array=wavelength),
+                             fits.Column(name="LABEL", format="8A", array=labels)]
+                hdus.append(fits.BinTableHDU.from_columns(axis, name=f"{inst}_AXIS"))
             target = out_dir / f"{planet_id}_visit{visit}.fits"
             if target.exists() and not overwrite:
                 raise OutputError(f"{target}: exists")
