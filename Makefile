@@ -55,9 +55,10 @@ data-samples: $(STAMP)
 	rm -rf $(DATA)/train $(DATA)/simulation_truth $(DATA)/*.csv $(DATA)/axis_info.parquet
 	$(BIN)/arielstream simulate $(DATA) --planets 2 --scale 0.02 --seed 2025
 
-## docs/cli.md, the command-line reference, rendered from the parser (tests/test_docs.py checks it is current).
+## docs/cli.md, rendered from the parser, and BENCHMARKS.md's summary, from its sections (tests/test_docs.py checks both).
 docs: $(STAMP)
 	$(BIN)/python -c 'import pathlib, arielstream.cli.app as app; pathlib.Path("docs/cli.md").write_text(app.cli_reference())'
+	$(BIN)/python -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) $(OUT) $(DIST) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import summary
+
 REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DQ_BEGIN, DQ_END = "<!-- bench-dq:begin -->", "<!-- bench-dq:end -->"
@@ -481,6 +483,10 @@ def _write_block(table: str, begin: str, end: str, heading: str, no_write: bool)
         text += f"\n{heading}\n\n{block}\n"
     path.write_text(text)
     print(f"wrote {path}")
+    try:  # the leading table follows the sections it summarises
+        summary.refresh(path)
+    except summary.SummaryError as exc:
+        print(f"the summary of {path} was not rewritten: {exc}", file=sys.stderr)
 
 
 def core_table(args: argparse.Namespace, data: str, planet: int, planets: list[int], tmp: Path) -> str:

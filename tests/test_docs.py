@@ -28,6 +28,19 @@ def relative_links(text: str) -> list[str]:
     return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
 
 
+def test_benchmarks_summary_is_made_from_its_sections():
+    from benchmarks import summary
+
+    text = (REPO / "BENCHMARKS.md").read_text()
+    assert summary.refreshed(text) == text, "BENCHMARKS.md's summary is out of date: python -m benchmarks.summary"
+    # a row the sections no longer hold is an error naming it, not a shorter table
+    broken = text.replace("| **arielstream**, default profile, one worker", "| arielstream, one worker", 1)
+    with pytest.raises(summary.SummaryError, match="bench section: no row starting"):
+        summary.render(broken)
+    changed = text.replace("| 0.91 | 283 |", "| 0.95 | 290 |", 1)  # the bench's own row, as a rerun writes it
+    assert "0.95 s per observation, 290 MB" in summary.render(changed)
+
+
 def test_cli_reference_is_current():
     committed = (DOCS / "cli.md").read_text()
     assert committed == cli_reference(), "docs/cli.md is out of date with the parser: run `make docs`"
