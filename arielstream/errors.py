@@ -72,7 +72,7 @@ class MissingDependencyError(ArielstreamError):
         for ``dask.distributed``); ``extra`` the arielstream extra that installs it too.
         """
         requirement = requirement or package
-        quoted = f"'{requirement}'" if "[" in requirement else requirement
+        quoted = f"'{requirement}'" if any(c in requirement for c in "[]<>=! ") else requirement  # for a shell
         also = f" (or the arielstream[{extra}] extra)" if extra else ""
         return cls(f"{feature} needs {package}: pip install {quoted}{also}; offline (e.g. a Kaggle kernel without "
                    f"internet) upload its wheels as a dataset and pip install --no-index --find-links WHEEL_DIR "

@@ -145,6 +145,24 @@ def test_the_dask_backend_without_distributed_exits_69_before_writing_anything(t
     assert err.count("\n") == 1
 
 
+def test_the_dask_backend_with_joblib_1_3_exits_69_before_writing_anything(tmp_path, monkeypatch, capsys,
+                                                                           console_logging, listening):
+    pytest.importorskip("distributed")
+    import joblib
+
+    # joblib 1.3 (install_requires' floor) raises ValueError for return_as="generator" with dask, mid-run
+    monkeypatch.setattr(joblib, "__version__", "1.3.2")
+    out = tmp_path / "out" / "o.h5"
+    out.parent.mkdir()
+    argv = ["calibrate", str(DATA_SAMPLES), "-o", str(out), "--backend", "dask", "--scheduler", listening,
+            "--no-progress"]
+    assert cli.main(argv) == EXIT_UNAVAILABLE
+    assert list(out.parent.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "the dask backend (joblib 1.3.2 here) needs joblib >= 1.4: pip install 'joblib>=1.4'" in err
+    assert "arielstream[dask]" in err and err.count("\n") == 1
+
+
 def test_quicklook_without_matplotlib_exits_69_with_an_offline_hint(calibrated, tmp_path, monkeypatch, capsys,
                                                                     console_logging):
     monkeypatch.setitem(sys.modules, "matplotlib", None)

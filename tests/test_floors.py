@@ -48,6 +48,7 @@ from .conftest import DATA_SAMPLES, REPO
 from .test_kaggle_recipe import TIMEOUT, clean_env, offline
 
 CONSTRAINTS = REPO / "constraints-floor.txt"
+CONSTRAINTS_EXTRAS = REPO / "constraints-floor-extras.txt"  # the extras' floors, over CONSTRAINTS
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
 COMPLETE = "arielstream-floor-complete"  # in the venv, written last: its pins are installed and checked
@@ -61,10 +62,18 @@ def install_requires() -> list[Requirement]:
     return [r for r in (Requirement(line) for line in lines if line) if r.marker is None or r.marker.evaluate()]
 
 
-def pins(applicable: bool = True) -> dict[str, str]:
-    """``constraints-floor.txt``: normalised name -> pinned version (only those for this Python if ``applicable``)."""
+def extras_require() -> dict[str, list[Requirement]]:
+    """setup.cfg's optional extras (not ``test``, the developers' tools): name -> requirements."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    return {name: [Requirement(line.strip()) for line in value.splitlines() if line.strip()]
+            for name, value in cfg["options.extras_require"].items() if name != "test"}
+
+
+def pins(applicable: bool = True, path: Path = CONSTRAINTS) -> dict[str, str]:
+    """A constraints file: normalised name -> pinned version (only those for this Python if ``applicable``)."""
     out = {}
-    for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -99,8 +108,8 @@ def run(cmd: list[str | Path], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=TIMEOUT, **kw)
 
 
-def cache_folder() -> Path:
-    key = hashlib.sha256(CONSTRAINTS.read_bytes())
+def cache_folder(*constraints: Path) -> Path:
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in (constraints or (CONSTRAINTS,))))
     key.update(f"{platform.python_implementation()} {PYTHON} {platform.machine()}".encode())
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     try:
@@ -130,8 +139,12 @@ def installed_versions(python: Path) -> dict[str, str]:
     return {canonical(name): version for name, version in json.loads(probe.stdout).items()}
 
 
-def build_floor_venv(venv: Path, tmp_path: Path) -> None:
-    """A fresh venv holding exactly the constraints' pins, from PyPI; skips where PyPI cannot be reached."""
+def build_floor_venv(venv: Path, tmp_path: Path, constraints: Path = CONSTRAINTS,
+                     requirements: list[Requirement] | None = None) -> None:
+    """A fresh venv holding exactly the constraints' pins, from PyPI; skips where PyPI cannot be reached.
+
+    ``requirements``: what to install under them (default setup.cfg's ``install_requires``).
+    """
     shutil.rmtree(venv, ignore_errors=True)  # an unfinished one (no COMPLETE), or one whose Python moved
     made = run([sys.executable, "-m", "venv", venv])
     assert made.returncode == 0, made.stderr
@@ -144,8 +157,8 @@ def build_floor_venv(venv: Path, tmp_path: Path) -> None:
         why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
         pytest.skip(f"PyPI cannot be reached (pip download tqdm failed: {why}), so the floor venv cannot be built")
     # setup.cfg's requirements as they are, under the pins: a pin outside its requirement fails to resolve
-    install = run([python, *PIP, "install", "--only-binary=:all:", "--progress-bar", "off", "-c", CONSTRAINTS,
-                   *(str(r) for r in install_requires())])
+    install = run([python, *PIP, "install", "--only-binary=:all:", "--progress-bar", "off", "-c", constraints,
+                   *(str(r) for r in (requirements or install_requires()))])
     assert install.returncode == 0, (f"the floor pins do not install on Python {PYTHON}:\n"
                                      f"{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
     (venv / COMPLETE).write_text(install.stdout)
@@ -248,3 +261,84 @@ def test_simulate_page_checksums_without_pyarrow_15_is_refused_before_anything_i
     with pytest.raises(MissingDependencyError, match=r"pyarrow >= 15 .*pip install 'pyarrow>=15'"):
         dataset.simulate_dataset(tmp_path / "sim", n_planets=1, scale=0.02, page_checksums=True)
     assert not (tmp_path / "sim").exists()
+
+
+def merged_constraints(target: Path) -> Path:
+    """constraints-floor.txt with constraints-floor-extras.txt's pins over it, written to ``target``."""
+    merged = {**pins(), **pins(path=CONSTRAINTS_EXTRAS)}
+    target.write_text("".join(f"{name}=={version}\n" for name, version in merged.items()))
+    return target
+
+
+def test_the_extras_constraints_pin_exactly_the_lower_bound_of_every_extra():
+    pinned = pins(applicable=False, path=CONSTRAINTS_EXTRAS)
+    for extra, requirements in extras_require().items():
+        for req in requirements:
+            lower = [s.version for s in req.specifier if s.operator == ">="]
+            assert len(lower) == 1, f"[{extra}] {req}: one lower bound (>=) expected"
+            pin = pinned.get(canonical(req.name))
+            assert pin is not None, f"[{extra}] {req.name} is not pinned in {CONSTRAINTS_EXTRAS.name}"
+            assert Version(pin) == Version(lower[0]), f"{CONSTRAINTS_EXTRAS.name}: {req.name} {pin}, [{extra}] {req}"
+            if "distributed" in req.extras:  # dask[distributed] installs distributed of dask's version
+                assert pinned.get("distributed") == pin
+
+
+EXTRAS_SCRIPT = """
+import json, sys
+import h5py, numpy as np, xarray, distributed
+import arielstream
+from arielstream.products.quicklook import quicklook
+
+if __name__ == "__main__":
+    data, work = sys.argv[1], sys.argv[2]
+    assert arielstream.calibrate(data, work + "/loky.h5", jobs=2, progress=False, log_file=False).ok
+    with h5py.File(work + "/loky.h5") as f:
+        engines = {json.loads(p)["engine"] for p in f["provenance"][()]}
+    with arielstream.open(work + "/loky.h5") as res:
+        lazy = res.to_xarray()
+        assert lazy.airs.dims == ("obs", "airs_time", "wavelength", "airs_y")
+    with xarray.open_dataset(work + "/loky.h5", engine="h5netcdf", group="AIRS-CH0") as airs:
+        assert airs.signal.dims == ("obs", "time", "wavelength", "row")
+        assert np.array_equal(airs.signal.values, lazy.airs.values, equal_nan=True)
+    page = quicklook(work + "/loky.h5", work + "/ql", obs=[0])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        assert arielstream.calibrate(data, work + "/dask.h5", backend="dask", scheduler=cluster.scheduler_address,
+                                     progress=False, log_file=False, task_timeout=600).ok
+    with h5py.File(work + "/loky.h5") as a, h5py.File(work + "/dask.h5") as b:
+        same = all(np.array_equal(a[k][()], b[k][()], equal_nan=True) for k in ("AIRS-CH0/signal", "FGS1/signal"))
+    print(json.dumps({"engines": sorted(engines), "page": str(page), "same": same}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason=f"the floor pins are for Python 3.10 and 3.11 (numpy 1.24 "
+                    f"has no wheel for Python {PYTHON})")
+def test_the_extras_at_their_floors_run_numba_quicklook_xarray_and_dask(wheel, tmp_path):
+    wheel_file, digest = wheel
+    venv = cache_folder(CONSTRAINTS, CONSTRAINTS_EXTRAS).with_name(
+        cache_folder(CONSTRAINTS, CONSTRAINTS_EXTRAS).name.replace("floor-venv", "floor-extras-venv"))
+    python = venv / "bin" / "python"
+    constraints = merged_constraints(tmp_path / "constraints.txt")
+    with locked(venv.with_name(venv.name + ".lock")):
+        usable = (venv / COMPLETE).is_file() and python.exists() and run([python, "-c", "pass"]).returncode == 0
+        if not usable:
+            extras = [r for requirements in extras_require().values() for r in requirements]
+            build_floor_venv(venv, tmp_path, constraints, [*install_requires(), *extras])
+        install = run([python, *PIP, "install", "--no-index", "--no-deps", "--force-reinstall", wheel_file])
+        assert install.returncode == 0, install.stdout + install.stderr
+        versions = installed_versions(python)
+        expected = pins(path=constraints)
+        assert {name: versions.get(name) for name in expected} == expected
+        check = run([python, *PIP, "check"])
+        assert check.returncode == 0, check.stdout + check.stderr
+        script, work = tmp_path / "extras.py", tmp_path / "work"
+        script.write_text(EXTRAS_SCRIPT)
+        work.mkdir()
+        # with the network (the dask cluster talks over loopback, which a fresh network namespace has down)
+        ran = run([python, script, DATA_SAMPLES, work], cwd=work)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-5000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["engines"] == [f"numba {expected['numba']}"]  # the compiled kernels ran, at numba's floor
+    assert result["same"], "the dask backend and the local pool gave different cubes"
+    assert Path(result["page"]).is_file()

@@ -38,6 +38,7 @@ import gc
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import sys
 import time
@@ -89,6 +90,7 @@ from .worker import ObservationResult, dataset_info
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = "2GB"
+DASK_JOBLIB = (1, 4)  # the first joblib whose dask backend streams results (setup.cfg's dask extra requires it)
 
 
 @dataclass
@@ -534,6 +536,14 @@ def check_options(options: RunOptions, budget: int, chunk_bytes: int | None = No
         except ImportError:
             raise MissingDependencyError.of("the dask backend", "dask.distributed", "dask[distributed]",
                                             "dask") from None
+        import joblib
+
+        found = re.match(r"(\d+)\.(\d+)", joblib.__version__)
+        if found is None or (int(found[1]), int(found[2])) < DASK_JOBLIB:
+            # joblib 1.3 (install_requires' floor) cannot stream results from dask (return_as="generator")
+            raise MissingDependencyError.of(f"the dask backend (joblib {joblib.__version__} here)",
+                                            f"joblib >= {'.'.join(map(str, DASK_JOBLIB))}",
+                                            f"joblib>={'.'.join(map(str, DASK_JOBLIB))}", "dask")
     if options.backend == "dask" and options.scheduler:
         _probe_scheduler(options.scheduler)
 
