@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import shutil
 
 import h5py
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 import arielstream
 from arielstream.cli import app as cli
+from arielstream.io.schema import STATUS_FAILED
 from arielstream.products import spectrum as sp
 from arielstream.products.score import score_files
 
@@ -248,3 +251,121 @@ def test_too_few_bins_without_star_info_give_no_spectrum_rather_than_an_overconf
     with pytest.raises(InputError, match="no observation gave a spectrum"):
         sp.write_spectrum(samples, tmp_path / "s.csv", star_info=False)
     assert not (tmp_path / "s.csv").exists()
+
+
+# ---------------------------------------------------------------- never a number it did not measure
+def calibrate_quietly(monkeypatch, *args, **kwargs):
+    """arielstream.calibrate without the console handler an earlier cli.main left on a stream pytest closed."""
+    monkeypatch.setattr(logging.getLogger("arielstream"), "handlers", [])
+    summary = arielstream.calibrate(*args, jobs=1, progress=False, log_file=False, **kwargs)
+    assert summary.ok
+    return summary
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("arielstream spectrum: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def one_planet_failed(samples, tmp_path_factory):
+    """The samples with planet 73079497's only observation (index 0) failed: that planet has no spectrum."""
+    copy = tmp_path_factory.mktemp("spectrum_failed") / "failed.h5"
+    shutil.copy(samples, copy)
+    with h5py.File(copy, "r+") as f:
+        assert f["planet_id"][0] == 73079497 and (f["planet_id"][()] == 73079497).sum() == 1
+        f["status"][0] = STATUS_FAILED
+        f["error"][0] = b"FILE: row group 3 could not be decoded"
+    return copy
+
+
+def test_an_aperture_that_holds_no_row_of_the_trace_is_an_error_naming_the_option(samples, tmp_path, capsys):
+    """--half-width 0: no row lies within 0 of the trace's (flux-weighted, fractional) centre row.
+
+    It used to fill every AIRS wavelength with the FGS1 depth and sigma, with a warning and exit 0.
+    """
+    out = tmp_path / "s.csv"
+    assert cli.main(["-q", "spectrum", str(samples), "-o", str(out), "--half-width", "0"]) == cli.EXIT_FAILURES
+    err = one_line_error(capsys)
+    assert "--half-width 0" in err and "holds no row of the trace" in err, err
+    assert list(tmp_path.iterdir()) == []  # no submission, no fits, no .partial
+    with pytest.raises(sp.SpectrumError, match="half_width=0"):
+        sp.spectrum(samples, half_width=0)
+
+
+def test_a_planet_without_a_completed_observation_is_an_error_naming_it(one_planet_failed, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert cli.main(["-q", "spectrum", str(one_planet_failed), "-o", str(out)]) == cli.EXIT_FAILURES
+    err = one_line_error(capsys)
+    assert "1 of the 2 planet(s) of the train split have no spectrum: 73079497 (visit 0 failed: FILE: row group 3" \
+        in err and "--missing prior" in err, err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(sp.SpectrumError, match="73079497"):
+        sp.write_spectrum(one_planet_failed, out, missing="error")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_prior_writes_every_planet_the_prior_for_those_unmeasured(one_planet_failed, tmp_path, capsys,
+                                                                          caplog):
+    out = tmp_path / "s.csv"
+    with caplog.at_level(logging.WARNING, logger="arielstream.products.spectrum"):
+        assert cli.main(["spectrum", str(one_planet_failed), "-o", str(out), "--missing", "prior"]) == cli.EXIT_OK
+    assert "2 planet(s) from 2 visit(s), 1 from the prior" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if "written as the prior" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("planet 73079497 has no spectrum (visit 0 failed"), warned
+    rows = read_truth(out)
+    assert sorted(rows) == [73079497, 4225610805]  # every planet of the split
+    labels = np.array(list(read_truth(DATA_SAMPLES / "train.csv").values()))
+    n = labels.shape[0]
+    np.testing.assert_allclose(rows[73079497][:283], labels.mean(axis=0), rtol=1e-12)
+    # the spread of a new planet about the mean of n: sample standard deviation times sqrt(1 + 1/n)
+    np.testing.assert_allclose(rows[73079497][283:], labels.std(axis=0, ddof=1) * math.sqrt(1 + 1 / n), rtol=1e-12)
+    measured = rows[4225610805]
+    assert not np.allclose(measured[:283], labels.mean(axis=0))
+    with h5py.File(tmp_path / "s.fits.h5") as f:
+        assert f.attrs["prior_planets"].tolist() == [73079497] and "train.csv" in f.attrs["prior"]
+        assert f["planet_id"][()].tolist() == [4225610805, 4225610805]  # the fits hold only what was measured
+
+
+def test_a_file_without_an_instrument_is_an_error_naming_it(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "fgs1.h5"
+    calibrate_quietly(monkeypatch, DATA_SAMPLES, out, planets=[73079497],
+                      config=arielstream.build_config(instruments=("FGS1",)))
+    submission = tmp_path / "s.csv"
+    before = sorted(tmp_path.iterdir())
+    for missing in ([], ["--missing", "prior"]):  # no fallback stands in for a whole instrument
+        assert cli.main(["-q", "spectrum", str(out), "-o", str(submission), *missing]) == cli.EXIT_FAILURES
+        err = one_line_error(capsys)
+        assert "holds no AIRS-CH0 data" in err, err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_planet_of_the_split_absent_from_the_file_is_an_error_or_the_prior(tmp_path, capsys, monkeypatch):
+    """The split's planets come from the data folder too: one added after the calibration is named."""
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    for name in ("adc_info.csv", "axis_info.parquet", "train.csv", "train_star_info.csv", "wavelengths.csv"):
+        (data / name).symlink_to(DATA_SAMPLES / name)
+    (data / "train" / "73079497").symlink_to(DATA_SAMPLES / "train" / "73079497")
+    out = tmp_path / "out.h5"
+    calibrate_quietly(monkeypatch, data, out)
+    (data / "train" / "4225610805").symlink_to(DATA_SAMPLES / "train" / "4225610805")  # a planet the file lacks
+    submission = tmp_path / "s.csv"
+    assert cli.main(["-q", "spectrum", str(out), "-o", str(submission)]) == cli.EXIT_FAILURES
+    assert "4225610805 (not in out.h5)" in one_line_error(capsys)
+    assert not submission.exists()
+    assert cli.main(["-q", "spectrum", str(out), "-o", str(submission), "--missing", "prior"]) == cli.EXIT_OK
+    assert sorted(read_truth(submission)) == [73079497, 4225610805]
+
+
+def test_label_prior_needs_labels_that_spread():
+    mean, sigma = sp.label_prior(np.array([[1.0, 4.0], [3.0, 8.0]]))
+    np.testing.assert_allclose(mean, [2.0, 6.0])
+    np.testing.assert_allclose(sigma, [math.sqrt(2) * math.sqrt(1.5), math.sqrt(8) * math.sqrt(1.5)])
+    with pytest.raises(ValueError, match="at least 2"):
+        sp.label_prior(np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="target 2 do not spread"):
+        sp.label_prior(np.array([[1.0, 2.0], [3.0, 2.0]]))
+    with pytest.raises(ValueError, match="missing must be one of"):
+        sp.spectrum("unused.h5", missing="zero")

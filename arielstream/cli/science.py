@@ -1,8 +1,11 @@
 """Command line for the science products: ``spectrum`` (a submission file) and ``score`` (the competition metric).
 
-:func:`.app.build_parser` calls :func:`add_commands`. ``score`` exits 65 when the
-submission (or truth) is one the competition would refuse (wrong shape, NaN,
-negative value, missing planet) and 66 when a file cannot be read.
+:func:`.app.build_parser` calls :func:`add_commands`. ``spectrum`` exits 65, writing
+nothing, when it cannot measure every planet of the split (a planet without a
+spectrum, an instrument without data, an aperture that holds no row of the trace)
+unless ``--missing prior``. ``score`` exits 65 when the submission (or truth) is one
+the competition would refuse (wrong shape, NaN, negative value, missing planet) and
+66 when a file cannot be read.
 """
 
 from __future__ import annotations
@@ -23,13 +26,19 @@ _non_negative_int = number(int, strict=False)
 @_selection_errors
 def cmd_spectrum(args: argparse.Namespace) -> int:
     """``arielstream spectrum``: fit every done observation and write the submission and the per-visit fits."""
-    from ..products.spectrum import write_spectrum
+    from ..products.spectrum import SpectrumError, write_spectrum
 
     star_info: Path | bool | None = False if args.no_star_info else args.star_info
-    out, fits, spectra = write_spectrum(args.path, args.output, fits=args.fits, degree=args.degree,
-                                        decorrelate=args.decorrelate, star_info=star_info,
-                                        observations=args.obs, **_extraction_kwargs(args))
-    print(f"{out}: {spectra.planet_id.size} planet(s) from {len(spectra.visits)} visit(s)")
+    try:
+        out, fits, spectra = write_spectrum(args.path, args.output, fits=args.fits, degree=args.degree,
+                                            decorrelate=args.decorrelate, star_info=star_info,
+                                            observations=args.obs, missing=args.missing,
+                                            **_extraction_kwargs(args))
+    except SpectrumError as exc:
+        print(f"arielstream spectrum: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
+    prior = f", {spectra.prior_planets.size} from the prior (--missing prior)" if spectra.prior_planets.size else ""
+    print(f"{out}: {spectra.planet_id.size} planet(s) from {len(spectra.visits)} visit(s){prior}")
     print(f"{fits}: per-visit fits")
     return EXIT_OK
 
@@ -53,14 +62,17 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"spectrum": cmd_spec
 
 def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``spectrum`` and ``score`` to ``subparsers``; returns :data:`HANDLERS`."""
-    from ..products.defaults import DEFAULT_DEGREE
+    from ..products.defaults import DEFAULT_DEGREE, MISSING_POLICIES
 
     sp = subparsers.add_parser(
         "spectrum", help="transit depth per wavelength (a competition submission CSV) from a calibrated file",
         parents=parents,
         description="Find each observation's transit in its white light, fit the depth of every wavelength with a "
                     "polynomial baseline, combine a planet's visits and write planet_id, wl_1..wl_283, "
-                    "sigma_1..sigma_283, plus an HDF5 file of the per-visit fits.")
+                    "sigma_1..sigma_283, plus an HDF5 file of the per-visit fits. One row per planet of the split, "
+                    "or exit 65 with nothing written: a planet without a spectrum (not calibrated, failed, no "
+                    "transit found), a file without FGS1 or AIRS-CH0 data, or an aperture that holds no row of "
+                    "the trace is named as an error.")
     sp.add_argument("path", type=Path, metavar="OUT.h5")
     sp.add_argument("-o", "--output", type=Path, default=None, metavar="SUBMISSION.csv",
                     help="submission file (default OUT.submission.csv beside OUT.h5)")
@@ -76,7 +88,12 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
                             "the file was calibrated from)")
     stars.add_argument("--no-star-info", action="store_true", help="fit the transit durations without star info")
     sp.add_argument("--obs", type=_non_negative_int, nargs="+", metavar="I",
-                    help="observation indices (default: every done observation)")
+                    help="observation indices (default: every done observation); the submission then holds the "
+                         "planets of these observations only")
+    sp.add_argument("--missing", choices=MISSING_POLICIES, default="error",
+                    help="a planet without a spectrum: error (exit 65, nothing written; the default) or prior: "
+                         "the mean spectrum of the data folder's train.csv, sigma its per-wavelength spread, with "
+                         "a warning naming the planet")
     _extraction_options(sp)
     sp.set_defaults(handler=cmd_spectrum)
 

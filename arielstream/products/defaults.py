@@ -19,3 +19,4 @@ DEFAULT_FGS1_RADIUS = 6.0  # FGS1: photometric aperture radius in pixels
 
 # spectrum
 DEFAULT_DEGREE = 1  # the out-of-transit baseline polynomial's degree in time
+MISSING_POLICIES = ("error", "prior")  # a planet without a spectrum: an error, or the training labels' prior

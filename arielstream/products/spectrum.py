@@ -38,6 +38,27 @@ The fit of one observation
   missing values: a negative depth is written as 0 (its sigma kept), a
   wavelength without data as the planet's median depth with a sigma that covers
   the spread of its spectrum (both logged).
+
+Never a number it did not measure
+---------------------------------
+The submission holds one row per planet of the split (the planets of
+``<data>/<split>/`` and of the calibrated file; with ``observations``, the
+planets of those observations), or nothing is written. Each of these raises
+:class:`SpectrumError` naming it (exit 65 from the command line):
+
+* the file holds no FGS1 or no AIRS-CH0 data (a calibration with one instrument);
+* the AIRS aperture holds no row of the trace (``half_width`` 0: the trace's
+  centre row is a flux-weighted mean, which falls between rows);
+* a planet without a spectrum: not in the calibrated file, no done observation
+  (failed, pending), no transit found, or no FGS1 depth or no AIRS depth at all.
+
+``missing="prior"`` (``--missing prior``) writes such a planet as the prior
+instead, with a warning naming it: the mean of the training labels
+(``<data>/train.csv``) per wavelength, with a sigma of their standard deviation
+times ``sqrt(1 + 1/n)`` over ``n`` planets, the spread of a new planet's truth
+about that mean, so that the score's log-likelihood stays honest (a narrower
+sigma would be overconfident). On the train split the prior includes the
+planet's own labels (1/n of the mean).
 """
 
 from __future__ import annotations
@@ -54,16 +75,17 @@ import h5py
 import numpy as np
 
 from .._version import __version__
-from ..errors import InputError, OutputError
+from ..errors import ArielstreamError, InputError, OutputError, flag
 from ..io import cf
 from ..io import schema as _schema
 from ..io.atomic import output_errors, staged
 from ..io.output import UnsafeTargetError, check_product_target
 from ..io.reader import open_output
-from ..io.store import text
-from ..layout import SIGMA_PREFIX, TARGET_PREFIX
+from ..io.store import instruments_in, text
+from ..layout import AIRS, FGS1, SIGMA_PREFIX, TARGET_PREFIX, discover_observations
 from . import lightcurves as lc
-from .defaults import DEFAULT_DEGREE
+from .defaults import DEFAULT_DEGREE, DEFAULT_HALF_WIDTH, MISSING_POLICIES
+from .score import read_table
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +97,15 @@ N_STARTS = 3  # the timing's simplex starts from this many of the best grid poin
 MULTIPLICATIVE_ITERATIONS = 3  # fits of each light curve, each with the previous baseline shape
 FITS_FORMAT_NAME = "arielstream-spectrum-fits"
 FITS_FORMAT_VERSION = 1
+PRIOR_LABELS = "train.csv"  # the training labels in the data folder, the prior's source
+SHOWN_PLANETS = 5  # planets an error names one by one (the rest counted)
+
+
+class SpectrumError(ArielstreamError):
+    """The file cannot give a measured spectrum of every planet asked for (exit 65 from the command line).
+
+    A planet without a spectrum, an instrument without data, an aperture that holds no row of the trace.
+    """
 
 
 # ---------------------------------------------------------------- pure functions over arrays
@@ -426,6 +457,26 @@ def submission_values(depth: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray,
     return depth, sigma, int(negative.sum()), int(missing.sum())
 
 
+def label_prior(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The prior spectrum of a planet not measured: mean and sigma ``(targets,)`` from ``(n, targets)`` labels.
+
+    The mean over the ``n`` planets, and as sigma their sample standard deviation
+    times ``sqrt(1 + 1/n)``: the spread of a new planet's true spectrum about that
+    mean (the mean's own error included). Raises ``ValueError`` with fewer than
+    two planets, a value that is not finite, or a target whose labels do not spread.
+    """
+    labels = np.atleast_2d(np.asarray(labels, dtype=np.float64))
+    n = labels.shape[0]
+    if n < 2:
+        raise ValueError(f"{n} planet(s): the prior's spread needs at least 2")
+    if not np.isfinite(labels).all():
+        raise ValueError("a label is NaN or infinite")
+    sigma = labels.std(axis=0, ddof=1) * math.sqrt(1.0 + 1.0 / n)
+    if not (sigma > 0).all():
+        raise ValueError(f"the labels of target {int(np.argmin(sigma)) + 1} do not spread (the same for all planets)")
+    return labels.mean(axis=0), sigma
+
+
 # ---------------------------------------------------------------- adapter: an arielstream file
 @dataclass
 class VisitFit:
@@ -547,28 +598,67 @@ def fit_observation(lcs: lc.LightCurves, *, degree: int = DEFAULT_DEGREE, decorr
     return out
 
 
+@dataclass(frozen=True)
+class Prior:
+    """The spectrum written for a planet without one (``missing="prior"``): :func:`label_prior` of ``path``."""
+
+    path: Path
+    n_planets: int
+    depth: np.ndarray  # (283,)
+    sigma: np.ndarray  # (283,)
+
+    def describe(self) -> str:
+        """How the prior was made, for the log and the fits file."""
+        return (f"the mean of the {self.n_planets} training spectra of {self.path}, sigma their standard deviation "
+                f"times sqrt(1 + 1/{self.n_planets})")
+
+
 @dataclass
 class Spectra:
-    """Per-planet spectra (``(planets, 283)``) and the per-visit fits behind them."""
+    """Per-planet spectra (``(planets, 283)``) and the per-visit fits behind them.
+
+    ``prior_planets`` are the planets written as the ``prior`` (``missing="prior"``): not measured.
+    """
 
     planet_id: np.ndarray
     depth: np.ndarray
     sigma: np.ndarray
     visits: list[VisitFit]
+    prior_planets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    prior: Prior | None = None  # the prior written for them (None when no planet needed it)
 
     def __repr__(self) -> str:  # one line: the shapes, not the arrays
         planets = ", ".join(str(int(p)) for p in self.planet_id[:5]) + (", ..." if len(self.planet_id) > 5 else "")
+        prior = f", {len(self.prior_planets)} planet(s) from the prior" if len(self.prior_planets) else ""
         return (f"<Spectra {len(self.planet_id)} planet(s) [{planets}]: depth and sigma {self.depth.shape} "
-                f"(planet, target), {len(self.visits)} visit fit(s)>")
+                f"(planet, target), {len(self.visits)} visit fit(s){prior}>")
+
+
+def read_prior(path: str | Path) -> Prior:
+    """The prior from training labels (``planet_id, wl_1 … wl_283``: ``train.csv``); InputError naming the file."""
+    table = read_table(path, role="truth")
+    if table.columns != [f"{TARGET_PREFIX}{k}" for k in range(1, N_TARGETS + 1)]:
+        raise InputError(table.path, f"the prior's training labels need the columns planet_id, {TARGET_PREFIX}1 … "
+                                     f"{TARGET_PREFIX}{N_TARGETS}")
+    try:
+        depth, sigma = label_prior(table.values)
+    except ValueError as exc:
+        raise InputError(table.path, f"cannot make the prior from these labels: {exc}") from None
+    return Prior(table.path, table.values.shape[0], depth, sigma)
+
+
+def _data_folder(src: h5py.File) -> tuple[Path | None, str]:
+    """The data folder the file was calibrated from (``None`` when it names none), and the split."""
+    folder = text(src.attrs.get("source", ""))
+    return (Path(folder) if folder else None), text(src.attrs.get("split", ""))
 
 
 def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | None) -> dict[int, dict[str, float]]:
     if star_info is False:
         return {}
     if star_info is None or star_info is True:
-        folder = text(src.attrs.get("source", ""))
-        split = text(src.attrs.get("split", ""))
-        candidate = Path(folder) / f"{split}_star_info.csv" if folder and split else None
+        folder, split = _data_folder(src)
+        candidate = folder / f"{split}_star_info.csv" if folder is not None and split else None
         if candidate is None or not candidate.is_file():
             log.warning("%s: no star info found (%s); every transit duration is fitted", path,
                         candidate or "the file names no data folder")
@@ -577,16 +667,82 @@ def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | No
     return read_star_info(star_info)
 
 
+def _prior_for(src: h5py.File, path: Path, missing: str) -> Prior | None:
+    """With ``missing="prior"``, the prior from the data folder's training labels (read before any fit)."""
+    if missing != "prior":
+        return None
+    folder, _ = _data_folder(src)
+    if folder is None:
+        raise InputError(path, f"{flag('missing', 'prior')} needs the training labels ({PRIOR_LABELS} in the data "
+                               "folder), and the file names no data folder")
+    return read_prior(folder / PRIOR_LABELS)
+
+
+def _split_planets(src: h5py.File, path: Path, held: set[int]) -> tuple[set[int], str]:
+    """The planets the submission needs a row for (the data folder's split and the file's ``held``), and their name."""
+    folder, split = _data_folder(src)
+    planets = set(held)
+    if folder is not None and split and (folder / split).is_dir():
+        planets |= {o.planet_id for o in discover_observations(folder, split)}
+    else:
+        log.warning("%s: its data folder (%s) is not here: the submission's planets are the %d the file holds", path,
+                    folder / split if folder is not None else "none named", len(planets))
+    return planets, f"the {split or 'calibrated'} split"
+
+
+def _one_line(message: str, limit: int = 160) -> str:
+    words = " ".join(message.split())
+    return words if len(words) <= limit else words[: limit - 1] + "…"
+
+
+def _not_done(src: h5py.File, index: int) -> str:
+    """Why observation ``index`` is not done: its status, and the error the run recorded."""
+    status = int(src[_schema.STATUS][index])
+    name = _schema.STATUS_NAMES.get(status, f"status {status}")
+    error = text(src[_schema.ERROR][index]) if _schema.ERROR in src else ""
+    return f"{name}: {_one_line(error)}" if error.strip() else name
+
+
+def _unmeasured(depth: np.ndarray) -> str | None:
+    """Why a planet's combined spectrum ``(283,)`` is no measurement of it, or None."""
+    if not np.isfinite(depth[0]):
+        return "no FGS1 depth (wl_1)"
+    if not np.isfinite(depth[1:]).any():
+        return f"no AIRS-CH0 depth ({TARGET_PREFIX}2 … {TARGET_PREFIX}{N_TARGETS})"
+    return None
+
+
+def _check_aperture(path: Path, curves: lc.LightCurves, half_width: int) -> None:
+    """An AIRS aperture that holds no row of the trace measures nothing: :class:`SpectrumError` naming the option."""
+    if curves.airs_flux is not None and curves.aperture_rows[0] < 0:
+        raise SpectrumError(f"{path}: {flag('half_width', half_width)}: the AIRS aperture, the rows within "
+                            f"{half_width} of the trace's centre row ({curves.trace_row:.2f} in {curves.planet_id}"
+                            f"/visit {curves.visit}), holds no row of the trace; give 1 or more "
+                            f"(default {DEFAULT_HALF_WIDTH})")
+
+
+def _missing_error(path: Path, missing: list[int], why: dict[int, list[str]], n_required: int,
+                   scope: str) -> SpectrumError:
+    shown = "; ".join(f"{pid} ({', '.join(why.get(pid) or [f'not in {path.name}'])})"
+                      for pid in missing[:SHOWN_PLANETS])
+    more = f"; and {len(missing) - SHOWN_PLANETS} more" if len(missing) > SHOWN_PLANETS else ""
+    return SpectrumError(f"{path}: {len(missing)} of the {n_required} planet(s) of {scope} have no spectrum: "
+                         f"{shown}{more}. A submission needs a row for each: calibrate them (a rerun retries "
+                         f"failed observations), or {flag('missing', 'prior')} writes the training set's mean "
+                         "spectrum for them, with a wide sigma")
+
+
 def spectrum(path: str | Path, *, degree: int = DEFAULT_DEGREE, decorrelate: bool = True,
              star_info: str | Path | bool | None = None, observations: Sequence[int] | None = None,
-             **extraction) -> Spectra:
+             missing: str = "error", **extraction) -> Spectra:
     """Fit every done observation of the calibrated file ``path`` and combine the visits of each planet.
 
     ``star_info``: a ``<split>_star_info.csv`` (default: the one in the data
     folder the file was calibrated from, when there), or ``False`` to fit the
     durations without it. ``extraction`` goes to
     :func:`.lightcurves.observation_light_curves` (``half_width``, ``weighted``, …).
-    Reads one observation at a time.
+    Reads one observation at a time. Every planet of the split gets a row, or the
+    call fails (module doc: "Never a number it did not measure").
 
     Parameters
     ----------
@@ -599,51 +755,106 @@ def spectrum(path: str | Path, *, degree: int = DEFAULT_DEGREE, decorrelate: boo
     star_info : str, Path or bool, optional
         A ``<split>_star_info.csv``; default the data folder's, ``False`` fits without it.
     observations : sequence of int, optional
-        Indices of the observations to fit (default every done one).
+        Indices of the observations to fit (default every done one); the rows are then the planets of
+        these observations, not of the whole split.
+    missing : {"error", "prior"}
+        A planet without a spectrum: a :class:`SpectrumError` naming it (default), or ``"prior"``: the
+        training labels' mean spectrum and spread (:func:`label_prior` of ``<data>/train.csv``), with a
+        warning naming the planet.
     **extraction
         Options of the light curves' extraction (``half_width``, ``weighted``, ...).
 
     Returns
     -------
     Spectra
-        Per planet ``depth`` and ``sigma`` ``(planets, 283)``, and the per-visit fits.
+        Per planet ``depth`` and ``sigma`` ``(planets, 283)``, the per-visit fits, and the planets written
+        as the prior.
 
     Raises
     ------
     ValueError
-        ``degree`` < 0.
+        ``degree`` < 0, or ``missing`` not one of :data:`MISSING_POLICIES`.
     InputError
-        ``path`` is not a calibrated file, an observation asked for is not done, or no
-        observation gave a spectrum.
+        ``path`` is not a calibrated file, no observation asked for is done, or none gave a spectrum;
+        with ``missing="prior"``, the training labels cannot be read.
+    SpectrumError
+        The file holds no FGS1 or no AIRS-CH0 data, the AIRS aperture holds no row of the trace, or
+        (``missing="error"``) a planet has no spectrum.
     """
     path = Path(path)
     if degree < 0:
         raise ValueError(f"degree must be >= 0; got {degree}")
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}; got {missing!r}")
+    half_width = int(extraction.get("half_width", DEFAULT_HALF_WIDTH))
     fits: list[VisitFit] = []
+    why: dict[int, list[str]] = {}  # the reasons a planet has no spectrum
     with open_output(path) as src:
+        held = instruments_in(src)
+        absent = [name for name in (FGS1.name, AIRS.name) if name not in held]
+        if absent:
+            raise SpectrumError(f"{path}: holds no {' and no '.join(absent)} data (its instruments: "
+                                f"{', '.join(held) or 'none'}); a submission needs FGS1 ({TARGET_PREFIX}1) and "
+                                f"AIRS-CH0 ({TARGET_PREFIX}2 … {TARGET_PREFIX}{N_TARGETS}): calibrate both")
         stars = _star_info_for(src, path, star_info)
+        prior = _prior_for(src, path, missing)
         chosen = lc.require_done(src, path, observations, "fit")
+        planet_ids = src[_schema.PLANET_ID][()].tolist()
+        visits = src[_schema.VISIT][()].tolist()
+        asked = range(len(planet_ids)) if observations is None else sorted({int(i) for i in observations})
+        if observations is None:
+            required, scope = _split_planets(src, path, set(planet_ids))
+        else:
+            required, scope = {planet_ids[i] for i in asked}, "the chosen observations (--obs)"
+            log.warning("%s: the submission holds the planets of the chosen observations only (%d of the file's %d)",
+                        path, len(required), len(set(planet_ids)))
+        with_done = {planet_ids[i] for i in chosen}
+        for index in sorted(set(asked) - set(chosen)):
+            pid, reason = planet_ids[index], f"visit {visits[index]} {_not_done(src, index)}"
+            if pid in with_done:
+                log.warning("%d/%s: left out of the planet's spectrum", pid, reason)
+            else:
+                why.setdefault(pid, []).append(reason)
+        unfit = sorted(required - with_done)
+        if unfit and prior is None:  # before the fits: they cannot change it
+            raise _missing_error(path, unfit, why, len(required), scope)
         for n, index in enumerate(chosen, start=1):
             curves = lc.observation_light_curves(src, index, **extraction)
+            _check_aperture(path, curves, half_width)
             label = f"{curves.planet_id}/visit {curves.visit}"
             try:
                 fit = fit_observation(curves, degree=degree, decorrelate=decorrelate,
                                       star=stars.get(curves.planet_id))
             except ValueError as exc:
                 log.warning("%s: no spectrum: %s", label, exc)
+                why.setdefault(curves.planet_id, []).append(f"visit {curves.visit}: {exc}")
                 continue
             fits.append(fit)
             log.info("[%d/%d] %s: t0 %.3f h, T14 %.2f h (%s), white depth %.5f ± %.5f", n, len(chosen), label,
                      fit.timing.t0, fit.timing.t14, fit.timing.durations, fit.white_depth, fit.white_sigma)
     if not fits:
         raise InputError(path, "no observation gave a spectrum")
-    planets = sorted({f.planet_id for f in fits})
-    depth = np.empty((len(planets), N_TARGETS))
-    sigma = np.empty((len(planets), N_TARGETS))
-    for row, pid in enumerate(planets):
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for pid in sorted({f.planet_id for f in fits}):
         mine = [f for f in fits if f.planet_id == pid]
-        depth[row], sigma[row] = combine_visits(np.stack([f.depth for f in mine]), np.stack([f.sigma for f in mine]))
-    return Spectra(planet_id=np.array(planets, dtype=np.int64), depth=depth, sigma=sigma, visits=fits)
+        depth, sigma = combine_visits(np.stack([f.depth for f in mine]), np.stack([f.sigma for f in mine]))
+        problem = _unmeasured(depth)
+        if problem is None:
+            rows[pid] = depth, sigma
+        else:
+            why.setdefault(pid, []).append(problem)
+    unmeasured = sorted(required - rows.keys())
+    if unmeasured and prior is None:
+        raise _missing_error(path, unmeasured, why, len(required), scope)
+    for pid in unmeasured:
+        assert prior is not None
+        log.warning("planet %d has no spectrum (%s): written as the prior, %s", pid,
+                    ", ".join(why.get(pid) or [f"not in {path.name}"]), prior.describe())
+        rows[pid] = prior.depth, prior.sigma
+    planets = sorted(rows)
+    return Spectra(planet_id=np.array(planets, dtype=np.int64), depth=np.stack([rows[p][0] for p in planets]),
+                   sigma=np.stack([rows[p][1] for p in planets]), visits=fits,
+                   prior_planets=np.array(unmeasured, dtype=np.int64), prior=prior if unmeasured else None)
 
 
 def default_submission(path: str | Path) -> Path:
@@ -689,6 +900,9 @@ def _write_fits(partial: Path, spectra: Spectra, source: Path, degree: int) -> N
                         "title": "arielstream per-visit transit fits",
                         "source": lc.relative_source(source, partial), "fitted_with": __version__, "degree": degree,
                         "targets": "wl_1 (FGS1), wl_2 ... wl_283 (AIRS ascending)"})
+        if spectra.prior is not None:  # planets of the submission that no fit here measured
+            f.attrs["prior_planets"] = np.asarray(spectra.prior_planets, dtype=np.int64)
+            f.attrs["prior"] = f"submitted for prior_planets (no spectrum): {spectra.prior.describe()}"
         fit = cf.scale(f, "fit", np.arange(len(v), dtype=np.int32), "fitted observation (one planet visit)")
         target = cf.scale(f, "target", np.arange(1, N_TARGETS + 1, dtype=np.int16),
                           "target k of wl_k (1: FGS1 photometer, 2 ... 283: AIRS-CH0 by ascending wavelength)")
@@ -732,10 +946,40 @@ def _write_fits(partial: Path, spectra: Spectra, source: Path, degree: int) -> N
 
 
 def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str | Path | None = None,
-                   degree: int = DEFAULT_DEGREE, **options) -> tuple[Path, Path, Spectra]:
+                   degree: int = DEFAULT_DEGREE, missing: str = "error", **options) -> tuple[Path, Path, Spectra]:
     """Fit ``path`` (:func:`spectrum`) and write the submission CSV and the per-visit fits (HDF5), together.
 
-    Returns the two paths written and the spectra.
+    Both files appear together, or neither (nor any ``.partial``): nothing is written when :func:`spectrum`
+    fails, e.g. for a planet without a spectrum.
+
+    Parameters
+    ----------
+    path : str or Path
+        A calibrated file.
+    out : str or Path, optional
+        The submission CSV (default ``OUT.submission.csv`` beside ``path``).
+    fits : str or Path, optional
+        The per-visit fits (default ``SUBMISSION.fits.h5`` beside the submission).
+    degree : int
+        Degree of the baseline polynomial of each fit.
+    missing : {"error", "prior"}
+        A planet without a spectrum: :class:`SpectrumError` (default), or the training labels' prior.
+    **options
+        The other options of :func:`spectrum`.
+
+    Returns
+    -------
+    tuple of (Path, Path, Spectra)
+        The submission and the fits written, and the spectra.
+
+    Raises
+    ------
+    SpectrumError
+        As :func:`spectrum`.
+    UnsafeTargetError
+        A target would overwrite the input, the star info, or the other target.
+    OutputError
+        A target's folder does not exist, or a file cannot be written.
     """
     path = Path(path)
     out = Path(out) if out is not None else default_submission(path)
@@ -751,7 +995,7 @@ def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str
     for target in (out, fits):  # before the fits, not after them
         if not target.resolve().parent.is_dir():
             raise OutputError(f"{target.parent}: output folder does not exist")
-    spectra = spectrum(path, degree=degree, **options)
+    spectra = spectrum(path, degree=degree, missing=missing, **options)
     with staged() as staging:
         with output_errors(out, "write the submission"):
             _write_csv(staging.path(out), spectra)
@@ -761,6 +1005,6 @@ def write_spectrum(path: str | Path, out: str | Path | None = None, *, fits: str
     return out, fits, spectra
 
 
-__all__ = ["Curve", "DepthFit", "Spectra", "Timing", "VisitFit", "bin_width", "combine_visits",
-           "expected_durations", "fit_depths", "fit_observation", "fit_timing", "spectrum", "submission_values",
-           "transit_shape", "write_spectrum"]
+__all__ = ["Curve", "DepthFit", "Prior", "SpectrumError", "Spectra", "Timing", "VisitFit", "bin_width",
+           "combine_visits", "expected_durations", "fit_depths", "fit_observation", "fit_timing", "label_prior",
+           "read_prior", "spectrum", "submission_values", "transit_shape", "write_spectrum"]
