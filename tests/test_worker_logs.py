@@ -7,13 +7,14 @@ import logging
 import os
 import re
 import shutil
+import sys
 
 import pytest
 from tqdm import tqdm
 
 from arielstream.config.options import build_config
 from arielstream.run.runner import calibrate
-from arielstream.run.worker_logs import above_bar
+from arielstream.run.worker_logs import LogForwarder, _ForwardHandler, above_bar
 
 from .conftest import DATA_SAMPLES
 
@@ -91,3 +92,26 @@ def test_console_lines_print_above_the_progress_bar():
     assert "WARNING a worker's warning\n" in text and "below the console's level" not in text
     # written on a line of its own (tqdm clears the bar first), not appended to the bar's line
     assert re.search(r"(^|[\r\n])WARNING a worker's warning\n", text)
+
+
+def test_a_forwarded_record_keeps_its_one_line_message_and_its_traceback_apart(caplog):
+    """As logged in the coordinator itself (jobs=1): the message formatted, the traceback in exc_text."""
+    caplog.set_level(logging.INFO, logger="arielstream")
+    forwarder = LogForwarder()
+    handler = _ForwardHandler(forwarder.channel)  # a worker's, here in this process
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        record = logging.LogRecord("arielstream.test_worker_logs", logging.ERROR, __file__, 1,
+                                   "%s failed with an unexpected error", ("obs 1",), sys.exc_info())
+    try:
+        handler.handle(record)
+        handler.handle(logging.LogRecord("arielstream.test_worker_logs", logging.DEBUG, __file__, 2,
+                                         "below the coordinator's level", None, None))
+    finally:
+        handler.close()
+        forwarder.close()  # logs every record already sent
+    (got,) = [r for r in caplog.records if r.name == "arielstream.test_worker_logs"]
+    assert got.getMessage() == "obs 1 failed with an unexpected error" and got.exc_info is None
+    assert got.exc_text.startswith("Traceback") and got.exc_text.endswith("ZeroDivisionError: division by zero")
+    assert got is not record and got.process == os.getpid()

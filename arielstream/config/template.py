@@ -46,6 +46,9 @@ EXAMPLES: dict[str, Any] = {
 
 def toml_value(value: Any) -> str:
     """A Python default as a TOML value (bool, int, float, str, list/tuple of those; numpy scalars too)."""
+    # Not tomli-w: it writes whole tables, not the single values of a commented template (commented-out
+    # options, a value per profile in a comment), and it would be a new dependency, absent from the offline
+    # Kaggle install (numpy, pyarrow, astropy, numexpr, joblib, h5py, tqdm). tomllib/tomli reads it back.
     if hasattr(value, "item") and not isinstance(value, (list, tuple, str)):  # numpy scalar -> Python
         value = value.item()
     if isinstance(value, bool):

@@ -99,7 +99,7 @@ def write_manifest(data_dir: str | Path, output: str | Path | None = None,
 
     Returns ``(manifest path, number of files, bytes digested, seconds)``. The
     manifest is written atomically; the files are digested on ``threads`` threads
-    (default: one per CPU).
+    (default: one per CPU this process may use).
     """
     root = Path(data_dir).resolve()
     if not root.is_dir():
@@ -109,7 +109,10 @@ def write_manifest(data_dir: str | Path, output: str | Path | None = None,
     if not files:
         raise InputError(root, f"no input files ({', '.join('*' + s for s in INPUT_SUFFIXES)}) to record")
     t0 = time.perf_counter()
-    threads = threads or os.cpu_count() or 1
+    if not threads:
+        from joblib import cpu_count  # the CPUs this process may use: affinity and container quota, as a run counts
+
+        threads = cpu_count()
 
     def entry(path: Path) -> tuple[int, str]:
         try:

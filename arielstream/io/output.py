@@ -165,6 +165,9 @@ class RunLock:
     runs lock two different files.
     """
 
+    # Not filelock: the same flock, but without the holder's pid in the refusal, and a new dependency
+    # that the offline Kaggle install (numpy, pyarrow, astropy, numexpr, joblib, h5py, tqdm) lacks.
+
     def __init__(self, output: Path):
         self.output = Path(output)
         self.path = OutputFiles.of(self.output).lock

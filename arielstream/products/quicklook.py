@@ -301,8 +301,9 @@ def transit_bins(flux: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndar
     dip = baseline - float(level.min())
     noise = float(np.median(err[good])) / math.sqrt(max(width, 1))
     if good.sum() >= 5:
-        step = np.diff(flux[ok])
-        noise = max(noise, 1.4826 * float(np.median(np.abs(step - np.median(step)))) / math.sqrt(2 * max(width, 1)))
+        from astropy.stats import mad_std  # the point-to-point scatter, robust to the transit's two edges
+
+        noise = max(noise, float(mad_std(np.diff(flux[ok]))) / math.sqrt(2 * max(width, 1)))
     if not dip > DETECTION_SIGMA * noise:
         return None
     inside = good & (smooth < baseline - dip / 2)

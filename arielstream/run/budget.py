@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import os
 import resource
 import sys
@@ -156,24 +155,16 @@ def available_memory() -> int:
 
 
 def available_cores() -> int:
-    """Cores this process may run on: CPU affinity, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except OSError:
-        text = []
-    if text and text[0] != "max":
-        try:
-            cores = min(cores, max(1, math.floor(int(text[0]) / int(text[1]))))
-        except (ValueError, IndexError, ZeroDivisionError):
-            pass
-    quota, period = _read_int("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read_int("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-    if quota and period and quota > 0:
-        cores = min(cores, max(1, quota // period))
-    return max(1, cores)
+    """Cores this process may run on: ``joblib.cpu_count()``.
+
+    The least of the CPU count, the CPU affinity (``taskset``), the cgroup CPU quota
+    (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``: docker, Kaggle; a fractional quota is
+    rounded up) and ``LOKY_MAX_CPU_COUNT`` where set: the count the loky pool itself
+    goes by.
+    """
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
 
 
 def peak_rss() -> int:

@@ -13,6 +13,13 @@ through its own handlers: the console and the log file, once.
 The dask backend keeps worker-local logging: its workers may run on other machines,
 and their records stay in the dask workers' logs.
 
+Why not ``logging.handlers.QueueHandler`` and ``QueueListener``: a ``multiprocessing.Queue``
+reaches a process only when it starts, and the loky pool's workers outlive a run (they are
+reused by the next one); a ``Manager().Queue()`` can travel in a task but starts a server
+process, one more process to outlive a killed coordinator and to count in the memory
+budget; and a ``QueueListener`` hands records to a fixed list of handlers, not to the
+coordinator's loggers, whose handlers change during a run (:func:`above_bar`).
+
 :func:`above_bar` makes the console handlers write with ``tqdm.write`` while a
 progress bar is shown, so that log lines print above the bar instead of through it.
 """
@@ -112,7 +119,7 @@ class _ForwardHandler(logging.Handler):
         try:
             if self._conn is None:
                 self._conn = Client(self.channel.address, family="AF_UNIX", authkey=self.channel.authkey)
-            self._conn.send(_plain(record, self))
+            self._conn.send(_plain(record))
         except (OSError, EOFError, AuthenticationError):
             self._broken = True  # the coordinator is gone or stopped listening: its run is over
 
@@ -123,8 +130,13 @@ class _ForwardHandler(logging.Handler):
         super().close()
 
 
-def _plain(record: logging.LogRecord, handler: logging.Handler) -> dict[str, Any]:
-    """The record as plain values: the message formatted, a traceback as text (like ``SocketHandler``)."""
+def _plain(record: logging.LogRecord) -> dict[str, Any]:
+    """The record as plain values: the message formatted, a traceback as text (like ``SocketHandler``).
+
+    Not ``QueueHandler.prepare``: it folds the traceback into the message, so a worker's
+    record would reach the coordinator's handlers as one multi-line message without
+    ``exc_text``, unlike the same record logged in the coordinator (``jobs=1``).
+    """
     fields = dict(record.__dict__)
     fields["msg"] = record.getMessage()
     fields["args"] = None
