@@ -6,7 +6,9 @@ file names them in its attributes (``dq_bits``, ``dq_time_bits``: name -> value)
 * the static plane ``<instrument>/dq`` ``(obs, x, y)`` uint16, :data:`BITS`: what is
   wrong with a pixel for the whole observation. Pixels with any ``DO_NOT_USE`` bit
   are NaN in the cube unless the run keeps their values (``bad_pixels = "keep"``,
-  the notebook profile);
+  the notebook profile). The other bits inform: a ``HOT`` pixel without
+  ``HOT_UNUSABLE`` keeps its dark-subtracted value, and the shot noise of the dark
+  charge it held enters its variance (``<instrument>/dark_charge``);
 * the time-resolved plane ``<instrument>/dq_time`` ``(obs, time, x, y)`` uint8,
   :data:`TIME_BITS`: what happened to a pixel in one time bin (written only by the
   steps beyond the notebook: cosmic rays, spatial outliers, interpolation; a
@@ -17,14 +19,17 @@ from __future__ import annotations
 
 # static plane <inst>/dq
 DEAD = 1 << 0  # dead.parquet: the pixel does not respond
-HOT = 1 << 1  # dark current outlier (sigma-clipped dark, both tails, as the notebook)
+HOT = 1 << 1  # dark charge that matters: physical rule, > HOT_DARK_FRACTION x read noise per exposure; sigma rule
+# (the notebook's), a sigma-clipped dark outlier. Informational: the value is kept unless HOT_UNUSABLE is set too
 FLAT_INVALID = 1 << 2  # flat not finite or outside FLAT_RANGE
 NONLINEARITY_INVALID = 1 << 3  # non-linearity coefficients not finite or a term over NONLINEARITY_TERM_MAX
 DARK_INVALID = 1 << 4  # dark current not finite or outside DARK_RANGE
 SATURATED = 1 << 5  # at least one read of the visit at or above the saturation level (those bins: TIME_SATURATED)
 READ_NOISE_INVALID = 1 << 6  # read noise not finite-and-in READ_NOISE_RANGE: the typical value is used instead
+HOT_UNUSABLE = 1 << 7  # a hot pixel whose value is not used. Physical rule: the dark's shot noise per exposure exceeds
+# the read noise of a CDS (dark charge > 2 read noise**2); sigma rule (the notebook's): every hot pixel
 
-DO_NOT_USE = DEAD | HOT | FLAT_INVALID | NONLINEARITY_INVALID | DARK_INVALID
+DO_NOT_USE = DEAD | HOT_UNUSABLE | FLAT_INVALID | NONLINEARITY_INVALID | DARK_INVALID
 
 BITS = {
     "DEAD": DEAD,
@@ -34,6 +39,7 @@ BITS = {
     "DARK_INVALID": DARK_INVALID,
     "SATURATED": SATURATED,
     "READ_NOISE_INVALID": READ_NOISE_INVALID,
+    "HOT_UNUSABLE": HOT_UNUSABLE,
 }
 
 # Physical bounds of the calibration values: a finite value outside them is as unusable as a NaN and

@@ -123,4 +123,6 @@ def test_filled_columns_of_a_calibrated_simulation_match_their_neighbours(small_
     assert sum(len(cols) for cols, _, _ in after) >= 10
     for (_, ratio, z), ratio_before in zip(after, before, strict=True):
         assert np.abs(ratio - 1).max() < 0.01 and np.abs(z).max() < 5  # the spectrum is smooth at this scale
-        assert ratio_before.min() < 0.9
+        assert ratio_before.min() < 0.96  # unfilled, a column of each observation lost over 4 % of its flux
+    # one lost a fifth (a bad pixel in the trace core); usable hot pixels are kept, not filled (issue 23)
+    assert min(r.min() for r in before) < 0.85

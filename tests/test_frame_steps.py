@@ -104,6 +104,15 @@ def test_clipped_mean_ignores_an_outlier_and_nans():
         frame_steps.clipped_mean(values, sigma=0.0)
 
 
+def test_clipped_mean_clips_until_nothing_more_goes_and_a_row_without_data_is_nan():
+    """±1 (50 each), 8 and 1e4 (as the hot-pixel clip's test): one pass drops 1e4 only, more drop 8 too."""
+    row = np.concatenate([np.tile([-1.0, 1.0], 50), [8.0, 1e4]])
+    values = np.stack([row, np.full(row.size, np.nan), np.where(np.arange(row.size) == 3, np.inf, 2.0)])
+    np.testing.assert_array_equal(frame_steps.clipped_mean(values, sigma=5.0), [0.0, np.nan, 2.0])
+    np.testing.assert_array_equal(frame_steps.clipped_mean(values[:1].astype(np.float32), sigma=5.0, maxiters=1),
+                                  [8.0 / 101])
+
+
 def test_airs_background_is_the_level_of_the_rows_off_the_trace():
     rows = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
     level = np.array([[10.0, 20.0, 30.0], [11.0, 21.0, 31.0]])  # (t, x)
@@ -242,7 +251,7 @@ def test_the_running_median_is_numpys_nanmedian_of_each_window(dtype, kernel):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
 def test_the_background_median_is_numpys_nanmedian(dtype, length):
-    """clipped_mean's centre (the sorted median) gives nanmedian's very bits, NaN where a row has no value."""
+    """The sorted median gives nanmedian's very bits, NaN where a row has no value."""
     rng = np.random.default_rng(length)
     values = rng.normal(50, 7, (11, 17, length)).astype(dtype)
     values[rng.random(values.shape) < 0.3] = np.nan

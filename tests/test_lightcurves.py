@@ -10,7 +10,7 @@ import pytest
 
 import arielstream
 from arielstream.config.options import build_config
-from arielstream.dq import HOT
+from arielstream.dq import HOT, HOT_UNUSABLE
 from arielstream.errors import OutputError
 from arielstream.io.output import UnsafeTargetError
 from arielstream.layout import frames_per_bin
@@ -113,9 +113,10 @@ def test_bad_pixels_are_excluded_at_all_times():
     cube = rng.uniform(50, 100, size=(5, 3, 10))
     cube[2, 1, 5] = np.nan  # NaN in one bin only
     dq = np.zeros((3, 10), np.uint16)
-    dq[0, 4] = HOT  # flagged but finite (the notebook profile keeps bad values)
+    dq[0, 4] = HOT | HOT_UNUSABLE  # flagged but finite (the notebook profile keeps bad values)
+    dq[2, 6] = HOT  # a usable hot pixel: its value is kept and used
     usable = lc.usable_pixels(np.isfinite(cube).all(axis=0), dq)
-    assert not usable[1, 5] and not usable[0, 4] and usable.sum() == 28
+    assert not usable[1, 5] and not usable[0, 4] and usable[2, 6] and usable.sum() == 28
     mean = np.zeros((3, 10))
     mean[:, 5] = 1.0
     plan = lc.plan_airs(mean, usable, None, n_reads=2, half_width=2, background=False)

@@ -86,6 +86,7 @@ def test_steps_do_not_modify_their_inputs():
 
 
 def test_sigma_clip_matches_astropy_on_synthetic_outliers():
+    """NaN masked before the call: the notebook's own mask of the raw frame, and no warning (pytest's are errors)."""
     rng = np.random.default_rng(3)
     for trial in range(20):
         data = rng.normal(0.0065, 0.002, size=(32, 40))
@@ -97,6 +98,21 @@ def test_sigma_clip_matches_astropy_on_synthetic_outliers():
             warnings.simplefilter("ignore", AstropyUserWarning)  # astropy warns that it masks the NaN
             expected = sigma_clip(data, sigma=5, maxiters=5).mask
         np.testing.assert_array_equal(steps.sigma_clip_mask(data, 5, 5), expected)
+
+
+def test_sigma_clip_iterates_until_nothing_more_is_clipped():
+    """Each pass clips with the values the last one kept, until a pass clips nothing.
+
+    ±1 (50 each), 8 and 1e4. Pass 1: median 1, std ~985: only 1e4 goes. Pass 2: median 1, std
+    sqrt(164/101 - (8/101)²) = 1.27, bounds 1 ± 6.4: 8 goes. Pass 3: median 0, std 1: nothing.
+    """
+    data = np.concatenate([np.tile([-1.0, 1.0], 50), [8.0, 1e4, np.nan]])
+    outliers = np.zeros(data.size, dtype=bool)
+    outliers[[100, 101, 102]] = True
+    np.testing.assert_array_equal(steps.sigma_clip_mask(data, 5, 5), outliers)
+    outliers[100] = False  # one pass: 8 stays inside median ± 5 std
+    np.testing.assert_array_equal(steps.sigma_clip_mask(data, 5, 1), outliers)
+    assert steps.sigma_clip_mask(np.full((2, 2), np.nan)).all()
 
 
 @pytest.mark.parametrize("instrument,cols,hot,dead", [("AIRS-CH0", 356, 82, 12), ("FGS1", 32, 11, 3)])

@@ -36,17 +36,22 @@ def read_noise_or_typical(read_noise: np.ndarray | None, factor: int = 1,
     return np.nan_to_num(read_noise, nan=typical)
 
 
-def pixel_variance(cube: np.ndarray, read_noise: np.ndarray, n_reads: int) -> np.ndarray:
-    """Expected variance (electrons²) of each pixel of each binned frame: photon noise plus read noise.
+def pixel_variance(cube: np.ndarray, read_noise: np.ndarray, n_reads: int,
+                   dark_charge: np.ndarray | float = 0.0) -> np.ndarray:
+    """Expected variance (electrons²) of each pixel of each binned frame: photon, dark and read noise.
 
-    ``max(cube, 0) + n_reads * read_noise²``: ``cube`` is ``(t, x, y)`` electrons per
-    bin, ``read_noise`` the ``(x, y)`` plane in electrons per read (no NaN: see
-    :func:`read_noise_or_typical`), ``n_reads`` the reads summed into a bin
-    (:func:`arielstream.layout.frames_per_bin`). A NaN pixel of the cube counts as
-    no photons. Keeps the cube's precision (float32 in, float32 out). The one variance
-    model of the package: the light curves use it too.
+    ``max(cube, 0) + max(dark_charge, 0) + n_reads * read_noise²``: ``cube`` is
+    ``(t, x, y)`` electrons per bin, ``read_noise`` the ``(x, y)`` plane in electrons per
+    read (no NaN: see :func:`read_noise_or_typical`), ``n_reads`` the reads summed into a
+    bin (:func:`arielstream.layout.frames_per_bin`), ``dark_charge`` the ``(x, y)`` dark
+    charge per bin that the calibration subtracted (``<inst>/dark_charge``; a hot pixel's
+    shot noise; NaN counts as none). A NaN pixel of the cube counts as no photons. Keeps
+    the cube's precision (float32 in, float32 out). The one variance model of the package:
+    the light curves use it too.
     """
-    return np.clip(np.nan_to_num(cube), 0, None) + n_reads * np.square(read_noise)
+    photons = np.clip(np.nan_to_num(cube), 0, None)
+    dark = np.clip(np.nan_to_num(np.asarray(dark_charge, dtype=photons.dtype)), 0, None)
+    return photons + dark + n_reads * np.square(read_noise)
 
 
 def _median_filter_x(cube: np.ndarray, kernel: int) -> np.ndarray:
@@ -120,21 +125,21 @@ def interpolate_isolated(cube: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray,
 
 
 def clipped_mean(values: np.ndarray, sigma: float = 3.0, maxiters: int = 5) -> np.ndarray:
-    """Sigma-clipped mean along the last axis (median centre, std spread, as astropy), vectorised."""
+    """Sigma-clipped mean along the last axis: ``astropy.stats.sigma_clip`` (median centre, std spread), then the mean.
+
+    Non-finite values are left out; a row with no finite value gives NaN.
+    """
+    # astropy's C loop (axis given): 20-22 ms against 40-70 ms for our numpy loop on the AIRS background
+    # rows (187 x 282 x 12), 2 against 5-14 ms on FGS1's edge pixels (187 x 348), the same numbers
+    # (numpy 1.24 / astropy 5.3 and numpy 2.4 / astropy 8.0; shared 2-core machine).
+    from astropy.stats import sigma_clip
+
     if sigma <= 0:
         raise ValueError(f"sigma must be positive; got {sigma}")
-    values = np.asarray(values, dtype=np.float64)
-    mask = ~np.isfinite(values)
-    with np.errstate(invalid="ignore"), quiet_nan():
-        for _ in range(maxiters):
-            kept = np.where(mask, np.nan, values)
-            centre = _nanmedian_last(kept)[..., None]
-            spread = np.nanstd(kept, axis=-1, keepdims=True)
-            new = mask | (np.abs(values - centre) > sigma * spread)
-            if np.array_equal(new, mask):
-                break
-            mask = new
-        return np.nanmean(np.where(mask, np.nan, values), axis=-1)
+    values = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))  # masked: left out without a warning
+    kept = sigma_clip(values, sigma=sigma, maxiters=maxiters, axis=-1, masked=False)  # clipped ones NaN
+    with quiet_nan():
+        return np.nanmean(kept, axis=-1)
 
 
 def airs_background(cube: np.ndarray, rows: tuple[int, ...], sigma: float = 3.0) -> np.ndarray:

@@ -56,7 +56,8 @@ class CalibrationConfig:
     mask: bool = True  # hot/dead pixel mask into the data-quality plane
     hot_sigma: float = 5.0
     hot_maxiters: int = 5
-    hot_rule: str = "physical"  # "physical": dark charge of an exposure vs read noise; "sigma": the notebook's clip
+    hot_rule: str = "physical"  # "physical": dark charge of an exposure vs read noise (HOT kept, HOT_UNUSABLE when
+    # its shot noise exceeds a CDS's read noise); "sigma": the notebook's clip (every hot pixel HOT_UNUSABLE)
     nonlinearity: bool = True
     dark: bool = True
     cds: bool = True

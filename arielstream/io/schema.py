@@ -50,6 +50,7 @@ PART, PART_INDEX = "part", "part_index"  # an index file only: which part holds 
 # per-instrument datasets, under /<instrument>/
 SIGNAL, DQ, READ_NOISE = "signal", "dq", "read_noise"
 DQ_TIME, BACKGROUND, TRACE_ROW, CENTROID = "dq_time", "background", "trace_row", "centroid"  # optional steps
+DARK_CHARGE = "dark_charge"  # optional: the dark charge the dark step subtracted from each bin (its shot noise)
 TIME, COLUMN, WAVELENGTH, WAVELENGTH_LABEL = "time", "column", "wavelength", "wavelength_label"  # axes
 ROW, XY = "row", "xy"  # dimension scales added beside the axes above (netCDF-4 / xarray / ncdump)
 # file attributes written by the store (the run adds its own: config, profile, recipe, arielstream_version, ...)
@@ -218,6 +219,9 @@ FIELDS: tuple[Field, ...] = (
     Field(TRACE_ROW, "<f4", _PER_BIN, "trace row", fill=_NAN, instruments=(AIRS.name,), added_by=("tracking",)),
     Field(CENTROID, "<f4", (OBS_AXIS, TIME_AXIS, XY_AXIS), "FGS1 centroid (x, y)", fill=_NAN,
           instruments=(FGS1.name,), added_by=("tracking",)),
+    Field(DARK_CHARGE, "<f4", _PLANE, "dark charge subtracted per time bin (electrons)", units=COUNT,
+          notes=(("comment", "dark current x the exposure a time bin holds; its shot noise is part of the "
+                             "pixel's variance"),), fill=_NAN, added_by=("dark",)),
     # each instrument: its axes (the order of the checksum's file digest)
     Field(TIME, "<f8", (TIME_AXIS,), "mean time of the frames of each bin", written=Written.HEADER,
           checksum=Coverage.FILE, units="hours", notes=(("reference", TIME_REFERENCE),)),

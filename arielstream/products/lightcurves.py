@@ -11,8 +11,10 @@ The extraction of one observation
 * **Usable pixels** are those finite in every time bin and with no
   :data:`arielstream.dq.DO_NOT_USE` bit, so that a bad pixel is excluded at *all*
   times (the notebook profile keeps bad pixels' values: the DQ plane still
-  excludes them). The set never changes within an observation, so a light curve
-  never jumps because a pixel came or went.
+  excludes them). A ``HOT`` pixel without ``HOT_UNUSABLE`` is usable: its value is
+  dark-subtracted and its dark's shot noise is in its variance (below). The set
+  never changes within an observation, so a light curve never jumps because a
+  pixel came or went.
 * **AIRS aperture.** The trace lies along x. Its centre row is the flux-weighted
   mean row of the time-averaged frame (each column's median over rows subtracted
   as background, negative values clipped); the aperture is every row ``y`` with
@@ -46,16 +48,19 @@ The extraction of one observation
   depth) is unbiased. With an empirical profile, both give the flux of the whole
   aperture; the weighted one with less noise where read noise dominates.
 * **Variance model** (electrons², per pixel and bin):
-  ``V = max(D, 0) + n_reads * read_noise²`` with ``n_reads = 2 * n_cds`` (each CDS
+  ``V = max(D, 0) + max(K, 0) + n_reads * read_noise²`` with ``n_reads = 2 * n_cds`` (each CDS
   is the difference of two reads; a bin sums ``n_cds`` = ``airs_bin`` / ``fgs1_bin``
   of them) and ``read_noise`` the file's ``<inst>/read_noise`` (electrons per read;
   where it is NaN or absent, the typical 13 e per detector pixel is assumed, as the
   calibration's own steps do, with a warning). Where the calibration already
   subtracted a background (``<inst>/background``, the ``background`` step), it is
-  added back into ``D`` for ``V``: its photons are noise all the same. ``D`` is flat-fielded, so this
-  ignores the flat's few-per-cent scaling of both terms; it also leaves out the
-  shot noise of the dark current already subtracted, and cosmic rays that no step
-  removed. The 1-sigma uncertainty of a weighted sum is ``sqrt(sum_y W_y² V_ty)``.
+  added back into ``D`` for ``V``: its photons are noise all the same. ``K`` is the
+  dark charge the calibration subtracted from the pixel's bin (``<inst>/dark_charge``:
+  the dark current times the exposure a bin holds, 0 where the file has no such
+  plane): its shot noise too, so a hot pixel weighs by its variance. ``D`` is
+  flat-fielded, so this ignores the flat's few-per-cent scaling of the terms; it
+  leaves out cosmic rays that no step removed. The 1-sigma uncertainty of a weighted
+  sum is ``sqrt(sum_y W_y² V_ty)``.
   On simulated data the per-wavelength transit-depth pulls spread by 1.07 and the
   fits' median chi²/dof is 1.06 (tests/test_lightcurves.py).
   White-light curves also carry pointing-jitter red noise that this model does not
@@ -141,7 +146,8 @@ BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the 
 LC_FORMAT_NAME = "arielstream-lightcurves"
 LC_FORMAT_VERSION = 1
 BLOCK_BYTES = 64 * 2**20  # float64 working set of one time block
-VARIANCE_MODEL = ("V = max(D, 0) + n_reads * read_noise**2 per pixel and bin, n_reads = 2 * CDS per bin (electrons); "
+VARIANCE_MODEL = ("V = max(D, 0) + max(K, 0) + n_reads * read_noise**2 per pixel and bin, K the dark charge "
+                  "subtracted per bin (dark_charge), n_reads = 2 * CDS per bin (electrons); "
                   f"unknown read noise: {frame_steps.TYPICAL_READ_NOISE} e per detector pixel")
 
 
@@ -211,6 +217,7 @@ class Extraction:
     n_reads: int  # reads per bin (2 per CDS)
     read_noise: np.ndarray  # (x, y) electrons per read, NaN replaced by the typical value
     n_pixels: np.ndarray  # (x,) usable pixels given a weight
+    dark_charge: np.ndarray | float = 0.0  # (x, y) dark charge subtracted per bin (e): its shot noise is in V
     extra: dict[str, Any] = field(default_factory=dict)  # trace_row, aperture_rows / centre
 
 
@@ -229,7 +236,8 @@ def background_weights(region: np.ndarray) -> np.ndarray:
 
 def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
               half_width: int = DEFAULT_HALF_WIDTH, weighted: bool = False, background: bool = True,
-              background_gap: int = BACKGROUND_GAP, subtracted: np.ndarray | float = 0.0) -> Extraction:
+              background_gap: int = BACKGROUND_GAP, subtracted: np.ndarray | float = 0.0,
+              dark_charge: np.ndarray | float = 0.0) -> Extraction:
     """Decide the aperture, weights and background of one AIRS observation from its ``(x, y)`` mean frame.
 
     With ``background``, each column's background in each bin is the mean of its
@@ -237,7 +245,9 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     folded into the weights (``W = w - sum_y(w) * b``), so flux and variance stay
     one weighted sum. A column without background pixels is not corrected (and
     counted in ``extra["no_background_columns"]``). ``subtracted`` is the mean
-    background the calibration already removed (for the optimal weights' variance).
+    background the calibration already removed and ``dark_charge`` the ``(x, y)`` dark
+    charge it subtracted per bin (both for the variance: the optimal weights', and
+    :func:`apply_weights`').
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn = _clean_read_noise(read_noise, mean_frame.shape)
@@ -254,7 +264,7 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
         norm = clean.sum(axis=1, keepdims=True)
         profile = np.divide(clean, norm, out=np.zeros_like(clean), where=norm > 0) * kept[:, None]
         photons = np.where(inside, mean_frame + np.nan_to_num(subtracted), 0.0)
-        v0 = np.where(inside, pixel_variance(photons, rn, n_reads), np.inf)
+        v0 = np.where(inside, pixel_variance(photons, rn, n_reads, dark_charge), np.inf)
         v0 = np.where(v0 > 0, v0, np.inf)
         p_over_v = profile / v0
         denom = (profile * p_over_v).sum(axis=1, keepdims=True)
@@ -265,7 +275,7 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     weights = weights - weights.sum(axis=1, keepdims=True) * b
     first, last = np.flatnonzero(rows)[[0, -1]] if rows.any() else (-1, -1)
     uncorrected = int(((n_pixels > 0) & (outside.sum(axis=1) == 0)).sum()) if background else 0
-    return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=n_pixels,
+    return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=n_pixels, dark_charge=dark_charge,
                       extra={"trace_row": centre, "aperture_rows": (int(first), int(last)),
                              "background_pixels": outside.sum(axis=1) if background else np.zeros(len(sky), int),
                              "no_background_columns": uncorrected, "n_filled": n_filled,
@@ -314,12 +324,13 @@ def profile_fill(clean: np.ndarray, rows: np.ndarray, usable: np.ndarray,
 
 def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
               radius: float = DEFAULT_FGS1_RADIUS, background: bool = True,
-              background_gap: float = BACKGROUND_GAP) -> Extraction:
+              background_gap: float = BACKGROUND_GAP, dark_charge: np.ndarray | float = 0.0) -> Extraction:
     """Decide the photometric aperture (and background annulus) of one FGS1 observation from its mean frame.
 
     The aperture is every usable pixel within ``radius`` of the centroid of the
     time-averaged frame; with ``background``, the background per bin is the mean
-    of the usable pixels farther than ``radius + background_gap``.
+    of the usable pixels farther than ``radius + background_gap``. ``dark_charge``:
+    the ``(x, y)`` dark charge subtracted per bin, for :func:`apply_weights`' variance.
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn = _clean_read_noise(read_noise, mean_frame.shape)
@@ -332,7 +343,7 @@ def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     if background and sky.any():
         weights = weights - weights.sum() * sky / sky.sum()
     return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=aperture.sum(axis=1),
-                      extra={"aperture_centre": (float(centre[0]), float(centre[1])),
+                      dark_charge=dark_charge, extra={"aperture_centre": (float(centre[0]), float(centre[1])),
                              "background_pixels": int(sky.sum()) if background else 0,
                              "no_background_columns": int(background and aperture.any() and not sky.any())})
 
@@ -344,7 +355,8 @@ def apply_weights(block: np.ndarray, plan: Extraction,
     ``flux[t, x] = sum_y W[x, y] D[t, x, y]``, ``var[t, x] = sum_y W[x, y]² V[t, x, y]``;
     an x that no pixel contributes to is NaN. ``subtracted`` (broadcastable to the
     block) is a background the calibration already took out of ``D``: its photons
-    are noise all the same, so it is added back into ``V``.
+    are noise all the same, so it is added back into ``V``; so is the plan's
+    ``dark_charge`` (:func:`.frame_steps.pixel_variance`).
     """
     d = np.asarray(block, dtype=np.float64)
     w = plan.weights
@@ -352,7 +364,7 @@ def apply_weights(block: np.ndarray, plan: Extraction,
     d = np.where(used, d, 0.0)  # unusable pixels carry weight 0; keep NaN out of the sums
     flux = np.einsum("txy,xy->tx", d, w)
     photons = d if subtracted is None else d + np.nan_to_num(subtracted)
-    var = np.einsum("txy,xy->tx", pixel_variance(photons, plan.read_noise, plan.n_reads), w * w)
+    var = np.einsum("txy,xy->tx", pixel_variance(photons, plan.read_noise, plan.n_reads, plan.dark_charge), w * w)
     empty = ~used.any(axis=1)
     flux[:, empty] = np.nan
     var[:, empty] = np.nan
@@ -476,6 +488,16 @@ def subtracted_background(f: h5py.File, instrument: str, index: int) -> np.ndarr
     return level[:, :, None] if level.ndim == 2 else level[:, None, None]
 
 
+def subtracted_dark(f: h5py.File, instrument: str, index: int) -> np.ndarray | float:
+    """The dark charge the calibration subtracted per bin from observation ``index``, ``(x, y)`` electrons.
+
+    ``<inst>/dark_charge``; 0 where the file has none (no dark step, or a file
+    written before the plane existed: its variance leaves out the dark's shot noise).
+    """
+    key = _schema.dataset(instrument, _schema.DARK_CHARGE)
+    return f[key][index].astype(np.float64) if key in f else 0.0
+
+
 def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, block_bytes: int, label: str):
     ds = f[_schema.dataset(instrument, _schema.SIGNAL)]
     mean, finite = mean_and_finite(ds, index, block_bytes)
@@ -485,7 +507,8 @@ def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, bloc
     subtracted = subtracted_background(f, instrument, index)
     mean_subtracted = 0.0 if subtracted is None else subtracted.mean(axis=0)
     rn, assumed = _read_noise(f, instrument, index, label, mean.shape)
-    plan = plan_fn(mean, usable, rn, reads_per_bin(file_config(f), instrument), mean_subtracted)
+    plan = plan_fn(mean, usable, rn, reads_per_bin(file_config(f), instrument), mean_subtracted,
+                   subtracted_dark(f, instrument, index))
     plan.extra["assumed_read_noise_pixels"] = assumed
     if plan.extra.get("no_background_columns"):
         log.warning("%s %s: %d column(s) have no background pixels outside the aperture (aperture too wide for "
@@ -522,9 +545,9 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
     if AIRS.name in held:
         g = f[AIRS.name]
 
-        def plan_a(mean, usable, rn, n_reads, subtracted):
+        def plan_a(mean, usable, rn, n_reads, subtracted, dark):
             return plan_airs(mean, usable, rn, n_reads, half_width=half_width, weighted=weighted,
-                             background=background, subtracted=subtracted)
+                             background=background, subtracted=subtracted, dark_charge=dark)
 
         plan, flux, var, _ = _extract_instrument(f, AIRS.name, index, plan_a, block_bytes, label)
         order = target_order(g[_schema.WAVELENGTH][()])
@@ -542,8 +565,8 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
         lc.aperture_rows = plan.extra["aperture_rows"]
     if FGS1.name in held:
 
-        def plan_f(mean, usable, rn, n_reads, subtracted):
-            return plan_fgs1(mean, usable, rn, n_reads, radius=fgs1_radius, background=background)
+        def plan_f(mean, usable, rn, n_reads, subtracted, dark):
+            return plan_fgs1(mean, usable, rn, n_reads, radius=fgs1_radius, background=background, dark_charge=dark)
 
         plan, flux, var, track = _extract_instrument(f, FGS1.name, index, plan_f, block_bytes, label)
         lc.fgs1_time = f[_schema.dataset(FGS1.name, _schema.TIME)][()]

@@ -43,6 +43,7 @@ from ..dq import (
     DARK_INVALID,
     DO_NOT_USE,
     HOT,
+    HOT_UNUSABLE,
     READ_NOISE_INVALID,
     SATURATED,
     TIME_COSMIC_RAY,
@@ -54,7 +55,18 @@ from ..errors import ConfigError
 from ..io.calibration import DetectorCalibration, load_calibration, read_master_stacks
 from ..io.dataset import DatasetInfo, target_labels
 from ..io.manifest import check_observation_inputs
-from ..io.schema import BACKGROUND, CENTROID, DQ, DQ_TIME, OPTIONAL, READ_NOISE, SIGNAL, TRACE_ROW, Field
+from ..io.schema import (
+    BACKGROUND,
+    CENTROID,
+    DARK_CHARGE,
+    DQ,
+    DQ_TIME,
+    OPTIONAL,
+    READ_NOISE,
+    SIGNAL,
+    TRACE_ROW,
+    Field,
+)
 from ..io.signal import SignalFile, plan_chunks, prefetch
 from ..io.store import ArrayDescriptor, InstrumentLayout, write_slice
 from ..layout import AIRS, FGS1_WAVELENGTH_UM, INSTRUMENTS, Instrument, Observation, frames_per_bin
@@ -93,6 +105,8 @@ def instrument_layout(inst: Instrument, info: DatasetInfo, config: CalibrationCo
         extras.append(OPTIONAL[BACKGROUND])
     if config.tracking:
         extras.append(OPTIONAL[TRACE_ROW] if airs else OPTIONAL[CENTROID])
+    if config.dark:
+        extras.append(OPTIONAL[DARK_CHARGE])
     return dataclasses.replace(layout, extras=tuple(extras))
 
 
@@ -166,13 +180,16 @@ def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: Cali
 
 def _physical_hot_pixels(dq: np.ndarray, dark: np.ndarray, read: np.ndarray | None,
                          exposure: float | None) -> None:
-    """Replace the sigma-clipped HOT bits of ``dq`` by the physical rule (in place); keep them without read noise."""
+    """Replace the sigma clip's hot bits of ``dq`` by the physical rule's (in place); keep them without read noise.
+
+    :func:`arielstream.calibration.steps.physical_hot_bits`: ``HOT`` kept, ``HOT_UNUSABLE`` where the dark dominates.
+    """
     if read is None or exposure is None:
         log.warning("hot_rule 'physical' needs the read noise (read.parquet) and the exposure: "
                     "hot pixels by the sigma clip of the dark instead")
         return
-    dq &= np.uint16(~HOT & 0xFFFF)
-    dq[steps.hot_pixels_physical(dark, read, exposure)] |= HOT
+    dq &= np.uint16(~(HOT | HOT_UNUSABLE) & 0xFFFF)
+    dq |= steps.physical_hot_bits(dark, read, exposure)
 
 
 def load_masters(observations: list[Observation], inst: Instrument) -> tuple[dict[str, np.ndarray], int]:
@@ -217,6 +234,7 @@ class InstrumentArrays:
     flat: np.ndarray | None  # (P,)
     dq_plane: np.ndarray  # (x, y) uint16
     read_plane: np.ndarray  # (x, y) float32 electrons per read, NaN where unknown
+    dark_plane: np.ndarray | None = None  # (x, y) float32 dark charge subtracted per bin (e); None: no dark step
 
 
 def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, config: CalibrationConfig,
@@ -231,7 +249,7 @@ def calibrate_instrument(obs: Observation, inst: Instrument, info: DatasetInfo, 
     t0 = time.perf_counter()
     arrays = prepare_arrays(obs, inst, info, config, layout, masters)
     cube, dq_time, n_cosmic, saturation = stream(obs, inst, info, config, layout, arrays, budget, checkpoint)
-    products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status)
+    products, counts = frame_stage(cube, dq_time, arrays.read_plane, inst, config, arrays.status, arrays.dark_plane)
     counts["cosmic_ray_samples"] = n_cosmic
     checkpoint()
     write_outputs(output_planes(products, dq_time, arrays, outputs, config.spatial_bin), outputs, index)
@@ -266,13 +284,18 @@ def prepare_arrays(obs: Observation, inst: Instrument, info: DatasetInfo, config
     dq_plane = np.zeros((n_x, n_y), dtype=np.uint16)
     dq_plane[sel.x, sel.y] = dq
     dark_on = runs(status, "dark")
+    dt = steps.frame_dt(inst.name, info.n_frames(inst), info.airs_integration_time) if dark_on else None
+    dark = _flat_pixels(_region(cal.dark, sel)) if dark_on else None
+    dark_plane = np.zeros((n_x, n_y), dtype=np.float32) if config.dark else None  # 0: no dark subtracted
+    if dark_plane is not None and dark is not None and dt is not None:
+        fpb = frames_per_bin(config, inst)
+        dark_plane[sel.x, sel.y] = steps.dark_charge_per_bin(dark, dt[: layout.n_bins * fpb], fpb, config.cds)
     return InstrumentArrays(
-        cal=cal, status=status, sel=sel, dq=dq, bad=bad,
-        dt=steps.frame_dt(inst.name, info.n_frames(inst), info.airs_integration_time) if dark_on else None,
+        cal=cal, status=status, sel=sel, dq=dq, bad=bad, dt=dt,
         coeffs=_flat_pixels(_region(cal.linear_corr, sel)) if runs(status, "nonlinearity") else None,
-        dark=_flat_pixels(_region(cal.dark, sel)) if dark_on else None,
+        dark=dark,
         flat=_flat_pixels(_region(cal.flat, sel)) if runs(status, "flat") else None,
-        dq_plane=dq_plane, read_plane=read_plane)
+        dq_plane=dq_plane, read_plane=read_plane, dark_plane=dark_plane)
 
 
 def outlier_options(config: CalibrationConfig) -> dict[str, Any]:
@@ -369,17 +392,19 @@ def _flag_saturation(saturated: np.ndarray, binned: np.ndarray, dq_time: np.ndar
 
 
 def frame_stage(cube: np.ndarray, dq_time: np.ndarray, read_plane: np.ndarray, inst: Instrument,
-                config: CalibrationConfig, status: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+                config: CalibrationConfig, status: dict[str, str],
+                dark_plane: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The steps over an observation's binned frames (modifies ``cube`` and ``dq_time`` in place).
 
-    Returns the products (``cube``, and ``background``, ``trace_row`` or ``centroid``
-    when their steps run) and the counts of flagged and interpolated pixels.
+    ``dark_plane``: the dark charge subtracted per bin ``(x, y)``, for the noise of the
+    spatial outliers. Returns the products (``cube``, and ``background``, ``trace_row``
+    or ``centroid`` when their steps run) and the counts of flagged and interpolated pixels.
     """
     products: dict[str, np.ndarray] = {}
     counts = {"spatial_outliers": 0, "interpolated": 0}
     if runs(status, "spatial_outliers"):
         variance = frame_steps.pixel_variance(cube, frame_steps.read_noise_or_typical(read_plane),
-                                              frames_per_bin(config, inst))
+                                              frames_per_bin(config, inst), 0.0 if dark_plane is None else dark_plane)
         flagged = frame_steps.spatial_outliers(cube, variance, config.spatial_kernel, config.spatial_sigma)
         counts["spatial_outliers"] = int(flagged.sum())
         dq_time[flagged] |= TIME_SPATIAL_OUTLIER
@@ -415,6 +440,8 @@ def output_planes(products: dict[str, np.ndarray], dq_time: np.ndarray, arrays: 
               READ_NOISE: frame_steps.bin_planes(arrays.read_plane, factor, "rms")}
     if DQ_TIME in outputs:
         planes[DQ_TIME] = frame_steps.bin_planes(dq_time, factor, "or")
+    if DARK_CHARGE in outputs and arrays.dark_plane is not None:
+        planes[DARK_CHARGE] = frame_steps.bin_planes(arrays.dark_plane, factor, "sum")
     if BACKGROUND in outputs:
         planes[BACKGROUND] = frame_steps.bin_background(products["background"], factor)
     for key in (TRACE_ROW, CENTROID):
@@ -441,6 +468,7 @@ def instrument_provenance(arrays: InstrumentArrays, counts: dict[str, int], root
         "steps": arrays.status,
         "calibration": sources,
         "bad_pixels": int(((arrays.dq & DO_NOT_USE) != 0).sum()),
+        "hot_pixels": int(((arrays.dq & HOT) != 0).sum()),  # usable ones included: flagged, values kept
         **{k: v for k, v in counts.items() if runs(arrays.status, _COUNT_STEP[k])},
     }
 
