@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+SCIENCE_SETS = ("quiet", "hot core", "hits+sky", "jitter")  # the sets of make bench-science, in its order
 
 
 class SummaryError(ValueError):
@@ -35,13 +36,19 @@ def section(text: str, name: str) -> str:
     return match.group(1)
 
 
-def row(block: str, name: str, starts: str) -> list[str]:
-    """The cells of the table row of ``block`` whose first cell starts with ``starts`` (markup kept)."""
-    for line in block.splitlines():
+def row(block: str, name: str, starts: str, second: str | None = None, after: str = "") -> list[str]:
+    """The cells of the table row of ``block`` whose first cell starts with ``starts`` (markup kept).
+
+    ``second``: and whose second cell is exactly that; ``after``: in the first table after that text.
+    """
+    tail = block.split(after, 1)[1] if after and after in block else block
+    for line in tail.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells and cells[0].startswith(starts):
+        if line.startswith("|") and cells and cells[0].startswith(starts) and (
+                second is None or (len(cells) > 1 and cells[1] == second)):
             return cells
-    raise SummaryError(f"BENCHMARKS.md, {name} section: no row starting {starts!r}")
+    what = f"{starts!r}" + (f" / {second!r}" if second else "")
+    raise SummaryError(f"BENCHMARKS.md, {name} section: no row starting {what}")
 
 
 def _plain(cell: str) -> str:
@@ -54,7 +61,7 @@ def _machine(block: str) -> str:
 
 
 def render(text: str) -> str:
-    """The summary table of BENCHMARKS.md's ``text``, from its ``bench`` and ``bench-append`` sections."""
+    """The summary table of BENCHMARKS.md's ``text``, from its ``bench``, ``bench-append`` and ``science`` sections."""
     bench = section(text, "bench")
     ours = row(bench, "bench", "**arielstream**, default profile, one worker")
     floor = row(bench, "bench", "decode floor: pyarrow")
@@ -67,8 +74,8 @@ def render(text: str) -> str:
     fresh = row(append, "bench-append", "calibrate 1 observation (fresh output)")
     lines = [
         f"One full-size observation (11,250 AIRS + 135,000 FGS1 frames), page cache warm; {_machine(bench)}.",
-        "Made by `python -m benchmarks.summary` from the marked `make bench` sections below (each run of the",
-        "benchmark rewrites it; tests/test_docs.py checks it matches them).",
+        "Made by `python -m benchmarks.summary` from the marked `make bench` / `make bench-science` sections",
+        "below (each run of a benchmark rewrites it; tests/test_docs.py checks it matches them).",
         "",
         "| measurement | latest |",
         "|---|---|",
@@ -87,6 +94,18 @@ def render(text: str) -> str:
         f"| throughput, `--jobs 1` / `--jobs 2` | {jobs1[3]} / {jobs2[3]} observations per minute |",
         f"| append 1 observation to a grown output | {appended[1]} s, {_plain(appended[4]).split(' ')[0]} × "
         f"calibrating it into a new file ({fresh[1]} s) |",
+    ]
+    science = section(text, "science")
+    ratios = {name: row(science, "science", name, "default") for name in SCIENCE_SETS}
+    spectra = "| set | prediction | score"  # the table of scores
+    scores = {name: row(science, "science", name, "default", after=spectra) for name in SCIENCE_SETS}
+    notebook_scores = {name: row(science, "science", name, "notebook", after=spectra) for name in SCIENCE_SETS}
+    lines += [
+        "| depth error / photon + read-noise limit, default profile, AIRS per wavelength (3 simulated planets "
+        f"per set; 1.00 = at the limit): {' / '.join(SCIENCE_SETS)} | "
+        f"{' / '.join(ratios[name][2] for name in SCIENCE_SETS)} (`make bench-science`) |",
+        f"| spectrum score, default profile (notebook profile): {' / '.join(SCIENCE_SETS)} | "
+        f"{' / '.join(f'{scores[n][2]} ({notebook_scores[n][2]})' for n in SCIENCE_SETS)} |",
     ]
     return "\n".join(lines)
 

@@ -167,7 +167,8 @@ def test_axis_times_and_wavelengths_reproduce_the_real_file():
 @pytest.mark.parametrize("kwargs", [
     {"n_planets": 0}, {"n_planets": 1.5}, {"scale": 0}, {"seed": -1}, {"split": "val"},
     {"two_visit_fraction": 1.5}, {"background_fraction": -0.1}, {"row_group_frames": 0},
-    {"cosmic_rate": -1.0}, {"compression": "xz"},
+    {"cosmic_rate": -1.0}, {"compression": "xz"}, {"trace_hot_pixels": -1}, {"trace_hot_pixels": 283},
+    {"trace_hot_pixels": 2.0},
 ])
 def test_bad_arguments_raise_before_writing(tmp_path, kwargs):
     args = {"n_planets": 1, "scale": 0.005, **kwargs}
@@ -535,3 +536,50 @@ def test_simulating_over_another_simulations_planets_is_refused(tmp_path):
     with pytest.raises(OutputError, match="would lose their truth"):
         simulate_dataset(tmp_path, n_planets=1, scale=0.02, seed=2)
     assert (tmp_path / "train.csv").read_bytes() == before
+
+
+# ---------------------------------------------------------------- hot pixels in the trace core
+def test_trace_hot_pixels_change_only_their_dark(tmp_path):
+    """trace_hot_pixels: n live trace-core pixels get a 1-10 e/s dark, kept in visit 1; no other draw changes."""
+    n = 5
+    plain = simulate_dataset(tmp_path / "plain", n_planets=2, scale=0.005, seed=3, cosmic_rate=0.0)
+    hot = simulate_dataset(tmp_path / "hot", n_planets=2, scale=0.005, seed=3, cosmic_rate=0.0, trace_hot_pixels=n)
+    assert hot == plain
+    assert (tmp_path / "hot" / "train.csv").read_bytes() == (tmp_path / "plain" / "train.csv").read_bytes()
+    manifest = json.loads((tmp_path / "hot" / "simulation_truth" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["trace_hot_pixels"] == n
+    assert "trace_hot_pixels" not in json.loads(
+        (tmp_path / "plain" / "simulation_truth" / "manifest.json").read_text())["splits"]["train"]
+    # the core: the two rows nearest the trace centre (15.5 + 0.4 ((c - 178) / 178)²: rows 15 and 16) of each
+    # target column
+    lo, hi = AIRS_CUT
+    core = np.sort(np.concatenate([15 * AIRS.columns + np.arange(lo, hi), 16 * AIRS.columns + np.arange(lo, hi)]))
+    np.testing.assert_array_equal(sim.trace_core_pixels(), core)
+    pid, n_visits = plain[1]
+    assert n_visits == 2
+    chosen = None
+    for v in range(n_visits):
+        a = np.load(tmp_path / "plain" / "simulation_truth" / "train" / f"{pid}_visit{v}.npz")
+        b = np.load(tmp_path / "hot" / "simulation_truth" / "train" / f"{pid}_visit{v}.npz")
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            if key != "dark_airs":
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        changed = np.flatnonzero(a["dark_airs"].ravel() != b["dark_airs"].ravel())
+        if chosen is None:
+            chosen = changed
+            assert changed.size == n and np.isin(changed, core).all()
+            assert not b["dead_airs"].ravel()[changed].any()
+            assert np.all((b["dark_airs"].ravel()[changed] >= 1.0) & (b["dark_airs"].ravel()[changed] <= 10.0))
+        np.testing.assert_array_equal(changed, chosen)  # visit 1 keeps them
+        folder_a, folder_b = tmp_path / "plain" / "train" / str(pid), tmp_path / "hot" / "train" / str(pid)
+        assert (folder_a / FGS1.signal_name(v)).read_bytes() == (folder_b / FGS1.signal_name(v)).read_bytes()
+        raw_a = read_signal(folder_a / AIRS.signal_name(v)).astype(np.float64)
+        raw_b = read_signal(folder_b / AIRS.signal_name(v)).astype(np.float64)
+        others = np.ones(AIRS.pixels, dtype=bool)
+        others[chosen] = False
+        np.testing.assert_array_equal(raw_a[:, others], raw_b[:, others])  # the same noise draws
+        # the end read of each pair holds the extra dark charge (dark difference x 4.6 s, in ADU)
+        extra = (b["dark_airs"].ravel() - a["dark_airs"].ravel())[chosen] * EXPOSURE[AIRS.name][1] * GAIN
+        measured = (raw_b[1::2, chosen] - raw_a[1::2, chosen]).mean(axis=0)
+        np.testing.assert_allclose(measured, extra, rtol=0.1, atol=1.0)

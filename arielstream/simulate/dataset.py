@@ -143,13 +143,14 @@ FGS1_BACKGROUND = (20.0, 100.0)
 CR_MEDIAN = 500.0  # e
 CR_SIGMA_LN = 1.0
 CR_CLIP = (100.0, 20000.0)
+TRACE_HOT_RANGE = (1.0, 10.0)  # e/s, log-uniform: the real AIRS file's trace core holds 0.6-9.4 e/s hot pixels
 
 _TILE_ELEMENTS = 1 << 21  # frame-pixels simulated at once (and one random stream each)
 
 _SPLIT_CODE = {"train": 0, "test": 1}
 _INST_CODE = {"planet": 0, AIRS.name: 1, FGS1.name: 2}
 # purposes of the random streams
-_P_ID, _P_PLANET, _P_VISITS, _P_DETECTOR, _P_DARK, _P_VISIT, _P_CR, _P_NOISE = range(8)
+_P_ID, _P_PLANET, _P_VISITS, _P_DETECTOR, _P_DARK, _P_VISIT, _P_CR, _P_NOISE, _P_TRACE_HOT = range(9)
 
 
 # ---------------------------------------------------------------- geometry
@@ -339,6 +340,32 @@ def _draw_detector(inst: Instrument, rng: np.random.Generator) -> Detector:
     _check_monotonic(coeffs, inst)
     return Detector(dark.reshape(shape), dead.reshape(shape), flat.reshape(shape),
                     read.reshape(shape), coeffs.reshape((6, *shape)))
+
+
+def trace_core_pixels(rows: int = 2) -> np.ndarray:
+    """Flat indices (row * columns + column) of the AIRS trace core, sorted.
+
+    The core is the ``rows`` rows nearest the trace centre (`trace_centre`, without
+    jitter) of every target column (`AIRS_CUT`).
+    """
+    lo, hi = AIRS_CUT
+    cols = np.arange(lo, hi)
+    nearest = np.argsort(np.abs(np.arange(AIRS.rows)[None, :] - trace_centre(cols)[:, None]), axis=1,
+                         kind="stable")[:, :rows]
+    return np.sort((nearest * AIRS.columns + cols[:, None]).ravel())
+
+
+def _add_trace_hot_pixels(det: Detector, n: int, rng: np.random.Generator) -> Detector:
+    """The detector with ``n`` live pixels of the AIRS trace core (`trace_core_pixels`) made hot.
+
+    Their dark is log-uniform in `TRACE_HOT_RANGE`; everything else is as drawn.
+    """
+    core = trace_core_pixels()
+    core = core[~det.dead.ravel()[core]]
+    chosen = rng.choice(core, size=n, replace=False)
+    dark = det.dark.copy()
+    dark.ravel()[chosen] = _log_uniform(rng, *TRACE_HOT_RANGE, size=n)
+    return Detector(dark, det.dead, det.flat, det.read, det.linear_corr)
 
 
 def _check_monotonic(coeffs: np.ndarray, inst: Instrument) -> None:
@@ -909,7 +936,8 @@ def _is_integer(value: object) -> bool:
 
 
 def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: float, background_fraction: float,
-                     row_group_frames: int | None, cosmic_rate: float, compression: str) -> None:
+                     row_group_frames: int | None, cosmic_rate: float, compression: str,
+                     trace_hot_pixels: int = 0) -> None:
     """Refuse arguments of :func:`simulate_dataset` that it cannot honour, before anything is written."""
     if not _is_integer(n_planets) or n_planets < 1:
         raise ValueError(f"n_planets must be an integer >= 1, got {n_planets!r}")
@@ -927,6 +955,9 @@ def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: 
         raise ValueError(f"cosmic_rate must be a finite number >= 0, got {cosmic_rate!r}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    most = trace_core_pixels().size // 2
+    if not _is_integer(trace_hot_pixels) or not 0 <= trace_hot_pixels <= most:
+        raise ValueError(f"trace_hot_pixels must be an integer within [0, {most}], got {trace_hot_pixels!r}")
 
 
 def _refuse_foreign_planets(split_dir: Path, taken: set[int], split: str) -> None:
@@ -948,7 +979,8 @@ def _refuse_foreign_planets(split_dir: Path, taken: set[int], split: str) -> Non
 def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0, seed: int = 0, split: str = "train",
                      two_visit_fraction: float = 0.1, row_group_frames: int | None = None,
                      cosmic_rate: float = 1.6e-5, background_fraction: float = 0.3,
-                     compression: str = "zstd", page_checksums: bool = False) -> list[tuple[int, int]]:
+                     compression: str = "zstd", page_checksums: bool = False,
+                     trace_hot_pixels: int = 0) -> list[tuple[int, int]]:
     """Write an ADC2025-shaped folder; return ``[(planet_id, n_visits), ...]`` in simulation order.
 
     Parameters
@@ -966,9 +998,14 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
     compression : Parquet codec of the signal files (calibration files are always zstd).
     page_checksums : write a CRC32 in every Parquet page of the signal and calibration files (the
         competition's files have none); the readers verify them.
+    trace_hot_pixels : AIRS pixels per planet in the trace core (the two rows nearest the trace
+        centre of the target columns) made hot, dark log-uniform in `TRACE_HOT_RANGE` (1-10 e/s, as
+        the real file's trace core); drawn from a random stream of their own, so every other draw,
+        and a folder simulated with 0 (the default), is unchanged. Visit 1 keeps them (its dark is
+        the redrawn dark of visit 0).
     """
     _check_arguments(n_planets, seed, split, two_visit_fraction, background_fraction, row_group_frames,
-                     cosmic_rate, compression)
+                     cosmic_rate, compression, trace_hot_pixels)
     _checksum_option(page_checksums)  # before anything is written
     n_bins, airs_frames, fgs1_frames = frame_counts(scale)
     n_planets, seed = int(n_planets), int(seed)
@@ -1005,6 +1042,9 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
         t_start = time.perf_counter()
         dets = {inst.name: _draw_detector(inst, _rng(seed, split, p.index, 0, inst.name, _P_DETECTOR))
                 for inst in (AIRS, FGS1)}
+        if trace_hot_pixels:
+            dets[AIRS.name] = _add_trace_hot_pixels(dets[AIRS.name], int(trace_hot_pixels),
+                                                    _rng(seed, split, p.index, 0, AIRS.name, _P_TRACE_HOT))
         visits = []
         for v in range(p.n_visits):
             if v > 0:
@@ -1024,6 +1064,8 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
            "row_group_frames": row_group_frames, "cosmic_rate": cosmic_rate,
            "background_fraction": background_fraction, "compression": compression,
            "planets": planet_entries}
+    if trace_hot_pixels:  # absent when 0: the manifests of folders simulated without stay as they were
+        run["trace_hot_pixels"] = int(trace_hot_pixels)
     splits = {**_other_split_runs(manifest_path, split, float(scale)), split: run}
     _write_json(manifest_path, {**common, "split": split, "seed": seed, "planets": planet_entries,
                                 "splits": dict(sorted(splits.items()))})
