@@ -360,9 +360,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "status_counts" not in info:  # a product: light curves or per-visit fits
         print(f"{args.path}  {info['kind']}, format {info['format']} {info['format_version']} "
               f"(arielstream {info['arielstream_version']}), from {info['source']}")
+        width = max((len(name) for name in info["datasets"]), default=0)  # one column, however long the names
         for name, d in info["datasets"].items():
             dims = f"({', '.join(d['dims'])})" if "dims" in d else str(tuple(d["shape"]))
-            print(f"  {name:24s} {str(tuple(d['shape'])):16s} {d['dtype']:8s} {dims:28s} "
+            print(f"  {name:{width}s} {str(tuple(d['shape'])):16s} {d['dtype']:8s} {dims:28s} "
                   f"{d.get('long_name', '')}{' [' + d['units'] + ']' if d.get('units') else ''}")
         print(f"  observations: {len(info['observations'])}")
         for o in info["observations"]:
@@ -372,8 +373,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"split {info['split']})")
     if info["parts"]:
         print(f"  an index over {len(info['parts'])} part file(s): {', '.join(info['parts'])} (keep them beside it)")
+    width = max((len(name) for name in info["datasets"]), default=0)
     for name, d in info["datasets"].items():
-        print(f"  {name:24s} {str(tuple(d['shape'])):28s} {d['dtype']}")
+        print(f"  {name:{width}s} {str(tuple(d['shape'])):28s} {d['dtype']}")
     counts = info["status_counts"]
     print(f"  observations: {len(info['observations'])} — " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for o in info["observations"]:
