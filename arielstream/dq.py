@@ -69,3 +69,17 @@ TIME_BITS = {
 def describe(value: int, bits: dict[str, int] = BITS) -> list[str]:
     """Names of the bits set in ``value`` (static bits by default; ``TIME_BITS`` for ``dq_time``)."""
     return [name for name, bit in bits.items() if value & bit]
+
+
+def do_not_use(file_bits: dict[str, int] | None = None) -> int:
+    """The ``DO_NOT_USE`` mask for a file whose ``dq_bits`` attribute is ``file_bits``.
+
+    A file written before ``HOT_UNUSABLE`` existed (no such name in its bits) marked
+    every hot pixel it would not use with ``HOT`` alone: for it, ``HOT`` is do-not-use
+    too, so that its hot pixels (whose values the notebook profile kept) stay out of
+    the light curves. ``None``: this version's bits.
+    """
+    if file_bits is not None and "HOT_UNUSABLE" not in file_bits:
+        return DO_NOT_USE | HOT
+    return DO_NOT_USE
+

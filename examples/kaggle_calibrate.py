@@ -155,16 +155,19 @@ def run(args: argparse.Namespace) -> int:
 def submit(args: argparse.Namespace, output: Path) -> int:
     """The spectrum step: ``work/submission.csv`` from the calibrated file (scored when the truth is there)."""
     submission = args.work.resolve() / SUBMISSION
-    _, fits, spectra = write_spectrum(output, submission, fits=output.with_name(f"{args.split}.fits.h5"))
+    observations = None
+    if args.planets:  # a quick try: the planets asked for, not every planet of the split
+        with h5py.File(output, "r") as f:
+            observations = list(range(f["planet_id"].shape[0]))
+    # a planet without a spectrum is an error naming it (exit 1 here): the competition refuses a submission
+    # without every planet
+    _, fits, spectra = write_spectrum(output, submission, fits=output.with_name(f"{args.split}.fits.h5"),
+                                      observations=observations)
     say(f"submission: {submission} ({spectra.planet_id.size} planet(s); per-visit fits {fits})")
-    with h5py.File(output, "r") as f:
-        missing = sorted(set(f["planet_id"][()].tolist()) - set(spectra.planet_id.tolist()))
-    if missing:  # the competition refuses a submission without every planet
-        say(f"{PROG}: {submission} lacks planet(s) {', '.join(map(str, missing))}: no transit was found in them "
-            f"(see the log above)", error=True)
-        return 1
     truth = args.input / f"{args.split}.csv"
-    if truth.is_file():
+    if truth.is_file() and args.planets:
+        say(f"score:      not computed: {truth} holds every planet of the split, the submission those of --planets")
+    elif truth.is_file():
         say(f"score:      {score_files(submission, truth).score:.6f} against {truth}")
     return 0
 

@@ -173,6 +173,17 @@ def test_recipe_scores_the_train_split_against_its_truth(kaggle_input, tmp_path)
     assert f"score:      {expected:.6f} against {kaggle_input / 'train.csv'}" in result.stdout
 
 
+@pytest.mark.slow
+def test_recipe_quick_try_of_one_planet_writes_its_submission(kaggle_input, tmp_path):
+    work = tmp_path / "working"
+    result = run_script("--input", kaggle_input, "--split", "train", "--work", work, "--scratch", tmp_path / "tmp",
+                        "--memory", "2GB", "--planets", "73079497", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(work / "submission.csv", newline="") as fh:
+        assert [int(row["planet_id"]) for row in csv.DictReader(fh)] == [73079497]
+    assert "score:      not computed" in result.stdout  # the truth holds every planet of the split
+
+
 @pytest.mark.parametrize("case", ["missing split", "scratch is a file"])
 def test_recipe_failure_is_one_line_and_non_zero(kaggle_input, tmp_path, case):
     args: list[str | Path] = ["--input", kaggle_input, "--work", tmp_path / "working"]

@@ -379,3 +379,34 @@ def test_cli_quicklook_draws_the_spectrum_file_it_is_given(calibrated, tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no.csv" in err and "no such file" in err and "Traceback" not in err
     assert not (tmp_path / "none").exists()
+
+
+def test_the_dq_map_shows_a_pixel_left_out_as_left_out():
+    from arielstream import dq
+
+    codes = list(dq.BITS.values())
+
+    def shown(value: int) -> int:
+        return codes[int(quicklook.dq_codes(np.array([value]))[0]) - 1]
+
+    assert int(quicklook.dq_codes(np.array([0]))[0]) == 0
+    assert shown(dq.HOT) == dq.HOT  # a usable hot pixel
+    assert shown(dq.HOT | dq.HOT_UNUSABLE) == dq.HOT_UNUSABLE  # not drawn as a used one
+    assert shown(dq.HOT | dq.SATURATED) == dq.HOT  # informational bits: the lowest
+    assert shown(dq.DEAD | dq.HOT_UNUSABLE) == dq.DEAD  # do-not-use bits: the lowest
+
+
+def test_a_submission_with_a_blank_line_is_drawn_and_a_short_row_is_refused(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+    from arielstream.products import spectrum
+
+    row = ["73079497", *["0.005"] * 283, *["0.0002"] * 283]
+    good = tmp_path / "good.csv"
+    good.write_text(",".join(spectrum.submission_header()) + "\n" + ",".join(row) + "\n\n")
+    page = quicklook.quicklook(calibrated, tmp_path / "ql", obs=[0], spectrum=good).read_text()
+    assert f"Spectra from {good}" in page
+    short = tmp_path / "short.csv"
+    short.write_text(",".join(spectrum.submission_header()) + "\n" + ",".join(row[:100]) + "\n")
+    with pytest.raises(InputError, match=r"cannot read the spectrum: line 2 has 100 fields, the header 567"):
+        quicklook.quicklook(calibrated, tmp_path / "short", obs=[0], spectrum=short)
+    assert not (tmp_path / "short").exists()

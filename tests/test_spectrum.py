@@ -369,3 +369,31 @@ def test_label_prior_needs_labels_that_spread():
         sp.label_prior(np.array([[1.0, 2.0], [3.0, 2.0]]))
     with pytest.raises(ValueError, match="missing must be one of"):
         sp.spectrum("unused.h5", missing="zero")
+
+
+def test_a_spatially_binned_file_is_an_error_naming_the_option_whatever_missing_says(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "binned.h5"
+    calibrate_quietly(monkeypatch, DATA_SAMPLES, out, config=arielstream.build_config(spatial_bin=2))
+    submission = tmp_path / "s.csv"
+    before = sorted(tmp_path.iterdir())
+    for missing in ([], ["--missing", "prior"]):  # the prior never stands in for every AIRS target
+        assert cli.main(["-q", "spectrum", str(out), "-o", str(submission), *missing]) == cli.EXIT_FAILURES
+        err = one_line_error(capsys)
+        assert "calibrated with --spatial-bin 2" in err and "calibrate without --spatial-bin" in err, err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_missing_prior_without_training_labels_says_who_needs_them(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    for name in ("adc_info.csv", "axis_info.parquet", "train_star_info.csv", "wavelengths.csv"):  # no train.csv
+        (data / name).symlink_to(DATA_SAMPLES / name)
+    (data / "train" / "73079497").symlink_to(DATA_SAMPLES / "train" / "73079497")
+    out = tmp_path / "out.h5"
+    calibrate_quietly(monkeypatch, data, out)
+    submission = tmp_path / "s.csv"
+    assert cli.main(["-q", "spectrum", str(out), "-o", str(submission), "--missing", "prior"]) == cli.EXIT_NOINPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--missing prior (missing='prior' from Python) needs the training labels" in err and "train.csv" in err
+    assert not submission.exists()

@@ -349,7 +349,7 @@ HOT_DARK_FRACTION = 0.1  # k: hot when |dark| * exposure > k * read noise. Below
 # weight under half a cold pixel's), and its value rests on a dark that one calibration per visit cannot
 # check for stability: a 10% error in a dark at the limit (338 e per exposure at 13 e of read noise) shifts
 # every exposure by 34 e, 1.8 times the CDS read noise. On the real files of planet 342072318
-# (data_samples/reference) the limit is ~2 x 13^2 = 338 e per exposure: 75 e/s on AIRS-CH0 (4.5 s), 3500 e/s
+# (data_samples/reference) the limit is ~2 x 13^2 = 338 e per exposure: 75 e/s on AIRS-CH0 (4.5 s), 3400 e/s
 # on FGS1 (0.1 s); the hottest AIRS pixel, 11.9 e/s, holds 53.6 e (0.14 of it): no pixel there is unusable.
 HOT_UNUSABLE_FRACTION = 1.0  # unusable when dark * exposure > this x FRAMES_PER_CDS x read noise**2
 

@@ -32,7 +32,6 @@ no index rather than one that mixes old and new images); never a truncated PNG.
 
 from __future__ import annotations
 
-import csv
 import html
 import logging
 import math
@@ -55,6 +54,7 @@ from ..layout import AIRS, FGS1, FGS1_WAVELENGTH_UM
 from ..nan import quiet_nan
 from . import lightcurves as lcmod
 from . import spectrum as specmod
+from .score import read_table
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,16 @@ DQ_COLOURS = ["#ffffff", "#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", 
 
 
 def dq_codes(dq: np.ndarray) -> np.ndarray:
-    """0 where no bit is set, else 1 + the index of the lowest bit set (for a categorical map)."""
+    """0 where no bit is set, else 1 + the index of the bit shown (for a categorical map).
+
+    The lowest ``DO_NOT_USE`` bit set, else the lowest bit set: a pixel left out (``HOT | HOT_UNUSABLE``)
+    is never drawn as one that is used (``HOT``).
+    """
     dq = np.asarray(dq).astype(np.int64)
     codes = np.zeros(dq.shape, dtype=np.int64)
-    for k, bit in reversed(list(enumerate(dqbits.BITS.values()))):
+    # painted in turn, the last paint wins: informational bits, then do-not-use ones, each highest bit first
+    order = sorted(enumerate(dqbits.BITS.values()), key=lambda kb: (bool(kb[1] & dqbits.DO_NOT_USE), -kb[0]))
+    for k, bit in order:
         codes[(dq & bit) != 0] = k + 1
     return codes
 
@@ -414,15 +420,15 @@ class SpectrumFile:
                     for pid, visit, d, s in zip(f["planet_id"][()], f["visit"][()], f["depth"][()], f["sigma"][()],
                                                 strict=True):
                         self.per_visit[(int(pid), int(visit))] = (np.asarray(d, float), np.asarray(s, float))
-            else:
-                with open(path, newline="") as stream:
-                    rows = list(csv.reader(stream))
-                if not rows or rows[0] != specmod.submission_header():
+            else:  # read as score reads a submission (blank lines skipped, every row's fields counted)
+                table = read_table(path, role="truth")
+                if ["planet_id", *table.columns] != specmod.submission_header():
                     raise ValueError("not a submission file (planet_id, wl_1 … wl_283, sigma_1 … sigma_283)")
                 n = specmod.N_TARGETS
-                for row in rows[1:]:
-                    values = np.array([float(v) for v in row[1:]])
-                    self.per_planet[int(row[0])] = (values[:n], values[n:])
+                for pid, values in zip(table.planet_id, table.values, strict=True):
+                    self.per_planet[int(pid)] = (values[:n], values[n:])
+        except InputError as exc:
+            raise InputError(path, f"cannot read the spectrum: {exc.problem}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(path, f"cannot read the spectrum: {exc}") from None
 

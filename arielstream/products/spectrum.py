@@ -667,6 +667,21 @@ def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | No
     return read_star_info(star_info)
 
 
+def _check_targets(src: h5py.File, path: Path) -> None:
+    """A :class:`SpectrumError` unless the file can give every target: FGS1, and AIRS-CH0 columns that are targets."""
+    held = instruments_in(src)
+    absent = [name for name in (FGS1.name, AIRS.name) if name not in held]
+    if absent:
+        raise SpectrumError(f"{path}: holds no {' and no '.join(absent)} data (its instruments: "
+                            f"{', '.join(held) or 'none'}); a submission needs FGS1 ({TARGET_PREFIX}1) and "
+                            f"AIRS-CH0 ({TARGET_PREFIX}2 … {TARGET_PREFIX}{N_TARGETS}): calibrate both")
+    spatial_bin = int(lc.file_config(src).get("spatial_bin", 1))
+    if spatial_bin > 1:  # its x axis sums neighbouring columns: no column is one target wavelength
+        raise SpectrumError(f"{path}: calibrated with --spatial-bin {spatial_bin}: its AIRS-CH0 columns are sums "
+                            f"of {spatial_bin} detector columns, not the targets {TARGET_PREFIX}2 … "
+                            f"{TARGET_PREFIX}{N_TARGETS} a submission needs; calibrate without --spatial-bin")
+
+
 def _prior_for(src: h5py.File, path: Path, missing: str) -> Prior | None:
     """With ``missing="prior"``, the prior from the data folder's training labels (read before any fit)."""
     if missing != "prior":
@@ -675,7 +690,10 @@ def _prior_for(src: h5py.File, path: Path, missing: str) -> Prior | None:
     if folder is None:
         raise InputError(path, f"{flag('missing', 'prior')} needs the training labels ({PRIOR_LABELS} in the data "
                                "folder), and the file names no data folder")
-    return read_prior(folder / PRIOR_LABELS)
+    try:
+        return read_prior(folder / PRIOR_LABELS)
+    except InputError as exc:  # say who needs the file
+        raise InputError(path, f"{flag('missing', 'prior')} needs the training labels: {exc}") from None
 
 
 def _split_planets(src: h5py.File, path: Path, held: set[int]) -> tuple[set[int], str]:
@@ -729,7 +747,8 @@ def _missing_error(path: Path, missing: list[int], why: dict[int, list[str]], n_
     return SpectrumError(f"{path}: {len(missing)} of the {n_required} planet(s) of {scope} have no spectrum: "
                          f"{shown}{more}. A submission needs a row for each: calibrate them (a rerun retries "
                          f"failed observations), or {flag('missing', 'prior')} writes the training set's mean "
-                         "spectrum for them, with a wide sigma")
+                         f"spectrum for them, with a wide sigma (or {flag('observations', ..., option='--obs')} "
+                         "for a subset)")
 
 
 def spectrum(path: str | Path, *, degree: int = DEFAULT_DEGREE, decorrelate: bool = True,
@@ -790,12 +809,7 @@ def spectrum(path: str | Path, *, degree: int = DEFAULT_DEGREE, decorrelate: boo
     fits: list[VisitFit] = []
     why: dict[int, list[str]] = {}  # the reasons a planet has no spectrum
     with open_output(path) as src:
-        held = instruments_in(src)
-        absent = [name for name in (FGS1.name, AIRS.name) if name not in held]
-        if absent:
-            raise SpectrumError(f"{path}: holds no {' and no '.join(absent)} data (its instruments: "
-                                f"{', '.join(held) or 'none'}); a submission needs FGS1 ({TARGET_PREFIX}1) and "
-                                f"AIRS-CH0 ({TARGET_PREFIX}2 … {TARGET_PREFIX}{N_TARGETS}): calibrate both")
+        _check_targets(src, path)
         stars = _star_info_for(src, path, star_info)
         prior = _prior_for(src, path, missing)
         chosen = lc.require_done(src, path, observations, "fit")
