@@ -286,3 +286,28 @@ def test_light_curves_carry_the_dark_shot_noise_of_the_file_s_hot_pixels(real_ca
     assert hot <= extra[0, x] <= 1.02 * hot  # plus the cold pixels' ~0.01 e/s
     assert np.median(extra[0]) < 0.02 * hot
     np.testing.assert_array_equal(with_dark.airs_flux, without.airs_flux)  # the weights of a box sum: unchanged
+
+
+def test_a_file_written_before_hot_unusable_keeps_its_hot_pixels_out_of_the_light_curves(real_calibration_output,
+                                                                                        tmp_path):
+    from arielstream import dq as dqbits
+
+    assert dqbits.do_not_use(None) == dqbits.do_not_use(dqbits.BITS) == DO_NOT_USE
+    older = {name: bit for name, bit in dqbits.BITS.items() if name != "HOT_UNUSABLE"}
+    assert dqbits.do_not_use(older) == DO_NOT_USE | HOT
+    old = tmp_path / "old.h5"
+    shutil.copy(real_calibration_output, old)
+    with h5py.File(old, "r+") as f:  # as an older version wrote it: HOT meant do-not-use
+        f.attrs["dq_bits"] = json.dumps(older)
+    with h5py.File(real_calibration_output) as f, h5py.File(old) as g:
+        assert lc.file_dq_bits(f) == dqbits.BITS and lc.file_dq_bits(g) == older
+        hot = (f["AIRS-CH0/dq"][0] & HOT) != 0
+        now, before = lc.observation_light_curves(f, 0), lc.observation_light_curves(g, 0)
+    x = list(now.column).index(44)  # (rows 15, 16) of column 44: hot and kept now, out of an older file's sums
+    assert hot.sum() == 11
+    assert not np.array_equal(now.airs_flux[:, x], before.airs_flux[:, x])
+
+
+def test_an_observation_given_twice_is_one_observation(real_calibration_output):
+    with h5py.File(real_calibration_output) as f:
+        assert lc.done_observations(f, [0, 0]) == [0]

@@ -35,7 +35,12 @@ def test_extraction_weights_on_a_frame_with_a_known_answer():
     np.testing.assert_array_equal(w["limit"], aperture.astype(float))
     # Horne's weights (P / V) / sum(P² / V) are 1 wherever P > 0 when V is proportional to P
     np.testing.assert_allclose(w["optimal"][star[0] > 1e-3], 1.0, rtol=1e-9)
-    # the estimated background: the aperture less its rows times the mean of the rows 9 or more away
-    np.testing.assert_allclose(w["background"].sum(axis=0), 0.0, atol=1e-12)  # a flat sky cancels
-    sky = np.abs(y - 15.5) >= 9
-    np.testing.assert_allclose(w["background"][sky[:, 0]], -aperture.sum(axis=0)[0] / sky.sum())
+    # the estimated background (rows, column, column read): the aperture less its rows times the mean of the
+    # rows 9 or more away of the columns in its window (centred: column 3 of 8 reads columns 0-6)
+    background = w["background"]
+    np.testing.assert_allclose(background.sum(axis=(0, 2)), 0.0, atol=1e-12)  # a flat sky cancels
+    sky = (np.abs(y - 15.5) >= 9)[:, 0]
+    np.testing.assert_allclose(background[sky, 3, :7], -aperture.sum(axis=0)[0] / sky.sum() / 7)
+    assert not background[:, 3, 7].any()
+    np.testing.assert_array_equal(background[~sky, 3, 3], aperture[~sky, 3])
+    np.testing.assert_allclose(background[sky, 0, 0], -aperture.sum(axis=0)[0] / sky.sum())  # the edge: its own

@@ -1,7 +1,7 @@
 """Light curves from a calibrated file: AIRS spectral and white-light curves, FGS1 photometry.
 
 Two layers, as in the rest of the package: pure functions over arrays (``plan_*``
-decide a time-constant extraction for one observation, ``apply_weights`` applies
+decide a time-constant extraction for one observation, ``apply_extraction`` applies
 it to any block of time bins) and an adapter that reads an arielstream HDF5 file
 observation by observation, time block by time block (:func:`observation_light_curves`,
 :func:`extract`).
@@ -20,13 +20,30 @@ The extraction of one observation
   as background, negative values clipped); the aperture is every row ``y`` with
   ``|y - centre| <= half_width`` (``half_width`` = 6 by default: 12 or 13 rows).
 * **Background** (on by default; ``background=False`` to switch off): in each bin,
-  each column's background is the mean of its usable pixels at
-  ``|y - centre| >= half_width + 3``, subtracted from every aperture pixel (a
-  background left in would dilute the transit depth). FGS1: the mean of the usable
-  pixels farther than ``fgs1_radius + 3`` from the centroid. The subtraction is
-  folded into the weights (``W = w - sum_y(w) * b``), so every light curve is one
-  time-constant weighted sum ``sum W D`` of the pixels, and its variance
-  ``sum W² V`` includes the background estimate's noise.
+  ``c[x]``, the mean of column ``x``'s usable pixels at ``|y - centre| >= half_width + 3``
+  (its outer rows), is averaged over the columns within ``BACKGROUND_WINDOW`` (7) of
+  ``x``, each weighted by its number of such pixels (:func:`window_weights`: the mean
+  of every outer-row pixel of those 15 columns), and that level is subtracted from
+  every aperture pixel (a background left in would dilute the transit depth). One
+  column's outer rows (~14 pixels for a 12-row aperture) would add their noise, scaled
+  by the aperture's rows, to every bin: 1.12-1.13 × the photon + read-noise limit on
+  the simulator's planets; 15 columns divide that variance by ~15, to 1.01 × (the
+  floor row of ``make bench-science``). The sky and the
+  zodiacal light vary slowly with wavelength: the window is centred (it narrows
+  at the first and last columns the file holds), so a background linear in
+  wavelength is removed without bias (up to the shift of the window's centre where
+  bad pixels make the columns' counts unequal); a curved one ``f(x)`` leaves, per
+  aperture row, ``f''/2`` times the window's mean squared column offset
+  (``K(K+1)/3`` = 18.7 columns² for ``K`` = 7) in the estimate. ``background_window=0``
+  uses each column's own rows (the weighted extraction's profile is cleaned with the
+  same estimate). A column whose window holds no background pixel is
+  not corrected (``no_background_columns``). FGS1: the mean of the usable pixels
+  farther than ``fgs1_radius + 3`` from the centroid, folded into the weights
+  (``W = w - sum(w) * b``). Every light curve stays a time-constant weighted sum of
+  the pixels, so its variance is exact: ``flux[x] = A[x] - s[x] sum_x' K[x, x'] c[x']``
+  (``A = sum_y w D`` the aperture sum, ``s = sum_y w`` its weights' sum) has variance
+  ``sum_y w² V + s[x]² sum_x' K[x, x']² var(c[x'])``, ``var(c[x']) = sum_y b² V``
+  (the aperture's pixels are never background pixels: no cross term).
 * **Plain sum** (default): the flux of a wavelength column in a bin is the sum of
   its usable aperture pixels (minus the background), divided by the fraction of
   the column's flux those pixels hold (below).
@@ -60,13 +77,17 @@ The extraction of one observation
   plane): its shot noise too, so a hot pixel weighs by its variance. ``D`` is
   flat-fielded, so this ignores the flat's few-per-cent scaling of the terms; it
   leaves out cosmic rays that no step removed. The 1-sigma uncertainty of a weighted
-  sum is ``sqrt(sum_y W_y² V_ty)``.
-  On simulated data the per-wavelength transit-depth pulls spread by 1.07 and the
-  fits' median chi²/dof is 1.06 (tests/test_lightcurves.py).
+  sum ``sum W D`` over the pixels it reads is ``sqrt(sum W² V)`` (the background's
+  terms above).
+  On simulated data the per-wavelength transit-depth pulls spread by 1.00 (1.02
+  weighted) and the fits' median chi²/dof is 0.99 (1.00) (tests/test_lightcurves.py).
   White-light curves also carry pointing-jitter red noise that this model does not
   include: decorrelate them against the FGS1 centroid track.
 * **White light.** AIRS: the sum over wavelength columns that have usable pixels
-  (the same columns at all times), its variance the sum of theirs. FGS1: the sum
+  (the same columns at all times). A background pixel enters several columns'
+  estimates, so the columns' errors are correlated and the white variance is not
+  the sum of theirs: it is ``sum_x sum_y w² V + sum_x' u[x']² var(c[x'])`` with
+  ``u[x'] = sum_x s[x] K[x, x']`` (:func:`apply_extraction`). FGS1: the sum
   of the usable pixels within ``fgs1_radius`` (6 px by default) of the
   flux-weighted centroid of the time-averaged frame.
 * **Centroid track.** FGS1's flux-weighted centroid (x = column, y = row, in
@@ -81,7 +102,8 @@ The light-curve file written by :func:`extract`
     attrs: format = "arielstream-lightcurves", format_version, Conventions, title,
            source (the calibrated file, relative to this one), source_config (JSON),
            profile, arielstream_version (of the source), extracted_with (this version),
-           half_width, weighted, fgs1_radius, background, background_gap, variance_model
+           half_width, weighted, fgs1_radius, background, background_gap, background_window,
+           variance_model
     /obs (obs,) int32 dimension     /planet_id (obs,) int64     /visit (obs,) int16
     /source_index (obs,) int64: obs index in the source
     /AIRS-CH0/time (t,) float64 hours
@@ -113,7 +135,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -143,6 +165,10 @@ class SelectionError(ArielstreamError, IndexError):
 
 
 BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the background region
+# AIRS: columns on each side whose outer rows estimate a column's background (0: its own rows only). 7 (15
+# columns, ~210 pixels) brings the estimate's noise from 1.12-1.13 to ~1.01 x the photon + read-noise limit;
+# wider windows gain under 1 % more and widen the band over which the background must be smooth
+BACKGROUND_WINDOW = 7
 LC_FORMAT_NAME = "arielstream-lightcurves"
 LC_FORMAT_VERSION = 1
 BLOCK_BYTES = 64 * 2**20  # float64 working set of one time block
@@ -152,11 +178,15 @@ VARIANCE_MODEL = ("V = max(D, 0) + max(K, 0) + n_reads * read_noise**2 per pixel
 
 
 # ---------------------------------------------------------------- pure functions over arrays
-def usable_pixels(finite_always: np.ndarray, dq: np.ndarray | None = None) -> np.ndarray:
-    """Pixels usable at all times: finite in every bin and with no ``DO_NOT_USE`` DQ bit."""
+def usable_pixels(finite_always: np.ndarray, dq: np.ndarray | None = None,
+                  do_not_use: int = dqbits.DO_NOT_USE) -> np.ndarray:
+    """Pixels usable at all times: finite in every bin and with no ``do_not_use`` DQ bit.
+
+    ``do_not_use``: the file's mask (:func:`arielstream.dq.do_not_use` of its ``dq_bits``).
+    """
     usable = np.asarray(finite_always, dtype=bool).copy()
     if dq is not None:
-        usable &= (np.asarray(dq) & dqbits.DO_NOT_USE) == 0
+        usable &= (np.asarray(dq) & do_not_use) == 0
     return usable
 
 
@@ -211,7 +241,13 @@ def disk(centre: Sequence[float] | np.ndarray, radius: float, shape: tuple[int, 
 
 @dataclass(frozen=True)
 class Extraction:
-    """A time-constant extraction: ``flux_t[x] = sum_y weights[x, y] * D_t[x, y]``."""
+    """A time-constant extraction of column ``x`` in bin ``t`` (:func:`apply_extraction`).
+
+    ``flux_t[x] = sum_y weights[x, y] D_t[x, y] - sum_x' sky_mix[x, x'] c_t[x']`` with
+    ``c_t[x'] = sum_y sky_weights[x', y] D_t[x', y]``: the aperture's weighted sum less
+    a background measured in other pixels, possibly of other columns (AIRS). Without
+    ``sky_weights`` (FGS1, or no background) the flux is the weighted sum alone.
+    """
 
     weights: np.ndarray  # (x, y) float64, 0 outside the aperture and on unusable pixels
     n_reads: int  # reads per bin (2 per CDS)
@@ -219,6 +255,8 @@ class Extraction:
     n_pixels: np.ndarray  # (x,) usable pixels given a weight
     dark_charge: np.ndarray | float = 0.0  # (x, y) dark charge subtracted per bin (e): its shot noise is in V
     extra: dict[str, Any] = field(default_factory=dict)  # trace_row, aperture_rows / centre
+    sky_weights: np.ndarray | None = None  # (x, y): each column's mean of its background pixels (rows sum to 1 or 0)
+    sky_mix: np.ndarray | None = None  # (x, x'): background of column x per unit c[x'], s[x] K[x, x']
 
 
 def _clean_read_noise(read_noise: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -234,20 +272,50 @@ def background_weights(region: np.ndarray) -> np.ndarray:
     return np.divide(region, n, out=np.zeros_like(region), where=n > 0)
 
 
+def window_weights(n_background: np.ndarray, reach: int = BACKGROUND_WINDOW) -> np.ndarray:
+    """The ``(x, x')`` matrix ``K`` that averages the columns' background estimates over a window.
+
+    Row ``x`` weighs each column ``x'`` with ``|x' - x| <= reach`` by its number of
+    background pixels ``n_background[x']`` and sums to 1, so ``sum_x' K[x, x'] c[x']``
+    (``c`` the columns' means of their background pixels) is the mean of every
+    background pixel of the window. The window is centred: within ``reach`` of the
+    first or last column it narrows to the columns on both sides (the first and last
+    columns use their own pixels only), so a background linear in ``x`` has no
+    bias where the counts are equal. A column without background pixels contributes
+    nothing; a row whose window holds none is all 0 (no correction). ``reach=0``:
+    the identity on the columns that have background pixels.
+
+    Raises
+    ------
+    ValueError
+        ``reach`` < 0.
+    """
+    if reach < 0:
+        raise ValueError(f"the background window must be >= 0 columns; got {reach}")
+    n = np.asarray(n_background, dtype=np.float64)
+    x = np.arange(n.size)
+    half = np.minimum(reach, np.minimum(x, n.size - 1 - x))
+    counts = np.where(np.abs(x[None, :] - x[:, None]) <= half[:, None], n[None, :], 0.0)
+    total = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+
+
 def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
               half_width: int = DEFAULT_HALF_WIDTH, weighted: bool = False, background: bool = True,
-              background_gap: int = BACKGROUND_GAP, subtracted: np.ndarray | float = 0.0,
-              dark_charge: np.ndarray | float = 0.0) -> Extraction:
+              background_gap: int = BACKGROUND_GAP, background_window: int = BACKGROUND_WINDOW,
+              subtracted: np.ndarray | float = 0.0, dark_charge: np.ndarray | float = 0.0) -> Extraction:
     """Decide the aperture, weights and background of one AIRS observation from its ``(x, y)`` mean frame.
 
-    With ``background``, each column's background in each bin is the mean of its
-    usable pixels at ``|y - centre| >= half_width + background_gap``; it is
-    folded into the weights (``W = w - sum_y(w) * b``), so flux and variance stay
-    one weighted sum. A column without background pixels is not corrected (and
+    With ``background``, each column's background in each bin is the mean of the
+    usable pixels at ``|y - centre| >= half_width + background_gap`` of the columns
+    within ``background_window`` of it (:func:`window_weights`; 0: its own pixels
+    only), times the aperture's weight sum ``s``: ``plan.sky_weights`` and
+    ``plan.sky_mix`` (:class:`Extraction`), so flux and variance stay one weighted
+    sum. A column whose window holds no background pixel is not corrected (and
     counted in ``extra["no_background_columns"]``). ``subtracted`` is the mean
     background the calibration already removed and ``dark_charge`` the ``(x, y)`` dark
     charge it subtracted per bin (both for the variance: the optimal weights', and
-    :func:`apply_weights`').
+    :func:`apply_extraction`').
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn = _clean_read_noise(read_noise, mean_frame.shape)
@@ -256,8 +324,10 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     inside = usable & rows[None, :]
     y = np.arange(mean_frame.shape[1], dtype=np.float64)
     outside = usable & (np.abs(y - centre) >= half_width + background_gap - 1e-9)[None, :]
+    n_sky = outside.sum(axis=1) if background else np.zeros(mean_frame.shape[0], dtype=np.int64)
     b = background_weights(outside) if background else np.zeros_like(mean_frame)
-    sky = np.einsum("xy,xy->x", np.where(outside, mean_frame, 0.0), b)  # mean background per column
+    window = window_weights(n_sky, background_window)
+    sky = window @ np.einsum("xy,xy->x", np.where(outside, mean_frame, 0.0), b)  # mean background per column
     clean = np.where(inside, np.clip(mean_frame - sky[:, None], 0.0, None), 0.0)
     kept, n_filled = profile_fill(clean, rows, usable)
     if weighted:
@@ -272,12 +342,13 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     else:
         weights = inside / kept[:, None]
     n_pixels = (weights != 0).sum(axis=1)
-    weights = weights - weights.sum(axis=1, keepdims=True) * b
     first, last = np.flatnonzero(rows)[[0, -1]] if rows.any() else (-1, -1)
-    uncorrected = int(((n_pixels > 0) & (outside.sum(axis=1) == 0)).sum()) if background else 0
+    uncorrected = int(((n_pixels > 0) & (window.sum(axis=1) == 0)).sum()) if background else 0
     return Extraction(weights=weights, n_reads=n_reads, read_noise=rn, n_pixels=n_pixels, dark_charge=dark_charge,
+                      sky_weights=b if background else None,
+                      sky_mix=weights.sum(axis=1)[:, None] * window if background else None,
                       extra={"trace_row": centre, "aperture_rows": (int(first), int(last)),
-                             "background_pixels": outside.sum(axis=1) if background else np.zeros(len(sky), int),
+                             "background_pixels": n_sky, "background_window": int(background_window),
                              "no_background_columns": uncorrected, "n_filled": n_filled,
                              "kept_fraction": kept})
 
@@ -330,7 +401,7 @@ def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     The aperture is every usable pixel within ``radius`` of the centroid of the
     time-averaged frame; with ``background``, the background per bin is the mean
     of the usable pixels farther than ``radius + background_gap``. ``dark_charge``:
-    the ``(x, y)`` dark charge subtracted per bin, for :func:`apply_weights`' variance.
+    the ``(x, y)`` dark charge subtracted per bin, for :func:`apply_extraction`'s variance.
     """
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn = _clean_read_noise(read_noise, mean_frame.shape)
@@ -348,33 +419,58 @@ def plan_fgs1(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
                              "no_background_columns": int(background and aperture.any() and not sky.any())})
 
 
-def apply_weights(block: np.ndarray, plan: Extraction,
-                  subtracted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Flux and variance ``(t, x)`` of a ``(t, x, y)`` block of bins under a time-constant extraction.
+class Curves(NamedTuple):
+    """Light curves of a block of bins under one extraction (:func:`apply_extraction`)."""
 
-    ``flux[t, x] = sum_y W[x, y] D[t, x, y]``, ``var[t, x] = sum_y W[x, y]² V[t, x, y]``;
-    an x that no pixel contributes to is NaN. ``subtracted`` (broadcastable to the
-    block) is a background the calibration already took out of ``D``: its photons
-    are noise all the same, so it is added back into ``V``; so is the plan's
-    ``dark_charge`` (:func:`.frame_steps.pixel_variance`).
+    flux: np.ndarray  # (t, x) per column, NaN for a column without aperture pixels
+    var: np.ndarray  # (t, x) its variance
+    white: np.ndarray  # (t,) the sum over the columns with aperture pixels
+    white_var: np.ndarray  # (t,) its variance (not the sum of the columns': their backgrounds share pixels)
+
+
+def apply_extraction(block: np.ndarray, plan: Extraction, subtracted: np.ndarray | None = None) -> Curves:
+    """Light curves of a ``(t, x, y)`` block of bins under a time-constant extraction, with exact variances.
+
+    Per column (:class:`Extraction`): ``flux = A - M c`` with ``A = sum_y w D`` the
+    aperture sum, ``c = sum_y b D`` the columns' background means and ``M`` the plan's
+    ``sky_mix``; ``var = sum_y w² V + M² var(c)``, ``var(c) = sum_y b² V``, as the
+    aperture and background pixels are distinct. The white light sums the columns
+    with aperture pixels: ``A`` summed less ``u c`` with ``u = sum_x M[x, :]``, its
+    variance ``sum_x sum_y w² V + u² var(c)``, which counts each background pixel once
+    however many columns' windows hold it. A column that no pixel contributes to is
+    NaN. ``subtracted`` (broadcastable to the block) is a background the calibration
+    already took out of ``D``: its photons are noise all the same, so it is added back
+    into ``V``; so is the plan's ``dark_charge`` (:func:`.frame_steps.pixel_variance`).
     """
     d = np.asarray(block, dtype=np.float64)
-    w = plan.weights
+    w, b, mix = plan.weights, plan.sky_weights, plan.sky_mix
     used = w != 0
-    d = np.where(used, d, 0.0)  # unusable pixels carry weight 0; keep NaN out of the sums
-    flux = np.einsum("txy,xy->tx", d, w)
+    read = used if b is None else used | (b != 0)
+    d = np.where(read, d, 0.0)  # unusable pixels carry weight 0; keep NaN out of the sums
     photons = d if subtracted is None else d + np.nan_to_num(subtracted)
-    var = np.einsum("txy,xy->tx", pixel_variance(photons, plan.read_noise, plan.n_reads, plan.dark_charge), w * w)
-    empty = ~used.any(axis=1)
-    flux[:, empty] = np.nan
-    var[:, empty] = np.nan
-    return flux, var
+    v = pixel_variance(photons, plan.read_noise, plan.n_reads, plan.dark_charge)
+    flux = np.einsum("txy,xy->tx", d, w)
+    var = np.einsum("txy,xy->tx", v, w * w)
+    keep = used.any(axis=1)
+    white, white_var = flux[:, keep].sum(axis=1), var[:, keep].sum(axis=1)
+    if b is not None and mix is not None:
+        c = np.einsum("txy,xy->tx", d, b)
+        var_c = np.einsum("txy,xy->tx", v, b * b)
+        flux -= c @ mix.T
+        var += var_c @ (mix * mix).T
+        u = mix[keep].sum(axis=0)
+        white -= c @ u
+        white_var += var_c @ (u * u)
+    flux[:, ~keep] = np.nan
+    var[:, ~keep] = np.nan
+    return Curves(flux, var, white, white_var)
 
 
-def white_light(flux: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``(t, x)`` light curves over the columns finite at every time: flux and 1-sigma error ``(t,)``."""
-    keep = np.isfinite(flux).all(axis=0) & np.isfinite(var).all(axis=0)
-    return flux[:, keep].sum(axis=1), np.sqrt(var[:, keep].sum(axis=1))
+def apply_weights(block: np.ndarray, plan: Extraction,
+                  subtracted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flux and variance ``(t, x)`` of each column of a ``(t, x, y)`` block (:func:`apply_extraction`)."""
+    curves = apply_extraction(block, plan, subtracted)
+    return curves.flux, curves.var
 
 
 def normalise(flux: np.ndarray, err: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -421,6 +517,12 @@ class LightCurves:
 def file_config(f: h5py.File) -> dict[str, Any]:
     """The source file's calibration config (JSON attribute) as a dict."""
     return json.loads(text(f.attrs.get("config", "{}")))
+
+
+def file_dq_bits(f: h5py.File) -> dict[str, int] | None:
+    """The source file's data-quality bit names -> values (its ``dq_bits`` attribute), or None without one."""
+    raw = f.attrs.get(_schema.ATTR_DQ_BITS)
+    return None if raw is None else {str(k): int(v) for k, v in json.loads(text(raw)).items()}
 
 
 BINNING_OPTIONS = ("cds", "time_binning", "airs_bin", "fgs1_bin")
@@ -503,7 +605,7 @@ def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, bloc
     mean, finite = mean_and_finite(ds, index, block_bytes)
     dq_key = _schema.dataset(instrument, _schema.DQ)
     dq = f[dq_key][index] if dq_key in f else None
-    usable = usable_pixels(finite, dq)
+    usable = usable_pixels(finite, dq, dqbits.do_not_use(file_dq_bits(f)))
     subtracted = subtracted_background(f, instrument, index)
     mean_subtracted = 0.0 if subtracted is None else subtracted.mean(axis=0)
     rn, assumed = _read_noise(f, instrument, index, label, mean.shape)
@@ -514,17 +616,15 @@ def _extract_instrument(f: h5py.File, instrument: str, index: int, plan_fn, bloc
         log.warning("%s %s: %d column(s) have no background pixels outside the aperture (aperture too wide for "
                     "the rows?): their light curves are not background-corrected", label, instrument,
                     plan.extra["no_background_columns"])
-    fluxes, variances, centroids = [], [], []
+    parts, centroids = [], []
     n_bins = ds.shape[1]
     for sl in time_blocks(n_bins, int(np.prod(ds.shape[2:])), block_bytes):
         block = ds[index, sl]
-        flux, var = apply_weights(block, plan, None if subtracted is None else subtracted[sl])
-        fluxes.append(flux)
-        variances.append(var)
+        parts.append(apply_extraction(block, plan, None if subtracted is None else subtracted[sl]))
         if instrument == FGS1.name:
             centroids.append(centroid(block, usable))
     centroid_track = np.concatenate(centroids) if centroids else None
-    return plan, np.concatenate(fluxes), np.concatenate(variances), centroid_track
+    return plan, Curves(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True))), centroid_track
 
 
 def target_order(wavelength: np.ndarray) -> np.ndarray:
@@ -534,8 +634,13 @@ def target_order(wavelength: np.ndarray) -> np.ndarray:
 
 def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFAULT_HALF_WIDTH,
                              weighted: bool = False, fgs1_radius: float = DEFAULT_FGS1_RADIUS,
-                             background: bool = True, block_bytes: int = BLOCK_BYTES) -> LightCurves:
-    """The light curves of observation ``index`` of an open arielstream file (read one time block at a time)."""
+                             background: bool = True, background_window: int = BACKGROUND_WINDOW,
+                             block_bytes: int = BLOCK_BYTES) -> LightCurves:
+    """The light curves of observation ``index`` of an open arielstream file (read one time block at a time).
+
+    ``background_window``: AIRS columns on each side whose outer rows estimate a
+    column's background (:func:`window_weights`; 0: its own rows only).
+    """
     n = f[_schema.PLANET_ID].shape[0]
     if not 0 <= index < n:
         raise IndexError(f"observation {index} outside 0..{n - 1}")
@@ -547,18 +652,18 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
 
         def plan_a(mean, usable, rn, n_reads, subtracted, dark):
             return plan_airs(mean, usable, rn, n_reads, half_width=half_width, weighted=weighted,
-                             background=background, subtracted=subtracted, dark_charge=dark)
+                             background=background, background_window=background_window, subtracted=subtracted,
+                             dark_charge=dark)
 
-        plan, flux, var, _ = _extract_instrument(f, AIRS.name, index, plan_a, block_bytes, label)
+        plan, curves, _ = _extract_instrument(f, AIRS.name, index, plan_a, block_bytes, label)
         order = target_order(g[_schema.WAVELENGTH][()])
-        flux, var = flux[:, order], var[:, order]
+        flux, var = curves.flux[:, order], curves.var[:, order]
         lc.airs_time = g[_schema.TIME][()]
         lc.wavelength = g[_schema.WAVELENGTH][()][order]
         lc.wavelength_label = [text(s) for s in g[_schema.WAVELENGTH_LABEL][()][order]]
         lc.column = g[_schema.COLUMN][()][order]
         lc.airs_flux, lc.airs_flux_err = flux, np.sqrt(var)
-        white, white_err = white_light(flux, var)
-        lc.airs_white, lc.airs_white_err = white, white_err
+        lc.airs_white, lc.airs_white_err = curves.white, np.sqrt(curves.white_var)
         lc.airs_n_pixels = plan.n_pixels[order]
         lc.airs_n_filled = plan.extra["n_filled"][order]
         lc.trace_row = plan.extra["trace_row"]
@@ -568,9 +673,9 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
         def plan_f(mean, usable, rn, n_reads, subtracted, dark):
             return plan_fgs1(mean, usable, rn, n_reads, radius=fgs1_radius, background=background, dark_charge=dark)
 
-        plan, flux, var, track = _extract_instrument(f, FGS1.name, index, plan_f, block_bytes, label)
+        plan, curves, track = _extract_instrument(f, FGS1.name, index, plan_f, block_bytes, label)
         lc.fgs1_time = f[_schema.dataset(FGS1.name, _schema.TIME)][()]
-        lc.fgs1_flux, lc.fgs1_flux_err = white_light(flux, var)
+        lc.fgs1_flux, lc.fgs1_flux_err = curves.white, np.sqrt(curves.white_var)
         lc.fgs1_centroid = track
         lc.fgs1_aperture_centre = plan.extra["aperture_centre"]
         lc.fgs1_n_pixels = int(plan.n_pixels.sum())
@@ -578,12 +683,12 @@ def observation_light_curves(f: h5py.File, index: int, *, half_width: int = DEFA
 
 
 def done_observations(f: h5py.File, observations: Sequence[int] | None = None) -> list[int]:
-    """Indices of the observations whose status is done (optionally only among ``observations``)."""
+    """Indices of the observations whose status is done (optionally only among ``observations``, each once)."""
     status = f[_schema.STATUS][()]
     if observations is None:
         return [int(i) for i in np.flatnonzero(status == STATUS_DONE)]
     chosen = []
-    for i in observations:
+    for i in dict.fromkeys(observations):  # an index given twice is one observation, not two visits
         if not 0 <= i < status.shape[0]:
             raise SelectionError(f"observation {i} outside 0..{status.shape[0] - 1}")
         if status[i] != STATUS_DONE:
@@ -614,7 +719,8 @@ def default_output(path: str | Path) -> Path:
 
 def extract(path: str | Path, out_path: str | Path | None = None, *, half_width: int = DEFAULT_HALF_WIDTH,
             weighted: bool = False, fgs1_radius: float = DEFAULT_FGS1_RADIUS, background: bool = True,
-            observations: Sequence[int] | None = None, block_bytes: int = BLOCK_BYTES) -> Path:
+            background_window: int = BACKGROUND_WINDOW, observations: Sequence[int] | None = None,
+            block_bytes: int = BLOCK_BYTES) -> Path:
     """Write the light curves of every done observation of ``path`` to ``out_path`` (layout in the module doc).
 
     Streamed: one observation (and within it one block of time bins) at a time.
@@ -632,7 +738,10 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     fgs1_radius : float
         Radius in pixels of the FGS1 aperture.
     background : bool
-        Subtract the per-column background measured off the trace.
+        Subtract the background measured off the trace.
+    background_window : int
+        AIRS: columns on each side whose outer rows estimate a column's background
+        (default :data:`BACKGROUND_WINDOW`; 0: each column's own rows).
     observations : sequence of int, optional
         Indices of the observations to extract (default every done one).
     block_bytes : int
@@ -646,7 +755,7 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
     Raises
     ------
     ValueError
-        ``half_width`` < 0 or ``fgs1_radius`` <= 0.
+        ``half_width`` < 0, ``background_window`` < 0 or ``fgs1_radius`` <= 0.
     InputError
         ``path`` is not a calibrated file, or an observation asked for is not done.
     ConfigError
@@ -659,6 +768,8 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
         raise ValueError(f"half_width must be >= 0; got {half_width}")
     if not fgs1_radius > 0:
         raise ValueError(f"fgs1_radius must be positive; got {fgs1_radius}")
+    if background_window < 0:
+        raise ValueError(f"background_window must be >= 0; got {background_window}")
     with open_output(path) as src:
         chosen = require_done(src, path, observations, "extract")
         with atomic_write(out, "write the light-curve file") as partial:
@@ -666,7 +777,8 @@ def extract(path: str | Path, out_path: str | Path | None = None, *, half_width:
                 dst = h5py.File(partial, "w")
             with dst:
                 _write_light_curves(src, dst, path, chosen, half_width=half_width, weighted=weighted,
-                                    fgs1_radius=fgs1_radius, background=background, block_bytes=block_bytes)
+                                    fgs1_radius=fgs1_radius, background=background,
+                                    background_window=background_window, block_bytes=block_bytes)
     return out
 
 
@@ -680,7 +792,8 @@ _NAN_FILL = {"_FillValue": np.nan}
 
 
 def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list[int], *, half_width: int,
-                        weighted: bool, fgs1_radius: float, background: bool, block_bytes: int) -> None:
+                        weighted: bool, fgs1_radius: float, background: bool, background_window: int,
+                        block_bytes: int) -> None:
     n = len(chosen)
     dst.attrs.update({
         _schema.ATTR_FORMAT: LC_FORMAT_NAME, _schema.ATTR_FORMAT_VERSION: LC_FORMAT_VERSION,
@@ -691,7 +804,8 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
         "arielstream_version": text(src.attrs.get("arielstream_version", "")),
         "extracted_with": __version__, "half_width": int(half_width), "weighted": bool(weighted),
         "fgs1_radius": float(fgs1_radius), "background": bool(background),
-        "background_gap": BACKGROUND_GAP, "variance_model": VARIANCE_MODEL,
+        "background_gap": BACKGROUND_GAP, "background_window": int(background_window),
+        "variance_model": VARIANCE_MODEL,
     })
     obs = cf.scale(dst, _schema.OBS, np.arange(n, dtype=np.int32), "done observation (one planet visit)")
     for name, data, long_name in ((_schema.PLANET_ID, src[_schema.PLANET_ID][()][chosen].astype(np.int64),
@@ -756,7 +870,7 @@ def _write_light_curves(src: h5py.File, dst: h5py.File, path: Path, chosen: list
     for k, index in enumerate(chosen):
         lc = observation_light_curves(src, index, half_width=half_width, weighted=weighted,
                                       fgs1_radius=fgs1_radius, background=background,
-                                      block_bytes=block_bytes)
+                                      background_window=background_window, block_bytes=block_bytes)
         values = {
             f"{AIRS.name}/flux": lc.airs_flux, f"{AIRS.name}/flux_err": lc.airs_flux_err,
             f"{AIRS.name}/white_flux": lc.airs_white, f"{AIRS.name}/white_flux_err": lc.airs_white_err,
