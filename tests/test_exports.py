@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -212,6 +213,8 @@ def test_fits_cubes_carry_the_provenance(calibrated, tmp_path):
             assert json.loads(header["CONFIG"]) == json.loads(f.attrs["config"])  # CONTINUE cards reassembled
             assert header["PLANETID"] == planet and header["VISIT"] == visit
             assert header["PROFILE"] == f.attrs["profile"] and header["ASVER"] == f.attrs["arielstream_version"]
+            # the data folder's name, not this machine's absolute path
+            assert header["SOURCE"] == Path(str(f.attrs["source"])).name and "/" not in header["SOURCE"]
             assert exports.config_from_fits(paths[i])["airs_bin"] == 30
             table = hdul["CONFIG"].data
             assert json.loads(table["PROVENANCE"][0]) == json.loads(f["provenance"][i].decode())
@@ -226,6 +229,7 @@ def test_fits_cubes_carry_the_provenance(calibrated, tmp_path):
             axis = hdul["AIRS-CH0_AXIS"].data
             np.testing.assert_array_equal(axis["COLUMN"], f["AIRS-CH0/column"][()])
             assert axis["LABEL"][0] == "wl_2"
+            assert hdul["FGS1_AXIS"].columns.names == ["COLUMN"]  # a photometer: no wavelength axis
 
 
 def test_fits_is_standard_with_a_wavelength_and_time_wcs(calibrated, tmp_path):

@@ -25,7 +25,7 @@
     HDU 0 ``PRIMARY``: no data; ``TELESCOP`` (``Ariel``), ``INSTRUME``, ``OBJECT``
     (the planet id), ``DATE`` (when written); provenance keywords ``ORIGIN``, ``ASVER``
     (arielstream version), ``PROFILE``, ``PLANETID``, ``VISIT``, ``SPLIT``,
-    ``WLORDER``, ``SOURCE``, ``BUNIT``, and ``CONFIG`` (the calibration config as
+    ``WLORDER``, ``SOURCE`` (the data folder's name), ``BUNIT``, and ``CONFIG`` (the calibration config as
     JSON; long values continue on ``CONTINUE`` cards, which astropy reassembles).
     HDU 1 ``CONFIG``: a one-row table with the full ``config``, ``recipe`` and
     ``provenance`` JSON strings. Then per instrument (``AIRS-CH0``, ``FGS1``):
@@ -67,7 +67,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import h5py
@@ -248,7 +248,8 @@ def fits_header_cards(attrs: dict[str, str], planet_id: int, visit: int,
         ("VISIT", int(visit), "visit of the planet"),
         ("SPLIT", attrs.get("split", ""), "train or test"),
         ("WLORDER", attrs.get("wavelength_order", ""), "AIRS x order: target or detector"),
-        ("SOURCE", attrs.get("source", ""), "raw data folder"),
+        # the folder's name, not a local absolute path (a FITS file travels; the calibrated file keeps the path)
+        ("SOURCE", PurePath(str(attrs.get("source", ""))).name, "raw data folder (its name)"),
         ("BUNIT", "electron", "per time bin, flat-fielded"),
         ("CONFIG", attrs.get("config", "{}"), "calibration config (JSON)"),
     ]
