@@ -153,16 +153,26 @@ def test_simulated_hot_pixels_are_found_and_no_ordinary_pixel_is_flagged(small_d
     assert (sigma & ~injected).sum() > 0
 
 
-def test_without_read_noise_the_sigma_clip_stays_with_a_warning(caplog):
-    from arielstream.run.observation import _physical_hot_pixels
+def test_without_read_noise_the_sigma_clip_stays_with_a_warning(tmp_path, caplog):
+    root = tmp_path / "reference"
+    shutil.copytree(REFERENCE, root)
+    (root / "train" / REFERENCE_PLANET.name / f"{AIRS.name}_calibration_0" / "read.parquet").unlink()
+    both = HOT | HOT_UNUSABLE
+    without = _quality(root, "default", AIRS)
+    assert "hot pixels by the sigma clip of the dark instead" in caplog.text
+    notebook = _quality(REFERENCE, "notebook", AIRS)  # the sigma rule, as the notebook
+    np.testing.assert_array_equal(without & both, notebook & both)
+    assert ((without & HOT) != 0).sum() == 82 and ((without & both) == both).sum() == 82
+    physical = _quality(REFERENCE, "default", AIRS)  # with the read noise: the physical rule, no sigma bits
+    assert ((physical & HOT) != 0).sum() == 14 and not (physical & HOT_UNUSABLE).any()
 
-    sigma_hot = HOT | HOT_UNUSABLE  # the sigma clip's bits
-    dq = np.array([sigma_hot, 0, sigma_hot | 1, 0], dtype=np.uint16)
-    dark = np.array([0.01, 5.0, 0.01, 100.0])
-    _physical_hot_pixels(dq, dark, None, 4.5)
-    assert dq.tolist() == [sigma_hot, 0, sigma_hot | 1, 0] and "sigma clip" in caplog.text
-    _physical_hot_pixels(dq, dark, np.full(4, 13.0), 4.5)
-    assert dq.tolist() == [0, HOT, 1, sigma_hot]  # the dead bit (1) is kept; 450 e per exposure > 338 e
+
+def test_the_physical_rule_computes_no_sigma_clip(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sigma clip ran under the physical rule")
+
+    monkeypatch.setattr(steps, "sigma_clip_mask", refuse)  # nor imports astropy.stats in a worker
+    assert ((_quality(REFERENCE, "default", AIRS) & HOT) != 0).sum() == 14
 
 
 # ----------------------------------------------------------------- the real calibration under a known light

@@ -100,8 +100,12 @@ def pixel_quality(
     sigma: float = 5.0,
     maxiters: int = 5,
     read: np.ndarray | None = None,
+    sigma_hot: bool = True,
 ) -> np.ndarray:
     """The static data-quality plane of a detector (bit flags from :mod:`arielstream.dq`).
+
+    ``sigma_hot=False`` leaves the hot pixels out (a caller that judges them by
+    :func:`physical_hot_bits`: the sigma clip is then not computed).
 
     Hot pixels are the sigma-clipped outliers of the dark frame (both tails, as the
     notebook), each ``HOT | HOT_UNUSABLE``: the notebook uses none of them (the
@@ -123,7 +127,8 @@ def pixel_quality(
         dark = np.asarray(dark, dtype=np.float64)
         finite = np.isfinite(dark)
         dq[invalid_dark(dark)] |= DARK_INVALID
-        dq[sigma_clip_mask(dark, sigma, maxiters) & finite] |= HOT | HOT_UNUSABLE
+        if sigma_hot:
+            dq[sigma_clip_mask(dark, sigma, maxiters) & finite] |= HOT | HOT_UNUSABLE
     if flat is not None:
         dq[invalid_flat(flat)] |= FLAT_INVALID
     if coeffs is not None:

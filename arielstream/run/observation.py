@@ -43,7 +43,6 @@ from ..dq import (
     DARK_INVALID,
     DO_NOT_USE,
     HOT,
-    HOT_UNUSABLE,
     READ_NOISE_INVALID,
     SATURATED,
     TIME_COSMIC_RAY,
@@ -169,27 +168,20 @@ def quality_plane(cal: DetectorCalibration, status: dict[str, str], config: Cali
     if all(v is None for v in parts.values()):
         dq = np.zeros(shape, dtype=np.uint16)
     else:
-        dq = steps.pixel_quality(**parts, sigma=config.hot_sigma, maxiters=config.hot_maxiters)
-        if masked and dark is not None and config.hot_rule == "physical":
-            valid = None if read is None else np.where(steps.invalid_read_noise(read), np.nan, read)
-            _physical_hot_pixels(dq, dark, valid, exposure)  # an invalid read noise judges nothing
+        physical = masked and dark is not None and config.hot_rule == "physical"
+        if physical and (read is None or exposure is None):
+            log.warning("hot_rule 'physical' needs the read noise (read.parquet) and the exposure: "
+                        "hot pixels by the sigma clip of the dark instead")
+            physical = False
+        dq = steps.pixel_quality(**parts, sigma=config.hot_sigma, maxiters=config.hot_maxiters,
+                                 sigma_hot=not physical)
+        if physical:
+            assert dark is not None and read is not None and exposure is not None  # physical says so
+            valid = np.where(steps.invalid_read_noise(read), np.nan, read)  # an invalid read noise judges nothing
+            dq |= steps.physical_hot_bits(dark, valid, exposure)
     if runs(status, "dark") and dark is not None:
         dq[steps.invalid_dark(dark)] |= DARK_INVALID
     return dq
-
-
-def _physical_hot_pixels(dq: np.ndarray, dark: np.ndarray, read: np.ndarray | None,
-                         exposure: float | None) -> None:
-    """Replace the sigma clip's hot bits of ``dq`` by the physical rule's (in place); keep them without read noise.
-
-    :func:`arielstream.calibration.steps.physical_hot_bits`: ``HOT`` kept, ``HOT_UNUSABLE`` where the dark dominates.
-    """
-    if read is None or exposure is None:
-        log.warning("hot_rule 'physical' needs the read noise (read.parquet) and the exposure: "
-                    "hot pixels by the sigma clip of the dark instead")
-        return
-    dq &= np.uint16(~(HOT | HOT_UNUSABLE) & 0xFFFF)
-    dq |= steps.physical_hot_bits(dark, read, exposure)
 
 
 def load_masters(observations: list[Observation], inst: Instrument) -> tuple[dict[str, np.ndarray], int]:
