@@ -44,3 +44,22 @@ def test_extraction_weights_on_a_frame_with_a_known_answer():
     assert not background[:, 3, 7].any()
     np.testing.assert_array_equal(background[~sky, 3, 3], aperture[~sky, 3])
     np.testing.assert_allclose(background[sky, 0, 0], -aperture.sum(axis=0)[0] / sky.sum())  # the edge: its own
+
+
+def test_the_verdict_calls_the_default_worse_only_beyond_the_sampling_errors():
+    from benchmarks import science
+
+    def row(airs, white, fgs1):
+        return {"airs": airs, "hot": airs, "white": white, "fgs1": fgs1, "n_airs": 1128, "n_hot": 6, "n_white": 4,
+                "n_fgs1": 4, "hot_reference": airs, "hot_cost": 0.0}
+
+    setup = {"limits": {"jitter": {"background": {"airs": 1.01}}},
+             "scores": {("jitter", "default"): {"score": 0.247}, ("jitter", "notebook"): {"score": 0.0}}}
+    # the jitter set's white light: 6.45 against 5.42 with N = 4 is within twice their errors (± 2.3, ± 1.9)
+    line = science.verdict("jitter", {("jitter", "default"): row(1.16, 6.45, 18.6),
+                                      ("jitter", "notebook"): row(1.37, 5.42, 28.1)}, setup)
+    assert "never worse than the notebook" in line and "within twice their sampling errors: white 6.45" in line
+    # per wavelength, N = 1128: 1.16 against 1.05 is worse (± 0.02 each)
+    line = science.verdict("jitter", {("jitter", "default"): row(1.16, 6.45, 18.6),
+                                      ("jitter", "notebook"): row(1.05, 5.42, 28.1)}, setup)
+    assert "worse than the notebook on per wavelength 1.16 ± 0.02 vs 1.05 ± 0.02" in line
