@@ -113,13 +113,87 @@ def test_clipped_mean_clips_until_nothing_more_goes_and_a_row_without_data_is_na
                                   [8.0 / 101])
 
 
+AIRS_ROWS = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
+
+
 def test_airs_background_is_the_level_of_the_rows_off_the_trace():
-    rows = (0, 1, 2, 3, 4, 5, 26, 27, 28, 29, 30, 31)
-    level = np.array([[10.0, 20.0, 30.0], [11.0, 21.0, 31.0]])  # (t, x)
+    level = np.array([[10.0, 25.0, 30.0], [11.0, 21.0, 41.0]])  # (t, x)
     cube = np.repeat(level[:, :, None], 32, axis=2)
     cube[:, :, 12:20] += 5000.0  # the star's trace
     cube[0, 1, 3] += 1000.0  # a hot pixel among the background rows
-    np.testing.assert_array_equal(frame_steps.airs_background(cube, rows, sigma=3.0), level)
+    np.testing.assert_array_equal(frame_steps.airs_background(cube, AIRS_ROWS, sigma=3.0, window=0), level)
+    # the default window: column 1 pools columns 0..2, its hot pixel clipped (11 of its pixels kept)
+    pooled = frame_steps.airs_background(cube, AIRS_ROWS, sigma=3.0)
+    np.testing.assert_allclose(pooled[:, 1], [(12 * 10 + 11 * 25 + 12 * 30) / 35, (11 + 21 + 41) / 3], rtol=1e-12)
+    np.testing.assert_array_equal(pooled[:, [0, 2]], level[:, [0, 2]])  # the first and last: their own rows
+
+
+def _sky(t=300, nx=60, level=100.0, noise=10.0, seed=5):
+    """A sky of known level and Gaussian noise on every pixel, a bright trace in the middle rows."""
+    rng = np.random.default_rng(seed)
+    cube = level + rng.normal(0.0, noise, (t, nx, 32))
+    cube[:, :, 12:20] += 5e4
+    return cube
+
+
+def test_the_windowed_background_is_the_mean_of_every_pixel_of_the_window():
+    cube = _sky(t=4, nx=30)
+    k = frame_steps.BACKGROUND_WINDOW
+    level = frame_steps.airs_background(cube, AIRS_ROWS, sigma=100.0)  # nothing clipped
+    for x in (k, 12, 30 - 1 - k):
+        np.testing.assert_allclose(level[:, x], cube[:, x - k:x + k + 1][:, :, list(AIRS_ROWS)].mean(axis=(1, 2)),
+                                   rtol=1e-12)
+
+
+def test_the_window_cuts_the_estimate_s_variance_by_its_number_of_columns():
+    """Per column the level of 12 pixels has variance noise²/12; over 2K+1 columns, (2K+1) times less."""
+    cube, noise = _sky(), 10.0
+    k = frame_steps.BACKGROUND_WINDOW
+    interior = slice(k, cube.shape[1] - k)
+    own = frame_steps.airs_background(cube, AIRS_ROWS, window=0)[:, interior] - 100.0
+    pooled = frame_steps.airs_background(cube, AIRS_ROWS)[:, interior] - 100.0
+    n = len(AIRS_ROWS)
+    # 300 x 46 per-column levels: the sample variance within 3 %; the pooled ones share pixels: within 10 %
+    assert abs(own.var() / (noise**2 / n) - 1) < 0.03
+    assert abs(pooled.var() / (noise**2 / (n * (2 * k + 1))) - 1) < 0.1
+    assert abs(pooled.mean()) < 3 * noise / np.sqrt(n * own.size)  # no bias
+
+
+def test_a_background_linear_along_the_columns_is_removed_without_bias_and_a_curved_one_as_predicted():
+    nx, k = 40, frame_steps.BACKGROUND_WINDOW
+    x = np.arange(nx, dtype=np.float64)
+    cases = ((50.0 + 3.0 * x, 50.0 + 3.0 * x, slice(None)),  # linear: exact in every column, the edges included
+             (0.5 * x**2, 0.5 * x**2 + 0.5 * k * (k + 1) / 3, slice(k, nx - k)))  # f''/2 x K(K+1)/3, whole windows
+    for f, expected, columns in cases:
+        cube = np.repeat(np.repeat(f[None, :, None], 32, axis=2), 3, axis=0)
+        cube[:, :, 12:20] += 5e4
+        level = frame_steps.airs_background(cube, AIRS_ROWS)
+        np.testing.assert_allclose(level[:, columns], np.broadcast_to(expected, level.shape)[:, columns], rtol=1e-12)
+
+
+def test_the_window_narrows_at_the_edges_and_spans_columns_without_background_pixels():
+    cube = _sky(t=2, nx=20)
+    cube[:, 5][:, list(AIRS_ROWS)] = np.nan  # column 5: no background pixel of its own
+    level = frame_steps.airs_background(cube, AIRS_ROWS, sigma=100.0)
+    rows = list(AIRS_ROWS)
+    for x in (0, 1, 3):  # within K of the first column: the columns 0 .. 2x, centred on x
+        np.testing.assert_allclose(level[:, x], np.nanmean(cube[:, :2 * x + 1][:, :, rows], axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(level[:, 19], cube[:, 19][:, rows].mean(axis=1), rtol=1e-12)  # the last: its own
+    np.testing.assert_allclose(level[:, 18], cube[:, 17:20][:, :, rows].mean(axis=(1, 2)), rtol=1e-12)
+    assert np.isfinite(level[:, 5]).all()  # its neighbours' pixels
+    assert np.isnan(frame_steps.airs_background(cube, AIRS_ROWS, window=0)[:, 5]).all()  # unknown on its own
+
+
+def test_the_light_curves_use_the_calibration_s_window():
+    from arielstream.products import lightcurves
+
+    assert lightcurves.window_weights is frame_steps.window_weights
+    assert lightcurves.BACKGROUND_WINDOW == frame_steps.BACKGROUND_WINDOW
+    counts = np.array([3, 0, 5, 2, 2])
+    np.testing.assert_array_equal(frame_steps.window_weights(counts, 1) > 0,
+                                  frame_steps.window_members(5, 1) & (counts > 0)[None, :])
+    with pytest.raises(ValueError, match="background window"):
+        frame_steps.window_members(5, -1)
 
 
 def test_fgs1_background_is_the_level_near_the_edge():
@@ -223,6 +297,7 @@ def test_frame_steps_do_not_modify_their_inputs():
     frame_steps.interpolate_isolated(cube, ~np.isfinite(cube))
     frame_steps.clipped_mean(cube)
     frame_steps.airs_background(cube, (0, 1, 30, 31))
+    frame_steps.clipped_sums(cube)
     frame_steps.fgs1_background(cube[:, :, :12])
     frame_steps.centroids(cube)
     frame_steps.trace_rows(cube)

@@ -165,10 +165,9 @@ class SelectionError(ArielstreamError, IndexError):
 
 
 BACKGROUND_GAP = 3  # rows (AIRS) or pixels (FGS1) between the aperture and the background region
-# AIRS: columns on each side whose outer rows estimate a column's background (0: its own rows only). 7 (15
-# columns, ~210 pixels) brings the estimate's noise from 1.12-1.13 to ~1.01 x the photon + read-noise limit;
-# wider windows gain under 1 % more and widen the band over which the background must be smooth
-BACKGROUND_WINDOW = 7
+# AIRS: columns on each side whose outer rows estimate a column's background; the calibration's background
+# step uses the same window (one home: frame_steps)
+BACKGROUND_WINDOW = frame_steps.BACKGROUND_WINDOW
 LC_FORMAT_NAME = "arielstream-lightcurves"
 LC_FORMAT_VERSION = 1
 BLOCK_BYTES = 64 * 2**20  # float64 working set of one time block
@@ -272,32 +271,7 @@ def background_weights(region: np.ndarray) -> np.ndarray:
     return np.divide(region, n, out=np.zeros_like(region), where=n > 0)
 
 
-def window_weights(n_background: np.ndarray, reach: int = BACKGROUND_WINDOW) -> np.ndarray:
-    """The ``(x, x')`` matrix ``K`` that averages the columns' background estimates over a window.
-
-    Row ``x`` weighs each column ``x'`` with ``|x' - x| <= reach`` by its number of
-    background pixels ``n_background[x']`` and sums to 1, so ``sum_x' K[x, x'] c[x']``
-    (``c`` the columns' means of their background pixels) is the mean of every
-    background pixel of the window. The window is centred: within ``reach`` of the
-    first or last column it narrows to the columns on both sides (the first and last
-    columns use their own pixels only), so a background linear in ``x`` has no
-    bias where the counts are equal. A column without background pixels contributes
-    nothing; a row whose window holds none is all 0 (no correction). ``reach=0``:
-    the identity on the columns that have background pixels.
-
-    Raises
-    ------
-    ValueError
-        ``reach`` < 0.
-    """
-    if reach < 0:
-        raise ValueError(f"the background window must be >= 0 columns; got {reach}")
-    n = np.asarray(n_background, dtype=np.float64)
-    x = np.arange(n.size)
-    half = np.minimum(reach, np.minimum(x, n.size - 1 - x))
-    counts = np.where(np.abs(x[None, :] - x[:, None]) <= half[:, None], n[None, :], 0.0)
-    total = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+window_weights = frame_steps.window_weights  # the window maths lives with the calibration's background step
 
 
 def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
