@@ -16,11 +16,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                    "notebook: the organisers' numbers | "
                    "full: default + spatial outliers, interpolation, background, tracking",
         "adc": "step adc: raw counts to electrons (gain and offset of adc_info.csv)",
-        "mask": "step mask: flag dead and hot pixels in the data-quality plane (and NaN them)",
+        "mask": "step mask: flag dead and hot pixels in the data-quality plane (NaN the unusable ones)",
         "hot_sigma": "hot-pixel threshold: sigma-clipped dark outliers beyond this many sigma",
         "hot_maxiters": "iterations of the sigma clipping of the dark",
-        "hot_rule": "hot pixels: physical (dark charge of one exposure > 0.1 x read noise; needs read.parquet) "
-                    "| sigma (the notebook: hot_sigma clip of the dark frame)",
+        "hot_rule": "hot pixels: physical (HOT, value kept, when the dark charge of one exposure > 0.1 x read "
+                    "noise; HOT_UNUSABLE, NaN, when it exceeds 2 x read noise^2; needs read.parquet) | sigma (the "
+                    "notebook: every hot_sigma outlier of the dark frame unusable)",
         "nonlinearity": "step nonlinearity: the per-pixel correction of linear_corr.parquet",
         "dark": "step dark: subtract dark current times the integration time",
         "cds": "step cds: correlated double sampling (end read minus start read)",
@@ -47,7 +48,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "spatial_sigma": "spatial outliers: threshold in sigma",
         "interpolate_bad_pixels": "fill isolated NaN pixels from their spatial neighbours",
         "master_calibration": "off | planet: dark and flat combined over the planet's visits | dataset: over the run",
-        "background": "subtract the sky background (AIRS rows airs_background_rows, FGS1 frame edges)",
+        "background": "subtract the sky background (AIRS: rows airs_background_rows of the 15 columns around each "
+                      "column; FGS1: frame edges)",
         "airs_background_rows": "AIRS rows that measure the background",
         "fgs1_background_width": "FGS1: background pixels are this close to the frame's edge",
         "background_sigma": "background: sigma clipping of the background pixels",

@@ -30,7 +30,8 @@ class Step:
 
 RECIPE: tuple[Step, ...] = (
     Step("adc", (), "x = raw / gain + offset (gain, offset from adc_info.csv)"),
-    Step("mask", ("dark", "dead"), "hot (sigma-clipped dark) and dead pixels into the data-quality plane"),
+    Step("mask", ("dark", "dead"), "hot (dark charge against read noise; the notebook: sigma-clipped dark) and dead "
+         "pixels into the data-quality plane"),
     Step("nonlinearity", ("linear_corr",), "x = c0 + c1 x + ... + c5 x^5 per pixel (Horner)"),
     Step("dark", ("dark",), "x -= dark * dt per frame (AIRS: integration time, +0.1 s on end reads; "
                             "FGS1: 0.1 s / 0.2 s)"),
@@ -42,7 +43,8 @@ RECIPE: tuple[Step, ...] = (
     Step("wavelength_cut", (), "AIRS-CH0 columns cut_start:cut_stop"),
     Step("spatial_outliers", (), "AIRS: pixels of a binned frame off a median filter along wavelength"),
     Step("interpolate_bad_pixels", (), "isolated bad pixels from their two spatial neighbours"),
-    Step("background", (), "AIRS: clipped mean of rows off the trace per bin and column; FGS1: of the edge"),
+    Step("background", (), "AIRS: clipped mean of rows off the trace per bin, pooled over 15 columns; FGS1: of the "
+         "edge"),
     Step("tracking", (), "FGS1 centroid and AIRS trace row per bin"),
     Step("spatial_bin", (), "sum spatial_bin x spatial_bin pixels"),
 )

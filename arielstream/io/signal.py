@@ -24,12 +24,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -261,12 +262,26 @@ class SignalFile:
             raise InputError(self.path, f"{self.n_frames} frames, but axis_info.parquet lists {expected_frames} "
                              f"{inst.name} frames")
         self.row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        # the opt-in page decoder (ARIELSTREAM_DECODER=pages) where it handles the file; else pyarrow
+        self._pages = _page_reader(self.path, self._file)
 
     def read_block(self, row_groups: list[int], pixels: np.ndarray) -> np.ndarray:
         """Decode ``pixels`` (flat pixel indices) of consecutive row groups as ``(n_pixels, rows)`` uint16."""
         columns = [self.names[int(p)] for p in pixels]
         where = f"row group {row_groups[0]}" if len(row_groups) == 1 else \
             f"row groups {row_groups[0]}-{row_groups[-1]}"
+        if self._pages is not None:
+            from . import pages
+
+            try:
+                return self._pages.read_block(row_groups, pixels)
+            except pages.Unsupported as exc:
+                log.info("%s: read with pyarrow, not the page decoder: %s", self.path, exc)
+                self._pages = None
+            except pages.OutOfRange as exc:
+                raise InputError(self.path, f"column {exc.column} does not fit uint16: {exc}") from None
+            except pages.PageError as exc:
+                raise InputError(self.path, f"{where} could not be decoded: {exc}") from None
         try:
             table = self._file.read_row_groups(row_groups, columns=columns, use_threads=self.use_threads)
         except (pa.ArrowException, OSError) as exc:
@@ -339,6 +354,21 @@ class SignalFile:
 
 
 T = TypeVar("T")
+
+
+PAGE_DECODER_ENV = "ARIELSTREAM_DECODER"  # arielstream.io.pages.ENV, read there (pages.requested)
+
+
+def _page_reader(path: Path, file: pq.ParquetFile) -> Any:
+    """The opt-in page decoder's reader of ``file`` (:mod:`arielstream.io.pages`), or None.
+
+    Without the variable set, the decoder (and numba, which it imports) is not loaded at all.
+    """
+    if os.environ.get(PAGE_DECODER_ENV) is None:
+        return None
+    from . import pages
+
+    return pages.open_reader(path, file) if pages.requested() else None
 
 
 class _Failed:

@@ -1,0 +1,395 @@
+"""The opt-in page decoder (arielstream.io.pages): value for value against pyarrow, and safe on damaged bytes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import arielstream
+from arielstream.errors import InputError
+from arielstream.io import pages
+from arielstream.io.signal import PAGE_CHECKSUM_VERIFICATION, SignalFile
+from arielstream.layout import AIRS, FGS1
+
+from .conftest import DATA_SAMPLES
+
+KERNELS = [False] + ([True] if pages.COMPILED_KERNELS is not None else [])
+needs_checksums = pytest.mark.skipif(not PAGE_CHECKSUM_VERIFICATION, reason="pyarrow < 15 writes no page checksums")
+
+
+def frames(n_rows: int, n_cols: int, seed: int = 0, distinct: int | None = None) -> np.ndarray:
+    """uint16 (rows, columns): smooth columns with noise (dictionary-friendly), or ``distinct`` values per column."""
+    rng = np.random.default_rng(seed)
+    if distinct is not None:
+        return rng.integers(0, 65536, (n_rows, n_cols)).astype(np.uint16) % np.uint16(distinct) * np.uint16(7)
+    base = rng.integers(0, 60000, n_cols)
+    data = base + rng.integers(0, 40, (n_rows, n_cols))
+    data[rng.random((n_rows, n_cols)) < 0.01] = 65535  # saturated reads: the largest value
+    data[rng.random((n_rows, n_cols)) < 0.01] = 0
+    return data.astype(np.uint16)
+
+
+def write(path: Path, data: np.ndarray, dtype: pa.DataType | None = None, nullable: bool = False,
+          **options) -> Path:
+    dtype = dtype or pa.uint16()
+    arrays = [pa.array(np.ascontiguousarray(data[:, j])).cast(dtype) for j in range(data.shape[1])]
+    schema = pa.schema([pa.field(f"column_{j}", dtype, nullable=nullable) for j in range(data.shape[1])])
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path, **options)
+    return path
+
+
+def expected(path: Path, row_groups: list[int], pixels: np.ndarray) -> np.ndarray:
+    """What pyarrow reads: ``(len(pixels), rows)``."""
+    table = pq.ParquetFile(path).read_row_groups(row_groups)
+    return np.stack([table.column(int(p)).to_numpy() for p in pixels]).astype(np.uint16)
+
+
+def decode(path: Path, row_groups: list[int], pixels: np.ndarray, compiled: bool) -> np.ndarray:
+    reader = pages.open_reader(path, pq.ParquetFile(path), compiled)
+    assert reader is not None
+    return reader.read_block(row_groups, pixels)
+
+
+LAYOUTS = {
+    "zstd-dictionary-v1": dict(compression="zstd"),
+    "snappy-dictionary-v2": dict(compression="snappy", data_page_version="2.0"),
+    "none-plain-v1": dict(compression="none", use_dictionary=False),
+    "none-dictionary-v2": dict(compression="none", data_page_version="2.0"),
+    "zstd-plain-v2": dict(compression="zstd", use_dictionary=False, data_page_version="2.0"),
+    "snappy-plain-v1": dict(compression="snappy", use_dictionary=False),
+    # a dictionary that overflows mid-chunk: dictionary pages, then PLAIN pages in the same chunk
+    "zstd-fallback-v1": dict(compression="zstd", dictionary_pagesize_limit=256),
+    "snappy-fallback-v2": dict(compression="snappy", dictionary_pagesize_limit=256, data_page_version="2.0"),
+}
+
+
+@pytest.mark.parametrize("compiled", KERNELS)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_layout_decodes_as_pyarrow_does(tmp_path, layout, compiled):
+    data = frames(700, 12, seed=len(layout), distinct=300 if "fallback" in layout else None)
+    # many pages per chunk (data_page_size), several row groups, checksums on every page where pyarrow can
+    options = dict(LAYOUTS[layout], data_page_size=300, write_batch_size=32, row_group_size=250)
+    if PAGE_CHECKSUM_VERIFICATION:
+        options["write_page_checksum"] = True
+    path = write(tmp_path / "s.parquet", data, **options)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 3
+    every = np.arange(12)
+    np.testing.assert_array_equal(decode(path, [0, 1, 2], every, compiled), data.T)
+    some = np.array([7, 2, 3, 11])  # a subset, out of order, of some row groups
+    np.testing.assert_array_equal(decode(path, [1, 2], some, compiled), data[250:, some].T)
+    np.testing.assert_array_equal(decode(path, [2], some, compiled), expected(path, [2], some))
+
+
+def test_the_layouts_hold_many_pages_and_the_fallback_mixes_encodings(tmp_path):
+    """The differential above covers what it claims: many pages per chunk, and PLAIN after a dictionary."""
+    data = frames(700, 2, seed=1, distinct=300)
+    path = write(tmp_path / "s.parquet", data, **LAYOUTS["zstd-fallback-v1"], data_page_size=300, write_batch_size=32,
+                 row_group_size=250)
+    reader = pages.open_reader(path, pq.ParquetFile(path))
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    first = meta.dictionary_page_offset
+    raw, offset = reader._read(np.array([first]), np.array([meta.total_compressed_size]))
+    status = np.zeros((1, 3), np.int64)
+    table = reader._scan(raw, offset, np.array([meta.total_compressed_size]), np.array([250]),
+                         np.zeros(1, np.int64), status)
+    assert status[0, 0] == 0
+    kinds = table[:, pages.P_TYPE].tolist()
+    assert kinds[0] == pages.DICTIONARY_PAGE and kinds.count(pages.DATA_PAGE) >= 3
+    assert set(table[1:, pages.P_ENC].tolist()) == {pages.PLAIN, pages.RLE_DICTIONARY}
+
+
+@pytest.mark.parametrize("compiled", KERNELS)
+def test_optional_columns_without_nulls_decode_and_with_nulls_fall_back(tmp_path, compiled, caplog):
+    data = frames(400, 5, seed=3)
+    for version in ("1.0", "2.0"):
+        path = write(tmp_path / f"o{version}.parquet", data, nullable=True, data_page_version=version,
+                     data_page_size=200, row_group_size=150)
+        np.testing.assert_array_equal(decode(path, [0, 1, 2], np.arange(5), compiled), data.T)
+    arrays = [pa.array(data[:, j], mask=(np.arange(400) == 17 * j) if j else None) for j in range(5)]
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.Table.from_arrays(arrays, names=[f"c{j}" for j in range(5)]), path)
+    reader = pages.open_reader(path, pq.ParquetFile(path), compiled)
+    np.testing.assert_array_equal(reader.read_block([0], np.array([0])), data[:, :1].T)  # no null in column 0
+    with pytest.raises(pages.Unsupported, match="null values"):
+        reader.read_block([0], np.array([1, 2]))
+
+
+def test_int32_columns_decode_and_values_beyond_uint16_are_refused(tmp_path):
+    data = frames(300, 4, seed=4).astype(np.int64)
+    path = write(tmp_path / "i.parquet", data, dtype=pa.int32())
+    np.testing.assert_array_equal(decode(path, [0], np.arange(4), KERNELS[-1]), data.T)
+    for bad, dictionary in ((70000, True), (-1, False), (65536, False)):
+        wide = data.copy()
+        wide[123, 2] = bad
+        path = write(tmp_path / f"w{bad}.parquet", wide, dtype=pa.int32(), use_dictionary=dictionary)
+        with pytest.raises(pages.OutOfRange, match="outside 0..65535") as exc:
+            decode(path, [0], np.arange(4), KERNELS[-1])
+        assert exc.value.column == 2
+        np.testing.assert_array_equal(decode(path, [0], np.array([0, 1, 3]), KERNELS[-1]), data[:, [0, 1, 3]].T)
+
+
+@pytest.mark.parametrize("what", ["int64 columns", "lz4", "gzip", "DELTA_BINARY_PACKED", "BYTE_STREAM_SPLIT"])
+def test_other_layouts_are_left_to_pyarrow(tmp_path, what, caplog):
+    data = frames(300, 3, seed=5)
+    options: dict = {
+        "int64 columns": dict(dtype=pa.int64()), "lz4": dict(compression="lz4"), "gzip": dict(compression="gzip"),
+        "DELTA_BINARY_PACKED": dict(use_dictionary=False, column_encoding="DELTA_BINARY_PACKED"),
+        "BYTE_STREAM_SPLIT": dict(use_dictionary=False, column_encoding="BYTE_STREAM_SPLIT"),
+    }[what]
+    try:
+        path = write(tmp_path / "x.parquet", data, **options)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        pytest.skip(f"this pyarrow cannot write {what}: {exc}")
+    pf = pq.ParquetFile(path)
+    reader = pages.open_reader(path, pf)
+    if reader is not None:  # refused only once a page or chunk says so
+        with pytest.raises(pages.Unsupported):
+            reader.read_block([0], np.arange(3))
+
+
+def test_the_signal_reader_uses_the_opt_in_and_falls_back_once(tmp_path, monkeypatch, caplog):
+    data = frames(360, FGS1.pixels, seed=6)
+    path = write(tmp_path / "FGS1_signal_0.parquet", data, row_group_size=120)
+    pixels = np.arange(0, FGS1.pixels, 5)
+    monkeypatch.delenv(pages.ENV, raising=False)
+    assert SignalFile(path, FGS1)._pages is None  # the default: pyarrow
+    monkeypatch.setenv(pages.ENV, "pages")
+    signal = SignalFile(path, FGS1)
+    assert signal._pages is not None
+    np.testing.assert_array_equal(signal.read_block([1, 2], pixels), data[120:, pixels].T)
+    lz4 = write(tmp_path / "lz4.parquet", data, compression="lz4", row_group_size=120)
+    signal = SignalFile(lz4, FGS1)
+    with caplog.at_level(logging.INFO, logger="arielstream.io.signal"):
+        for _ in range(3):
+            np.testing.assert_array_equal(signal.read_block([0], pixels), data[:120, pixels].T)
+    assert sum("read with pyarrow, not the page decoder" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setenv(pages.ENV, "nonsense")
+    assert not pages.requested()
+
+
+def test_damaged_pages_are_input_errors_through_the_signal_reader(tmp_path, monkeypatch):
+    data = frames(300, FGS1.pixels, seed=7)
+    path = write(tmp_path / "FGS1_signal_0.parquet", data, compression="none", use_dictionary=False)
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(9)
+    raw = bytearray(path.read_bytes())
+    raw[meta.data_page_offset + meta.total_compressed_size - 2] = 0xFF  # the high half of column 9's last value
+    path.write_bytes(bytes(raw))
+    monkeypatch.setenv(pages.ENV, "pages")
+    with pytest.raises(InputError, match="column 9 does not fit uint16"):
+        SignalFile(path, FGS1).read_block([0], np.arange(20))
+    raw[meta.data_page_offset + 1] ^= 0x40  # the page header's size fields
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="row group 0 could not be decoded"):
+        SignalFile(path, FGS1).read_block([0], np.arange(20))
+
+
+@needs_checksums
+def test_a_page_crc_mismatch_is_named(tmp_path):
+    data = frames(300, 4, seed=8)
+    path = write(tmp_path / "c.parquet", data, compression="none", use_dictionary=False, write_page_checksum=True)
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    raw = bytearray(path.read_bytes())
+    raw[meta.data_page_offset + meta.total_compressed_size - 8] ^= 0x01  # a value's low byte: in range, wrong
+    path.write_bytes(bytes(raw))
+    with pytest.raises(pages.PageError, match="column 1 of row group 0: page checksum mismatch"):
+        decode(path, [0], np.arange(4), KERNELS[-1])
+    np.testing.assert_array_equal(decode(path, [0], np.array([0, 2, 3]), KERNELS[-1]), data[:, [0, 2, 3]].T)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the simulator's layouts, through SignalFile, against the default path
+
+SIMULATED = {"zstd, one row group": dict(compression="zstd"),
+             "snappy, row groups of 100, checksums": dict(compression="snappy", row_group_frames=100,
+                                                          page_checksums=PAGE_CHECKSUM_VERIFICATION),
+             "none, row groups of 77": dict(compression="none", row_group_frames=77)}
+
+
+@pytest.mark.parametrize("layout", sorted(SIMULATED))
+def test_every_simulator_layout_decodes_as_pyarrow_does(tmp_path, layout, monkeypatch):
+    from arielstream.simulate.dataset import simulate_dataset
+
+    simulate_dataset(tmp_path, n_planets=1, scale=0.02, seed=2, **SIMULATED[layout])
+    files = sorted(tmp_path.glob("train/*/*_signal_*.parquet"))
+    assert len(files) == 2
+    for path in files:
+        inst = AIRS if path.name.startswith("AIRS") else FGS1
+        pixels = np.arange(inst.pixels) if inst is FGS1 else \
+            (np.arange(39, 321)[None, :] + inst.columns * np.arange(inst.rows)[:, None]).ravel()
+        monkeypatch.setenv(pages.ENV, "pyarrow")
+        default = SignalFile(path, inst)
+        monkeypatch.setenv(pages.ENV, "pages")
+        fast = SignalFile(path, inst)
+        assert fast._pages is not None
+        groups = list(range(len(default.row_group_rows)))
+        np.testing.assert_array_equal(fast.read_block(groups, pixels), default.read_block(groups, pixels))
+        np.testing.assert_array_equal(fast.read_block(groups[-1:], pixels[5:40]),
+                                      default.read_block(groups[-1:], pixels[5:40]))
+        assert fast._pages is not None  # nothing fell back
+
+
+def test_the_opt_in_gives_the_same_calibrated_bytes(tmp_path, monkeypatch):
+    outputs, calls = {}, []
+    decoded = pages.PageReader.read_block
+    monkeypatch.setattr(pages.PageReader, "read_block", lambda self, *a: calls.append(1) or decoded(self, *a))
+    for decoder in ("pyarrow", "pages"):
+        monkeypatch.setenv(pages.ENV, decoder)
+        outputs[decoder] = tmp_path / f"{decoder}.h5"
+        before = len(calls)
+        assert arielstream.calibrate(DATA_SAMPLES, outputs[decoder], jobs=1, progress=False, log_file=False).ok
+        assert (len(calls) > before) == (decoder == "pages")  # (jobs=1: in this process)
+    with h5py.File(outputs["pyarrow"]) as a, h5py.File(outputs["pages"]) as b:
+        for name in ("AIRS-CH0/signal", "FGS1/signal"):
+            assert a[name][()].tobytes() == b[name][()].tobytes()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# fuzz: damaged bytes never crash, never read outside a buffer, and never give numbers pyarrow would refuse
+
+def _outcome(fn):
+    try:
+        return fn()
+    except (pages.PageError, pages.Unsupported, InputError) as exc:
+        return exc
+
+
+def _pyarrow(path: Path) -> np.ndarray | Exception:
+    try:
+        options = {"page_checksum_verification": True} if PAGE_CHECKSUM_VERIFICATION else {}
+        table = pq.ParquetFile(path, **options).read()
+        if any(c.null_count for c in table.columns):
+            return ValueError("nulls")
+        return np.stack([c.to_numpy() for c in table.columns]).astype(np.int64)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return exc
+
+
+def _page_spans(path: Path) -> list[tuple[int, int, int, bool]]:
+    """(header start, data start, data end, has CRC) of every page of every column chunk."""
+    pf = pq.ParquetFile(path)
+    reader = pages.open_reader(path, pf)
+    spans = []
+    for g in range(pf.metadata.num_row_groups):
+        for j in range(pf.metadata.num_columns):
+            meta = pf.metadata.row_group(g).column(j)
+            first = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+            raw, offset = reader._read(np.array([first]), np.array([meta.total_compressed_size]))
+            status = np.zeros((1, 3), np.int64)
+            table = reader._scan(raw, offset, np.array([meta.total_compressed_size]),
+                                 np.array([meta.num_values]), np.zeros(1, np.int64), status)
+            assert status[0, 0] == 0
+            start = first
+            for row in table:
+                data = first + int(row[pages.P_DATA] - offset[0])
+                spans.append((start, data, data + int(row[pages.P_COMP]), bool(row[pages.P_HAS_CRC])))
+                start = data + int(row[pages.P_COMP])
+    return spans
+
+
+FUZZ_FILES = {"zstd-dictionary-v1": dict(compression="zstd"),
+              "none-dictionary-v2": dict(compression="none", data_page_version="2.0"),
+              "none-plain-v1": dict(compression="none", use_dictionary=False),
+              "snappy-fallback-v1": dict(compression="snappy", dictionary_pagesize_limit=128)}
+
+
+def fuzz(tmp_path: Path, layout: str, seeds: range, compiled: bool) -> dict[str, int]:
+    data = frames(240, 3, seed=9, distinct=200 if "fallback" in layout else None)
+    options = dict(FUZZ_FILES[layout], data_page_size=200, write_batch_size=32, row_group_size=120)
+    if PAGE_CHECKSUM_VERIFICATION and "v2" in layout:
+        options["write_page_checksum"] = True  # half the files with CRCs, half without
+    clean = write(tmp_path / "clean.parquet", data, **options).read_bytes()
+    spans = _page_spans(tmp_path / "clean.parquet")
+    truth = data.T.astype(np.int64)
+    counts = dict(raised=0, raised_where_pyarrow_reads=0, same=0, differs_from_pyarrow=0, header_damage_unnoticed=0)
+    path = tmp_path / "damaged.parquet"
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        head, data_start, data_end, crc = spans[rng.integers(len(spans))]
+        in_header = bool(rng.random() < 0.4) or data_end == data_start
+        lo, hi = (head, data_start) if in_header else (data_start, data_end)
+        at = int(rng.integers(lo, hi))
+        raw = bytearray(clean)
+        how = rng.integers(4)
+        if how == 0:  # flip one bit
+            raw[at] ^= 1 << int(rng.integers(8))
+        elif how == 1:  # zero a run
+            stop = min(at + int(rng.integers(1, 9)), hi)
+            raw[at:stop] = bytes(stop - at)
+        elif how == 2:  # a random byte
+            raw[at] = int(rng.integers(256))
+        else:  # cut bytes out of the page, the chunk's end padded: a truncated page, offsets kept
+            n = min(int(rng.integers(1, 9)), hi - at)
+            del raw[at:at + n]
+            raw[hi - n:hi - n] = bytes(n)
+        path.write_bytes(bytes(raw))
+        ours = _outcome(lambda: decode_all(path, compiled))
+        theirs = _pyarrow(path)
+        if isinstance(ours, Exception):
+            counts["raised"] += 1
+            counts["raised_where_pyarrow_reads"] += not isinstance(theirs, Exception)
+            continue
+        assert ours.dtype == np.uint16 and ours.shape == truth.shape
+        if isinstance(theirs, Exception) or not np.array_equal(ours, truth):
+            # a number pyarrow would refuse, or a wrong one: never from a page with a CRC over the damage
+            assert not (crc and not in_header), f"seed {seed}: damage under a CRC decoded without an error"
+        if isinstance(theirs, Exception):
+            assert np.array_equal(ours, truth), f"seed {seed}: values where pyarrow fails ({theirs})"
+            counts["same"] += 1
+        elif np.array_equal(ours, theirs):
+            counts["same"] += 1
+        else:  # CRC-less damage that pyarrow and this decoder read differently (the spec leaves it open)
+            counts["differs_from_pyarrow"] += 1
+            counts["header_damage_unnoticed"] += in_header
+    return counts
+
+
+def decode_all(path: Path, compiled: bool) -> np.ndarray:
+    pf = pq.ParquetFile(path)
+    reader = pages.open_reader(path, pf, compiled)
+    if reader is None:
+        raise pages.Unsupported("refused on open")
+    return reader.read_block(list(range(pf.metadata.num_row_groups)), np.arange(pf.metadata.num_columns))
+
+
+@pytest.mark.parametrize("layout", sorted(FUZZ_FILES))
+def test_fuzzed_pages_raise_or_decode_as_pyarrow(tmp_path, layout):
+    counts = fuzz(tmp_path, layout, range(150), KERNELS[-1])
+    assert counts["raised"] > 0 and counts["same"] > 0, counts  # both outcomes are exercised
+    logging.getLogger(__name__).info("%s: %s", layout, counts)
+
+
+def test_fuzzed_pages_python_kernels(tmp_path):
+    counts = fuzz(tmp_path, "none-dictionary-v2", range(1000, 1060), False)
+    assert counts["raised"] > 0 and counts["same"] > 0, counts
+
+
+def test_the_samples_copy_keeps_its_layout(tmp_path):
+    """The committed samples take the page decoder (a regression guard on what the opt-in covers)."""
+    src = next(DATA_SAMPLES.glob("train/*/AIRS-CH0_signal_0.parquet"))
+    path = Path(shutil.copy(src, tmp_path / src.name))
+    pf = pq.ParquetFile(path)
+    reader = pages.open_reader(path, pf)
+    assert reader is not None
+    pixels = np.arange(0, AIRS.pixels, 7)
+    np.testing.assert_array_equal(reader.read_block([0], pixels), expected(path, [0], pixels))
+
+
+def test_without_the_variable_the_decoder_is_not_even_imported(monkeypatch):
+    import subprocess
+    import sys
+
+    from arielstream.io import signal
+
+    assert signal.PAGE_DECODER_ENV == pages.ENV  # the one variable, named in both places
+    env = {k: v for k, v in __import__("os").environ.items() if k != pages.ENV}
+    probe = "import sys, arielstream.io.signal; print('arielstream.io.pages' in sys.modules, 'numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["False", "False"]
