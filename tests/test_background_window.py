@@ -143,3 +143,41 @@ def test_a_curved_background_leaves_its_second_derivative_times_the_window_s_spr
     k = lc.BACKGROUND_WINDOW
     reach = np.minimum(k, np.minimum(x, 39 - x))
     np.testing.assert_allclose(clean - flux, 10 * a * reach * (reach + 1) / 3, atol=1e-8)  # oversubtracted
+
+
+# ---------------------------------------------------------------- no BLAS, and a calibration that subtracted first
+def test_the_band_product_is_the_matrix_product():
+    from arielstream.calibration import frame_steps
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(5, 30))
+    for matrix in (lc.window_weights(rng.integers(0, 5, 30), reach=7), rng.normal(size=(30, 30)),
+                   np.zeros((30, 30)), rng.normal(size=(20, 30))):
+        np.testing.assert_allclose(frame_steps.band_product(values, matrix), values @ matrix.T, atol=1e-12)
+    band = lc.window_weights(np.full(30, 4), reach=2)
+    values[:, 10] = np.nan  # a NaN reaches the columns whose window holds it, not every column
+    out = frame_steps.band_product(values, band)
+    assert np.isnan(out[:, 8:13]).all() and np.isfinite(out[:, :8]).all() and np.isfinite(out[:, 13:]).all()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_light_curves_of_data_whose_background_the_calibration_took_out_are_those_of_the_data_before(weighted):
+    """The full profile: the calibration's windowed estimate L is put back, so its noise does not stay unaccounted."""
+    from arielstream.calibration import frame_steps
+
+    rng = np.random.default_rng(5)
+    frame = trace(n_x=40)
+    sky = 80.0 + 0.5 * np.arange(40)[None, :, None]
+    raw = rng.poisson(frame[None] + sky, size=(6, *frame.shape)).astype(np.float64)
+    rows = tuple(range(0, 8)) + tuple(range(24, 32))
+    level = frame_steps.airs_background(raw, rows)  # (t, x): the calibration's own estimate, window 7
+    calibrated = raw - level[:, :, None]
+    usable = np.ones(frame.shape, bool)
+    usable[7, 15] = False
+    plan = lc.plan_airs(raw.mean(axis=0), usable, None, n_reads=2, half_width=5, weighted=weighted)
+    before = lc.apply_extraction(raw, plan)
+    after = lc.apply_extraction(calibrated, plan, subtracted=level[:, :, None])
+    for name in ("flux", "var", "white", "white_var"):
+        np.testing.assert_allclose(getattr(after, name), getattr(before, name), rtol=1e-9, err_msg=name)
+    without = lc.apply_extraction(calibrated, plan)  # the estimate's residual s (I - K) L stays in the flux
+    assert not np.allclose(without.flux, before.flux, rtol=1e-6)

@@ -348,7 +348,9 @@ def test_errors_follow_the_scatter_when_a_large_background_was_subtracted():
 
 @pytest.mark.slow
 def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
-    """``observation_light_curves`` reads ``<inst>/background``: same flux, larger errors where a sky was removed."""
+    """``observation_light_curves`` reads ``<inst>/background``: larger errors where a sky was removed, and the flux
+    of the data before the calibration's estimate (put back and re-estimated over the same window: its residual
+    ``s (I - K) L``, a noise the errors do not count, would stay in the flux without the plane)."""
     import shutil
 
     data, out = simulated
@@ -366,7 +368,8 @@ def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
         assert sky, "the seed should give one planet a background"
         for i in sky:
             a, b = lc.observation_light_curves(f, i), lc.observation_light_curves(g, i)
-            np.testing.assert_array_equal(a.airs_flux, b.airs_flux)
+            residual = np.abs(a.airs_flux - b.airs_flux) / a.airs_flux_err
+            assert 0 < np.nanmedian(residual) < 0.5  # the estimate's residual: a fraction of the error
             # the sky's photons in the aperture's rows (and, a 15th as much, in the background window's): 1.02 here
             assert np.nanmedian(a.airs_flux_err**2 / b.airs_flux_err**2) > 1.01
             assert np.median(a.fgs1_flux_err**2 / b.fgs1_flux_err**2) > 1.0

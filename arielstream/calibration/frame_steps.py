@@ -204,6 +204,30 @@ def window_weights(n_background: np.ndarray, reach: int = BACKGROUND_WINDOW) -> 
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
 
 
+def band_product(values: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``values @ matrix.T`` (``(..., x')`` by ``(x, x')`` gives ``(..., x)``), along the matrix's diagonals.
+
+    A window's matrix is a band (:func:`window_members`): a shifted multiply-add per
+    diagonal within its bandwidth, no BLAS call (arielstream calls none: its idle
+    threads spin against the decode and numpy on a shared machine; a 282 x 282 matrix
+    product per observation measured 30 ms with two OpenBLAS threads against 2 ms with
+    one). A NaN in ``values`` reaches only the outputs whose band holds it.
+    """
+    values = np.asarray(values)
+    n_out, n_in = matrix.shape
+    out = np.zeros(values.shape[:-1] + (n_out,), dtype=np.result_type(values, matrix, np.float64))
+    rows, cols = np.nonzero(matrix)
+    if rows.size == 0:
+        return out
+    offsets = cols - rows
+    for o in range(int(offsets.min()), int(offsets.max()) + 1):  # x' = x + o
+        lo, hi = max(0, -o), min(n_out, n_in - o)
+        if lo < hi:
+            x = np.arange(lo, hi)
+            out[..., lo:hi] += values[..., lo + o:hi + o] * matrix[x, x + o]
+    return out
+
+
 def airs_background(cube: np.ndarray, rows: tuple[int, ...], sigma: float = 3.0,
                     window: int = BACKGROUND_WINDOW) -> np.ndarray:
     """Per time bin and wavelength column: the background level of the rows away from the trace, ``(t, x)``.
@@ -221,9 +245,9 @@ def airs_background(cube: np.ndarray, rows: tuple[int, ...], sigma: float = 3.0,
     window keeps no pixel.
     """
     total, count = clipped_sums(cube[:, :, list(rows)], sigma)  # (t, x)
-    members = window_members(cube.shape[1], window).astype(np.float64).T  # (x', x)
+    members = window_members(cube.shape[1], window).astype(np.float64)  # (x, x')
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (total @ members) / (count @ members)
+        return band_product(total, members) / band_product(count, members)
 
 
 def edge_mask(nx: int, ny: int, width: int) -> np.ndarray:

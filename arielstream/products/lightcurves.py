@@ -272,6 +272,7 @@ def background_weights(region: np.ndarray) -> np.ndarray:
 
 
 window_weights = frame_steps.window_weights  # the window maths lives with the calibration's background step
+band_product = frame_steps.band_product
 
 
 def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray | None, n_reads: int, *,
@@ -289,8 +290,11 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     counted in ``extra["no_background_columns"]``). ``subtracted`` is the mean
     background the calibration already removed and ``dark_charge`` the ``(x, y)`` dark
     charge it subtracted per bin (both for the variance: the optimal weights', and
-    :func:`apply_extraction`').
+    :func:`apply_extraction`'). ``background_gap`` >= 1: no row is both aperture and background
+    (the variance counts them apart).
     """
+    if background and background_gap < 1:
+        raise ValueError(f"background_gap must be >= 1 row; got {background_gap}")
     mean_frame = np.asarray(mean_frame, dtype=np.float64)
     rn = _clean_read_noise(read_noise, mean_frame.shape)
     centre = trace_row(mean_frame, usable)
@@ -301,7 +305,7 @@ def plan_airs(mean_frame: np.ndarray, usable: np.ndarray, read_noise: np.ndarray
     n_sky = outside.sum(axis=1) if background else np.zeros(mean_frame.shape[0], dtype=np.int64)
     b = background_weights(outside) if background else np.zeros_like(mean_frame)
     window = window_weights(n_sky, background_window)
-    sky = window @ np.einsum("xy,xy->x", np.where(outside, mean_frame, 0.0), b)  # mean background per column
+    sky = band_product(np.einsum("xy,xy->x", np.where(outside, mean_frame, 0.0), b), window)  # per column
     clean = np.where(inside, np.clip(mean_frame - sky[:, None], 0.0, None), 0.0)
     kept, n_filled = profile_fill(clean, rows, usable)
     if weighted:
@@ -426,15 +430,24 @@ def apply_extraction(block: np.ndarray, plan: Extraction, subtracted: np.ndarray
     flux = np.einsum("txy,xy->tx", d, w)
     var = np.einsum("txy,xy->tx", v, w * w)
     keep = used.any(axis=1)
+    c = None if b is None or mix is None else np.einsum("txy,xy->tx", d, b)
+    if c is not None and subtracted is not None:
+        # The calibration's background step took its own windowed estimate L out of every pixel of each column:
+        # the aperture sums lost s L[x], the background means L[x']. Re-estimating from what is left would leave
+        # s (I - K) L in the flux, a noise V does not count; with L put back, the flux is the extraction of the
+        # data before that step (whose photons V already counts). A column the extraction does not correct (its
+        # window holds no background pixel) keeps the calibration's subtraction.
+        level = np.broadcast_to(np.nan_to_num(np.asarray(subtracted, dtype=np.float64)), d.shape)[:, :, 0]
+        flux += level * (w.sum(axis=1) * mix.any(axis=1))
+        c = c + level
     white, white_var = flux[:, keep].sum(axis=1), var[:, keep].sum(axis=1)
-    if b is not None and mix is not None:
-        c = np.einsum("txy,xy->tx", d, b)
+    if b is not None and mix is not None and c is not None:
         var_c = np.einsum("txy,xy->tx", v, b * b)
-        flux -= c @ mix.T
-        var += var_c @ (mix * mix).T
+        flux -= band_product(c, mix)
+        var += band_product(var_c, mix * mix)
         u = mix[keep].sum(axis=0)
-        white -= c @ u
-        white_var += var_c @ (u * u)
+        white -= (c * u).sum(axis=1)
+        white_var += (var_c * (u * u)).sum(axis=1)
     flux[:, ~keep] = np.nan
     var[:, ~keep] = np.nan
     return Curves(flux, var, white, white_var)
