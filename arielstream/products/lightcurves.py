@@ -431,7 +431,7 @@ def apply_extraction(block: np.ndarray, plan: Extraction, subtracted: np.ndarray
     var = np.einsum("txy,xy->tx", v, w * w)
     keep = used.any(axis=1)
     c = None if b is None or mix is None else np.einsum("txy,xy->tx", d, b)
-    if c is not None and subtracted is not None:
+    if c is not None and mix is not None and subtracted is not None:
         # The calibration's background step took its own windowed estimate L out of every pixel of each column:
         # the aperture sums lost s L[x], the background means L[x']. Re-estimating from what is left would leave
         # s (I - K) L in the flux, a noise V does not count; with L put back, the flux is the extraction of the
