@@ -348,9 +348,11 @@ def test_errors_follow_the_scatter_when_a_large_background_was_subtracted():
 
 @pytest.mark.slow
 def test_the_files_background_dataset_enters_the_errors(simulated, tmp_path):
-    """``observation_light_curves`` reads ``<inst>/background``: larger errors where a sky was removed, and the flux
-    of the data before the calibration's estimate (put back and re-estimated over the same window: its residual
-    ``s (I - K) L``, a noise the errors do not count, would stay in the flux without the plane)."""
+    """``observation_light_curves`` reads ``<inst>/background``: larger errors where a sky was removed.
+
+    The flux is that of the data before the calibration's estimate (put back and re-estimated over the same
+    window: its residual ``s (I - K) L``, a noise the errors do not count, would stay in the flux without the plane).
+    """
     import shutil
 
     data, out = simulated
