@@ -115,3 +115,42 @@ def test_a_forwarded_record_keeps_its_one_line_message_and_its_traceback_apart(c
     assert got.getMessage() == "obs 1 failed with an unexpected error" and got.exc_info is None
     assert got.exc_text.startswith("Traceback") and got.exc_text.endswith("ZeroDivisionError: division by zero")
     assert got is not record and got.process == os.getpid()
+
+
+def test_the_forwarder_keeps_accepting_after_a_failed_accept_and_closes_without_waiting(caplog, monkeypatch):
+    """An accept that fails (not a closed listener) must neither end the accepting nor make close() hang."""
+    import threading
+    import time
+
+    caplog.set_level(logging.INFO, logger="arielstream")
+    forwarder = LogForwarder()
+    real_accept, failures = forwarder._listener.accept, []
+
+    def accept_failing_once():
+        if not failures:
+            failures.append(1)
+            raise OSError(24, "Too many open files")
+        return real_accept()
+
+    monkeypatch.setattr(forwarder._listener, "accept", accept_failing_once)
+
+    def send(n: int) -> None:  # a worker: a connection of its own, one record
+        handler = _ForwardHandler(forwarder.channel)
+        handler.handle(logging.LogRecord("arielstream.test_worker_logs", logging.WARNING, __file__, n,
+                                         "worker %d logged", (n,), None))
+        handler.close()
+
+    def within(seconds: float, target, *args) -> bool:  # a hang is a failure here, not a stuck test run
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        thread.join(seconds)
+        return not thread.is_alive()
+
+    assert within(10, send, 1)  # met the accept the thread was already blocked in; the next one fails
+    deadline = time.monotonic() + 10
+    while not failures and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert failures, "the failing accept was reached"
+    assert within(10, send, 2), "a worker's handshake waited: the forwarder stopped accepting"
+    assert within(10, forwarder.close), "close() waited for an accepting thread"
+    assert "worker 1 logged" in caplog.text and "worker 2 logged" in caplog.text

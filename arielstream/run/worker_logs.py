@@ -29,12 +29,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 ROOT = "arielstream"  # the logger whose records are forwarded
 POLL_SECONDS = 0.1  # how often a receiving thread checks whether the forwarder is closing
@@ -66,9 +69,14 @@ class LogForwarder:
             try:
                 conn = self._listener.accept()
             except (AuthenticationError, EOFError, ConnectionError):
-                continue  # a stranger, or a worker that died while connecting
-            except OSError:
-                return  # the listener is closed
+                continue  # a stranger, or a worker that died while connecting (or close()'s wake-up)
+            except OSError as exc:
+                if self._closing.is_set():
+                    return  # the listener is closed
+                # anything else must not end the accepting: a worker would wait for its handshake forever
+                log.debug("log forwarder: accept failed (%s); accepting again", exc)
+                self._closing.wait(POLL_SECONDS)
+                continue
             if self._closing.is_set():
                 conn.close()
                 return
@@ -96,8 +104,11 @@ class LogForwarder:
     def close(self) -> None:
         """Stop listening, after logging every record the workers have sent so far."""
         self._closing.set()
-        with contextlib.suppress(OSError, EOFError, AuthenticationError):  # wake the accepting thread
-            Client(self.channel.address, family="AF_UNIX", authkey=self.channel.authkey).close()
+        # wake the accepting thread with a bare connection (its handshake fails, the loop sees the flag): no
+        # handshake of our own that would wait for an answer, so close() cannot hang on a thread that is gone
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:
+            wake.settimeout(POLL_SECONDS * 10)
+            wake.connect(self.channel.address)
         self._accepter.join(timeout=5)
         self._listener.close()
         for thread in self._threads:  # each drains what is already in its socket, then stops
