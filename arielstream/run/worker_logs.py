@@ -77,9 +77,7 @@ class LogForwarder:
                 log.debug("log forwarder: accept failed (%s); accepting again", exc)
                 self._closing.wait(POLL_SECONDS)
                 continue
-            if self._closing.is_set():
-                conn.close()
-                return
+            # drained even when accepted while closing: its worker sent before close() (the loop then ends)
             thread = threading.Thread(target=self._receive, args=(conn,), name="arielstream-log-receive", daemon=True)
             self._threads.append(thread)
             thread.start()
