@@ -54,12 +54,13 @@ PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
 COMPLETE = "arielstream-floor-complete"  # in the venv, written last: its pins are installed and checked
 
 
-def install_requires() -> list[Requirement]:
-    """setup.cfg's ``install_requires`` entries that apply to this Python."""
+def install_requires(applicable: bool = True) -> list[Requirement]:
+    """setup.cfg's ``install_requires`` entries (only those that apply to this Python if ``applicable``)."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg", encoding="utf-8")
     lines = [line.strip() for line in cfg["options"]["install_requires"].splitlines()]
-    return [r for r in (Requirement(line) for line in lines if line) if r.marker is None or r.marker.evaluate()]
+    return [r for r in (Requirement(line) for line in lines if line)
+            if not applicable or r.marker is None or r.marker.evaluate()]
 
 
 def extras_require() -> dict[str, list[Requirement]]:
@@ -89,18 +90,20 @@ def canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def test_the_constraints_pin_exactly_the_lower_bound_of_every_requirement():
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg", encoding="utf-8")
-    declared = [Requirement(line.strip()) for line in cfg["options"]["install_requires"].splitlines()
-                if line.strip()]
-    pinned = pins(applicable=False)
-    for req in declared:
+def assert_pinned_at_their_floors(requirements: list[Requirement], constraints: Path, where: str = "") -> dict:
+    """Each requirement has one lower bound (>=), which ``constraints`` pins exactly; returns the pins."""
+    pinned = pins(applicable=False, path=constraints)
+    for req in requirements:
         lower = [s.version for s in req.specifier if s.operator == ">="]
-        assert len(lower) == 1, f"{req}: one lower bound (>=) expected, the floor the constraints pin"
+        assert len(lower) == 1, f"{where}{req}: one lower bound (>=) expected, the floor the constraints pin"
         pin = pinned.get(canonical(req.name))
-        assert pin is not None, f"{req.name} is not pinned in {CONSTRAINTS.name}"
-        assert Version(pin) == Version(lower[0]), f"{CONSTRAINTS.name}: {req.name} {pin}, setup.cfg's floor {lower[0]}"
+        assert pin is not None, f"{where}{req.name} is not pinned in {constraints.name}"
+        assert Version(pin) == Version(lower[0]), f"{constraints.name}: {where}{req.name} {pin}, floor {lower[0]}"
+    return pinned
+
+
+def test_the_constraints_pin_exactly_the_lower_bound_of_every_requirement():
+    assert_pinned_at_their_floors(install_requires(applicable=False), CONSTRAINTS)
 
 
 def run(cmd: list[str | Path], **kw) -> subprocess.CompletedProcess:
@@ -108,7 +111,8 @@ def run(cmd: list[str | Path], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=TIMEOUT, **kw)
 
 
-def cache_folder(*constraints: Path) -> Path:
+def cache_folder(*constraints: Path, kind: str = "floor-venv") -> Path:
+    """The cached venv of ``constraints`` (default constraints-floor.txt) for this Python: ``arielstream-<kind>-…``."""
     key = hashlib.sha256(b"".join(path.read_bytes() for path in (constraints or (CONSTRAINTS,))))
     key.update(f"{platform.python_implementation()} {PYTHON} {platform.machine()}".encode())
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -116,7 +120,7 @@ def cache_folder(*constraints: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only or absent home: a cache for this machine's session only
         root = Path(tempfile.gettempdir())
-    return root / f"arielstream-floor-venv-{key.hexdigest()[:16]}"
+    return root / f"arielstream-{kind}-{key.hexdigest()[:16]}"
 
 
 @contextlib.contextmanager
@@ -271,16 +275,11 @@ def merged_constraints(target: Path) -> Path:
 
 
 def test_the_extras_constraints_pin_exactly_the_lower_bound_of_every_extra():
-    pinned = pins(applicable=False, path=CONSTRAINTS_EXTRAS)
     for extra, requirements in extras_require().items():
+        pinned = assert_pinned_at_their_floors(requirements, CONSTRAINTS_EXTRAS, f"[{extra}] ")
         for req in requirements:
-            lower = [s.version for s in req.specifier if s.operator == ">="]
-            assert len(lower) == 1, f"[{extra}] {req}: one lower bound (>=) expected"
-            pin = pinned.get(canonical(req.name))
-            assert pin is not None, f"[{extra}] {req.name} is not pinned in {CONSTRAINTS_EXTRAS.name}"
-            assert Version(pin) == Version(lower[0]), f"{CONSTRAINTS_EXTRAS.name}: {req.name} {pin}, [{extra}] {req}"
             if "distributed" in req.extras:  # dask[distributed] installs distributed of dask's version
-                assert pinned.get("distributed") == pin
+                assert pinned.get("distributed") == pinned[canonical(req.name)]
 
 
 EXTRAS_SCRIPT = """
@@ -316,8 +315,7 @@ if __name__ == "__main__":
                     f"has no wheel for Python {PYTHON})")
 def test_the_extras_at_their_floors_run_numba_quicklook_xarray_and_dask(wheel, tmp_path):
     wheel_file, digest = wheel
-    venv = cache_folder(CONSTRAINTS, CONSTRAINTS_EXTRAS).with_name(
-        cache_folder(CONSTRAINTS, CONSTRAINTS_EXTRAS).name.replace("floor-venv", "floor-extras-venv"))
+    venv = cache_folder(CONSTRAINTS, CONSTRAINTS_EXTRAS, kind="floor-extras-venv")
     python = venv / "bin" / "python"
     constraints = merged_constraints(tmp_path / "constraints.txt")
     with locked(venv.with_name(venv.name + ".lock")):
