@@ -154,3 +154,44 @@ def test_the_forwarder_keeps_accepting_after_a_failed_accept_and_closes_without_
     assert within(10, send, 2), "a worker's handshake waited: the forwarder stopped accepting"
     assert within(10, forwarder.close), "close() waited for an accepting thread"
     assert "worker 1 logged" in caplog.text and "worker 2 logged" in caplog.text
+
+
+def _log_in_a_dask_task(channel, label):
+    from arielstream.run.worker_logs import forward_to
+
+    forward_to(channel, label)
+    logging.getLogger("arielstream.test").warning("a line that does not name its observation")
+    logging.getLogger("arielstream.test").info("%s: a line that names it", label)
+    logging.getLogger("arielstream.test").debug("below the coordinator's level")
+    return os.getpid()
+
+
+def test_dask_workers_records_reach_the_coordinator_once_naming_their_observation(caplog):
+    distributed = pytest.importorskip("distributed")
+    from arielstream.run.worker_logs import DaskLogs
+
+    caplog.set_level(logging.INFO, logger="arielstream")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        with DaskLogs(client) as logs:
+            pid = client.submit(_log_in_a_dask_task, logs.channel, "77/visit 2", pure=False).result()
+        assert pid != os.getpid()
+        got = [r.getMessage() for r in caplog.records if r.name == "arielstream.test"]
+        # every record exactly once (the subscription and the closing read of the event log agree), at the level
+        assert sorted(got) == ["77/visit 2: a line that does not name its observation", "77/visit 2: a line that names it"]
+
+
+@pytest.mark.slow
+def test_a_dask_run_logs_its_workers_records_in_the_log_file(data_without_a_dark, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    root, missing = data_without_a_dark
+    out = tmp_path / "o.h5"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        summary = calibrate(root, out, planets=[PLANET], backend="dask", scheduler=cluster.scheduler_address,
+                            progress=False, config=build_config(missing_calibration="skip"))
+    assert summary.ok and os.getpid() not in {r.pid for r in summary.results}
+    lines = (tmp_path / "o.h5.log").read_text().splitlines()
+    skipped = [line for line in lines if f"{missing}: missing; the step that needs it is skipped" in line]
+    assert len(skipped) == 1, lines
+    assert f"{PLANET}/visit 1 AIRS-CH0" in skipped[0] and " WARNING arielstream.io.calibration: " in skipped[0]

@@ -33,7 +33,7 @@ from ..units import format_bytes
 from .budget import WorkerPlan
 from .observation import load_masters
 from .worker import ObservationResult, Task, _Fault, _watch_parent, run_task
-from .worker_logs import LogChannel, LogForwarder, above_bar
+from .worker_logs import DaskLogChannel, DaskLogs, LogChannel, LogForwarder, above_bar
 
 if TYPE_CHECKING:  # annotations only: the runner imports this module, never the other way round
     from .runner import RunJob, RunSummary
@@ -169,7 +169,7 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
     dispatcher = _Dispatcher(job, options, worker_plan, prepared, summary)
     client = _dask_client(options.scheduler) if options.backend == "dask" else contextlib.nullcontext()
     try:
-        with client, _worker_logs(dispatcher):
+        with client as dask_client, _worker_logs(dispatcher, dask_client):
             todo = prepared.todo
             for _ in range(MAX_ROUNDS):
                 dispatcher.round(todo)
@@ -193,16 +193,18 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
 
 
 @contextlib.contextmanager
-def _worker_logs(dispatcher: _Dispatcher) -> Iterator[None]:
-    """While dispatching: local workers' log records logged here (run/worker_logs.py), console lines above the bar."""
-    forwarder = None
-    if dispatcher.parent is None:
-        log.debug("dask backend: the workers' log records stay in the dask workers' own logs")
+def _worker_logs(dispatcher: _Dispatcher, dask_client: Any = None) -> Iterator[None]:
+    """While dispatching: workers' log records logged here (run/worker_logs.py), console lines above the bar."""
+    forwarder: LogForwarder | None = None
+    receiver: Any = contextlib.nullcontext()
+    if dask_client is not None:
+        receiver = DaskLogs(dask_client)
+        dispatcher.log_channel = receiver.channel
     elif not dispatcher.in_coordinator:
         forwarder = LogForwarder()
         dispatcher.log_channel = forwarder.channel
     try:
-        with above_bar(dispatcher.bar is not None):
+        with receiver, above_bar(dispatcher.bar is not None):
             yield
     finally:
         dispatcher.log_channel = None
@@ -225,7 +227,7 @@ class _Dispatcher:
         self.parent = os.getpid() if options.backend == "loky" else None
         self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
         self.masters = None
-        self.log_channel: LogChannel | None = None  # set while local workers forward their logs here
+        self.log_channel: LogChannel | DaskLogChannel | None = None  # set while workers forward their logs here
         self.unusable: dict[tuple[int, int], str] = {}  # (planet, visit) failed before dispatch, and why
         if job.config.master_calibration == "dataset":
             self.masters = {name: self._dataset_master(INSTRUMENTS[name]) for name in job.config.instruments}

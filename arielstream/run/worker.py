@@ -45,7 +45,7 @@ from ..layout import Observation
 from ..units import format_bytes
 from .budget import is_out_of_memory, out_of_memory_cause, peak_rss, pin_threads, release_memory
 from .observation import calibrate_observation
-from .worker_logs import LogChannel, forward_to
+from .worker_logs import DaskLogChannel, LogChannel, forward_to
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Task:
     in_coordinator: bool = False  # runs in the coordinator's own process (--jobs 1 without a timeout)
     masters: dict[str, Any] | None = None  # master dark/flat per instrument (master_calibration="dataset")
     manifest: str | None = None  # input manifest each input file is checked against (io/manifest.py)
-    log_channel: LogChannel | None = None  # where a local worker sends its log records (run/worker_logs.py)
+    log_channel: LogChannel | DaskLogChannel | None = None  # where a worker sends its log records (run/worker_logs.py)
     inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
     scope: ChecksumScope | None = None  # the output's keys, axes, attributes its checksum covers (read once)
 
@@ -185,8 +185,8 @@ def run_task(task: Task) -> ObservationResult:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if in_worker and task.parent_pid is not None:
         _watch_parent(task.parent_pid)  # started already where the pool ran it as the initializer
-    if in_worker and task.log_channel is not None:
-        forward_to(task.log_channel)
+    if task.log_channel is not None and (in_worker or isinstance(task.log_channel, DaskLogChannel)):
+        forward_to(task.log_channel, obs.label)
     pin_threads(task.threads)
     _system_arrow_pool()
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))

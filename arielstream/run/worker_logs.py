@@ -10,8 +10,16 @@ sends every record of the ``arielstream`` loggers there (:func:`forward_to`), at
 coordinator's level (``-v``, ``-vv``). The coordinator logs each record it receives
 through its own handlers: the console and the log file, once.
 
-The dask backend keeps worker-local logging: its workers may run on other machines,
-and their records stay in the dask workers' logs.
+Dask workers may run on other machines: there each record travels as a dask event
+(:meth:`distributed.Worker.log_event`, on the topic of a :class:`DaskLogChannel`) through the
+scheduler to the coordinator, which subscribes to the topic while it dispatches
+(:class:`DaskLogs`) and logs each record once, as it does a local worker's; the records stay in
+the dask workers' own logs too. A worker's record sent before its task returned is never lost:
+it travels to the scheduler in the same ordered stream as the task's result, and what the
+subscription has not delivered when the dispatch ends is read back from the scheduler's event log.
+
+Each forwarded record names the observation its task was calibrating: a message that does not
+name it already is prefixed with it (``1234/visit 1: ...``).
 
 Why not ``logging.handlers.QueueHandler`` and ``QueueListener``: a ``multiprocessing.Queue``
 reaches a process only when it starts, and the loky pool's workers outlive a run (they are
@@ -27,7 +35,9 @@ progress bar is shown, so that log lines print above the bar instead of through 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -41,6 +51,8 @@ log = logging.getLogger(__name__)
 
 ROOT = "arielstream"  # the logger whose records are forwarded
 POLL_SECONDS = 0.1  # how often a receiving thread checks whether the forwarder is closing
+_task = threading.local()  # in a worker: the observation the thread's task calibrates (``label``)
+_record_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,25 @@ class LogChannel:
     address: str
     authkey: bytes
     level: int
+
+
+@dataclass(frozen=True)
+class DaskLogChannel:
+    """The dask event topic a dask worker logs its records to, and the level (picklable: travels in a task)."""
+
+    topic: str
+    level: int
+
+
+def _log_received(fields: dict[str, Any]) -> None:
+    """In the coordinator: log a worker's record through this process's loggers, naming its observation."""
+    record = logging.makeLogRecord(fields)
+    label = fields.get("observation") or ""
+    if label and label not in record.msg:
+        record.msg = f"{label}: {record.msg}"
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
 
 
 class LogForwarder:
@@ -94,10 +125,7 @@ class LogForwarder:
                     fields = conn.recv()
                 except (EOFError, OSError):
                     return
-                record = logging.makeLogRecord(fields)
-                logger = logging.getLogger(record.name)
-                if logger.isEnabledFor(record.levelno):
-                    logger.handle(record)
+                _log_received(fields)
 
     def close(self) -> None:
         """Stop listening, after logging every record the workers have sent so far."""
@@ -111,6 +139,61 @@ class LogForwarder:
         self._listener.close()
         for thread in self._threads:  # each drains what is already in its socket, then stops
             thread.join(timeout=5)
+
+
+class DaskLogs:
+    """In the coordinator, while it dispatches to a dask cluster: log what its workers log (a context manager).
+
+    Subscribes to a topic of its own (one per run) on ``client``; on exit, the records the
+    subscription has not delivered yet are read from the scheduler's event log, each logged once.
+    """
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.channel = DaskLogChannel(f"arielstream-logs-{secrets.token_hex(8)}",
+                                      logging.getLogger(ROOT).getEffectiveLevel())
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _receive(self, event: tuple[float, Any]) -> None:
+        fields = event[1]
+        if not isinstance(fields, dict):
+            return
+        with self._lock:
+            if fields.get("id") in self._seen:
+                return
+            self._seen.add(fields.get("id", ""))
+        _log_received(fields)
+
+    def __enter__(self) -> DaskLogs:
+        self.client.subscribe_topic(self.channel.topic, self._receive)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            for event in self.client.get_events(self.channel.topic):
+                self._receive(event)
+            self.client.unsubscribe_topic(self.channel.topic)
+        except Exception as err:  # the cluster is gone: what it did not deliver stays in the workers' logs
+            log.debug("dask worker logs: %s", err)
+
+
+class _DaskEventHandler(logging.Handler):
+    """In a dask worker: log each record as an event of the run's topic (never raises: dropped outside a task)."""
+
+    def __init__(self, channel: DaskLogChannel):
+        super().__init__(channel.level)
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from distributed import get_worker
+
+            fields = _plain(record)
+            fields["id"] = f"{os.getpid()}-{threading.get_ident()}-{next(_record_ids)}"
+            get_worker().log_event(self.channel.topic, fields)
+        except Exception:  # no worker (a thread outside the task), or the worker is closing
+            pass
 
 
 class _ForwardHandler(logging.Handler):
@@ -153,12 +236,23 @@ def _plain(record: logging.LogRecord) -> dict[str, Any]:
         fields["exc_text"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
     fields["exc_info"] = None
     fields.pop("message", None)
+    fields["observation"] = getattr(_task, "label", "")
     return fields
 
 
-def forward_to(channel: LogChannel) -> None:
-    """In a worker process: send the ``arielstream`` records to ``channel`` (once per channel) at its level."""
+def forward_to(channel: LogChannel | DaskLogChannel, label: str = "") -> None:
+    """In a worker: send the ``arielstream`` records to ``channel`` at its level, naming observation ``label``.
+
+    Once per channel and process; ``label`` holds for the calling thread until its next task.
+    """
+    _task.label = label
     logger = logging.getLogger(ROOT)
+    if isinstance(channel, DaskLogChannel):  # the worker's own handlers stay: its logs keep the records too
+        if not any(isinstance(h, _DaskEventHandler) and h.channel == channel for h in logger.handlers):
+            logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _DaskEventHandler)]
+            logger.addHandler(_DaskEventHandler(channel))
+        logger.setLevel(channel.level)
+        return
     current = [h for h in logger.handlers if isinstance(h, _ForwardHandler)]
     if len(current) == 1 and current[0].channel == channel:
         return
