@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .io.storage import RemotePath
+    from .layout import Folder
 
 
 def flag(name: str, value: Any = True, *, option: str | None = None) -> str:
@@ -34,8 +39,9 @@ class ArielstreamError(Exception):
 class InputError(ArielstreamError):
     """An input file or folder is missing or does not match the ADC2025 format."""
 
-    def __init__(self, path: str | Path, problem: str):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | RemotePath | Folder, problem: str):
+        # a file under a URL stays itself (its str names it without credentials); a str or a Path is a local path
+        self.path: Any = Path(path) if isinstance(path, (str, os.PathLike)) else path
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 

@@ -17,11 +17,12 @@ two consecutive frames.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import InputError
 
@@ -108,19 +109,44 @@ def frames_per_bin(config: Binning, instrument: str | Instrument) -> int:
     return config.bin_width(name) * (FRAMES_PER_CDS if config.cds else 1)
 
 
+class Folder(Protocol):
+    """A data folder or a folder in it: a :class:`pathlib.Path`, or a folder under a URL.
+
+    The geometry imports no I/O: this names what it uses of ``arielstream.io.storage.RemotePath``
+    (a folder in an object store), which also offers ``subfolders(keep)``, every planet folder's
+    entries from one listing (:func:`discover_observations` uses it where it is there).
+    """
+
+    @property
+    def name(self) -> str:
+        """The last component."""
+
+    def __truediv__(self, name: str) -> Any:
+        """The file or folder ``name`` in it, of its own kind."""
+
+    def is_dir(self) -> bool:
+        """True for an existing folder."""
+
+    def iterdir(self) -> Iterable[Any]:
+        """What is directly in it."""
+
+    def glob(self, pattern: str) -> Iterable[Any]:
+        """What is directly in it and matches ``pattern`` (no ``/``)."""
+
+
 @dataclass(frozen=True)
 class Observation:
     """One visit of one planet: the unit of work and of output."""
 
     planet_id: int
     visit: int
-    folder: Path  # <root>/<split>/<planet_id>
+    folder: Folder  # <root>/<split>/<planet_id>: a Path, or a RemotePath under a URL (io/storage.py)
 
-    def signal_path(self, inst: Instrument) -> Path:
-        """The signal file of ``inst`` for this visit."""
+    def signal_path(self, inst: Instrument) -> Any:
+        """The signal file of ``inst`` for this visit (a path of the folder's kind)."""
         return self.folder / inst.signal_name(self.visit)
 
-    def calibration_path(self, inst: Instrument, name: str) -> Path:
+    def calibration_path(self, inst: Instrument, name: str) -> Any:
         """The calibration file ``name`` (one of :data:`CALIBRATION_NAMES`) of ``inst`` for this visit."""
         return self.folder / inst.calibration_dir(self.visit) / f"{name}.parquet"
 
@@ -130,37 +156,48 @@ class Observation:
         return f"{self.planet_id}/visit {self.visit}"
 
 
-def discover_observations(root: Path, split: str, planets: Iterable[int] | None = None) -> list[Observation]:
+def discover_observations(root: str | os.PathLike[str] | Folder, split: str,
+                          planets: Iterable[int] | None = None) -> list[Observation]:
     """List every (planet, visit) under ``root/split``, sorted by planet then visit.
 
     A visit is any index for which either instrument has a signal file or a
     calibration folder; what is missing for it is reported when it is processed,
-    so one incomplete planet never hides the others.
+    so one incomplete planet never hides the others. ``root`` is a local folder, or
+    a folder under a URL as ``arielstream.io.storage.data_path`` makes it (listed in one go).
     """
-    split_dir = Path(root) / split
+    if isinstance(root, str) and "://" in root:
+        raise ValueError(f"discover_observations: give a URL as arielstream.io.storage.data_path({root!r})")
+    split_dir = (Path(root) if isinstance(root, (str, os.PathLike)) else root) / split
     if not split_dir.is_dir():
         raise InputError(split_dir, f"no such folder (expected <data>/{split}/<planet_id>/...)")
     wanted = None if planets is None else {int(p) for p in planets}
     found: list[Observation] = []
-    for planet_dir in split_dir.iterdir():
-        if not planet_dir.is_dir() or not planet_dir.name.isdigit():
-            continue
-        pid = int(planet_dir.name)
-        if wanted is not None and pid not in wanted:
-            continue
+
+    def keep(name: str) -> bool:
+        return name.isdigit() and (wanted is None or int(name) in wanted)
+
+    listed = getattr(split_dir, "subfolders", None)  # a folder under a URL: every planet's entries in one listing
+    for name, entries in (listed(keep) if listed is not None else _subfolders(split_dir, keep)).items():
+        pid = int(name)
         visits: set[int] = set()
-        for entry in planet_dir.iterdir():
-            m = _SIGNAL_RE.match(entry.name)
+        for entry, is_dir in entries.items():
+            m = _SIGNAL_RE.match(entry)
             if m:
                 visits.add(int(m.group("visit")))
                 continue
             for inst in INSTRUMENTS.values():
                 prefix = f"{inst.name}_calibration_"
-                if entry.is_dir() and entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
-                    visits.add(int(entry.name[len(prefix):]))
-        found.extend(Observation(pid, v, planet_dir) for v in visits)
+                if is_dir and entry.startswith(prefix) and entry[len(prefix):].isdigit():
+                    visits.add(int(entry[len(prefix):]))
+        found.extend(Observation(pid, v, split_dir / name) for v in visits)
     if wanted is not None:
         missing = wanted - {o.planet_id for o in found}
         if missing:
             raise InputError(split_dir, f"no data for planet(s) {', '.join(str(p) for p in sorted(missing))}")
     return sorted(found, key=lambda o: (o.planet_id, o.visit))
+
+
+def _subfolders(folder: Path, keep: Callable[[str], bool]) -> dict[str, dict[str, bool]]:
+    """The folders in ``folder`` whose names ``keep`` accepts, each with its entries (``name -> is a folder``)."""
+    return {sub.name: {entry.name: entry.is_dir() for entry in sub.iterdir()}
+            for sub in folder.iterdir() if keep(sub.name) and sub.is_dir()}

@@ -178,7 +178,8 @@ def test_dask_workers_records_reach_the_coordinator_once_naming_their_observatio
         assert pid != os.getpid()
         got = [r.getMessage() for r in caplog.records if r.name == "arielstream.test"]
         # every record exactly once (the subscription and the closing read of the event log agree), at the level
-        assert sorted(got) == ["77/visit 2: a line that does not name its observation", "77/visit 2: a line that names it"]
+        assert sorted(got) == ["77/visit 2: a line that does not name its observation",
+                               "77/visit 2: a line that names it"]
 
 
 @pytest.mark.slow

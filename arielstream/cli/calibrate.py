@@ -36,6 +36,7 @@ from ..config.template import option_help
 from ..errors import OutputError
 from ..io.atomic import atomic_write
 from ..io.manifest import MANIFEST_NAME
+from ..io.storage import data_path, locator, path_argument
 from ..layout import COMPRESSIONS, INSTRUMENTS
 from .args import number
 from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR, exit_code_of
@@ -91,9 +92,13 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
                                      "option below can also be set in a TOML file (--config; "
                                      "arielstream init-config writes one with every default).")
     cal.set_defaults(handler=cmd_calibrate)
-    cal.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    cal.add_argument("data_dir", type=data_path, metavar="DATA_DIR",
+                     help="the data folder: a local path, or a URL every task reads through pyarrow "
+                          "(s3://bucket/prefix, with ?endpoint_override=HOST:PORT&scheme=http for another S3 "
+                          "server; gs://bucket/prefix; any filesystem pyarrow or fsspec knows)")
     target = cal.add_mutually_exclusive_group(required=True)
-    target.add_argument("-o", "--output", type=Path, metavar="OUT.h5", help="the calibrated file to write")
+    target.add_argument("-o", "--output", type=path_argument, metavar="OUT.h5",
+                        help="the calibrated file to write (a local path)")
     target.add_argument("--run", metavar="NAME",
                         help="a named run: writes RUNS_DIR/NAME/<split>.h5 and RUNS_DIR/NAME/config.toml; "
                              "runs with other names are kept side by side, and NAME is never reused with other "
@@ -111,6 +116,7 @@ def add_calibrate(sub, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument("--backend", choices=BACKENDS, **_run("backend"))
     run.add_argument("--scheduler", metavar="ADDRESS", **_run("scheduler"))
     run.add_argument("--task-timeout", type=number(float), metavar="SECONDS", **_run("task_timeout"))
+    run.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None, **_run("parts"))
     run.add_argument("--force", action="store_true", default=None, dest="force",
                      help=option_help("run", "force", default=False))
     run.add_argument("--frozen", action="store_true", default=None, help=option_help("run", "frozen", default=False))
@@ -268,7 +274,7 @@ def _calibrate(args: argparse.Namespace) -> tuple[int, RunSummary | None]:
 
     config = config_from_args(args)
     if args.verify_inputs == "":  # --verify-inputs without a file: the data folder's own manifest
-        args.verify_inputs = str(args.data_dir / MANIFEST_NAME)
+        args.verify_inputs = locator(args.data_dir / MANIFEST_NAME)
     run = load_run_options(args.config, **{name: getattr(args, name) for name in RUN_FLAGS})
     if args.dry_run:
         from ..run.dryrun import dry_run
@@ -372,7 +378,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{args.path}  {info['kind']} (arielstream {info['arielstream_version']}, profile {info['profile']}, "
           f"split {info['split']})")
     if info["parts"]:
-        print(f"  an index over {len(info['parts'])} part file(s): {', '.join(info['parts'])} (keep them beside it)")
+        names = info["parts"] if len(info["parts"]) <= 6 else [*info["parts"][:3], "...", *info["parts"][-2:]]
+        print(f"  an index over {len(info['parts'])} part file(s): {', '.join(names)} (keep them beside it)")
     width = max((len(name) for name in info["datasets"]), default=0)
     for name, d in info["datasets"].items():
         print(f"  {name:{width}s} {str(tuple(d['shape'])):28s} {d['dtype']}")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..io.manifest import MANIFEST_NAME
+from ..io.storage import data_path
 from ..units import format_bytes
 from .exits import EXIT_FAILURES, EXIT_OK
 
@@ -25,7 +26,8 @@ def add_manifest(sub, parents: list[argparse.ArgumentParser]) -> None:
                                      "each file an observation reads against it and fails the observation when "
                                      "a file differs.")
     man.set_defaults(handler=cmd_manifest)
-    man.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    man.add_argument("data_dir", type=data_path, metavar="DATA_DIR",
+                     help="the data folder: a local path, or a URL (s3://bucket/prefix...; then -o FILE is needed)")
     man.add_argument("-o", "--output", type=Path, metavar="FILE",
                      help=f"where to write the manifest (default DATA_DIR/{MANIFEST_NAME}; use this when DATA_DIR "
                           "is read-only, and give the file to calibrate --manifest FILE)")

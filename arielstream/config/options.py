@@ -384,6 +384,7 @@ class RunOptions:
     verify_inputs: str | None = None  # input manifest; None: DATA_DIR/arielstream-manifest.json when it exists
     frozen: bool = False  # refuse, instead of recomputing, observations whose input files changed
     drop_missing: bool = False  # leave out of the output observations no longer in the data folder
+    parts: bool | None = None  # each observation written into a part file of its own; None: with dask only
 
     def __post_init__(self) -> None:
         check_types(self, _RUN_MUST_BE)  # from the annotations: split = 5 in a config file fails here
@@ -398,6 +399,11 @@ class RunOptions:
             raise ConfigError(f"task_timeout must be {must_be['task_timeout']}; got {self.task_timeout!r}")
         if self.backend == "dask" and not self.scheduler:
             raise ConfigError(f"the dask backend needs a scheduler address: {flag('scheduler', 'tcp://HOST:8786')}")
+
+    @property
+    def uses_parts(self) -> bool:
+        """Parts mode (:mod:`arielstream.io.parts`): as set, or by default with the dask backend only."""
+        return self.backend == "dask" if self.parts is None else self.parts
 
 
 CONFIG_TABLES = ("calibration", "run")  # the tables of a config file

@@ -41,6 +41,7 @@ EXAMPLES: dict[str, Any] = {
     "task_timeout": 900,
     "progress": True,
     "verify_inputs": "/kaggle/working/arielstream-manifest.json",
+    "parts": True,
 }
 
 

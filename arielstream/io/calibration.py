@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +16,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..layout import NONLINEARITY_ORDER, Instrument, Observation
 from .signal import columns_into, damaged, open_parquet
+from .storage import DataPath
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class DetectorCalibration:
     sources: dict[str, str] = field(default_factory=dict)  # name -> file, or why it is absent
 
 
-def read_frame_table(path: Path, rows: int, columns: int, kind: str) -> np.ndarray:
+def read_frame_table(path: DataPath, rows: int, columns: int, kind: str) -> np.ndarray:
     """Read a calibration table into a ``(rows, columns)`` array, checking its shape and type.
 
     ``kind`` is ``"float"`` or ``"bool"``.

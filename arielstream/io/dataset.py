@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 from ..errors import InputError
 from ..layout import AIRS, AIRS_INTEGRATION_TIME, AIRS_WAVELENGTH_AXIS, FGS1, Instrument
 from .signal import columns_into, open_parquet
+from .storage import DataPath, RemotePath, data_path, open_input
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class AdcConstants:
 class DatasetInfo:
     """What every observation of a data folder shares."""
 
-    root: Path
+    root: DataPath  # a local folder, or a RemotePath under a URL (io/storage.py)
     adc: dict[str, AdcConstants]
     frame_times: dict[str, np.ndarray]  # hours, one per raw frame
     airs_wavelength: np.ndarray  # µm per AIRS detector column
@@ -44,10 +45,10 @@ class DatasetInfo:
         return int(self.frame_times[inst.name].shape[0])
 
 
-def read_adc_info(path: Path) -> dict[str, AdcConstants]:
+def read_adc_info(path: DataPath) -> dict[str, AdcConstants]:
     """Gain and offset of each instrument from ``adc_info.csv`` (its first row), checked usable."""
     try:
-        table = pacsv.read_csv(path)
+        table = pacsv.read_csv(open_input(path, stream=True))
     except FileNotFoundError:
         raise InputError(path, "missing: the ADC gain/offset file is needed for the ADC step") from None
     except pa.ArrowInvalid as exc:
@@ -68,7 +69,7 @@ def read_adc_info(path: Path) -> dict[str, AdcConstants]:
     return out
 
 
-def _axis(table: pa.Table, name: str, path: Path) -> np.ndarray:
+def _axis(table: pa.Table, name: str, path: DataPath) -> np.ndarray:
     if name not in table.column_names:
         raise InputError(path, f"column {name!r} missing")
     try:
@@ -83,7 +84,7 @@ def _axis(table: pa.Table, name: str, path: Path) -> np.ndarray:
     return values
 
 
-def read_axis_info(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def read_axis_info(path: DataPath) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Frame times per instrument (hours), AIRS wavelength per column and AIRS integration time per frame.
 
     Each axis is a column of ``axis_info.parquet`` padded with NaN to the longest one.
@@ -107,9 +108,9 @@ def read_axis_info(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.nd
     return times, wavelength, integration
 
 
-def read_dataset_info(root: str | Path) -> DatasetInfo:
-    """Read and check ``adc_info.csv`` and ``axis_info.parquet`` of a data folder."""
-    root = Path(root)
+def read_dataset_info(root: str | Path | RemotePath) -> DatasetInfo:
+    """Read and check ``adc_info.csv`` and ``axis_info.parquet`` of a data folder (a local path or a URL)."""
+    root = data_path(root)
     if not root.is_dir():
         raise InputError(root, "no such data folder")
     adc = read_adc_info(root / "adc_info.csv")

@@ -16,7 +16,10 @@ a file that appears after that check is read with a warning.
 Symlinked folders under ``DATA_DIR`` are followed.
 
 Keys are paths relative to the data folder, with ``/`` separators, so a manifest
-written elsewhere (``-o``) still applies to the folder it was made from.
+written elsewhere (``-o``) still applies to the folder it was made from, and to a
+copy of it in an object store: a data folder given as a URL (:mod:`.storage`) is
+checked the same way, each file streamed through its filesystem to be digested
+(``arielstream manifest URL -o FILE`` writes one; nothing is written into the store).
 """
 
 from __future__ import annotations
@@ -31,11 +34,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..layout import INSTRUMENTS, Observation
 from ..units import format_bytes
 from . import atomic
+from .storage import (
+    DataPath,
+    Listing,
+    RemotePath,
+    Stat,
+    data_folder,
+    data_path,
+    describe,
+    list_files,
+    locator,
+    read_blocks,
+    read_bytes,
+    relative,
+    sort_paths,
+    stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +67,11 @@ INPUT_SUFFIXES = (".parquet", ".csv")  # what a data folder's inputs are; anythi
 DATASET_FILES = ("adc_info.csv", "axis_info.parquet")  # read by every observation
 
 
-def digest_file(path: str | Path) -> str:
+def digest_file(path: str | DataPath) -> str:
     """Hex BLAKE2b (128-bit) digest of a file's bytes, read in 1 MiB blocks (hashlib releases the GIL)."""
     h = hashlib.blake2b(digest_size=16)
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
+    for block in read_blocks(data_path(path)):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -89,23 +106,32 @@ def input_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _key(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _key(path: DataPath, root: DataPath) -> str:
+    return relative(path, root)
 
 
-def write_manifest(data_dir: str | Path, output: str | Path | None = None,
+def write_manifest(data_dir: str | Path | RemotePath, output: str | Path | None = None,
                    threads: int | None = None) -> tuple[Path, int, int, float]:
     """Digest every input file of ``data_dir`` into ``output`` (default ``data_dir/MANIFEST_NAME``).
 
     Returns ``(manifest path, number of files, bytes digested, seconds)``. The
     manifest is written atomically; the files are digested on ``threads`` threads
-    (default: one per CPU this process may use).
+    (default: one per CPU this process may use). A data folder under a URL is
+    listed once and each file streamed through; its manifest goes to ``output``
+    (required: nothing is written into the store).
     """
-    root = Path(data_dir).resolve()
+    root = data_folder(data_dir)
     if not root.is_dir():
         raise InputError(root, "data folder not found")
-    target = Path(output) if output is not None else root / MANIFEST_NAME
-    files = input_files(root)
+    if isinstance(root, RemotePath):
+        if output is None:
+            raise OutputError(f"{root}: a data folder under a URL is only read; give the manifest a local file "
+                              "(-o FILE)")
+        target = Path(output)
+        files = sort_paths(p for p in list_files(root) if p.name.endswith(INPUT_SUFFIXES))
+    else:
+        target = Path(output) if output is not None else root / MANIFEST_NAME
+        files = list[DataPath](input_files(root))
     if not files:
         raise InputError(root, f"no input files ({', '.join('*' + s for s in INPUT_SUFFIXES)}) to record")
     t0 = time.perf_counter()
@@ -114,7 +140,7 @@ def write_manifest(data_dir: str | Path, output: str | Path | None = None,
 
         threads = cpu_count()
 
-    def entry(path: Path) -> tuple[int, str]:
+    def entry(path: DataPath) -> tuple[int, str]:
         try:
             return path.stat().st_size, digest_file(path)
         except OSError as exc:
@@ -126,7 +152,7 @@ def write_manifest(data_dir: str | Path, output: str | Path | None = None,
     entries = {_key(p, root): {"size": size, "digest": digest}
                for p, (size, digest) in zip(files, digests, strict=True)}
     total = sum(size for size, _ in digests)
-    document = {"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM, "data_dir": str(root),
+    document = {"format": FORMAT, "version": VERSION, "algorithm": ALGORITHM, "data_dir": describe(root),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": entries}
     with atomic.atomic_write(target, "write the input manifest") as tmp:
         tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
@@ -138,10 +164,10 @@ def write_manifest(data_dir: str | Path, output: str | Path | None = None,
 class Manifest:
     """The recorded ``(size, digest)`` of each input file, by path relative to the data folder."""
 
-    path: Path
+    path: DataPath
     files: dict[str, tuple[int, str]]
 
-    def check(self, path: Path, root: Path) -> bool:
+    def check(self, path: DataPath, root: DataPath) -> bool:
         """Raise :class:`InputError` naming ``path`` if it differs from its record; False if it has none."""
         entry = self.files.get(_key(path, root))
         if entry is None:
@@ -160,11 +186,11 @@ class Manifest:
         return True
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def load_manifest(path: str | DataPath) -> Manifest:
     """Read and check a manifest written by :func:`write_manifest`; :class:`InputError` if it is not one."""
-    path = Path(path)
+    path = data_path(path)
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(read_bytes(path))
     except FileNotFoundError:
         raise InputError(path, "input manifest not found (write one with: arielstream manifest DATA_DIR)") from None
     except (OSError, ValueError) as exc:
@@ -179,46 +205,54 @@ def load_manifest(path: str | Path) -> Manifest:
     return Manifest(path, files)
 
 
-def resolve_manifest(data_dir: str | Path, option: str | None) -> str | None:
+def resolve_manifest(data_dir: str | Path | RemotePath, option: str | None) -> str | None:
     """The manifest a run checks its inputs against, checked readable now, or None.
 
-    ``option`` is the ``verify_inputs`` run option: a manifest file (it must exist),
-    or None for ``data_dir/MANIFEST_NAME`` when that exists and no check otherwise.
+    ``option`` is the ``verify_inputs`` run option: a manifest file (it must exist; a
+    local path or a URL), or None for ``data_dir/MANIFEST_NAME`` when that exists and no
+    check otherwise. Returns what :func:`.storage.data_path` reads back in the workers.
     """
-    path = Path(option) if option else Path(data_dir) / MANIFEST_NAME
+    path = data_path(option) if option else data_path(data_dir) / MANIFEST_NAME
     if option is None and not path.exists():
         return None
     manifest = load_manifest(path)
     log.info("checking every input file against %s (%d file(s) recorded) before it is read",
              path, len(manifest.files))
-    return str(path.resolve())
+    return locator(path.resolve())
 
 
 @lru_cache(maxsize=2)
-def _cached(path: str, stamp: int) -> Manifest:
+def _cached(path: str, stamped: tuple[int, int | None] | None) -> Manifest:
     return load_manifest(path)
 
 
-_UNLISTED: set[Path] = set()  # files already warned about in this process
+_UNLISTED: set[DataPath] = set()  # files already warned about in this process
 
 
-def observation_inputs(obs: Observation, root: Path, instruments: Iterable[str], all_visits: bool) -> list[Path]:
+def observation_inputs(obs: Observation, root: DataPath, instruments: Iterable[str], all_visits: bool,
+                       listing: Listing | None = None) -> list[DataPath]:
     """The files an observation reads: dataset-level files, its signal files and its calibration folders.
 
     ``all_visits``: the calibration folders of every visit of the planet (a master per planet).
+    ``listing``: the data folder's files (under a URL), globbed instead of listing each folder.
     """
+    def glob(folder: Any, pattern: str) -> list[DataPath]:
+        if listing is not None and isinstance(folder, RemotePath):
+            return list(listing.glob(folder, pattern))
+        return sort_paths(folder.glob(pattern))
+
     paths = [root / name for name in DATASET_FILES]
     for name in instruments:
         inst = INSTRUMENTS[name]
         paths.append(obs.signal_path(inst))
-        folders = sorted(obs.folder.glob(f"{inst.name}_calibration_*")) if all_visits else \
+        folders = glob(obs.folder, f"{inst.name}_calibration_*") if all_visits else \
             [obs.folder / inst.calibration_dir(obs.visit)]
         for folder in folders:
-            paths += sorted(folder.glob("*.parquet"))
+            paths += glob(folder, "*.parquet")
     return paths
 
 
-def check_manifest_covers(manifest_path: str | None, observations: Iterable[Observation], root: Path,
+def check_manifest_covers(manifest_path: str | None, observations: Iterable[Observation], root: DataPath,
                           instruments: Iterable[str], all_visits: bool = False, shown: int = 3) -> None:
     """Refuse a run whose manifest does not list every input file of its observations (before anything is written).
 
@@ -231,7 +265,7 @@ def check_manifest_covers(manifest_path: str | None, observations: Iterable[Obse
     manifest = load_manifest(manifest_path)
     instruments = tuple(instruments)
     reads = {p for obs in observations for p in observation_inputs(obs, root, instruments, all_visits)}
-    needed = sorted(p for p in reads if p.exists())
+    needed = sort_paths(p for p in reads if p.exists())
     lacking = [_key(p, root) for p in needed if _key(p, root) not in manifest.files]
     if lacking:
         first = ", ".join(lacking[:shown]) + (f" and {len(lacking) - shown} more" if len(lacking) > shown else "")
@@ -239,19 +273,19 @@ def check_manifest_covers(manifest_path: str | None, observations: Iterable[Obse
                                         f"reads ({first}); write it again: arielstream manifest {root}")
 
 
-def check_observation_inputs(manifest_path: str, obs: Observation, root: Path, instruments: Iterable[str],
+def check_observation_inputs(manifest_path: str, obs: Observation, root: DataPath, instruments: Iterable[str],
                              all_visits: bool = False) -> None:
     """Check each file ``obs`` reads against the manifest (in the worker, just before reading them).
 
     Files the manifest lists in the observation's calibration folders but that are
     gone count as missing. Raises :class:`InputError` naming the first bad file.
     """
-    manifest = _cached(manifest_path, os.stat(manifest_path).st_mtime_ns)
+    manifest = _cached(manifest_path, stamp(data_path(manifest_path)))
     paths = observation_inputs(obs, root, instruments, all_visits)
     folders = {_key(p.parent, root) + "/" for p in paths if p.parent not in (root, obs.folder)}
     listed = {root / k for k in manifest.files if k.rsplit("/", 1)[0] + "/" in folders}
     t0, checked = time.perf_counter(), 0
-    for path in sorted(set(paths) | listed):
+    for path in sort_paths(set(paths) | listed):
         if manifest.check(path, root):
             checked += 1
         elif path.exists() and path not in _UNLISTED:
@@ -264,7 +298,7 @@ def check_observation_inputs(manifest_path: str, obs: Observation, root: Path, i
 FINGERPRINT_BYTES = 2048  # the room the output gives it (io/store.py, INPUTS_BYTES)
 
 
-def fingerprint(paths: Iterable[Path], root: Path) -> str:
+def fingerprint(paths: Iterable[DataPath], root: DataPath, listing: Listing | None = None) -> str:
     """JSON of each input file's size and modification time (ns), keyed by its path relative to ``root``.
 
     What an observation was computed from, stored beside it (``/inputs``); a rerun
@@ -273,18 +307,41 @@ def fingerprint(paths: Iterable[Path], root: Path) -> str:
     README "Nightly jobs"). A missing file is recorded as ``null``. Longer than the
     room the output gives it (thousands of calibration files), only a digest of the
     whole is kept, so a change is still seen, without the name of the file.
+    ``listing``: the sizes and times of a data folder under a URL, from one listing
+    (:func:`input_fingerprints`); the store's modification times (S3: whole seconds)
+    and sizes, as pyarrow's FileInfo gives them (it gives no ETag).
     """
-    entries: dict[str, list[int] | None] = {}
-    for path in sorted(set(paths)):
+    entries: dict[str, list[int | None] | None] = {}
+    for path in sort_paths(set(paths)):
+        st: Stat | os.stat_result | None
         try:
-            st = path.stat()
-            entries[_key(path, root)] = [st.st_size, st.st_mtime_ns]
+            st = listing.stat(path) if listing is not None and isinstance(path, RemotePath) else path.stat()
         except OSError:
-            entries[_key(path, root)] = None
+            st = None
+        entries[_key(path, root)] = None if st is None else [st.st_size, st.st_mtime_ns]
     text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > FINGERPRINT_BYTES:
         text = json.dumps({"digest": hashlib.blake2b(text.encode(), digest_size=16).hexdigest()})
     return text
+
+
+def input_fingerprints(observations: Iterable[Observation], root: DataPath, instruments: Iterable[str],
+                       all_visits: bool = False) -> dict[tuple[int, int], str]:
+    """:func:`fingerprint` of each observation's inputs, by ``(planet, visit)``: what a run records and compares.
+
+    A local folder is read file by file (``stat``); a data folder under a URL is listed
+    once (its own files and each split folder's, recursively): a request per thousand
+    objects on S3, where a request per file would take minutes for the full archive.
+    """
+    observations, instruments = list(observations), tuple(instruments)
+    listing = None
+    if isinstance(root, RemotePath):
+        files = list_files(root, recursive=False)
+        for split in {o.folder.parent for o in observations if isinstance(o.folder, RemotePath)}:
+            files.update(list_files(split))
+        listing = Listing(files)
+    return {(o.planet_id, o.visit): fingerprint(observation_inputs(o, root, instruments, all_visits, listing), root,
+                                                listing) for o in observations}
 
 
 def fingerprint_changes(stored: str, current: str) -> list[str]:

@@ -37,8 +37,10 @@ import numpy as np
 from ..errors import ArielstreamError, ConfigError, ConfigMismatchError, LockBusyError, OutputError, flag
 from ..layout import Observation
 from . import atomic
+from .parts import temp_number
 from .schema import ATTR_LAST_PART, INPUTS, PART, PART_INDEX, PLANET_ID, STATUS_DONE, VISIT
 from .sidefiles import OutputFiles, belongs_to, inside
+from .storage import RemotePath
 from .store import (
     ArrayDescriptor,
     ChecksumScope,
@@ -59,10 +61,10 @@ class UnsafeTargetError(ConfigError):
     """A file the run would write is, or resolves to, something that is not the run's to write (exit 78)."""
 
 
-def _refuse_input(what: str, option: str, path: Path, data_dir: Path, inputs: Iterable[Path]) -> None:
+def _refuse_input(what: str, option: str, path: Path, data_dir: Path | RemotePath, inputs: Iterable[Path]) -> None:
     """:class:`UnsafeTargetError` when ``path`` is, or resolves to, a path in ``data_dir`` or one of ``inputs``."""
     real, folder = path.resolve(), data_dir.resolve()
-    if inside(real, folder):
+    if isinstance(folder, Path) and inside(real, folder):  # (a data folder under a URL holds no local path)
         raise UnsafeTargetError(f"{option} {path}: {what} would be written inside the data folder {folder}; write "
                                 "it elsewhere (the inputs are never written)")
     if real in {Path(p).resolve() for p in inputs}:
@@ -81,7 +83,7 @@ def _refuse_foreign(what: str, option: str, path: Path) -> None:
                                 f"{owner}; write it elsewhere")
 
 
-def check_write_targets(output: OutputFiles, data_dir: Path, inputs: Iterable[Path] = (),
+def check_write_targets(output: OutputFiles, data_dir: Path | RemotePath, inputs: Iterable[Path] = (),
                         log_file: bool = True, option: str = "-o") -> None:
     """Refuse (:class:`UnsafeTargetError`, nothing written) an output that would land on what is not its own.
 
@@ -96,7 +98,7 @@ def check_write_targets(output: OutputFiles, data_dir: Path, inputs: Iterable[Pa
         _refuse_input(f"its side file {side.name}", option, side, data_dir, inputs)
 
 
-def check_report_target(report: Path, data_dir: Path, inputs: Iterable[Path] = (),
+def check_report_target(report: Path, data_dir: Path | RemotePath, inputs: Iterable[Path] = (),
                         output: OutputFiles | None = None) -> None:
     """Refuse a ``--report`` that is an input, inside the data folder, or the output or one of its side files."""
     _refuse_input("the run report", "--report", report, data_dir, inputs)
@@ -255,11 +257,12 @@ class PreparedOutput:
     kept: dict[Key, tuple[Path, int]] = field(default_factory=dict)  # observations kept from earlier files
     sizes: dict[Path, int] = field(default_factory=dict)  # observations in each file ``kept`` refers to
     counts: dict[str, list[Key]] = field(default_factory=dict)  # added, recomputed, retried, repaired, kept, dropped
+    parts: bool = False  # parts mode (io/parts.py): each observation to compute gets a part of its own, no .partial
 
     @property
     def single(self) -> bool:
         """The output is the ``.partial`` alone, in its order: published by a rename, no index."""
-        return not self.kept and self.keys == [key_of(o) for o in self.observations]
+        return not self.parts and not self.kept and self.keys == [key_of(o) for o in self.observations]
 
 
 def refused(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchError:
@@ -388,7 +391,7 @@ def lay_out_fresh(output: Path, observations: list[Observation], layouts: list[I
     """A ``.partial`` for every observation, marked so that a rerun after a kill goes on with it alone."""
     files = OutputFiles.of(output)
     with atomic.output_errors(files.fresh, "mark the --force run"):
-        files.fresh.touch()
+        files.fresh.write_text("")  # empty: not a parts-mode --force run's (run/lifecycle.py)
     return lay_out(files, observations, layouts, attrs, "new", observations)
 
 
@@ -396,11 +399,12 @@ def new_part_path(output: Path) -> Path:
     """The next part's name: one above every part on disk and every part ``OUT.h5`` ever numbered.
 
     Numbers are never reused, so a reader holding an earlier index never finds other
-    observations under a name it knew.
+    observations under a name it knew; nor those of parts still being copied in (parts mode).
     """
     files = OutputFiles.of(output)
     folder = files.parts
     numbers = [_part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
+    numbers += [temp_number(p) for p in folder.glob(".*")] if folder.is_dir() else []
     for path in (output, files.journal):
         with contextlib.suppress(OSError, KeyError, ValueError):
             with h5py.File(path, "r") as f:
@@ -469,7 +473,7 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
     """
     files = OutputFiles.of(output)
     partial = prepared.partial
-    computed = bool(prepared.observations)
+    computed = bool(prepared.observations) and not prepared.parts  # parts mode: in ``kept`` once computed
     if computed:
         _check_opens(partial)
     if computed and prepared.single:

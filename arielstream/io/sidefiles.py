@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import PARTIAL_SUFFIX
+from .storage import local_output
 
 PARTS_SUFFIX = ".parts"
 SIDE_SUFFIXES = (PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".new", PARTIAL_SUFFIX + ".force", ".next", ".next.new", ".lock",
@@ -47,8 +48,11 @@ class OutputFiles:
 
     @classmethod
     def of(cls, output: str | Path) -> OutputFiles:
-        """The files of ``output``, named from its real (symlink-resolved, absolute) path."""
-        return cls(Path(output).resolve())
+        """The files of ``output``, named from its real (symlink-resolved, absolute) path.
+
+        An output is a local file: a URL is refused (:class:`OutputError`; a data folder may be one).
+        """
+        return cls(local_output(output).resolve())
 
     def _beside(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)

@@ -29,7 +29,6 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, MemoryBudgetError
 from ..layout import Instrument
 from ..units import format_bytes
+from .storage import DataPath, RemotePath, data_path, open_input
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,16 @@ READS_IN_FLIGHT = 2
 PAGE_CHECKSUM_VERIFICATION = "page_checksum_verification" in inspect.signature(pq.ParquetFile).parameters
 
 
-def open_parquet(path: str | Path, **options) -> pq.ParquetFile:
-    """``pq.ParquetFile(path, **options)``, verifying page checksums where this pyarrow can (>= 15)."""
+def open_parquet(path: str | DataPath, **options) -> pq.ParquetFile:
+    """``pq.ParquetFile(path, **options)``, verifying page checksums where this pyarrow can (>= 15).
+
+    A file under a URL is read through its filesystem's input file (:func:`.storage.open_input`).
+    """
+    source = open_input(data_path(path))
     if PAGE_CHECKSUM_VERIFICATION:
-        return pq.ParquetFile(path, page_checksum_verification=True, **options)
+        return pq.ParquetFile(source, page_checksum_verification=True, **options)
     _unverified_once()
-    return pq.ParquetFile(path, **options)
+    return pq.ParquetFile(source, **options)
 
 
 @functools.cache
@@ -230,16 +234,19 @@ class SignalFile:
     the number of frames matches ``axis_info.parquet``.
     """
 
-    def __init__(self, path: str | Path, inst: Instrument, expected_frames: int | None = None,
+    def __init__(self, path: str | DataPath, inst: Instrument, expected_frames: int | None = None,
                  use_threads: bool = True):
-        self.path = Path(path)
+        self.path = data_path(path)
         self.instrument = inst
         self.use_threads = use_threads
         if not self.path.exists():
             raise InputError(self.path, f"{inst.name} signal file missing")
         try:
-            # pages written with a CRC (write_page_checksum) are checked as they are decoded; others are not
+            # pages written with a CRC (write_page_checksum) are checked as they are decoded; others are not.
+            # pre_buffer: a read's column chunks are fetched in a few coalesced requests (remote files: few GETs)
             self._file = open_parquet(self.path, memory_map=False, pre_buffer=True)
+        except FileNotFoundError:  # gone since exists() above
+            raise InputError(self.path, f"{inst.name} signal file missing") from None
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(self.path, f"not a readable Parquet file: {exc}") from None
         meta = self._file.metadata
@@ -359,16 +366,26 @@ T = TypeVar("T")
 PAGE_DECODER_ENV = "ARIELSTREAM_DECODER"  # arielstream.io.pages.ENV, read there (pages.requested)
 
 
-def _page_reader(path: Path, file: pq.ParquetFile) -> Any:
+def _page_reader(path: DataPath, file: pq.ParquetFile) -> Any:
     """The opt-in page decoder's reader of ``file`` (:mod:`arielstream.io.pages`), or None.
 
     Without the variable set, the decoder (and numba, which it imports) is not loaded at all.
+    It reads a local file descriptor: a file under a URL is read with pyarrow.
     """
     if os.environ.get(PAGE_DECODER_ENV) is None:
+        return None
+    if isinstance(path, RemotePath):
+        _remote_with_pyarrow_once()
         return None
     from . import pages
 
     return pages.open_reader(path, file) if pages.requested() else None
+
+
+@functools.cache
+def _remote_with_pyarrow_once() -> None:
+    log.info("%s is set, but the page decoder reads local files only: files under a URL are read with pyarrow",
+             PAGE_DECODER_ENV)
 
 
 class _Failed:

@@ -19,16 +19,20 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..config.options import RunOptions
 from ..errors import ArielstreamError, InputError, MissingDependencyError, OutputError, RunInterrupted, flag
+from ..io import atomic
 from ..io.ledger import Ledger
-from ..io.output import PreparedOutput
+from ..io.output import PreparedOutput, key_of, new_part_path
+from ..io.parts import PartsLedger, PartTarget, PartTemplate
 from ..io.schema import STATUS_FAILED, STATUS_RUNNING
+from ..io.sidefiles import OutputFiles
+from ..io.storage import locator
 from ..io.store import checksum_scope
-from ..layout import INSTRUMENTS, Instrument
+from ..layout import INSTRUMENTS, Instrument, Observation
 from ..units import format_bytes
 from .budget import WorkerPlan
 from .observation import load_masters
@@ -65,15 +69,16 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _execute(tasks: list[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
-             ) -> Iterator[ObservationResult]:
-    """Results in completion order: in this process for one local job, else through joblib.
+def _execute(tasks: Iterable[Task], plan: WorkerPlan, backend: str, task_timeout: float | None,
+             in_coordinator: bool = False) -> Iterator[ObservationResult]:
+    """Results in completion order: in this process (``in_coordinator``), else through joblib.
 
-    One local job with a task timeout runs in a single worker process instead, so that
-    the timeout can be enforced and a dying task does not take the coordinator with it.
+    One local job with a task timeout (or in parts mode) runs in a single worker process
+    instead, so that the timeout can be enforced and a dying task does not take the
+    coordinator with it. ``tasks`` is read as the tasks are handed out.
     """
     if backend == "loky" and plan.jobs == 1:
-        if task_timeout is None:
+        if in_coordinator:
             for task in tasks:
                 yield run_task(task)
             return
@@ -163,7 +168,8 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
     running observations back to pending and propagates.
     """
     log.info("%s %s: %d of %d observation(s) of %d planet(s) to calibrate from %s/%s; %s; backend %s",
-             prepared.action, prepared.partial, len(prepared.todo), len(prepared.keys),
+             prepared.action, OutputFiles.of(job.output).parts if prepared.parts else prepared.partial,
+             len(prepared.todo), len(prepared.keys),
              len({p for p, _ in prepared.keys}), job.data_dir, job.split, worker_plan.describe(),
              options.backend)
     dispatcher = _Dispatcher(job, options, worker_plan, prepared, summary)
@@ -175,17 +181,18 @@ def dispatch(job: RunJob, options: RunOptions, worker_plan: WorkerPlan, prepared
                 dispatcher.round(todo)
                 todo = dispatcher.left_to_do()
                 if not todo:
+                    dispatcher.add_parts(prepared)
                     return
-            raise OutputError(f"{prepared.partial}: observations still unfinished after {MAX_ROUNDS} rounds; "
+            raise OutputError(f"{dispatcher.kept_in}: observations still unfinished after {MAX_ROUNDS} rounds; "
                               "run again to resume")
     except (KeyboardInterrupt, RunInterrupted):
-        Ledger(prepared.descriptors).abandon()
+        dispatcher.ledger.abandon()
         log.warning("interrupted: %d observation(s) done are kept in %s; run the same command to resume",
-                    sum(r.ok for r in summary.results), prepared.partial)
+                    sum(r.ok for r in summary.results), dispatcher.kept_in)
         raise
     except OutputError:  # the output cannot be written: stop; what is done stays in .partial for the rerun
         with contextlib.suppress(OutputError):  # the disk may refuse this too: the rerun reconciles it then
-            Ledger(prepared.descriptors).abandon()
+            dispatcher.ledger.abandon()
         raise
     finally:
         if dispatcher.bar is not None:
@@ -219,13 +226,20 @@ class _Dispatcher:
                  summary: RunSummary):
         self.job, self.options, self.plan = job, options, worker_plan
         self.descriptors, self.summary = prepared.descriptors, summary
-        self.ledger = Ledger(self.descriptors)  # the only writer of the observations' status, here
+        self.observations = prepared.observations  # what the .partial holds (or the parts): task indices refer to it
+        self.parts: PartsLedger | None = None  # parts mode: the bookkeeping is in memory, the parts on disk
+        self.kept_in = prepared.partial  # where what is done stays when the run stops
+        if prepared.parts:
+            self.parts = _parts_ledger(job, self.observations)
+            self.kept_in = self.parts.folder
+        # the only writer of the observations' status, here
+        self.ledger: Ledger | PartsLedger = self.parts or Ledger(self.descriptors)
         self.scope = checksum_scope(self.descriptors) if self.descriptors else None  # once, not in every worker
-        self.observations = prepared.observations  # what the .partial holds: task indices refer to it
         self.total = len(prepared.todo)  # observations left to do when the dispatch started
         self.fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
         self.parent = os.getpid() if options.backend == "loky" else None
-        self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None
+        self.in_coordinator = options.backend == "loky" and worker_plan.jobs == 1 and options.task_timeout is None \
+            and self.parts is None  # parts mode: a death in a worker process is counted in memory, as any other
         self.masters = None
         self.log_channel: LogChannel | DaskLogChannel | None = None  # set while workers forward their logs here
         self.unusable: dict[tuple[int, int], str] = {}  # (planet, visit) failed before dispatch, and why
@@ -253,14 +267,17 @@ class _Dispatcher:
 
     def task(self, index: int) -> Task:
         job, obs = self.job, self.observations[index]
-        return Task(index, obs, str(job.data_dir), job.config, job.layouts, self.descriptors,
+        return Task(index, obs, locator(job.data_dir), job.config, job.layouts, self.descriptors,
                     self.plan.chunk_bytes, self.plan.threads, self.parent, self.in_coordinator, self.masters,
                     job.manifest, self.log_channel, job.fingerprints.get((obs.planet_id, obs.visit), ""),
-                    scope=self.scope)
+                    scope=self.scope, part=None if self.parts is None else
+                    PartTarget(self.parts.template, str(self.parts.folder), self.parts.attempt(index)))
 
     def collect(self, result: ObservationResult) -> None:
         if result.status == STATUS_RUNNING:  # a revoked attempt: another one owns the observation
             return
+        if self.parts is not None and not self.parts.accept(result.index, result.part, result.status):
+            return  # its part is not what its result says: pending, computed again
         self.summary.results.append(result)
         _report(result, self.bar, len(self.summary.results), self.total)
         self.fault.coordinator_result(len(self.summary.results))
@@ -273,10 +290,12 @@ class _Dispatcher:
         for index, why in unusable.items():  # its calibration files do not read
             obs = self.observations[index]
             self.ledger.fail(index, why)
-            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, why))
+            part = "" if self.parts is None else self.parts.parts[index].name
+            self.collect(ObservationResult(index, obs.planet_id, obs.visit, STATUS_FAILED, why, part=part))
         todo = [i for i in todo if i not in unusable]
-        try:
-            for result in _execute([self.task(i) for i in todo], self.plan, self.options.backend, timeout):
+        try:  # each task made as it is handed out: in parts mode, an attempt is running from then on
+            for result in _execute((self.task(i) for i in todo), self.plan, self.options.backend, timeout,
+                                   self.in_coordinator):
                 self.collect(result)
         except _infrastructure_errors() as exc:
             # The pool is gone with every task in it: the culprit is among those running.
@@ -293,6 +312,14 @@ class _Dispatcher:
                 else:
                     self.collect(alone)
 
+    def add_parts(self, prepared: PreparedOutput) -> None:
+        """Parts mode, every observation finished: its part is what the published index refers to."""
+        if self.parts is None:
+            return
+        for index, path in self.parts.parts.items():
+            prepared.kept[key_of(self.observations[index])] = (path, 0)
+            prepared.sizes[path] = 1
+
     def left_to_do(self) -> list[int]:
         """After a round: what a dead worker left pending, else the done ones whose bytes fail their checksum."""
         todo = self.ledger.reconcile()
@@ -303,6 +330,16 @@ class _Dispatcher:
             log.warning("observation %d: bytes differ from its checksum; recomputing", index)
             self.ledger.reset(index)
         return mismatched
+
+
+def _parts_ledger(job: RunJob, observations: list[Observation]) -> PartsLedger:
+    """Parts mode: the template every part starts from, and the bookkeeping, numbering parts after those on disk."""
+    folder = OutputFiles.of(job.output).parts
+    with atomic.output_errors(folder, "create the parts folder"):
+        folder.mkdir(exist_ok=True)
+    template = PartTemplate.lay_out(observations[0], list(job.layouts.values()), job.attrs)
+    first = int(new_part_path(job.output).stem)
+    return PartsLedger(folder, first, template, [key_of(o) for o in observations])
 
 
 def _report(result: ObservationResult, bar: Any, done: int, total: int) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config.options import CalibrationConfig, RunOptions
 from ..errors import ArielstreamError
 from ..io import schema, store
+from ..io.storage import RemotePath
 from ..layout import AIRS
 from ..units import format_bytes
 from .budget import WorkerPlan
@@ -105,7 +106,7 @@ def _constant_core_seconds(config: CalibrationConfig, airs_frames: int) -> tuple
     return seconds * airs_frames / FULL_SIZE_AIRS_FRAMES, "measured constants, warm page cache"
 
 
-def _measured_core_seconds(data_dir: Path, config: CalibrationConfig, options: RunOptions,
+def _measured_core_seconds(data_dir: Path | RemotePath, config: CalibrationConfig, options: RunOptions,
                            planet: int) -> tuple[float, str]:
     """Calibrate ``planet`` into a temporary folder (removed after) and time its observations."""
     from .runner import calibrate
@@ -120,7 +121,7 @@ def _measured_core_seconds(data_dir: Path, config: CalibrationConfig, options: R
     return per_obs * threads, f"measured here on planet {planet} ({wall:.1f} s with {threads} thread(s))"
 
 
-def dry_run(data_dir: str | Path, config: CalibrationConfig, options: RunOptions, *,
+def dry_run(data_dir: str | Path | RemotePath, config: CalibrationConfig, options: RunOptions, *,
             output: str | Path | None = None, run_name: str | None = None,
             runs_dir: str | Path = DEFAULT_RUNS_DIR, measure: bool = False) -> DryRun:
     """What :func:`arielstream.run.runner.run_calibration` would do with these arguments; writes nothing.

@@ -7,7 +7,11 @@ How the run is executed (memory, jobs, backend, the kernel engine, which records
 itself per observation) is not part of it, and neither is where the data folder is:
 each observation records its input files by their path relative to the data folder
 with their sizes and modification times, so a data folder that moved (``mv``, ``cp -a``,
-another mount point) still matches, and a file that changed is recomputed.
+another mount point) still matches, and a file that changed is recomputed. A data folder
+given as a URL (:mod:`arielstream.io.storage`) is no different: the same URL again has
+nothing to do, and a local folder uploaded to a bucket keeps the output's identity, but its
+objects' modification times are the store's, so each observation is recomputed once
+(``--frozen`` refuses instead), as after a local copy that does not keep the times.
 
 The numerical code is the package version plus a digest of the modules on the
 numerical path (:data:`NUMERICAL_MODULES`) and of the output schema's numerical

@@ -56,6 +56,7 @@ from ..io.output import (
     OnDisk,
     PreparedOutput,
     Source,
+    _part_number,
     finish_publish,
     held_open,
     intact,
@@ -269,7 +270,8 @@ def _repair(plan: Plan, damaged: list[Key], current: dict[Key, Observation], ava
 def prepare_output(output: Path, observations: list[Observation], layouts: list[InstrumentLayout],
                    attrs: dict[str, Any], identity: dict[str, str], force: bool = False, *,
                    fingerprints: dict[Key, str] | None = None, frozen: bool = False, drop_missing: bool = False,
-                   extend: bool = True, on_disk: dict[Key, Observation] | None = None) -> PreparedOutput:
+                   extend: bool = True, on_disk: dict[Key, Observation] | None = None,
+                   parts: bool = False) -> PreparedOutput:
     """Carry out :func:`plan_output` on what is on disk: the ``.partial`` to compute into, laid out or resumed.
 
     ``fingerprints``: each observation's inputs now (:func:`arielstream.io.manifest.fingerprint`);
@@ -279,7 +281,10 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     ``observations``): what the output holds of the others is kept, whatever ``drop_missing``, and
     one of them whose part is lost or whose bytes are damaged is recomputed;
     ``extend=False``: the observations depend on each other (a master over the whole
-    dataset), so a changed observation list or input is refused instead.
+    dataset), so a changed observation list or input is refused instead;
+    ``parts``: parts mode (:mod:`arielstream.io.parts`): nothing is laid out, each observation
+    to compute gets a part of its own; a ``.partial`` left by a default-mode run becomes a part
+    when it holds done observations, and parts a killed run left are kept like any other.
     """
     output = Path(output)
     files = OutputFiles.of(output)
@@ -290,15 +295,27 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
     current = {key_of(o): o for o in observations}
     wanted = sorted(current)
     if force:
-        return lay_out_fresh(output, observations, layouts, attrs)
+        return _fresh_parts(output, observations) if parts else lay_out_fresh(output, observations, layouts, attrs)
     found = read_on_disk(output, lambda path: _identity_mismatch(path, identity, layouts))
+    fresh_from = _fresh_parts_from(files)
     if files.fresh.exists() and found.newest and found.newest[0].path == partial:  # a --force run stopped: it
         if found.newest[0].keys != wanted:  # goes on, alone
             log.warning("%s: the --force run that stopped was for other observations; starting it again", output)
             return lay_out_fresh(output, observations, layouts, attrs)
         found = OnDisk(found.newest[:1], {})
-    files.fresh.unlink(missing_ok=True)
+        files.fresh.unlink(missing_ok=True)
+    elif fresh_from is not None:  # a --force run in parts mode stopped: it goes on with its own parts alone
+        own = [s for s in found.newest if s.path.parent == files.parts and _part_number(s.path) >= fresh_from]
+        if any(key not in current for s in own for key in s.keys):
+            log.warning("%s: the --force run that stopped was for other observations; starting it again", output)
+            return _fresh_parts(output, observations) if parts else lay_out_fresh(output, observations, layouts,
+                                                                                  attrs)
+        found = OnDisk(own, {})  # the marker stays until the publish
+    else:
+        files.fresh.unlink(missing_ok=True)
     if not found.newest and not found.published and not found.lost:
+        if parts:
+            return _parts_for(observations, "new", partial, observations)
         return lay_out(files, observations, layouts, attrs, "new", observations)
     available = on_disk if on_disk is not None else current
     revived = [key for key in found.lost if key not in current and key in available]
@@ -317,7 +334,8 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
             return PreparedOutput("complete", partial, keys=plan.keys, counts=plan.counts)
         if damaged:
             _repair(plan, damaged, current, available, output)
-    prepared = _partial_for(output, found.newest, plan.kept, plan.todo, current, layouts, attrs, plan.action)
+    action = "resume" if parts and plan.kept and not found.published else plan.action  # a killed parts run's
+    prepared = _partial_for(output, found.newest, plan.kept, plan.todo, current, layouts, attrs, action, parts)
     prepared.keys, prepared.counts = plan.keys, plan.counts
     prepared.kept = {k: (s.path, i) for k, (s, i) in plan.kept.items() if s.path != partial}
     prepared.sizes = {s.path: len(s.keys) for s, _ in plan.kept.values() if s.path != partial}
@@ -326,18 +344,18 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
 
 def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Source, int]], todo_keys: list[Key],
                  current: dict[Key, Observation], layouts: list[InstrumentLayout], attrs: dict[str, Any],
-                 action: str) -> PreparedOutput:
+                 action: str, parts: bool = False) -> PreparedOutput:
     """The ``.partial`` that computes ``todo_keys``: the one there, resumed, if it holds just those; else a new one.
 
-    A ``.partial`` laid out for other observations becomes a part (the observations it
-    finished are kept from there), or is removed when it holds nothing kept.
+    A ``.partial`` laid out for other observations (or any, in parts mode) becomes a part
+    (the observations it finished are kept from there), or is removed when it holds nothing kept.
     """
     files = OutputFiles.of(output)
     partial = files.partial
     existing = newest[0] if newest and newest[0].path == partial else None
     if existing is not None:
         from_partial = {k for k, (s, _) in kept.items() if s is existing}
-        if set(existing.keys) == set(todo_keys) | from_partial:
+        if not parts and set(existing.keys) == set(todo_keys) | from_partial:
             ledger = Ledger(existing.descriptors)
             todo = ledger.reconcile(existing.status, retry_failed=True)
             for key in todo_keys:  # done there but no longer kept: inputs changed, or its checksum failed
@@ -358,6 +376,36 @@ def _partial_for(output: Path, newest: list[Source], kept: dict[Key, tuple[Sourc
         else:
             atomic.discard(partial)
     if not todo_keys:
-        return PreparedOutput(action, partial)
+        return PreparedOutput(action, partial, parts=parts)
     observations = [current[k] for k in todo_keys]
+    if parts:
+        return _parts_for(observations, action, partial, observations)
     return lay_out(files, observations, layouts, attrs, action, observations)
+
+
+def _parts_for(observations: list[Observation], action: str, partial: Path, keys_from: list[Observation],
+               ) -> PreparedOutput:
+    """Parts mode: ``observations`` to compute, each into a part of its own; nothing laid out here."""
+    return PreparedOutput(action, partial, {}, list(range(len(observations))), observations,
+                          [key_of(o) for o in keys_from], parts=True)
+
+
+def _fresh_parts(output: Path, observations: list[Observation]) -> PreparedOutput:
+    """Parts mode, ``--force``: every observation computed; the marker names this run's first part number.
+
+    A rerun after a kill goes on with the parts numbered from there alone (:func:`_fresh_parts_from`).
+    """
+    files = OutputFiles.of(output)
+    atomic.discard(files.partial)  # a default-mode run's: nothing older is kept
+    with atomic.output_errors(files.fresh, "mark the --force run"):
+        files.fresh.write_text(str(_part_number(new_part_path(output))))
+    return _parts_for(observations, "new", files.partial, observations)
+
+
+def _fresh_parts_from(files: OutputFiles) -> int | None:
+    """The first part number of a stopped ``--force`` run in parts mode (its marker's content), else None."""
+    try:
+        text = files.fresh.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

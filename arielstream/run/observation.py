@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +66,7 @@ from ..io.schema import (
     Field,
 )
 from ..io.signal import SignalFile, plan_chunks, prefetch
+from ..io.storage import DataPath, relative_name
 from ..io.store import ArrayDescriptor, InstrumentLayout, write_slice
 from ..layout import AIRS, FGS1_WAVELENGTH_UM, INSTRUMENTS, Instrument, Observation, frames_per_bin
 
@@ -452,7 +452,7 @@ _COUNT_STEP = {"cosmic_ray_samples": "cosmic_rays", "spatial_outliers": "spatial
                "interpolated": "interpolate_bad_pixels"}
 
 
-def instrument_provenance(arrays: InstrumentArrays, counts: dict[str, int], root: Path) -> dict[str, Any]:
+def instrument_provenance(arrays: InstrumentArrays, counts: dict[str, int], root: DataPath) -> dict[str, Any]:
     """The steps' status, the calibration files used (relative to ``root``) and the counts of the steps that ran."""
     sources = {k: (v if v == "missing" or v.startswith("master") else _relative(v, root))
                for k, v in arrays.cal.sources.items()}
@@ -465,11 +465,8 @@ def instrument_provenance(arrays: InstrumentArrays, counts: dict[str, int], root
     }
 
 
-def _relative(path: str, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return path
+def _relative(path: str, root: DataPath) -> str:
+    return relative_name(path, root)  # a file under a URL too: provenance names it as a local run would
 
 
 def calibrate_observation(obs: Observation, index: int, info: DatasetInfo, config: CalibrationConfig,

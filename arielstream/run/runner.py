@@ -60,9 +60,10 @@ from ..errors import (
     RunInterrupted,
     flag,
 )
-from ..io.manifest import check_manifest_covers, fingerprint, observation_inputs, resolve_manifest
+from ..io.manifest import check_manifest_covers, input_fingerprints, resolve_manifest
 from ..io.output import OutputFiles, RunLock, check_write_targets, publish
 from ..io.schema import ERROR, PLANET_ID, STATUS, STATUS_NAMES, VISIT
+from ..io.storage import DataPath, RemotePath, data_folder, describe, local_output
 from ..io.store import InstrumentLayout
 from ..layout import AIRS, INSTRUMENTS, Observation, discover_observations, frames_per_bin
 from ..units import format_bytes, parse_bytes
@@ -274,13 +275,14 @@ def _statuses(output: Path) -> list[tuple]:
             for p, v, s, e in zip(planets, visits, status, errors, strict=True)]
 
 
-def calibrate(data_dir: str | Path, output: str | Path | None = None, *, split: str = "train",
+def calibrate(data_dir: str | Path | RemotePath, output: str | Path | None = None, *, split: str = "train",
               planets: list[int] | None = None, config: CalibrationConfig | None = None,
               memory: str | int = DEFAULT_MEMORY, jobs: int | None = None, backend: str = "loky",
               scheduler: str | None = None, task_timeout: float | None = None, force: bool = False,
               progress: bool | None = None, log_file: bool = True, chunk_bytes: int | None = None,
               run: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR,
-              verify_inputs: str | None = None, frozen: bool = False, drop_missing: bool = False) -> RunSummary:
+              verify_inputs: str | None = None, frozen: bool = False, drop_missing: bool = False,
+              parts: bool | None = None) -> RunSummary:
     """Calibrate every visit of the chosen planets of ``data_dir/split`` into ``output``.
 
     The options after ``output`` are keyword-only; they are those of
@@ -291,7 +293,8 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, *, split: 
     Parameters
     ----------
     data_dir : str or Path
-        The ADC2025 data folder (``train.csv``, ``<split>/<planet_id>/...``).
+        The ADC2025 data folder (``train.csv``, ``<split>/<planet_id>/...``): a local folder, or a URL
+        (``s3://bucket/prefix``, ``gs://...``) that every task reads through pyarrow's filesystems.
     output : str or Path, optional
         The HDF5 file to write, resume or extend. Give either ``output`` or ``run``.
     split : str
@@ -331,6 +334,10 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, *, split: 
         Refuse, instead of recomputing, observations whose input files changed.
     drop_missing : bool
         Leave out of the output the observations no longer in the data folder.
+    parts : bool, optional
+        Parts mode: each observation is written into a part file of its own with ordinary
+        writes and the output is published as an index over them (storage with NFS
+        semantics suffices; :mod:`arielstream.io.parts`). ``None``: on with ``backend="dask"``.
 
     Returns
     -------
@@ -357,12 +364,12 @@ def calibrate(data_dir: str | Path, output: str | Path | None = None, *, split: 
     options = RunOptions(split=split, planets=None if planets is None else tuple(int(p) for p in planets),
                          memory=str(memory), jobs=jobs, backend=backend, scheduler=scheduler,
                          task_timeout=task_timeout, force=force, progress=progress, log_file=log_file,
-                         verify_inputs=verify_inputs, frozen=frozen, drop_missing=drop_missing)
+                         verify_inputs=verify_inputs, frozen=frozen, drop_missing=drop_missing, parts=parts)
     return run_calibration(data_dir, config or CalibrationConfig(), options, output=output, run_name=run,
                            runs_dir=runs_dir, chunk_bytes=chunk_bytes)
 
 
-def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: RunOptions, *,
+def run_calibration(data_dir: str | Path | RemotePath, config: CalibrationConfig, options: RunOptions, *,
                     output: str | Path | None = None, run_name: str | None = None,
                     runs_dir: str | Path = DEFAULT_RUNS_DIR, chunk_bytes: int | None = None) -> RunSummary:
     """:func:`calibrate` with its options as a :class:`RunOptions`: identity, plan, dispatch, summary."""
@@ -370,8 +377,9 @@ def run_calibration(data_dir: str | Path, config: CalibrationConfig, options: Ru
         return _run_calibration(data_dir, config, options, output, run_name, runs_dir, chunk_bytes)
 
 
-def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: RunOptions, output: str | Path | None,
-                     run_name: str | None, runs_dir: str | Path, chunk_bytes: int | None) -> RunSummary:
+def _run_calibration(data_dir: str | Path | RemotePath, config: CalibrationConfig, options: RunOptions,
+                     output: str | Path | None, run_name: str | None, runs_dir: str | Path,
+                     chunk_bytes: int | None) -> RunSummary:
     t_start = time.perf_counter()
     budget = checked_budget(options, chunk_bytes)  # a bad size or budget fails before anything is created
     job = identify(data_dir, config, options, output, run_name, runs_dir)
@@ -389,7 +397,8 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
         prepared = prepare_output(job.output, job.observations, layouts, job.attrs, job.identity, options.force,
                                   fingerprints=job.fingerprints, frozen=options.frozen,
                                   drop_missing=options.drop_missing,
-                                  extend=job.config.master_calibration != "dataset", on_disk=job.on_disk)
+                                  extend=job.config.master_calibration != "dataset", on_disk=job.on_disk,
+                                  parts=options.uses_parts)
         summary.action, summary.counts = prepared.action, prepared.counts
         # said when there is work to do; a complete run's log is its one line (debug output has them)
         _report_dropped(job, logging.DEBUG if prepared.action == "complete" else None)
@@ -414,7 +423,7 @@ def _run_calibration(data_dir: str | Path, config: CalibrationConfig, options: R
 class RunJob:
     """What a run calibrates, where, and what identifies its output."""
 
-    data_dir: Path  # absolute: tasks may run in other working directories (dask workers on other machines)
+    data_dir: DataPath  # absolute (tasks may run in other working directories), or a URL (io/storage.py)
     split: str
     output: Path  # absolute
     config: CalibrationConfig
@@ -427,7 +436,7 @@ class RunJob:
     on_disk: dict[tuple[int, int], Observation] = field(default_factory=dict)  # the data folder's, selected or not
 
 
-def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOptions,
+def identify(data_dir: str | Path | RemotePath, config: CalibrationConfig, options: RunOptions,
              output: str | Path | None, run_name: str | None, runs_dir: str | Path, *, create: bool = True,
              ) -> RunJob:
     """Stage 1: the input, the output path and the output's identity; a named run's folder is created.
@@ -436,7 +445,8 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     """
     if (output is None) == (run_name is None):
         raise ValueError("give either an output file or a run name (not both)")
-    data_dir = Path(data_dir).resolve()
+    data_dir = data_folder(data_dir)
+    output = None if output is None else local_output(output)  # a URL: refused, the output is written here
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise OutputError(f"{Path(output).resolve().parent}: output folder does not exist")
     if output is not None and Path(output).is_dir():
@@ -463,10 +473,9 @@ def identify(data_dir: str | Path, config: CalibrationConfig, options: RunOption
     on_disk = observations if options.planets is None else discover_observations(data_dir, options.split)
     layouts = {name: instrument_layout(INSTRUMENTS[name], info, config) for name in config.instruments}
     run_identity = identity.run_identity(config, options.split)
-    attrs = {**run_identity, "source": str(data_dir), "profile": config.profile, "recipe": describe_recipe(),
+    attrs = {**run_identity, "source": describe(data_dir), "profile": config.profile, "recipe": describe_recipe(),
              "wavelength_order": config.wavelength_order}
-    fingerprints = {(o.planet_id, o.visit): fingerprint(observation_inputs(
-        o, data_dir, config.instruments, config.master_calibration == "planet"), data_dir) for o in on_disk}
+    fingerprints = input_fingerprints(on_disk, data_dir, config.instruments, config.master_calibration == "planet")
     check_manifest_covers(manifest, observations, data_dir, config.instruments, config.master_calibration == "planet")
     return RunJob(data_dir, options.split, files.path, config, observations, layouts, run_identity,
                   attrs, manifest, fingerprints, {(o.planet_id, o.visit): o for o in on_disk})

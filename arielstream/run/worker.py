@@ -18,7 +18,19 @@ Test hooks (fault injection, read from ``ARIELSTREAM_FAULT``; never set them in 
     that observation hangs at its first chunk (sleeps for an hour) after creating
     ``MARKER``, on every attempt: the run cannot finish before a test acts on it;
 ``kill-coordinator:N``
-    the coordinator kills itself after N results.
+    the coordinator kills itself after N results;
+``hang-once:PLANET:VISIT:MARKER``
+    that observation hangs at its first chunk after writing its process id into
+    ``MARKER``, only while ``MARKER`` does not exist (a test then kills that worker);
+``kill-publishing:PLANET:VISIT[:MARKER]`` (parts mode)
+    a worker kills itself once that observation's part is whole under its temporary
+    name in the parts folder, before linking it to its part name (with ``MARKER``:
+    once, writing that temporary name into it);
+``hang-published:PLANET:VISIT:MARKER`` (parts mode)
+    that observation hangs once its part is published, after creating ``MARKER``.
+
+In parts mode (:mod:`arielstream.io.parts`) a task calibrates into a part in its own
+temporary folder and publishes it into the output's parts folder; its result names the part.
 """
 
 from __future__ import annotations
@@ -30,16 +42,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..config.options import CalibrationConfig
 from ..errors import ArielstreamError, OutputError, flag
+from ..io.atomic import discard
 from ..io.dataset import DatasetInfo, read_dataset_info
 from ..io.ledger import Ledger
-from ..io.schema import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
+from ..io.parts import PartTarget, local_part, publish_part
+from ..io.schema import STATUS, STATUS_DONE, STATUS_FAILED, STATUS_RUNNING
+from ..io.storage import RemotePath, data_path, locator, stamp
 from ..io.store import ArrayDescriptor, ChecksumScope, InstrumentLayout
 from ..layout import Observation
 from ..units import format_bytes
@@ -66,7 +81,9 @@ class Task:
 
     index: int
     observation: Observation
-    data_dir: str
+    # a local folder, or the data folder's full URL (io/storage.locator): it may hold credentials, so a task's
+    # repr (in a dask worker's log of a failed task) leaves it out; the observation's folder shows without them
+    data_dir: str = field(repr=False)
     config: CalibrationConfig
     layouts: dict[str, InstrumentLayout]
     descriptors: dict[str, ArrayDescriptor]
@@ -79,6 +96,7 @@ class Task:
     log_channel: LogChannel | DaskLogChannel | None = None  # where a worker sends its log records (run/worker_logs.py)
     inputs: str = ""  # fingerprint of its input files, recorded beside it (io/manifest.fingerprint)
     scope: ChecksumScope | None = None  # the output's keys, axes, attributes its checksum covers (read once)
+    part: PartTarget | None = None  # parts mode: the part to write and publish (descriptors unused)
 
 
 @dataclass
@@ -94,6 +112,7 @@ class ObservationResult:
     pid: int = 0
     peak_rss: int = 0
     out_of_memory: bool = False  # failed for want of memory, not for its input
+    part: str = ""  # parts mode: the part it published (NNNN.h5 in the parts folder)
 
     @property
     def ok(self) -> bool:
@@ -102,16 +121,14 @@ class ObservationResult:
 
 
 @lru_cache(maxsize=4)
-def _dataset_info(data_dir: str, stamp: tuple[float, ...]) -> DatasetInfo:
-    return read_dataset_info(data_dir)
+def _dataset_info(data_dir: str, stamps: tuple[tuple[int, int | None] | None, ...]) -> DatasetInfo:
+    return read_dataset_info(data_path(data_dir))
 
 
-def dataset_info(data_dir: str | Path) -> DatasetInfo:
-    """The dataset-level files, read once per process (re-read if they change)."""
-    root = Path(data_dir)
-    stamp = tuple((root / name).stat().st_mtime if (root / name).exists() else -1.0
-                  for name in ("adc_info.csv", "axis_info.parquet"))
-    return _dataset_info(str(root), stamp)
+def dataset_info(data_dir: str | Path | RemotePath) -> DatasetInfo:
+    """The dataset-level files, read once per process (re-read if they change); a local folder or a URL."""
+    root = data_path(data_dir)
+    return _dataset_info(locator(root), tuple(stamp(root / name) for name in ("adc_info.csv", "axis_info.parquet")))
 
 
 class _Fault:
@@ -134,6 +151,11 @@ class _Fault:
             if marker is not None:
                 marker.touch()
             time.sleep(HANG_SECONDS)
+        elif self.kind == "hang-once" and self._targets(obs):
+            marker = self._marker()
+            if marker is not None and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                time.sleep(HANG_SECONDS)
         elif self.kind == "kill-worker" and self._targets(obs):
             marker = self._marker()
             if marker is not None:
@@ -141,6 +163,22 @@ class _Fault:
                     return
                 marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def publishing(self, obs: Observation, temp: Path) -> None:
+        if self.kind == "kill-publishing" and self._targets(obs):
+            marker = self._marker()
+            if marker is not None:
+                if marker.exists():
+                    return
+                marker.write_text(str(temp))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def published(self, obs: Observation) -> None:
+        if self.kind == "hang-published" and self._targets(obs):
+            marker = self._marker()
+            if marker is not None:
+                marker.touch()
+            time.sleep(HANG_SECONDS)
 
     def coordinator_result(self, n_results: int) -> None:
         if self.kind == "kill-coordinator" and n_results >= int(self.args[0]):
@@ -172,9 +210,8 @@ def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
 
 
 def run_task(task: Task) -> ObservationResult:
-    """Calibrate one observation and record its outcome in the file; never raises for bad input."""
+    """Calibrate one observation and record its outcome in its file or part; never raises for bad input."""
     t0 = time.perf_counter()
-    obs, index, descriptors = task.observation, task.index, task.descriptors
     in_worker = task.parent_pid is not None and os.getpid() != task.parent_pid
     if in_worker:
         # Ctrl-C on a terminal reaches the whole process group: the coordinator stops the run and its
@@ -186,17 +223,38 @@ def run_task(task: Task) -> ObservationResult:
     if in_worker and task.parent_pid is not None:
         _watch_parent(task.parent_pid)  # started already where the pool ran it as the initializer
     if task.log_channel is not None and (in_worker or isinstance(task.log_channel, DaskLogChannel)):
-        forward_to(task.log_channel, obs.label)
+        forward_to(task.log_channel, task.observation.label)
     pin_threads(task.threads)
     _system_arrow_pool()
     fault = _Fault(os.environ.get("ARIELSTREAM_FAULT"))
+    if task.part is None:
+        return _calibrate_into(task, task.descriptors, task.index, task.scope, in_worker, fault, t0)
+    obs, target = task.observation, task.part
+    key = (obs.planet_id, obs.visit)
+    with local_part(target.template, key) as local:
+        outcome = _calibrate_into(task, target.template.descriptors(local), 0, target.template.scope_for(key),
+                                  in_worker, fault, t0)
+        published = publish_part(local, Path(target.folder), target.name, lambda temp: fault.publishing(obs, temp))
+    if not published:  # left by an attempt the coordinator gave up on: this one is computed again
+        log.warning("%s: part %s is already there; not replaced", obs.label, target.name)
+        outcome.status, outcome.error = STATUS_RUNNING, "part name taken"
+        return outcome
+    fault.published(obs)
+    outcome.part, outcome.seconds = target.name, time.perf_counter() - t0
+    return outcome
+
+
+def _calibrate_into(task: Task, descriptors: dict[str, ArrayDescriptor], slot: int, scope: ChecksumScope | None,
+                    in_worker: bool, fault: _Fault, t0: float) -> ObservationResult:
+    """Calibrate ``task``'s observation into observation ``slot`` of ``descriptors``; its result (``task.index``)."""
+    obs, index = task.observation, task.index
     ledger = Ledger(descriptors)
-    token = ledger.claim(index, count_attempt=task.in_coordinator)  # in the coordinator, a death is its own
+    token = ledger.claim(slot, count_attempt=task.in_coordinator)  # in the coordinator, a death is its own
 
     def checkpoint() -> None:
         if in_worker and os.getppid() != task.parent_pid:
             raise OrphanedWorker()
-        if ledger.owner(index) != token:
+        if ledger.owner(slot) != token:
             raise Superseded()
         fault.worker_chunk(obs)
 
@@ -208,10 +266,12 @@ def run_task(task: Task) -> ObservationResult:
 
     try:
         info = dataset_info(task.data_dir)
-        provenance = calibrate_observation(obs, index, info, task.config, task.layouts, descriptors,
+        provenance = calibrate_observation(obs, slot, info, task.config, task.layouts, descriptors,
                                            task.chunk_bytes, checkpoint, task.masters, task.manifest)
     except OrphanedWorker:
         log.warning("%s: the coordinator is gone; abandoning it", obs.label)
+        if task.part is not None:  # its local part: nobody else would remove it
+            discard(Path(descriptors[STATUS].path))
         os._exit(1)
     except Superseded:
         log.warning("%s: this attempt was revoked by the coordinator; abandoning it", obs.label)
@@ -221,14 +281,14 @@ def run_task(task: Task) -> ObservationResult:
     except Exception as exc:  # bad input fails this observation alone; so do a bug and a lack of memory
         message, oom = _failure_message(obs, exc, task.chunk_bytes), is_out_of_memory(exc)
     else:
-        if ledger.owner(index) != token:
+        if ledger.owner(slot) != token:
             return result(STATUS_RUNNING, "revoked")
-        ledger.done(index, provenance, task.inputs, task.scope)
+        ledger.done(slot, provenance, task.inputs, scope)
         _after_observation(in_worker)
         return result(STATUS_DONE)
-    if ledger.owner(index) != token:
+    if ledger.owner(slot) != token:
         return result(STATUS_RUNNING, "revoked")
-    ledger.fail(index, message)
+    ledger.fail(slot, message)
     return result(STATUS_FAILED, message, oom)
 
 
