@@ -41,7 +41,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
 
-## Speed and memory against the Parquet decode floor and the notebook (several minutes; not part of make test).
+## Speed and memory against the decode floors (physical and best pyarrow, per Parquet layout) and the notebook
+## (many minutes; not part of make test).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
@@ -49,6 +50,11 @@ bench: $(STAMP)
 .PHONY: bench-science
 bench-science: $(STAMP)
 	$(BIN)/python -m benchmarks.science $(SCIENCE_ARGS)
+
+## A dask cluster on this machine (1, 2, 4 workers, parts mode) and the full archive's arithmetic (not part of make test).
+.PHONY: bench-cluster
+bench-cluster: $(STAMP)
+	$(BIN)/python -m benchmarks.cluster $(CLUSTER_ARGS)
 
 ## Regenerate data_samples/ from the simulator (fixed seed): only when the simulator changes.
 data-samples: $(STAMP)

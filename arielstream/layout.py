@@ -80,6 +80,9 @@ FGS1_WAVELENGTH_UM = 0.7  # wl_1 of wavelengths.csv
 # Parquet codecs the signal and calibration files may be written with (``arielstream simulate --compression``;
 # here, not in the simulator, so that the command's parser does not load it)
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+# ... and how they are laid out (``--parquet-layout``; what each means: arielstream.simulate.layouts)
+PARQUET_LAYOUTS = ("pyarrow", "polars", "zstd-dictionary")
+DEFAULT_LAYOUT = "pyarrow"
 
 _SIGNAL_RE = re.compile(rf"^(?P<inst>{'|'.join(map(re.escape, INSTRUMENTS))})_signal_(?P<visit>\d+)\.parquet$")
 

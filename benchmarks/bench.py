@@ -7,13 +7,16 @@ process (so that its peak RSS is its own) on the same files, and is repeated;
 medians are reported. The table, with the ratios and the machine, is printed and
 written into ``BENCHMARKS.md`` between the ``bench:begin``/``bench:end`` markers.
 
-    python -m benchmarks.bench [--planets 4] [--repeats 3] [--notebook-nl] [--part all|core|dq|append]
+    python -m benchmarks.bench [--planets 4] [--repeats 3] [--notebook-nl] [--part all|core|dq|append|decode]
                                [--append-base 100] [--no-write]
 
 ``core`` is the engine against the floor and the notebook, and the throughput;
 ``dq`` the cost of each optional data-quality step on one full-size observation;
 ``append`` the cost of adding one observation to an output of ``--append-base``
-(a rerun of ``calibrate`` extending it) against calibrating one into a fresh output.
+(a rerun of ``calibrate`` extending it) against calibrating one into a fresh output;
+``decode`` the default, full and numexpr profiles, with either decoder, against the physical
+floor and the best pyarrow decode, on each of the simulator's three Parquet layouts
+(:mod:`benchmarks.decode`; ``--planets`` planets per layout).
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import summary
+from . import decode, summary
 
 REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DQ_BEGIN, DQ_END = "<!-- bench-dq:begin -->", "<!-- bench-dq:end -->"
+DECODE_BEGIN, DECODE_END = "<!-- bench-decode:begin -->", "<!-- bench-decode:end -->"
 APPEND_BEGIN, APPEND_END = "<!-- bench-append:begin -->", "<!-- bench-append:end -->"
 APPEND_FIRST_ID = 1000001  # the ids of the symlinked copies of one planet (append part)
 APPEND_TARGET = 1.2  # append / fresh wall time
@@ -195,13 +200,13 @@ def measure_throughput(data: str, out: str, jobs: int) -> dict:
 
 
 MEASURES = {"floor": measure_floor, "arielstream": measure_arielstream, "notebook": measure_notebook,
-            "profile": measure_profile, "throughput": measure_throughput}
+            "profile": measure_profile, "throughput": measure_throughput, **decode.MEASURES}
 
 # ---------------------------------------------------------------- driver
 
 
-def _child(kind: str, *args, env: dict[str, str] | None = None) -> dict:
-    """One measurement in a fresh process.
+def _child(kind: str, *args, env: Mapping[str, str | None] | None = None) -> dict:
+    """One measurement in a fresh process; ``env``: variables to set, or to remove where None.
 
     Every process but the notebook's starts with the allocators a worker of a run starts
     with (Arrow's system pool, one malloc arena: ``runner._worker_environment``), which
@@ -213,8 +218,9 @@ def _child(kind: str, *args, env: dict[str, str] | None = None) -> dict:
     worker = {} if kind == "notebook" else {ARROW_POOL_ENV: "system", ARENA_ENV: str(MALLOC_ARENAS)}
     code = ("import json, sys; from benchmarks.bench import MEASURES; "
             f"print('@@' + json.dumps(MEASURES[{kind!r}](*json.loads(sys.argv[1]))))")
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **worker, **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **worker, **(env or {})})
+                          env={name: value for name, value in environment.items() if value is not None})
     if proc.returncode:
         raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.split("@@")[-1])
@@ -235,16 +241,26 @@ def _summarise(runs: list[dict]) -> dict:
     return out
 
 
-def ensure_data(root: Path, planets: int) -> list[int]:
-    """Ids of ``planets`` full-size simulated planets under ``root``, simulating them the first time."""
+def ensure_data(root: Path, planets: int, compression: str = "zstd", parquet_layout: str = "pyarrow") -> list[int]:
+    """Ids of ``planets`` full-size simulated planets under ``root``, simulating them the first time.
+
+    ``compression`` and ``parquet_layout`` as ``simulate_dataset`` takes them: a folder simulated
+    with others is simulated again.
+    """
     from arielstream.simulate import simulate_dataset
 
     marker = root / "simulation_truth" / "manifest.json"
     ids = sorted(int(p.name) for p in (root / "train").glob("*")) if (root / "train").is_dir() else []
-    if marker.exists() and len(ids) >= planets and json.loads(marker.read_text()).get("scale") == 1.0:
-        return ids[:planets]
-    print(f"simulating {planets} full-size planets into {root} (once; ~25 s each) ...", flush=True)
-    simulate_dataset(root, n_planets=planets, scale=1.0, seed=2025, two_visit_fraction=0.0)
+    if marker.exists() and len(ids) >= planets:
+        manifest = json.loads(marker.read_text())
+        run = manifest.get("splits", {}).get("train", {})
+        if manifest.get("scale") == 1.0 and run.get("compression", "zstd") == compression and \
+                run.get("parquet_layout", "pyarrow") == parquet_layout:
+            return ids[:planets]
+    print(f"simulating {planets} full-size planets into {root} ({parquet_layout} layout, {compression}; once; "
+          "~25 s each) ...", flush=True)
+    simulate_dataset(root, n_planets=planets, scale=1.0, seed=2025, two_visit_fraction=0.0, compression=compression,
+                     parquet_layout=parquet_layout)
     return sorted(int(p.name) for p in (root / "train").glob("*"))[:planets]
 
 
@@ -284,19 +300,20 @@ def main(argv: list[str] | None = None) -> int:
                         "(default $ARIELSTREAM_BENCH_DIR or ~/.cache/arielstream-bench)",
                         default=Path(os.environ.get("ARIELSTREAM_BENCH_DIR", Path.home() / ".cache" /
                                                     "arielstream-bench")))
-    parser.add_argument("--part", choices=["all", "core", "dq", "append"], default="all",
+    parser.add_argument("--part", choices=["all", "core", "dq", "append", "decode"], default="all",
                         help="core: engine, notebook, throughput; dq: the data-quality steps; append: adding one "
-                        "observation to an existing output (default all)")
+                        "observation to an existing output; decode: the profiles against the decode floors on "
+                        "each Parquet layout (default all)")
     parser.add_argument("--append-base", type=int, default=100, metavar="N",
                         help="observations in the output the append part extends (default 100)")
     args = parser.parse_args(argv)
     if args.append_base < 1:
         parser.error("--append-base must be at least 1")
     root = args.data
-    planets = ensure_data(root, 1 if args.part == "append" else args.planets)
-    data, planet = str(root), planets[0]
+    planets = [] if args.part == "decode" else ensure_data(root, 1 if args.part == "append" else args.planets)
+    data, planet = str(root), planets[0] if planets else 0
     tmp = root / "out"
-    tmp.mkdir(exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     print(f"machine: {describe_machine()}", flush=True)
     if args.part in ("all", "core"):
         _write_block(core_table(args, data, planet, planets, tmp), MARK_BEGIN, MARK_END,
@@ -307,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "append"):
         _write_block(append_table(args, root, planet), APPEND_BEGIN, APPEND_END,
                      "## Appending to a growing output (`make bench`)", args.no_write)
+    if args.part in ("all", "decode"):
+        _write_block(decode.decode_table(root, args.planets, args.repeats, tmp, _child, ensure_data,
+                                         describe_machine()),
+                     DECODE_BEGIN, DECODE_END, "## Decode per Parquet layout (`make bench`, latest run)", args.no_write)
     return 0
 
 

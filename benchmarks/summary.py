@@ -61,7 +61,7 @@ def _machine(block: str) -> str:
 
 
 def render(text: str) -> str:
-    """The summary table of BENCHMARKS.md's ``text``, from its ``bench``, ``bench-append`` and ``science`` sections."""
+    """The summary table of BENCHMARKS.md's ``text``, from its bench, bench-append, bench-decode, science sections."""
     bench = section(text, "bench")
     ours = row(bench, "bench", "**arielstream**, default profile, one worker")
     floor = row(bench, "bench", "decode floor: pyarrow")
@@ -95,6 +95,13 @@ def render(text: str) -> str:
         f"| append 1 observation to a grown output | {appended[1]} s, {_plain(appended[4]).split(' ')[0]} × "
         f"calibrating it into a new file ({fresh[1]} s) |",
     ]
+    decode = section(text, "bench-decode")
+    formats = row(decode, "bench-decode", "s per observation")[1:]
+    for decoder in ("pyarrow decoder", "`ARIELSTREAM_DECODER=pages`"):
+        cells = row(decode, "bench-decode", f"**default profile**, {decoder}")[1:]
+        lines.append(f"| calibrate, default profile, {decoder}, per Parquet layout ({' / '.join(formats)}): s per "
+                     f"observation, × the best pyarrow decode, × the physical floor, peak RSS (`make bench`, decode) | "
+                     f"{' / '.join(_plain(c) for c in cells)} |")
     science = section(text, "science")
     ratios = {name: row(science, "science", name, "default") for name in SCIENCE_SETS}
     spectra = "| set | prediction | score"  # the table of scores

@@ -13,13 +13,19 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from arielstream.layout import AIRS, AIRS_CUT, CALIBRATION_NAMES, FGS1
+from arielstream.cli import app as cli
+from arielstream.cli.exits import EXIT_CONFIG
+from arielstream.io import pages
+from arielstream.io.signal import SignalFile
+from arielstream.layout import AIRS, AIRS_CUT, CALIBRATION_NAMES, FGS1, PARQUET_LAYOUTS
 from arielstream.simulate import dataset as sim
 from arielstream.simulate.dataset import frame_counts, simulate_dataset
+from arielstream.simulate.layouts import writer_options
 
 from .conftest import REFERENCE
 
@@ -168,7 +174,7 @@ def test_axis_times_and_wavelengths_reproduce_the_real_file():
     {"n_planets": 0}, {"n_planets": 1.5}, {"scale": 0}, {"seed": -1}, {"split": "val"},
     {"two_visit_fraction": 1.5}, {"background_fraction": -0.1}, {"row_group_frames": 0},
     {"cosmic_rate": -1.0}, {"compression": "xz"}, {"trace_hot_pixels": -1}, {"trace_hot_pixels": 283},
-    {"trace_hot_pixels": 2.0},
+    {"trace_hot_pixels": 2.0}, {"parquet_layout": "parquet"}, {"parquet_layout": "polars", "compression": "snappy"},
 ])
 def test_bad_arguments_raise_before_writing(tmp_path, kwargs):
     args = {"n_planets": 1, "scale": 0.005, **kwargs}
@@ -583,3 +589,155 @@ def test_trace_hot_pixels_change_only_their_dark(tmp_path):
         extra = (b["dark_airs"].ravel() - a["dark_airs"].ravel())[chosen] * EXPOSURE[AIRS.name][1] * GAIN
         measured = (raw_b[1::2, chosen] - raw_a[1::2, chosen]).mean(axis=0)
         np.testing.assert_allclose(measured, extra, rtol=0.1, atol=1.0)
+
+
+# ---------------------------------------------------------------- Parquet layouts
+@pytest.fixture(scope="module")
+def sim_layouts(tmp_path_factory, sim_a):
+    """Planet 0 of sim_a in every layout (the pyarrow one is sim_a itself): ``({layout: root}, (pid, visits))``."""
+    root, result = sim_a
+    roots = {"pyarrow": root}
+    for layout in PARQUET_LAYOUTS:
+        if layout != "pyarrow":
+            roots[layout] = tmp_path_factory.mktemp(f"sim_{layout}")
+            simulate_dataset(roots[layout], n_planets=1, scale=SCALE, seed=SEED, background_fraction=1.0,
+                             parquet_layout=layout)
+    return roots, result[0]
+
+
+def page_list(path: Path, meta: pq.ColumnChunkMetaData | None = None,
+              raw: np.ndarray | None = None) -> list[tuple[int, ...]]:
+    """``(page type, encoding, values, has a CRC)`` of each page of a column chunk (arielstream.io.pages' parser).
+
+    ``meta``: the chunk (default: the first column of the first row group); ``raw``: the file's bytes.
+    """
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(0) if meta is None else meta
+    raw = np.fromfile(path, np.uint8) if raw is None else raw
+    pos = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+    end = pos + meta.total_compressed_size
+    h = np.zeros(pages.N_HEADER, np.int64)
+    found = []
+    while pos < end:
+        data = int(pages._header(raw, pos, end, h))
+        assert data > 0, f"{path}: a page header the parser refuses"
+        found.append((int(h[pages.H_TYPE]), int(h[pages.H_ENC]), int(h[pages.H_NVAL]), int(h[pages.H_HAS_CRC])))
+        pos = data + int(h[pages.H_COMP])
+    return found
+
+
+def check_layout_of(path: Path, layout: str, columns: list[int]) -> None:
+    """The file and its ``columns`` are as ``layout`` says (arielstream.simulate.layouts)."""
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    raw = np.fromfile(path, np.uint8)
+    assert meta.num_row_groups == 1
+    for j in columns:
+        chunk = meta.row_group(0).column(j)
+        assert chunk.compression == "ZSTD", (path, j)
+        assert chunk.has_offset_index == chunk.has_column_index == (layout != "pyarrow"), (path, j)
+        assert meta.schema.column(j).max_definition_level == (0 if layout == "pyarrow" and "signal" in path.name
+                                                              else 1)  # REQUIRED or OPTIONAL
+        found = page_list(path, chunk, raw)
+        assert not any(crc for *_, crc in found)
+        kinds = [(kind, encoding) for kind, encoding, *_ in found]
+        rows = meta.num_rows
+        if layout == "polars" or chunk.physical_type == "BOOLEAN":  # (pyarrow dictionary-encodes no booleans)
+            assert set(chunk.encodings) == {"PLAIN", "RLE"} and not chunk.has_dictionary_page
+            if layout != "pyarrow":
+                assert found == [(pages.DATA_PAGE, pages.PLAIN, rows, 0)]  # one data page v1 a chunk
+        elif layout == "zstd-dictionary":
+            assert "RLE_DICTIONARY" in chunk.encodings
+            assert kinds[0] == (pages.DICTIONARY_PAGE, pages.PLAIN)
+            assert found[1:] == [(pages.DATA_PAGE, pages.RLE_DICTIONARY, rows, 0)]
+        else:
+            assert "RLE_DICTIONARY" in chunk.encodings and kinds[0][0] == pages.DICTIONARY_PAGE
+
+
+@pytest.mark.parametrize("layout", PARQUET_LAYOUTS)
+def test_each_layout_writes_its_parquet_layout(sim_layouts, layout):
+    roots, (pid, n_visits) = sim_layouts
+    folder = roots[layout] / "train" / str(pid)
+    for v in range(n_visits):
+        for inst in (AIRS, FGS1):
+            path = folder / inst.signal_name(v)
+            check_layout_of(path, layout, [*range(0, inst.pixels, 97), inst.pixels - 1])
+            column = pq.ParquetFile(path).metadata.schema.column(0)
+            assert column.physical_type == "INT32" and str(column.logical_type) == "Int(bitWidth=16, isSigned=false)"
+            for name in CALIBRATION_NAMES:
+                check_layout_of(folder / inst.calibration_dir(v) / f"{name}.parquet", layout, [0, inst.columns - 1])
+    # axis_info.parquet keeps pyarrow's layout (the real one is pyarrow-written); the manifest names the layout
+    assert (roots[layout] / "axis_info.parquet").read_bytes() == (roots["pyarrow"] / "axis_info.parquet").read_bytes()
+    run = json.loads((roots[layout] / "simulation_truth" / "manifest.json").read_text())["splits"]["train"]
+    assert run.get("parquet_layout") == (None if layout == "pyarrow" else layout)  # absent for the default
+
+
+def test_the_named_layouts_write_one_page_where_the_default_writer_splits(tmp_path):
+    """A column of 300,000 values (1.2 MB PLAIN): pyarrow's defaults split it into pages, the layouts do not."""
+    values = np.random.default_rng(0).integers(0, 65536, 300_000).astype(np.uint16)
+    table = pa.Table.from_arrays([pa.array(values)], names=["column_0"])
+    found = {}
+    for layout in PARQUET_LAYOUTS:
+        pq.write_table(table, tmp_path / f"{layout}.parquet", **writer_options(layout, "zstd"))
+        found[layout] = [kind for kind, *_ in page_list(tmp_path / f"{layout}.parquet")]
+    assert found["polars"] == [pages.DATA_PAGE]
+    assert found["zstd-dictionary"] == [pages.DICTIONARY_PAGE, pages.DATA_PAGE]
+    plain_defaults = dict(writer_options("polars", "zstd"), data_page_size=1 << 20)
+    plain_defaults.pop("max_rows_per_page", None)
+    pq.write_table(table, tmp_path / "split.parquet", **plain_defaults)
+    assert len(page_list(tmp_path / "split.parquet")) > 1  # (so the first assertion can fail)
+
+
+def test_every_layout_holds_the_same_values_through_either_decoder(sim_layouts, monkeypatch):
+    """Every layout holds the same signal, calibration and truth, read by either decoder.
+
+    The page decoder (ARIELSTREAM_DECODER=pages) decodes every layout itself: no fallback to pyarrow.
+    """
+    roots, (pid, n_visits) = sim_layouts
+    reference = roots["pyarrow"]
+    for layout, root in roots.items():
+        for v in range(n_visits):
+            a, b = np.load(reference / "simulation_truth" / "train" / f"{pid}_visit{v}.npz"), \
+                np.load(root / "simulation_truth" / "train" / f"{pid}_visit{v}.npz")
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{layout} {key}")
+            for inst in (AIRS, FGS1):
+                expected = read_signal(reference / "train" / str(pid) / inst.signal_name(v))
+                path = root / "train" / str(pid) / inst.signal_name(v)
+                np.testing.assert_array_equal(read_signal(path), expected, err_msg=layout)
+                for name in CALIBRATION_NAMES:
+                    np.testing.assert_array_equal(
+                        read_calibration(root / "train" / str(pid) / inst.calibration_dir(v), name),
+                        read_calibration(reference / "train" / str(pid) / inst.calibration_dir(v), name))
+                pixels = np.arange(0, inst.pixels, 7)
+                for decoder in pages.CHOICES:
+                    monkeypatch.setenv(pages.ENV, decoder)
+                    signal = SignalFile(path, inst)
+                    np.testing.assert_array_equal(signal.read_block([0], pixels), expected[:, pixels].T,
+                                                  err_msg=f"{layout} {decoder}")
+                    if decoder == "pages" and pages.COMPILED_KERNELS is not None:
+                        assert signal._pages is not None, f"{layout}: the page decoder fell back to pyarrow"
+
+
+def test_a_named_layout_with_another_codec_is_a_one_line_configuration_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["simulate", str(out), "--planets", "1", "--scale", "0.005", "--parquet-layout", "polars",
+                     "--compression", "snappy"])
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG and not out.exists()
+    assert err.count("\n") == 1 and "--compression snappy" in err and "--parquet-layout polars" in err
+
+
+def test_the_bench_floor_decodes_every_layout_as_pyarrow_does(sim_layouts):
+    """``make bench``'s physical floor (benchmarks.decode) decodes real values, not just time."""
+    pytest.importorskip("numba")
+    from benchmarks import decode
+
+    roots, (pid, _) = sim_layouts
+    for layout, root in roots.items():
+        for inst in (AIRS, FGS1):
+            path = root / "train" / str(pid) / inst.signal_name(0)
+            pixels = decode.needed_pixels(inst)
+            block, stats = decode.decode_floor(path, pixels, pixels.size // inst.rows)
+            np.testing.assert_array_equal(block, read_signal(path)[:, pixels].T, err_msg=f"{layout} {inst.name}")
+            assert stats["decompress"] > 0 and stats["decode"] > 0

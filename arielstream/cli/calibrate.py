@@ -37,7 +37,7 @@ from ..errors import OutputError
 from ..io.atomic import atomic_write
 from ..io.manifest import MANIFEST_NAME
 from ..io.storage import data_path, locator, path_argument
-from ..layout import COMPRESSIONS, INSTRUMENTS
+from ..layout import COMPRESSIONS, DEFAULT_LAYOUT, INSTRUMENTS, PARQUET_LAYOUTS
 from .args import number
 from .exits import EXIT_FAILURES, EXIT_OK, EXIT_OSERR, exit_code_of
 
@@ -329,6 +329,10 @@ def add_simulate(sub, parents: list[argparse.ArgumentParser]) -> None:
     sim.add_argument("--page-checksums", action="store_true",
                      help="write a CRC32 in every Parquet page of the signal and calibration files (the readers "
                           "verify them; the competition's files have none)")
+    sim.add_argument("--parquet-layout", choices=PARQUET_LAYOUTS, default=DEFAULT_LAYOUT,
+                     help="how the signal and calibration files are written: pyarrow (pyarrow's defaults with "
+                          "--compression; the default), polars (the competition's: zstd, PLAIN, one page per column "
+                          "chunk, page index) or zstd-dictionary (the same with dictionary encoding)")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -341,7 +345,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                split=args.split, two_visit_fraction=args.two_visit_fraction,
                                row_group_frames=args.row_group_frames, cosmic_rate=args.cosmic_rate,
                                background_fraction=args.background_fraction, compression=args.compression,
-                               page_checksums=args.page_checksums)
+                               page_checksums=args.page_checksums, parquet_layout=args.parquet_layout)
     visits = sum(v for _, v in planets)
     print(f"{args.out}: {len(planets)} planet(s), {visits} visit(s) simulated ({args.split}, scale {args.scale})")
     return EXIT_OK

@@ -54,7 +54,6 @@ and test splits of one seed hold different planets.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -70,7 +69,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arielstream._version import __version__
-from arielstream.errors import MissingDependencyError, OutputError
+from arielstream.errors import OutputError
 from arielstream.layout import (
     AIRS,
     AIRS_CUT,
@@ -82,6 +81,8 @@ from arielstream.layout import (
     FGS1_WAVELENGTH_UM,
     Instrument,
 )
+
+from .layouts import DEFAULT_LAYOUT, check_layout, nullable, writer_options
 
 log = logging.getLogger(__name__)
 
@@ -666,17 +667,18 @@ class _SignalSink:
     buffer to ``executor`` (one worker), so encoding overlaps the simulation of
     the next block; at most one row group per file waits to be written. The
     file appears under its final name only once `close` has checked it.
+    ``options`` are the writer's (:func:`~arielstream.simulate.layouts.writer_options`);
+    ``nullable``: OPTIONAL columns instead of REQUIRED ones.
     """
 
     def __init__(self, path: Path, n_pixels: int, n_frames: int, row_group_frames: int | None,
-                 compression: str, executor: ThreadPoolExecutor, page_checksums: bool = False):
+                 options: dict[str, Any], executor: ThreadPoolExecutor, nullable: bool = False):
         self.path, self.n_pixels, self.n_frames = path, n_pixels, n_frames
         self.rg = n_frames if row_group_frames is None else min(row_group_frames, n_frames)
-        self.schema = pa.schema([pa.field(f"column_{p}", pa.uint16(), nullable=False)
+        self.schema = pa.schema([pa.field(f"column_{p}", pa.uint16(), nullable=nullable)
                                  for p in range(n_pixels)])
         self.tmp = path.with_name(path.name + ".tmp")
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression=compression,
-                                       **_checksum_option(page_checksums))
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, **options)
         self.executor = executor
         self.pending: Future | None = None
         self.buf = np.empty((n_pixels, self.rg), dtype=np.uint16)
@@ -732,30 +734,19 @@ class _SignalSink:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_table(path: Path, columns: list[np.ndarray], names: list[str], page_checksums: bool = False) -> None:
+def _write_table(path: Path, columns: list[np.ndarray], names: list[str], options: dict[str, Any]) -> None:
+    """One row group of OPTIONAL columns (as both writers make them), written with the writer ``options``."""
     table = pa.Table.from_arrays([pa.array(c) for c in columns], names=names)
-    pq.write_table(table, path, compression="zstd", row_group_size=max(1, table.num_rows),
-                   **_checksum_option(page_checksums))
+    pq.write_table(table, path, row_group_size=max(1, table.num_rows), **options)
 
 
-def _checksum_option(page_checksums: bool) -> dict[str, bool]:
-    """The Parquet writers' page-checksum option: none without checksums (pyarrow 14, the floor, has no such option)."""
-    if not page_checksums:
-        return {}
-    if "write_page_checksum" not in inspect.signature(pq.write_table).parameters:
-        raise MissingDependencyError(f"Parquet page checksums need pyarrow >= 15 (this is pyarrow {pa.__version__}): "
-                                     "pip install 'pyarrow>=15'")
-    return {"write_page_checksum": True}
-
-
-def _write_calibration(folder: Path, det: Detector, page_checksums: bool = False) -> None:
+def _write_calibration(folder: Path, det: Detector, options: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tables = det.calibration_tables()
     for name in CALIBRATION_NAMES:
         arr = tables[name]
         cols = [np.ascontiguousarray(arr[:, j]) for j in range(arr.shape[1])]
-        _write_table(folder / f"{name}.parquet", cols, [f"column_{j}" for j in range(arr.shape[1])],
-                     page_checksums)
+        _write_table(folder / f"{name}.parquet", cols, [f"column_{j}" for j in range(arr.shape[1])], options)
 
 
 # ---------------------------------------------------------------- metadata files
@@ -786,9 +777,10 @@ def _write_metadata(out: Path, n_bins: int) -> None:
         return out_a
 
     integ = np.tile(np.asarray(INTEGRATION_TIMES), airs_t.size // 2)
-    _write_table(out / "axis_info.parquet",
+    _write_table(out / "axis_info.parquet",  # pyarrow's layout whatever the others' (layouts.py)
                  [pad(airs_t), pad(airs_wavelengths()), pad(integ), fgs1_t],
-                 [AIRS.time_axis, AIRS_WAVELENGTH_AXIS, AIRS_INTEGRATION_TIME, FGS1.time_axis])
+                 [AIRS.time_axis, AIRS_WAVELENGTH_AXIS, AIRS_INTEGRATION_TIME, FGS1.time_axis],
+                 writer_options(DEFAULT_LAYOUT, "zstd"))
     _write_csv(out / "wavelengths.csv", [f"wl_{i}" for i in range(1, N_TARGETS + 1)],
                [list(target_wavelengths())])
 
@@ -847,7 +839,7 @@ def _simulate_instrument(sink: _SignalSink, inst: Instrument, det: Detector, sta
 def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int,
                     dets: dict[str, Detector], axis: tuple[np.ndarray, np.ndarray], *,
                     cosmic_rate: float, row_group_frames: int | None, compression: str,
-                    page_checksums: bool = False) -> dict:
+                    page_checksums: bool = False, parquet_layout: str = DEFAULT_LAYOUT) -> dict:
     airs_t, fgs1_t = axis
     vrng = _rng(seed, split, planet.index, visit, "planet", _P_VISIT)
     t0_h = float(vrng.uniform(*MIDTIME_RANGE_H))
@@ -877,6 +869,8 @@ def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int
     folder.mkdir(parents=True, exist_ok=True)
     truth: dict[str, Any] = {}  # arrays (Any: numpy's savez stub reserves the keyword allow_pickle)
     sinks: dict[str, _SignalSink] = {}
+    signal_options = writer_options(parquet_layout, compression, page_checksums)
+    calibration_options = writer_options(parquet_layout, "zstd", page_checksums)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as executor:
         try:
             for inst, rate_fn, n_frames in ((AIRS, airs_rate, airs_t.size), (FGS1, fgs1_rate, fgs1_t.size)):
@@ -885,13 +879,14 @@ def _simulate_visit(out: Path, split: str, seed: int, planet: Planet, visit: int
                 cosmic = _draw_cosmic_rays(n_frames // 2, inst.pixels, t_exp[1] - t_exp[0], cosmic_rate,
                                            _rng(seed, split, planet.index, visit, inst.name, _P_CR))
                 det = dets[inst.name]
-                _write_calibration(folder / inst.calibration_dir(visit), det, page_checksums)
+                _write_calibration(folder / inst.calibration_dir(visit), det, calibration_options)
 
                 def rng_for_tile(t: int, inst: Instrument = inst) -> np.random.Generator:
                     return _rng(seed, split, planet.index, visit, inst.name, _P_NOISE, t)
 
                 sinks[inst.name] = _SignalSink(folder / inst.signal_name(visit), inst.pixels, n_frames,
-                                               row_group_frames, compression, executor, page_checksums)
+                                               row_group_frames, signal_options, executor,
+                                               nullable(parquet_layout))
                 _simulate_instrument(sinks[inst.name], inst, det, rate_fn, backgrounds[inst.name], n_frames,
                                      cosmic, rng_for_tile)
                 key = "airs" if inst is AIRS else "fgs1"
@@ -937,7 +932,7 @@ def _is_integer(value: object) -> bool:
 
 def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: float, background_fraction: float,
                      row_group_frames: int | None, cosmic_rate: float, compression: str,
-                     trace_hot_pixels: int = 0) -> None:
+                     trace_hot_pixels: int = 0, parquet_layout: str = DEFAULT_LAYOUT) -> None:
     """Refuse arguments of :func:`simulate_dataset` that it cannot honour, before anything is written."""
     if not _is_integer(n_planets) or n_planets < 1:
         raise ValueError(f"n_planets must be an integer >= 1, got {n_planets!r}")
@@ -955,6 +950,7 @@ def _check_arguments(n_planets: int, seed: int, split: str, two_visit_fraction: 
         raise ValueError(f"cosmic_rate must be a finite number >= 0, got {cosmic_rate!r}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    check_layout(parquet_layout, compression)
     most = trace_core_pixels().size // 2
     if not _is_integer(trace_hot_pixels) or not 0 <= trace_hot_pixels <= most:
         raise ValueError(f"trace_hot_pixels must be an integer within [0, {most}], got {trace_hot_pixels!r}")
@@ -980,7 +976,7 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
                      two_visit_fraction: float = 0.1, row_group_frames: int | None = None,
                      cosmic_rate: float = 1.6e-5, background_fraction: float = 0.3,
                      compression: str = "zstd", page_checksums: bool = False,
-                     trace_hot_pixels: int = 0) -> list[tuple[int, int]]:
+                     trace_hot_pixels: int = 0, parquet_layout: str = DEFAULT_LAYOUT) -> list[tuple[int, int]]:
     """Write an ADC2025-shaped folder; return ``[(planet_id, n_visits), ...]`` in simulation order.
 
     Parameters
@@ -995,7 +991,8 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
     row_group_frames : frames per Parquet row group of the signal files (None: one row group).
     cosmic_rate : cosmic-ray hits per pixel per second of exposure.
     background_fraction : probability that a planet has a diffuse background.
-    compression : Parquet codec of the signal files (calibration files are always zstd).
+    compression : Parquet codec of the signal files in the ``pyarrow`` layout (calibration files are always
+        zstd; the other layouts are zstd).
     page_checksums : write a CRC32 in every Parquet page of the signal and calibration files (the
         competition's files have none); the readers verify them.
     trace_hot_pixels : AIRS pixels per planet in the trace core (the two rows nearest the trace
@@ -1003,10 +1000,14 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
         the real file's trace core); drawn from a random stream of their own, so every other draw,
         and a folder simulated with 0 (the default), is unchanged. Visit 1 keeps them (its dark is
         the redrawn dark of visit 0).
+    parquet_layout : how the signal and calibration files are written: ``"pyarrow"`` (pyarrow's writer
+        defaults, the default), ``"polars"`` (the competition's: zstd, PLAIN, one page per column chunk,
+        page index) or ``"zstd-dictionary"`` (the same with dictionary encoding); see
+        :mod:`arielstream.simulate.layouts`. The values are the same in every layout.
     """
     _check_arguments(n_planets, seed, split, two_visit_fraction, background_fraction, row_group_frames,
-                     cosmic_rate, compression, trace_hot_pixels)
-    _checksum_option(page_checksums)  # before anything is written
+                     cosmic_rate, compression, trace_hot_pixels, parquet_layout)
+    writer_options(parquet_layout, compression, page_checksums)  # refused before anything is written
     n_bins, airs_frames, fgs1_frames = frame_counts(scale)
     n_planets, seed = int(n_planets), int(seed)
     row_group_frames = None if row_group_frames is None else int(row_group_frames)
@@ -1052,7 +1053,7 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
                         for name, d in dets.items()}
             visits.append(_simulate_visit(out, split, seed, p, v, dets, axis, cosmic_rate=cosmic_rate,
                                           row_group_frames=row_group_frames, compression=compression,
-                                          page_checksums=page_checksums))
+                                          page_checksums=page_checksums, parquet_layout=parquet_layout))
         planet_entries.append({**p.manifest(), "visits": visits})
         log.info("planet %d (%d/%d): %d visit(s) in %.1f s", p.planet_id, p.index + 1, n_planets,
                  p.n_visits, time.perf_counter() - t_start)
@@ -1066,6 +1067,8 @@ def simulate_dataset(out_dir: str | Path, *, n_planets: int, scale: float = 1.0,
            "planets": planet_entries}
     if trace_hot_pixels:  # absent when 0: the manifests of folders simulated without stay as they were
         run["trace_hot_pixels"] = int(trace_hot_pixels)
+    if parquet_layout != DEFAULT_LAYOUT:  # absent for the default, likewise
+        run["parquet_layout"] = parquet_layout
     splits = {**_other_split_runs(manifest_path, split, float(scale)), split: run}
     _write_json(manifest_path, {**common, "split": split, "seed": seed, "planets": planet_entries,
                                 "splits": dict(sorted(splits.items()))})
