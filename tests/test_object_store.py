@@ -320,3 +320,20 @@ def test_a_remote_path_shows_no_credentials_and_keeps_the_endpoint_options():
     assert signal.relative_to(root).as_posix() == "train/1/AIRS-CH0_signal_0.parquet"
     assert storage.scrub(f"failed: {url}", url).count(SECRET) == 0
     assert storage.data_path("file:///tmp/data") == Path("/tmp/data")  # a file:// URL is a local folder
+
+
+def test_the_spectrum_of_a_file_calibrated_from_the_bucket_reads_the_star_info_and_labels_there(
+        aws_env, local_run, tmp_path, caplog):
+    from arielstream.products.spectrum import write_spectrum
+
+    out = tmp_path / "s3.h5"
+    assert calibrate(aws_env.url(), out, jobs=2, progress=False).ok
+    local = tmp_path / "local.h5"
+    shutil.copy(local_run, local)
+    caplog.set_level(logging.WARNING, logger="arielstream")
+    # the star info (transit durations), the split's planets and, with missing="prior", train.csv: from the store
+    remote_csv, _, _ = write_spectrum(out, missing="prior")  # (the prior is read before any fit)
+    assert not [r for r in caplog.records if "star info" in r.getMessage() or "is not here" in r.getMessage()]
+    local_csv, _, _ = write_spectrum(local, missing="prior")
+    assert remote_csv.read_text() == local_csv.read_text()
+    assert SECRET not in remote_csv.read_text()

@@ -24,6 +24,7 @@ Pure functions over arrays (:func:`gaussian_score`), then the CSV layer
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArielstreamError, InputError
+from ..io.storage import DataPath, data_path, read_bytes
 from ..layout import SIGMA_PREFIX, TARGET_PREFIX
 
 FGS1_SIGMA_TRUE = 1e-6
@@ -88,27 +90,26 @@ def naive_prediction(truth: np.ndarray) -> tuple[float, float]:
 class Table:
     """A CSV of ``planet_id`` and numbers: its header (without the id), ids and values ``(rows, columns)``."""
 
-    path: Path
+    path: DataPath
     columns: list[str]
     planet_id: np.ndarray
     values: np.ndarray
 
 
-def read_table(path: str | Path, role: str = "submission") -> Table:
+def read_table(path: str | Path | DataPath, role: str = "submission") -> Table:
     """Read a ``planet_id, …`` CSV; InputError if unreadable.
 
     A malformed file is a :class:`SubmissionError` (exit 65: the competition would refuse it) when it is the
     submission, and an :class:`InputError` (exit 66) when it is the truth: the truth is an input, not a
     prediction to grade.
     """
-    path = Path(path)
+    path = data_path(path)
 
     def malformed(problem: str) -> ArielstreamError:
         return SubmissionError(f"{path}: {problem}") if role == "submission" else InputError(path, problem)
 
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
+    try:  # a local file, or one in the data folder's store (the prior's training labels)
+        rows = list(csv.reader(io.StringIO(read_bytes(path).decode("utf-8"), newline="")))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if not rows or not rows[0] or rows[0][0].strip() != ID_COLUMN:

@@ -64,6 +64,7 @@ planet's own labels (1/n of the mean).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ from ..io import schema as _schema
 from ..io.atomic import output_errors, staged
 from ..io.output import UnsafeTargetError, check_product_target
 from ..io.reader import open_output
+from ..io.storage import DataPath, data_path, read_bytes
 from ..io.store import instruments_in, text
 from ..layout import AIRS, FGS1, SIGMA_PREFIX, TARGET_PREFIX, discover_observations
 from . import lightcurves as lc
@@ -496,14 +498,16 @@ class VisitFit:
     n_regressors: int = 0
 
 
-def read_star_info(path: str | Path) -> dict[int, dict[str, float]]:
-    """``<split>_star_info.csv`` as ``{planet_id: {column: value}}``; InputError naming the file if unreadable."""
-    path = Path(path)
+def read_star_info(path: str | Path | DataPath) -> dict[int, dict[str, float]]:
+    """``<split>_star_info.csv`` as ``{planet_id: {column: value}}``; InputError naming the file if unreadable.
+
+    A local file, or one in the data folder's store (a file calibrated from a URL).
+    """
+    path = data_path(path)
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise InputError(path, f"cannot read the star info: {exc.strerror or exc}") from None
+        rows = list(csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8"), newline="")))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the star info: {getattr(exc, 'strerror', None) or exc}") from None
     needed = {"planet_id", "P", "sma", "i"}
     if not rows or not needed <= set(rows[0]):
         raise InputError(path, f"star info needs the columns {', '.join(sorted(needed))}")
@@ -602,7 +606,7 @@ def fit_observation(lcs: lc.LightCurves, *, degree: int = DEFAULT_DEGREE, decorr
 class Prior:
     """The spectrum written for a planet without one (``missing="prior"``): :func:`label_prior` of ``path``."""
 
-    path: Path
+    path: DataPath
     n_planets: int
     depth: np.ndarray  # (283,)
     sigma: np.ndarray  # (283,)
@@ -634,7 +638,7 @@ class Spectra:
                 f"(planet, target), {len(self.visits)} visit fit(s){prior}>")
 
 
-def read_prior(path: str | Path) -> Prior:
+def read_prior(path: str | Path | DataPath) -> Prior:
     """The prior from training labels (``planet_id, wl_1 … wl_283``: ``train.csv``); InputError naming the file."""
     table = read_table(path, role="truth")
     if table.columns != [f"{TARGET_PREFIX}{k}" for k in range(1, N_TARGETS + 1)]:
@@ -647,10 +651,14 @@ def read_prior(path: str | Path) -> Prior:
     return Prior(table.path, table.values.shape[0], depth, sigma)
 
 
-def _data_folder(src: h5py.File) -> tuple[Path | None, str]:
-    """The data folder the file was calibrated from (``None`` when it names none), and the split."""
+def _data_folder(src: h5py.File) -> tuple[DataPath | None, str]:
+    """The data folder the file was calibrated from (``None`` when it names none), and the split.
+
+    A local folder, or the URL it was read from (recorded without credentials: the store's are
+    taken from the environment, as the run took them).
+    """
     folder = text(src.attrs.get("source", ""))
-    return (Path(folder) if folder else None), text(src.attrs.get("split", ""))
+    return (data_path(folder) if folder else None), text(src.attrs.get("split", ""))
 
 
 def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | None) -> dict[int, dict[str, float]]:
@@ -659,12 +667,20 @@ def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | No
     if star_info is None or star_info is True:
         folder, split = _data_folder(src)
         candidate = folder / f"{split}_star_info.csv" if folder is not None and split else None
-        if candidate is None or not candidate.is_file():
+        if candidate is None or not _is_file(candidate):
             log.warning("%s: no star info found (%s); every transit duration is fitted", path,
                         candidate or "the file names no data folder")
             return {}
-        star_info = candidate
+        return read_star_info(candidate)
     return read_star_info(star_info)
+
+
+def _is_file(path: DataPath) -> bool:
+    """Whether ``path`` is a file; a store that cannot be reached counts as no file (the caller says so)."""
+    try:
+        return path.is_file()
+    except InputError:
+        return False
 
 
 def _check_targets(src: h5py.File, path: Path) -> None:
