@@ -9,6 +9,7 @@ project's hooks (``ARIELSTREAM_FAULT``) and signals, never by timing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from arielstream.cli import app as cli
 from arielstream.cli.exits import EXIT_OK, EXIT_TERMINATED
 from arielstream.io import store
 from arielstream.io.output import RunLock
-from arielstream.io.parts import LOCAL_PREFIX, TEMP_SUFFIX, PartsLedger, check_part, temp_number
+from arielstream.io.parts import LOCAL_PREFIX, TEMP_SUFFIX, PartsLedger, check_part, sweep_local_parts, temp_number
 from arielstream.io.sidefiles import OutputFiles
 from arielstream.layout import discover_observations
 from arielstream.run import dispatch
@@ -374,5 +375,24 @@ def test_dask_workers_of_their_own_write_parts_and_a_worker_killed_mid_run_chang
     survivor = next(pid for pid in temps if pid != killed[0])
     assert [r.pid for r in summary.results if (r.planet_id, r.visit) == key(1)] == [survivor]  # ran again there
     # each worker calibrated in its own TMPDIR: the killed one's local part is still there, the other's are gone
-    assert list(temps[killed[0]].glob(f"{LOCAL_PREFIX}*.h5")) and not list(temps[survivor].glob(f"{LOCAL_PREFIX}*"))
+    left = list(temps[killed[0]].glob(f"{LOCAL_PREFIX}*.h5"))
+    assert left and not list(temps[survivor].glob(f"{LOCAL_PREFIX}*"))
     identical(out, clean_run)
+    # the next task on that machine removes it (its writer is gone); nothing else in the folder is touched
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(killed[0], 0)  # reaped, as a nanny reaps its worker (a zombie still answers kill(pid, 0))
+    other = temps[killed[0]] / "someone-elses.h5"
+    other.write_bytes(b"x")
+    assert sweep_local_parts(temps[killed[0]]) == left and other.exists() and not left[0].exists()
+
+
+def test_a_local_part_is_removed_by_the_next_task_only_once_its_writer_is_gone(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(gone.stdout), os.getppid()
+    stale = tmp_path / f"{LOCAL_PREFIX}{dead}-abc.h5"
+    running = tmp_path / f"{LOCAL_PREFIX}{alive}-abc.h5"
+    mine = tmp_path / f"{LOCAL_PREFIX}{os.getpid()}-abc.h5"
+    for path in (stale, running, mine):
+        path.write_bytes(b"")
+    assert sweep_local_parts(tmp_path) == [stale]
+    assert running.exists() and mine.exists()

@@ -272,7 +272,8 @@ def refused(path: Path, problems: list[str], hint: str = "") -> ConfigMismatchEr
                                f"{flag('output', ..., option='-o')} or {flag('run', ...)}")
 
 
-def _part_number(path: Path) -> int:
+def part_number(path: Path) -> int:
+    """A part's number (``0012.h5`` -> 12), -1 for another name."""
     return int(path.stem) if path.stem.isdigit() else -1
 
 
@@ -335,7 +336,7 @@ def read_on_disk(output: Path, mismatch: Callable[[Path], list[str]]) -> OnDisk:
                 found.published = {key: (single, i) for i, key in enumerate(keys)}
     retired = set().union(*files.read_retired())
     if files.parts.is_dir():
-        for path in sorted(files.parts.glob("*.h5"), key=_part_number, reverse=True):
+        for path in sorted(files.parts.glob("*.h5"), key=part_number, reverse=True):
             if path in referenced or path.name in retired:
                 continue
             if mismatch(path):
@@ -403,7 +404,7 @@ def new_part_path(output: Path) -> Path:
     """
     files = OutputFiles.of(output)
     folder = files.parts
-    numbers = [_part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
+    numbers = [part_number(p) for p in folder.glob("*.h5")] if folder.is_dir() else []
     numbers += [temp_number(p) for p in folder.glob(".*")] if folder.is_dir() else []
     for path in (output, files.journal):
         with contextlib.suppress(OSError, KeyError, ValueError):
@@ -493,7 +494,7 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
     with atomic.output_errors(folder, "publish the extended output"):
         folder.mkdir(exist_ok=True)
         kept, sizes = dict(prepared.kept), dict(prepared.sizes)
-        number = _part_number(new_part_path(output))  # the next free part number
+        number = part_number(new_part_path(output))  # the next free part number
         if output in sizes:  # the single-file output becomes a part, linked
             linked = folder / f"{number:04d}.h5"
             _link(output, linked)
@@ -510,7 +511,7 @@ def publish(prepared: PreparedOutput, output: Path, layouts: list[InstrumentLayo
             assert path is not None
             entries.append(IndexEntry(key, files.part_name(path), index))
         staging = files.journal_staging
-        last = max([_part_number(path) for path in sizes] + [number - 1])  # and every number used before
+        last = max([part_number(path) for path in sizes] + [number - 1])  # and every number used before
         create_index(staging, entries, {files.part_name(path): n for path, n in sizes.items()}, layouts,
                      {**attrs, ATTR_LAST_PART: last})
         _fsync(staging)

@@ -170,10 +170,40 @@ class PartTemplate:
                 os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_local_parts(folder: str | Path | None = None) -> list[Path]:
+    """Remove the local parts that workers killed on this machine left in ``folder`` (``TMPDIR``); those removed.
+
+    A local part's name holds its writer's process id: a part whose writer is gone is
+    nobody's (its observation was given to another attempt when the worker died).
+    """
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{LOCAL_PREFIX}*-*.h5"):
+        pid = path.name[len(LOCAL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            atomic.discard(path)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def local_part(template: PartTemplate, key: tuple[int, int]) -> Iterator[Path]:
-    """A part for ``key`` in this process's temporary folder (``TMPDIR``), removed when the block ends."""
-    fd, name = tempfile.mkstemp(prefix=LOCAL_PREFIX, suffix=".h5")
+    """A part for ``key`` in this process's temporary folder (``TMPDIR``), removed when the block ends.
+
+    Named ``arielstream-part-PID-*.h5``; what killed workers left there is removed first.
+    """
+    if removed := sweep_local_parts():
+        log.info("removed %d local part(s) that killed workers left in %s", len(removed), removed[0].parent)
+    fd, name = tempfile.mkstemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-", suffix=".h5")
     os.close(fd)
     path = Path(name)
     try:

@@ -53,6 +53,7 @@ class DryRun:
     core_seconds: float  # per observation
     estimate_from: str  # "measured constants" or "measured here"
     capped: str = ""  # "--jobs N capped at M: ..." when the plan runs fewer workers than asked for
+    parts: bool = False  # parts mode: each observation in a part of its own, calibrated in the worker's TMPDIR
 
     @property
     def seconds(self) -> float:
@@ -66,8 +67,10 @@ class DryRun:
                  f"  observations: {self.observations} of {self.planets} planet(s), {self.todo} to calibrate"]
         if self.existing:
             lines.append(f"  existing output: {self.existing}")
-        lines += [f"  output size: {format_bytes(self.output_bytes)} (written in place as "
-                  f"{self.output.name}.partial and renamed when done: no other scratch space)",
+        where = (f"parts mode: each observation calibrated in its worker's TMPDIR (one observation's size there), "
+                 f"then copied into {self.output.name}.parts/; an index over the parts is published" if self.parts
+                 else f"written in place as {self.output.name}.partial and renamed when done: no other scratch space")
+        lines += [f"  output size: {format_bytes(self.output_bytes)} ({where})",
                   f"  disk free at the output: {format_bytes(self.free_bytes)} ({room})",
                   f"  workers: {self.plan.describe()}" + (f" ({self.capped})" if self.capped else ""),
                   f"  estimated time: {_duration(self.seconds)} ({self.core_seconds:.1f} core-s per observation, "
@@ -150,4 +153,4 @@ def dry_run(data_dir: str | Path | RemotePath, config: CalibrationConfig, option
         core_seconds, source = _constant_core_seconds(config, dataset_info(job.data_dir).n_frames(AIRS))
     return DryRun(job.output, len({o.planet_id for o in job.observations}), len(job.observations), todo, existing,
                   store.output_bytes(len(job.observations), list(job.layouts.values())),
-                  shutil.disk_usage(probe).free, plan, core_seconds, source, capped or "")
+                  shutil.disk_usage(probe).free, plan, core_seconds, source, capped or "", options.uses_parts)

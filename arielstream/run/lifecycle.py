@@ -56,7 +56,6 @@ from ..io.output import (
     OnDisk,
     PreparedOutput,
     Source,
-    _part_number,
     finish_publish,
     held_open,
     intact,
@@ -64,6 +63,7 @@ from ..io.output import (
     lay_out,
     lay_out_fresh,
     new_part_path,
+    part_number,
     read_on_disk,
     refused,
     verify_published,
@@ -305,7 +305,7 @@ def prepare_output(output: Path, observations: list[Observation], layouts: list[
         found = OnDisk(found.newest[:1], {})
         files.fresh.unlink(missing_ok=True)
     elif fresh_from is not None:  # a --force run in parts mode stopped: it goes on with its own parts alone
-        own = [s for s in found.newest if s.path.parent == files.parts and _part_number(s.path) >= fresh_from]
+        own = [s for s in found.newest if s.path.parent == files.parts and part_number(s.path) >= fresh_from]
         if any(key not in current for s in own for key in s.keys):
             log.warning("%s: the --force run that stopped was for other observations; starting it again", output)
             return _fresh_parts(output, observations) if parts else lay_out_fresh(output, observations, layouts,
@@ -398,7 +398,7 @@ def _fresh_parts(output: Path, observations: list[Observation]) -> PreparedOutpu
     files = OutputFiles.of(output)
     atomic.discard(files.partial)  # a default-mode run's: nothing older is kept
     with atomic.output_errors(files.fresh, "mark the --force run"):
-        files.fresh.write_text(str(_part_number(new_part_path(output))))
+        files.fresh.write_text(str(part_number(new_part_path(output))))
     return _parts_for(observations, "new", files.partial, observations)
 
 
