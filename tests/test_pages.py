@@ -99,7 +99,7 @@ def test_the_layouts_hold_many_pages_and_the_fallback_mixes_encodings(tmp_path):
     raw, offset = reader._read(np.array([first]), np.array([meta.total_compressed_size]))
     status = np.zeros((1, 3), np.int64)
     table = reader._scan(raw, offset, np.array([meta.total_compressed_size]), np.array([250]),
-                         np.zeros(1, np.int64), status)
+                         np.array([pages.C_ZSTD]), np.zeros(1, np.int64), status)
     assert status[0, 0] == 0
     kinds = table[:, pages.P_TYPE].tolist()
     assert kinds[0] == pages.DICTIONARY_PAGE and kinds.count(pages.DATA_PAGE) >= 3
@@ -204,6 +204,150 @@ def test_a_page_crc_mismatch_is_named(tmp_path):
     np.testing.assert_array_equal(decode(path, [0], np.array([0, 2, 3]), KERNELS[-1]), data[:, [0, 2, 3]].T)
 
 
+def test_the_footer_table_is_the_one_pyarrow_reads(tmp_path):
+    """The compiled kernels parse the footer themselves: the same chunk table as pyarrow's accessors give."""
+    if pages.COMPILED_KERNELS is None:
+        pytest.skip("numba is not installed")
+    files = {name: dict(options, row_group_size=250) for name, options in LAYOUTS.items()}
+    files["optional, page index, statistics off"] = dict(row_group_size=100, write_page_index=True,
+                                                          write_statistics=False)
+    for name, options in files.items():
+        path = write(tmp_path / f"{name}.parquet", frames(700, 12, seed=11), nullable="optional" in name,
+                     **options)
+        meta = pq.ParquetFile(path).metadata
+        compiled = pages.PageReader(path, meta, compiled=True)._chunks()
+        python = pages.PageReader(path, meta, compiled=False)._chunks()
+        assert compiled.shape == (meta.num_row_groups, 12, 4) and np.all(compiled[..., pages.T_NVAL] > 0)
+        np.testing.assert_array_equal(compiled, python, err_msg=name)
+
+
+def test_a_footer_that_parses_otherwise_is_left_to_pyarrow(tmp_path, monkeypatch):
+    if pages.COMPILED_KERNELS is None:
+        pytest.skip("numba is not installed")
+    path = write(tmp_path / "f.parquet", frames(100, 3, seed=12))
+    reader = pages.PageReader(path, pq.ParquetFile(path).metadata, compiled=True)
+    monkeypatch.setattr(pages, "_footer", lambda buf, groups, columns, table: table.__setitem__(..., 1) or 0)
+    with pytest.raises(pages.Unsupported, match="footer"):
+        reader.read_block([0], np.arange(3))
+
+
+needs_numba = pytest.mark.skipif(pages.COMPILED_KERNELS is None, reason="numba is not installed")
+
+
+def _payloads(rng: np.random.Generator) -> list[bytes]:
+    """Bytes of every kind the codecs meet: empty, incompressible, runs, repeats at short and long distances."""
+    runs = np.repeat(rng.integers(0, 4, 400), rng.integers(1, 300, 400)).astype(np.uint8)
+    return [b"", b"x", rng.bytes(70_000), runs.tobytes(), (rng.bytes(3) * 5000), (rng.bytes(40_000) * 3)[:100_001],
+            frames(3000, 1, seed=13).astype(np.int32).tobytes()]
+
+
+@needs_numba
+def test_the_snappy_kernel_decompresses_as_pyarrow_does_and_stays_in_its_buffers():
+    rng = np.random.default_rng(14)
+    codec = pa.Codec("snappy")
+    for payload in _payloads(rng):
+        stream = np.frombuffer(codec.compress(payload, asbytes=True), np.uint8)
+        want = len(payload)
+        for seed in range(60):
+            damaged = stream.copy()
+            if seed:  # (seed 0: the stream as written)
+                at = int(np.random.default_rng(seed).integers(damaged.size))
+                damaged[at] ^= np.uint8(1 << (seed % 8))
+            # in junk, and a destination with a canary after the bytes it may write
+            junk = np.concatenate([rng.integers(0, 256, 50, dtype=np.uint8), damaged,
+                                   rng.integers(0, 256, 50, dtype=np.uint8)])
+            dst = np.full(want + 64, 0xA5, np.uint8)
+            code = pages._snappy(junk, 50, 50 + damaged.size, dst, want)
+            assert np.all(dst[want:] == 0xA5), "a write beyond the page's bytes"
+            alone = np.full(want + 64, 0xA5, np.uint8)
+            assert pages._snappy(damaged.copy(), 0, damaged.size, alone, want) == code  # reads only its stream
+            if seed == 0:
+                assert code == 0 and dst[:want].tobytes() == payload
+            if code == 0:  # what it accepts, pyarrow reads the same
+                assert codec.decompress(damaged.tobytes(), want, asbytes=True) == dst[:want].tobytes()
+            else:
+                assert code == 23
+
+
+@needs_numba
+def test_the_zstd_kernel_checks_sizes_and_errors():
+    if pages._zstd() is None:
+        pytest.skip("libzstd cannot be loaded here")
+    rng = np.random.default_rng(15)
+    codec = pa.Codec("zstd")
+    with pages._zstd_contexts(1) as zstd:
+        for payload in _payloads(rng)[1:]:
+            stream = np.frombuffer(codec.compress(payload, asbytes=True), np.uint8)
+            n, want = stream.size, len(payload)
+            dst = np.full(want + 64, 0xA5, np.uint8)
+            assert pages._inflate(stream, 0, n, pages.C_ZSTD, dst, want, zstd, 0) == 0
+            assert dst[:want].tobytes() == payload and np.all(dst[want:] == 0xA5)
+            assert pages._inflate(stream, 0, n, pages.C_ZSTD, dst, want + 1, zstd, 0) == 24  # a size it does not hold
+            assert pages._inflate(stream, 0, n, pages.C_ZSTD, dst, want - 1, zstd, 0) == 23  # more than the page
+            assert pages._inflate(stream, 0, n - 1, pages.C_ZSTD, dst, want, zstd, 0) == 23  # cut short
+            assert pages._inflate(stream, 0, n, pages.C_ZSTD, dst[:want - 1], want, zstd, 0) == 23  # too small
+            garbage = rng.integers(0, 256, n, dtype=np.uint8)
+            assert pages._inflate(garbage, 0, n, pages.C_ZSTD, dst, want, zstd, 0) == 23
+            assert pages._inflate(stream, 0, n, pages.C_ZSTD, dst, want, zstd[:1], 0) == 23  # no context for it
+
+
+@needs_numba
+@pytest.mark.parametrize("libzstd", [True, False])
+def test_zstd_pages_are_decompressed_in_the_kernels_or_by_pyarrow_without_libzstd(tmp_path, monkeypatch, libzstd,
+                                                                                  caplog):
+    data = frames(700, 6, seed=16)
+    path = write(tmp_path / "z.parquet", data, compression="zstd", use_dictionary=False, row_group_size=300,
+                 data_page_size=500)
+    used = []
+    monkeypatch.setattr(pages, "_codec", lambda name: used.append(name) or pa.Codec(name))
+    if libzstd:
+        if pages._zstd() is None:
+            pytest.skip("libzstd cannot be loaded here")
+    else:
+        monkeypatch.setattr(pages, "_zstd", lambda: None)
+    np.testing.assert_array_equal(decode(path, [0, 1, 2], np.arange(6), compiled=True), data.T)
+    assert bool(used) != libzstd  # pyarrow.Codec only where libzstd is missing
+    snappy = write(tmp_path / "s.parquet", data, compression="snappy")
+    used.clear()
+    np.testing.assert_array_equal(decode(snappy, [0], np.arange(6), compiled=True), data.T)
+    assert not used  # snappy: always in the kernels
+
+
+def test_blocks_are_decoded_on_several_threads_with_a_context_each(tmp_path, monkeypatch):
+    """Each run of chunks goes to one thread at a time, and a zstd context serves one thread at a time."""
+    data = frames(300, 40, seed=17)
+    path = write(tmp_path / "t.parquet", data, compression="zstd")
+    reader = pages.open_reader(path, pq.ParquetFile(path), KERNELS[-1])
+    calls = []
+    decode_runs = reader._decode
+    reader._decode = lambda *a: calls.append(a[-3:]) or decode_runs(*a)
+    if numba := pages.numba:
+        monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    np.testing.assert_array_equal(reader.read_block([0], np.arange(40)), data.T)
+    runs = sorted((lo, hi) for _, lo, hi in calls)
+    assert runs[0][0] == 0 and runs[-1][1] == 40 and all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+    if pages.numba is not None:
+        assert len(runs) == 12 and {slot for slot, _, _ in calls} <= {0, 1, 2}
+
+
+def _decode_in_child(path: Path, expect: np.ndarray) -> None:
+    assert pages._POOL is None  # not the parent's pool, whose threads the child lacks
+    np.testing.assert_array_equal(decode(path, [0], np.arange(expect.shape[0]), KERNELS[-1]), expect)
+
+
+def test_a_forked_child_decodes_with_threads_of_its_own(tmp_path):
+    import multiprocessing
+
+    data = frames(300, 40, seed=18)
+    path = write(tmp_path / "f.parquet", data, compression="zstd")
+    np.testing.assert_array_equal(decode(path, [0], np.arange(40), KERNELS[-1]), data.T)
+    pages._pool()  # (made here if this decode needed no helper thread)
+    child = multiprocessing.get_context("fork").Process(target=_decode_in_child, args=(path, data.T))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+
+
 # -------------------------------------------------------------------------------------------------------------
 # the simulator's layouts, through SignalFile, against the default path
 
@@ -284,7 +428,8 @@ def _page_spans(path: Path) -> list[tuple[int, int, int, bool]]:
             raw, offset = reader._read(np.array([first]), np.array([meta.total_compressed_size]))
             status = np.zeros((1, 3), np.int64)
             table = reader._scan(raw, offset, np.array([meta.total_compressed_size]),
-                                 np.array([meta.num_values]), np.zeros(1, np.int64), status)
+                                 np.array([meta.num_values]), np.array([pages.CODECS[meta.compression]]),
+                                 np.zeros(1, np.int64), status)
             assert status[0, 0] == 0
             start = first
             for row in table:
@@ -295,8 +440,10 @@ def _page_spans(path: Path) -> list[tuple[int, int, int, bool]]:
 
 
 FUZZ_FILES = {"zstd-dictionary-v1": dict(compression="zstd"),
+              "zstd-plain-v1": dict(compression="zstd", use_dictionary=False),  # no CRC: damage reaches libzstd
               "none-dictionary-v2": dict(compression="none", data_page_version="2.0"),
               "none-plain-v1": dict(compression="none", use_dictionary=False),
+              "snappy-dictionary-v2": dict(compression="snappy", data_page_version="2.0"),
               "snappy-fallback-v1": dict(compression="snappy", dictionary_pagesize_limit=128)}
 
 
