@@ -16,7 +16,7 @@ observation:
 - **the best pyarrow decode** (:func:`measure_pyarrow`): the same columns into numpy through
   ``read_row_groups``, one spatial row's columns at a time, ``pre_buffer=True``.
 - arielstream's default, full and numexpr profiles, whole ``calibrate`` runs of all the observations
-  with one worker, with ``ARIELSTREAM_DECODER`` unset and ``=pages``, and each run's peak RSS.
+  with one worker, with ``ARIELSTREAM_DECODER=pyarrow`` and unset (the page decoder), and each run's peak RSS.
 
 The floor and the pyarrow decode hash the blocks they decode; the bench fails unless both give the same
 values, in every layout. Run by ``python -m benchmarks.bench --part decode`` (and ``--part all``).
@@ -38,7 +38,8 @@ FORMATS: dict[str, dict[str, str]] = {
     "Polars layout: zstd, PLAIN, one page": {"parquet_layout": "polars", "compression": "zstd"},
     "zstd, dictionary, one page": {"parquet_layout": "zstd-dictionary", "compression": "zstd"},
 }
-DECODERS = {"pyarrow decoder": None, "`ARIELSTREAM_DECODER=pages`": "pages"}
+# label: ARIELSTREAM_DECODER (None: unset, the default: the page decoder where numba is importable)
+DECODERS = {"pyarrow decoder": "pyarrow", "page decoder (default)": None}
 PROFILES: dict[str, tuple[dict, dict[str, str]]] = {  # label: (build_config options, environment)
     "default profile": ({}, {}),
     "full profile": ({"profile": "full"}, {}),

@@ -97,7 +97,7 @@ def render(text: str) -> str:
     ]
     decode = section(text, "bench-decode")
     formats = row(decode, "bench-decode", "s per observation")[1:]
-    for decoder in ("pyarrow decoder", "`ARIELSTREAM_DECODER=pages`"):
+    for decoder in ("pyarrow decoder", "page decoder (default)"):
         cells = row(decode, "bench-decode", f"**default profile**, {decoder}")[1:]
         lines.append(f"| calibrate, default profile, {decoder}, per Parquet layout ({' / '.join(formats)}): s per "
                      f"observation, × the best pyarrow decode, × the physical floor, peak RSS (`make bench`, decode) | "

@@ -155,12 +155,15 @@ def test_other_layouts_are_left_to_pyarrow(tmp_path, what, caplog):
             reader.read_block([0], np.arange(3))
 
 
-def test_the_signal_reader_uses_the_opt_in_and_falls_back_once(tmp_path, monkeypatch, caplog):
+def test_the_signal_reader_uses_the_decoder_by_default_with_numba_and_falls_back_once(tmp_path, monkeypatch,
+                                                                                       caplog):
     data = frames(360, FGS1.pixels, seed=6)
     path = write(tmp_path / "FGS1_signal_0.parquet", data, row_group_size=120)
     pixels = np.arange(0, FGS1.pixels, 5)
     monkeypatch.delenv(pages.ENV, raising=False)
-    assert SignalFile(path, FGS1)._pages is None  # the default: pyarrow
+    assert (SignalFile(path, FGS1)._pages is not None) == (pages.numba is not None)  # the default: auto
+    monkeypatch.setenv(pages.ENV, "pyarrow")
+    assert SignalFile(path, FGS1)._pages is None  # forced
     monkeypatch.setenv(pages.ENV, "pages")
     signal = SignalFile(path, FGS1)
     assert signal._pages is not None
@@ -172,7 +175,7 @@ def test_the_signal_reader_uses_the_opt_in_and_falls_back_once(tmp_path, monkeyp
             np.testing.assert_array_equal(signal.read_block([0], pixels), data[:120, pixels].T)
     assert sum("read with pyarrow, not the page decoder" in r.getMessage() for r in caplog.records) == 1
     monkeypatch.setenv(pages.ENV, "nonsense")
-    assert not pages.requested()
+    assert pages.choice() == "auto" and pages.requested() == (pages.numba is not None)
 
 
 def test_damaged_pages_are_input_errors_through_the_signal_reader(tmp_path, monkeypatch):
@@ -529,14 +532,17 @@ def test_the_samples_copy_keeps_its_layout(tmp_path):
     np.testing.assert_array_equal(reader.read_block([0], pixels), expected(path, [0], pixels))
 
 
-def test_without_the_variable_the_decoder_is_not_even_imported(monkeypatch):
+def test_forcing_pyarrow_never_imports_the_decoder(tmp_path):
     import subprocess
     import sys
 
     from arielstream.io import signal
 
     assert signal.PAGE_DECODER_ENV == pages.ENV  # the one variable, named in both places
-    env = {k: v for k, v in __import__("os").environ.items() if k != pages.ENV}
-    probe = "import sys, arielstream.io.signal; print('arielstream.io.pages' in sys.modules, 'numba' in sys.modules)"
+    path = write(tmp_path / "FGS1_signal_0.parquet", frames(20, FGS1.pixels, seed=1))
+    env = {**__import__("os").environ, pages.ENV: "pyarrow"}
+    probe = ("import sys; from arielstream.io.signal import SignalFile; from arielstream.layout import FGS1; "
+             f"f = SignalFile({str(path)!r}, FGS1); f.read_block([0], list(range(9))); "
+             "print(f._pages is None, 'arielstream.io.pages' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["True", "False"]

@@ -1,4 +1,4 @@
-"""An opt-in Parquet page decoder for the signal files: column chunks straight into the pixel-major block.
+"""A Parquet page decoder for the signal files: column chunks straight into the pixel-major block.
 
 pyarrow's generic reader pays a fixed ~20 µs per column chunk whatever it holds, about half
 the decode time of an observation (issue 24). This module decodes the layouts the signal files
@@ -18,13 +18,14 @@ here (the raw format is a length and literal/copy tags). Where libzstd cannot be
 pages are decompressed with ``pyarrow.Codec`` before the kernels run (logged once; slower), as
 are all compressed pages without numba.
 
-It is used only when ``ARIELSTREAM_DECODER=pages`` (:func:`requested`, the one place that reads the
-variable); pyarrow stays the default. Two outcomes besides the block:
+It reads every local signal file when numba is importable (``ARIELSTREAM_DECODER`` unset or ``auto``);
+``ARIELSTREAM_DECODER=pyarrow`` forces pyarrow's reader, ``=pages`` this one even without numba
+(:func:`requested`, the one place that reads the variable). Two outcomes besides the block:
 
 - :class:`Unsupported`: a layout it does not decode (other encodings, physical types or codecs,
   an encrypted footer or column, nulls, repetition levels, pages larger than their values can
   need, a footer its parser reads otherwise than pyarrow). The caller then reads that file with
-  pyarrow, as without the opt-in.
+  pyarrow.
 - :class:`PageError`: bytes that cannot be a valid page (a header or run past the end of its
   chunk, a bad varint, sizes that disagree, compressed bytes that do not decompress to the page's
   size, a dictionary index beyond the dictionary, a bit width above 32, more or fewer values than
@@ -35,7 +36,7 @@ Every offset and length is checked before it is used: a damaged file is an error
 outside a buffer. The kernels (footer and header walks, decompression, run decoding) are
 numba-compiled (``cache``, ``nogil``) when numba is importable and run on ``numba.get_num_threads()``
 threads of a pool, over runs of column chunks; without numba the same drivers run in Python with
-numpy doing each run (slower than pyarrow: the opt-in is for numba installs).
+numpy doing each run (slower than pyarrow: without numba, pyarrow is the default).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ except ImportError:  # pragma: no cover
     numba = None
 
 ENV = "ARIELSTREAM_DECODER"
-CHOICES = ("pyarrow", "pages")
+CHOICES = ("auto", "pyarrow", "pages")  # auto: pages where numba is importable, else pyarrow
 C_NONE, C_SNAPPY, C_ZSTD = 0, 1, 2
 CODECS = {"UNCOMPRESSED": C_NONE, "SNAPPY": C_SNAPPY, "ZSTD": C_ZSTD}  # the footer's names: the kernels' codes
 CODEC_NAMES = {C_SNAPPY: "snappy", C_ZSTD: "zstd"}  # pyarrow.Codec's names
@@ -77,18 +78,24 @@ MERGE_GAP = 1 << 16  # chunks closer than this are read in one preadv
 READ_PIECE = 1 << 20  # longer reads are split, the pieces read in parallel
 
 
-def requested() -> bool:
-    """True when ``ARIELSTREAM_DECODER=pages``: decode signal files with this module (default ``pyarrow``)."""
-    wanted = os.environ.get(ENV, "pyarrow").strip().lower() or "pyarrow"
+def choice() -> str:
+    """``ARIELSTREAM_DECODER`` as one of :data:`CHOICES` (unset or empty: ``auto``; unknown: ``auto``, warned once)."""
+    wanted = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if wanted not in CHOICES:
         _unknown_choice(wanted)
-        return False
-    return wanted == "pages"
+        return "auto"
+    return wanted
+
+
+def requested() -> bool:
+    """True when signal files are decoded with this module: ``pages``, or ``auto`` (the default) with numba."""
+    wanted = choice()
+    return wanted == "pages" or (wanted == "auto" and numba is not None)
 
 
 @functools.cache
 def _unknown_choice(wanted: str) -> None:
-    log.warning("%s=%s is not one of %s; using pyarrow", ENV, wanted, ", ".join(CHOICES))
+    log.warning("%s=%s is not one of %s; using auto", ENV, wanted, ", ".join(CHOICES))
 
 
 class PageError(Exception):

@@ -269,7 +269,7 @@ class SignalFile:
             raise InputError(self.path, f"{self.n_frames} frames, but axis_info.parquet lists {expected_frames} "
                              f"{inst.name} frames")
         self.row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        # the opt-in page decoder (ARIELSTREAM_DECODER=pages) where it handles the file; else pyarrow
+        # the page decoder (io/pages.py) where it handles the file; else pyarrow
         self._pages = _page_reader(self.path, self._file)
 
     def read_block(self, row_groups: list[int], pixels: np.ndarray) -> np.ndarray:
@@ -363,19 +363,21 @@ class SignalFile:
 T = TypeVar("T")
 
 
-PAGE_DECODER_ENV = "ARIELSTREAM_DECODER"  # arielstream.io.pages.ENV, read there (pages.requested)
+PAGE_DECODER_ENV = "ARIELSTREAM_DECODER"  # arielstream.io.pages.ENV, read there (pages.choice)
 
 
 def _page_reader(path: DataPath, file: pq.ParquetFile) -> Any:
-    """The opt-in page decoder's reader of ``file`` (:mod:`arielstream.io.pages`), or None.
+    """The page decoder's reader of ``file`` (:mod:`arielstream.io.pages`), or None: pyarrow reads it.
 
-    Without the variable set, the decoder (and numba, which it imports) is not loaded at all.
-    It reads a local file descriptor: a file under a URL is read with pyarrow.
+    The decoder reads local files where numba is importable (``ARIELSTREAM_DECODER`` unset or
+    ``auto``; ``pages`` even without numba); ``ARIELSTREAM_DECODER=pyarrow`` never loads it. It
+    reads a local file descriptor: a file under a URL is read with pyarrow.
     """
-    if os.environ.get(PAGE_DECODER_ENV) is None:
+    if os.environ.get(PAGE_DECODER_ENV, "").strip().lower() == "pyarrow":
         return None
     if isinstance(path, RemotePath):
-        _remote_with_pyarrow_once()
+        if os.environ.get(PAGE_DECODER_ENV, "").strip().lower() == "pages":
+            _remote_with_pyarrow_once()
         return None
     from . import pages
 
@@ -384,7 +386,7 @@ def _page_reader(path: DataPath, file: pq.ParquetFile) -> Any:
 
 @functools.cache
 def _remote_with_pyarrow_once() -> None:
-    log.info("%s is set, but the page decoder reads local files only: files under a URL are read with pyarrow",
+    log.info("%s=pages, but the page decoder reads local files only: files under a URL are read with pyarrow",
              PAGE_DECODER_ENV)
 
 

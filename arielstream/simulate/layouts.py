@@ -58,7 +58,7 @@ def writer_options(layout: str, compression: str, page_checksums: bool = False) 
     from ..errors import MissingDependencyError
 
     check_layout(layout, compression)
-    parameters = inspect.signature(pq.ParquetWriter.__init__).parameters
+    parameters = inspect.signature(pq.write_table).parameters  # pyarrow >= 15 has the option (and its writer)
     options: dict[str, Any] = {"compression": compression}
     if page_checksums:
         if "write_page_checksum" not in parameters:
