@@ -132,26 +132,27 @@ def table(machine: str, planets: list[int], input_bytes: int, rows: list[tuple[s
         speedup = f"{base / per:.2f} ×" if base and label == "dask" else ""
         lines.append(f"| {label} | {workers} | {seconds:.1f} | {n} | {per:.2f} | {3600 / per:.0f} | {speedup} |")
     best = min((s / n for label, _, s, n in rows if label == "dask"), default=float("nan"))
-    lines += ["", f"The coordinator alone, over {n_parts} one-observation parts (small cubes: the costs are per part): "
+    lines += ["", f"The coordinator alone, over {n_parts:,} one-observation parts (small cubes: the costs are "
+              "per part): "
               f"publishing their index {index['publish']:.1f} s; a rerun's reading every part back "
               f"{index['rerun']:.1f} s; verifying every checksum through the index {index['verify']:.1f} s; the index "
               f"is {index['index_bytes'] / 1e6:.1f} MB.", "",
               "**The full archive** (1,210 visits) on N machines of W workers each, at the per-worker rate "
               f"measured here with one worker ({base:.2f} s per observation) if the store keeps up:",
               "",
-              "| N machines × W workers | compute (minutes) | data read from the store | needs, per machine |",
+              "| N machines × W workers | compute (s) | data read from the store | needs, per machine |",
               "|---|---|---|---|"]
     for machines, per_machine in ((1, 4), (4, 4), (16, 16), (64, 16)):
         workers = machines * per_machine
-        minutes = ARCHIVE_VISITS * (base or best) / workers / 60
+        seconds = ARCHIVE_VISITS * (base or best) / workers
         rate = input_bytes * per_machine / (base or best)
-        lines.append(f"| {machines} × {per_machine} | {minutes:.1f} | {ARCHIVE_VISITS * input_bytes / 1e12:.2f} TB | "
+        lines.append(f"| {machines} × {per_machine} | {seconds:,.0f} | {ARCHIVE_VISITS * input_bytes / 1e12:.2f} TB | "
                      f"{rate / 1e6:.0f} MB/s from the store |")
     lines += ["", "What bounds it: each worker reads ~"
               f"{input_bytes / 1e6:.0f} MB per observation, so beyond a few hundred MB/s per machine the object "
               "store's bandwidth, not the CPUs, sets the pace; the coordinator's own work (checking each part as "
               "its task returns, then one index) grows with the number of parts, not the workers "
-              f"({index['publish']:.1f} s to publish {n_parts} parts here; a rerun reads every part back: "
+              f"({index['publish']:.1f} s to publish {n_parts:,} parts here; a rerun reads every part back: "
               f"{index['rerun']:.1f} s); the index grows by ~{index['index_bytes'] / n_parts / 1e3:.1f} kB per part. "
               "On N machines the compute shrinks as 1/N while the coordinator's part stays: past a few dozen "
               "machines it is what a run of the whole archive waits for."]
