@@ -337,3 +337,33 @@ def test_the_spectrum_of_a_file_calibrated_from_the_bucket_reads_the_star_info_a
     local_csv, _, _ = write_spectrum(local, missing="prior")
     assert remote_csv.read_text() == local_csv.read_text()
     assert SECRET not in remote_csv.read_text()
+
+
+def test_score_takes_the_truth_from_the_bucket_and_shows_no_credentials(aws_env, local_run, tmp_path, capsys):
+    from arielstream.products.spectrum import write_spectrum
+
+    local = tmp_path / "local.h5"
+    shutil.copy(local_run, local)
+    submission, _, _ = write_spectrum(local, missing="prior")
+    truth = f"s3://arielstream-test:{SECRET}@bucket/data/train.csv?{aws_env.query}"
+    assert cli.main(["score", str(submission), truth]) == EXIT_OK
+    assert cli.main(["score", str(submission), truth.replace("train.csv", "absent.csv")]) == EXIT_NOINPUT
+    captured = capsys.readouterr()
+    assert "s3://bucket/data/absent.csv" in captured.err and SECRET not in captured.out + captured.err
+
+
+def test_a_store_gone_since_the_run_stops_the_spectrum_instead_of_fitting_every_duration(local_run, tmp_path,
+                                                                                         monkeypatch):
+    from arielstream.products.spectrum import write_spectrum
+
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    out = tmp_path / "gone.h5"
+    shutil.copy(local_run, out)
+    with h5py.File(out, "r+") as f:  # calibrated from a store that no longer answers (nothing listens on port 9)
+        f.attrs["source"] = "s3://bucket/data?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    with pytest.raises(InputError, match="--star-info CSV .* --no-star-info") as caught:
+        write_spectrum(out)
+    assert "s3://bucket/data" in str(caught.value) and SECRET not in str(caught.value)
+    assert not list(tmp_path.glob("gone.submission*"))

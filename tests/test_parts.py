@@ -9,7 +9,6 @@ project's hooks (``ARIELSTREAM_FAULT``) and signals, never by timing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -378,21 +377,23 @@ def test_dask_workers_of_their_own_write_parts_and_a_worker_killed_mid_run_chang
     left = list(temps[killed[0]].glob(f"{LOCAL_PREFIX}*.h5"))
     assert left and not list(temps[survivor].glob(f"{LOCAL_PREFIX}*"))
     identical(out, clean_run)
-    # the next task on that machine removes it (its writer is gone); nothing else in the folder is touched
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(killed[0], 0)  # reaped, as a nanny reaps its worker (a zombie still answers kill(pid, 0))
+    # the next task there removes it (its writer's lock went with it); nothing else in the folder is touched
     other = temps[killed[0]] / "someone-elses.h5"
     other.write_bytes(b"x")
-    assert sweep_local_parts(temps[killed[0]]) == left and other.exists() and not left[0].exists()
+    assert sweep_local_parts(temps[killed[0]], min_age=0) == left and other.exists() and not left[0].exists()
 
 
-def test_a_local_part_is_removed_by_the_next_task_only_once_its_writer_is_gone(tmp_path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead, alive = int(gone.stdout), os.getppid()
-    stale = tmp_path / f"{LOCAL_PREFIX}{dead}-abc.h5"
-    running = tmp_path / f"{LOCAL_PREFIX}{alive}-abc.h5"
-    mine = tmp_path / f"{LOCAL_PREFIX}{os.getpid()}-abc.h5"
-    for path in (stale, running, mine):
+def test_a_local_part_is_removed_by_the_next_task_only_once_nobody_holds_it(tmp_path):
+    """The writer's lock decides, not its process id (workers in other PID namespaces may share TMPDIR)."""
+    import fcntl
+
+    stale, held, fresh = (tmp_path / f"{LOCAL_PREFIX}{name}.h5" for name in ("1-stale", "2-held", "3-fresh"))
+    for path in (stale, held, fresh):
         path.write_bytes(b"")
-    assert sweep_local_parts(tmp_path) == [stale]
-    assert running.exists() and mine.exists()
+    for path in (stale, held):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    with open(held, "rb") as writer:  # another open file description: as another process's lock
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        assert sweep_local_parts(tmp_path) == [stale]
+    assert held.exists() and fresh.exists()
+    assert sweep_local_parts(tmp_path) == [held]  # its writer gone; the fresh one's may not have locked it yet

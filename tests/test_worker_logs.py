@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 
 import pytest
 from tqdm import tqdm
@@ -180,6 +181,35 @@ def test_dask_workers_records_reach_the_coordinator_once_naming_their_observatio
         # every record exactly once (the subscription and the closing read of the event log agree), at the level
         assert sorted(got) == ["77/visit 2: a line that does not name its observation",
                                "77/visit 2: a line that names it"]
+
+
+
+_BARRIER = threading.Barrier(2, timeout=60)  # in the worker process: two tasks meet here
+
+
+def _log_beside_another_run(channel, label, text):
+    from arielstream.run.worker_logs import forward_to
+
+    forward_to(channel, label)
+    _BARRIER.wait()  # both runs' tasks have set up their channel before either logs
+    logging.getLogger("arielstream.test").warning(text)
+    return threading.get_ident()
+
+
+def test_two_runs_sharing_a_dask_worker_each_get_their_own_records(caplog):
+    distributed = pytest.importorskip("distributed")
+    from arielstream.run.worker_logs import DaskLogs
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        with DaskLogs(client) as a, DaskLogs(client) as b:
+            futures = [client.submit(_log_beside_another_run, a.channel, "1/visit 0", "run A's line", pure=False),
+                       client.submit(_log_beside_another_run, b.channel, "2/visit 0", "run B's line", pure=False)]
+            threads = {f.result() for f in futures}
+            assert len(threads) == 2  # at the same time, on two threads of one worker
+            got = {name: [e[1]["msg"] for e in client.get_events(logs.channel.topic)] for name, logs in
+                   (("a", a), ("b", b))}
+    assert got == {"a": ["run A's line"], "b": ["run B's line"]}
 
 
 @pytest.mark.slow

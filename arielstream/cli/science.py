@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..io.storage import path_argument
 from .args import number
 from .exits import EXIT_FAILURES, EXIT_OK
 from .products import _extraction_kwargs, _extraction_options, _selection_errors
@@ -28,7 +29,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     """``arielstream spectrum``: fit every done observation and write the submission and the per-visit fits."""
     from ..products.spectrum import SpectrumError, write_spectrum
 
-    star_info: Path | bool | None = False if args.no_star_info else args.star_info
+    star_info: Path | str | bool | None = False if args.no_star_info else args.star_info
     try:
         out, fits, spectra = write_spectrum(args.path, args.output, fits=args.fits, degree=args.degree,
                                             decorrelate=args.decorrelate, star_info=star_info,
@@ -83,7 +84,7 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
     sp.add_argument("--no-decorrelate", dest="decorrelate", action="store_false",
                     help="do not regress against the FGS1 centroid track")
     stars = sp.add_mutually_exclusive_group()
-    stars.add_argument("--star-info", type=Path, default=None, metavar="CSV",
+    stars.add_argument("--star-info", type=path_argument, default=None, metavar="CSV",
                        help="<split>_star_info.csv for the expected durations (default: the one in the data folder "
                             "the file was calibrated from)")
     stars.add_argument("--no-star-info", action="store_true", help="fit the transit durations without star info")
@@ -103,7 +104,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> dict[str
                     "the naive prediction (0) and a perfect one (1). Exit 65 for a submission the competition would "
                     "refuse, 66 for a file that cannot be read and for a malformed truth file.")
     sc.add_argument("submission", type=Path, metavar="SUBMISSION.csv")
-    sc.add_argument("truth", type=Path, metavar="TRUTH.csv", help="planet_id, wl_1..wl_283 (e.g. train.csv)")
+    sc.add_argument("truth", type=path_argument, metavar="TRUTH.csv",
+                    help="planet_id, wl_1..wl_283 (e.g. train.csv; a local file or a URL, as a data folder may be)")
     sc.add_argument("--naive-mean", type=number(float, minimum=-math.inf, strict=False), default=None, metavar="X",
                     help="the naive prediction's mean (default: the mean of the truth's values)")
     sc.add_argument("--naive-sigma", type=number(float), default=None, metavar="X",

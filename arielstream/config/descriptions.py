@@ -81,7 +81,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                   "modification time) since they were calibrated",
         "drop_missing": "leave out of the output the observations no longer in the data folder (by default they "
                         "are kept, with a warning)",
-        "parts": "write each observation into a part file of its own (ordinary writes, published by a rename; "
+        "parts": "write each observation into a part file of its own (ordinary writes, published by a link; "
                  "storage needs only NFS semantics) and publish an index over them; leave out for on with backend "
                  "dask, off with loky",
     },

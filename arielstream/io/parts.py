@@ -39,11 +39,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,47 +172,63 @@ class PartTemplate:
                 os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+SWEEP_AGE_SECONDS = 60.0  # a local part younger than this is never swept (its writer may not hold its lock yet)
 
 
-def sweep_local_parts(folder: str | Path | None = None) -> list[Path]:
-    """Remove the local parts that workers killed on this machine left in ``folder`` (``TMPDIR``); those removed.
+def sweep_local_parts(folder: str | Path | None = None, min_age: float = SWEEP_AGE_SECONDS) -> list[Path]:
+    """Remove the local parts that killed workers left in ``folder`` (``TMPDIR``); those removed.
 
-    A local part's name holds its writer's process id: a part whose writer is gone is
-    nobody's (its observation was given to another attempt when the worker died).
+    A writer holds an exclusive ``flock`` on its local part from its creation until it is
+    removed (:func:`local_part`); the lock goes with the writer's process. A part nobody holds
+    locked, older than ``min_age`` seconds, is nobody's: its observation went to another
+    attempt when its worker died. The lock, not a process id, decides, so workers in other PID
+    namespaces (containers) or on other hosts sharing the folder never lose a part in use.
     """
     removed = []
-    for path in Path(folder or tempfile.gettempdir()).glob(f"{LOCAL_PREFIX}*-*.h5"):
-        pid = path.name[len(LOCAL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    now = time.time()
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{LOCAL_PREFIX}*.h5"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone already, or not ours to read
+        try:
+            if now - os.fstat(fd).st_mtime < min_age:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer holds it
             atomic.discard(path)
             removed.append(path)
+        finally:
+            os.close(fd)
     return removed
 
 
 @contextlib.contextmanager
 def local_part(template: PartTemplate, key: tuple[int, int]) -> Iterator[Path]:
-    """A part for ``key`` in this process's temporary folder (``TMPDIR``), removed when the block ends.
+    """A part for ``key`` in this process's temporary folder (``TMPDIR``), locked, removed when the block ends.
 
-    Named ``arielstream-part-PID-*.h5``; what killed workers left there is removed first.
+    What killed workers left there is removed first (:func:`sweep_local_parts`).
     """
     if removed := sweep_local_parts():
         log.info("removed %d local part(s) that killed workers left in %s", len(removed), removed[0].parent)
     fd, name = tempfile.mkstemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-", suffix=".h5")
-    os.close(fd)
     path = Path(name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the part is removed: no sweep takes it meanwhile
         template.write(path, key)
         yield path
     finally:
         atomic.discard(path)
+        os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
 
 
 def publish_part(local: Path, folder: Path, name: str, before_link: Callable[[Path], None] = lambda _: None,
@@ -233,7 +251,8 @@ def publish_part(local: Path, folder: Path, name: str, before_link: Callable[[Pa
             try:
                 os.link(temp, final)
             except FileExistsError:
-                return False
+                # NFS: a retransmitted link that had succeeded answers EEXIST; then the name is this file
+                return _same_file(temp, final)
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                     raise

@@ -667,20 +667,19 @@ def _star_info_for(src: h5py.File, path: Path, star_info: str | Path | bool | No
     if star_info is None or star_info is True:
         folder, split = _data_folder(src)
         candidate = folder / f"{split}_star_info.csv" if folder is not None and split else None
-        if candidate is None or not _is_file(candidate):
+        try:
+            found = candidate is not None and candidate.is_file()
+        except InputError as exc:  # a store that cannot be reached now: no silent fallback to fitted durations
+            without = flag("star_info", False, option="--no-star-info")
+            raise InputError(exc.path, f"{exc.problem}; the star info is read from the data folder the file was "
+                                       f"calibrated from: give it with {flag('star_info', 'CSV')}, or fit every "
+                                       f"transit duration with {without}") from None
+        if candidate is None or not found:
             log.warning("%s: no star info found (%s); every transit duration is fitted", path,
                         candidate or "the file names no data folder")
             return {}
         return read_star_info(candidate)
     return read_star_info(star_info)
-
-
-def _is_file(path: DataPath) -> bool:
-    """Whether ``path`` is a file; a store that cannot be reached counts as no file (the caller says so)."""
-    try:
-        return path.is_file()
-    except InputError:
-        return False
 
 
 def _check_targets(src: h5py.File, path: Path) -> None:

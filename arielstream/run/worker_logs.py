@@ -53,6 +53,7 @@ ROOT = "arielstream"  # the logger whose records are forwarded
 POLL_SECONDS = 0.1  # how often a receiving thread checks whether the forwarder is closing
 _task = threading.local()  # in a worker: the observation the thread's task calibrates (``label``)
 _record_ids = itertools.count()
+_last_task: tuple[Any, str] = (None, "")  # in a dask worker: the channel and label a task set last (any thread)
 
 
 @dataclass(frozen=True)
@@ -179,19 +180,30 @@ class DaskLogs:
 
 
 class _DaskEventHandler(logging.Handler):
-    """In a dask worker: log each record as an event of the run's topic (never raises: dropped outside a task)."""
+    """In a dask worker (one per process): a record goes to the topic of the run whose task its thread runs.
 
-    def __init__(self, channel: DaskLogChannel):
-        super().__init__(channel.level)
-        self.channel = channel
+    A dask worker may run tasks of several runs at once, on several threads: each thread's
+    channel (topic and level) and observation are its own (:func:`forward_to`). A thread the
+    task started (a read-ahead) has none: its records go with the task that last set one in
+    this process. Never raises: dropped outside a worker, or while the worker closes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
 
     def emit(self, record: logging.LogRecord) -> None:
+        channel, label = getattr(_task, "channel", None), getattr(_task, "label", None)
+        if channel is None:
+            channel, label = _last_task
+        if channel is None or record.levelno < channel.level:
+            return
         try:
             from distributed import get_worker
 
             fields = _plain(record)
+            fields["observation"] = label or ""
             fields["id"] = f"{os.getpid()}-{threading.get_ident()}-{next(_record_ids)}"
-            get_worker().log_event(self.channel.topic, fields)
+            get_worker().log_event(channel.topic, fields)
         except Exception:  # no worker (a thread outside the task), or the worker is closing
             pass
 
@@ -245,13 +257,16 @@ def forward_to(channel: LogChannel | DaskLogChannel, label: str = "") -> None:
 
     Once per channel and process; ``label`` holds for the calling thread until its next task.
     """
+    global _last_task
     _task.label = label
     logger = logging.getLogger(ROOT)
     if isinstance(channel, DaskLogChannel):  # the worker's own handlers stay: its logs keep the records too
-        if not any(isinstance(h, _DaskEventHandler) and h.channel == channel for h in logger.handlers):
-            logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _DaskEventHandler)]
-            logger.addHandler(_DaskEventHandler(channel))
-        logger.setLevel(channel.level)
+        _task.channel = channel
+        _last_task = (channel, label)
+        if not any(isinstance(h, _DaskEventHandler) for h in logger.handlers):
+            logger.addHandler(_DaskEventHandler())
+        # lowered, never raised: another run's tasks may log at a lower level (each handler filters its own)
+        logger.setLevel(min(logger.getEffectiveLevel(), channel.level))
         return
     current = [h for h in logger.handlers if isinstance(h, _ForwardHandler)]
     if len(current) == 1 and current[0].channel == channel:
