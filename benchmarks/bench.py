@@ -171,10 +171,10 @@ def measure_profile(data: str, planet: int, out: str) -> dict:
         return sum(v[3] for (f, _, n), v in stats.items() if n == name and file_part in f)
 
     total = cum("calibrate", "runner.py")
-    decode = cum("read_row_groups")
+    decode = cum("read_row_groups") + cum("read_block", "pages.py")  # pyarrow's, or the page decoder's
     stages = {
-        "decode (pyarrow)": decode,
-        "column copy": cum("read_block") - decode,
+        "decode (page decoder or pyarrow)": decode,
+        "column copy": cum("read_block", "signal.py") - decode,
         "kernels": cum("calibrate_block") + cum("calibrate_block_clipped") + cum("calibrate_block_with_outliers"),
         "open files, calibration, DQ": cum("__init__", "signal.py") + cum("load_calibration") + cum("quality_plane"),
     }
@@ -310,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.append_base < 1:
         parser.error("--append-base must be at least 1")
     root = args.data
-    planets = [] if args.part == "decode" else ensure_data(root, 1 if args.part == "append" else args.planets)
-    data, planet = str(root), planets[0] if planets else 0
+    full = root / "full"  # the planets' data folder: the outputs (root/out) must not be inside it
+    planets = [] if args.part == "decode" else ensure_data(full, 1 if args.part == "append" else args.planets)
+    data, planet = str(full), planets[0] if planets else 0
     tmp = root / "out"
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"machine: {describe_machine()}", flush=True)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_block(dq_table(args, data, planet, tmp), DQ_BEGIN, DQ_END,
                      "## Data-quality steps (`make bench`, latest run)", args.no_write)
     if args.part in ("all", "append"):
-        _write_block(append_table(args, root, planet), APPEND_BEGIN, APPEND_END,
+        _write_block(append_table(args, root, planet, full), APPEND_BEGIN, APPEND_END,
                      "## Appending to a growing output (`make bench`)", args.no_write)
     if args.part in ("all", "decode"):
         _write_block(decode.decode_table(root, args.planets, args.repeats, tmp, _child, ensure_data,
@@ -408,7 +409,7 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def append_table(args: argparse.Namespace, root: Path, planet: int) -> str:
+def append_table(args: argparse.Namespace, root: Path, planet: int, data_root: Path) -> str:
     """Appending one observation to an output of ``--append-base`` against calibrating one into a fresh output.
 
     The data folder is ``--append-base`` symlinks (ids from :data:`APPEND_FIRST_ID`) to
@@ -417,7 +418,7 @@ def append_table(args: argparse.Namespace, root: Path, planet: int) -> str:
     observation into a fresh output (``--planets``); both are fresh processes with
     the same flags, interleaved. The temporary folder is removed at the end.
     """
-    source = root / "train" / str(planet)
+    source = data_root / "train" / str(planet)  # (the work folder beside it, in ``root``: not in a data folder)
     work = Path(tempfile.mkdtemp(prefix="append-", dir=root))
     try:
         data, out = work / "data", work / "out" / "grown.h5"
