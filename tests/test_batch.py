@@ -206,6 +206,17 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def signal_while_hanging(proc: subprocess.Popen, hanging: Path, signum: int) -> str:
+    """Send ``signum`` to a run once its hang fault fired; its stderr once it ended (killed if it did not)."""
+    try:
+        _wait_until_hanging(proc, hanging)
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _wait_until_hanging(proc: subprocess.Popen, marker: Path) -> None:
     """Until the ``hang-obs`` fault fires in ``proc``'s run; fails at once if that run ends first."""
     deadline = time.monotonic() + 120
@@ -243,13 +254,7 @@ def test_sigterm_or_sighup_stops_keeps_what_is_done_releases_the_lock_and_resume
     out, hanging = tmp_path / "o.h5", tmp_path / "hanging"
     # one job: the first two observations are done when the third hangs, and the run cannot finish
     proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--no-progress", env=hang(2, hanging))
-    try:
-        _wait_until_hanging(proc, hanging)
-        proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stderr = signal_while_hanging(proc, hanging, signum)
     assert proc.returncode == exit_code, stderr
     assert "run the same command to resume" in stderr
     assert f"interrupted by {signum.name}" in stderr and "Traceback" not in stderr

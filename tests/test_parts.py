@@ -34,7 +34,7 @@ from arielstream.layout import discover_observations
 from arielstream.run import dispatch
 
 from .conftest import DATA_SAMPLES, REPO
-from .test_batch import _wait_until_hanging, calibrate_cli, hang, same_bytes, start_cli
+from .test_batch import _wait_until_hanging, calibrate_cli, hang, same_bytes, signal_while_hanging, start_cli
 from .test_incremental import observation_bytes, referenced
 
 FAULT = "ARIELSTREAM_FAULT"
@@ -130,13 +130,7 @@ def test_a_stopped_coordinator_leaves_whole_parts_that_the_rerun_keeps(clean_run
     out, hanging, report = tmp_path / "o.h5", tmp_path / "hanging", tmp_path / "report.json"
     env = {**hang(2, hanging), "TMPDIR": str(tmp_path)}
     proc = start_cli("calibrate", DATA_SAMPLES, "-o", out, "--jobs", "1", "--parts", "--no-progress", env=env)
-    try:
-        _wait_until_hanging(proc, hanging)
-        proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stderr = signal_while_hanging(proc, hanging, signum)
     if signum == signal.SIGTERM:
         assert proc.returncode == EXIT_TERMINATED, stderr
         assert "run the same command to resume" in stderr and "o.h5.parts" in stderr and "Traceback" not in stderr

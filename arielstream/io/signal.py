@@ -373,10 +373,11 @@ def _page_reader(path: DataPath, file: pq.ParquetFile) -> Any:
     ``auto``; ``pages`` even without numba); ``ARIELSTREAM_DECODER=pyarrow`` never loads it. It
     reads a local file descriptor: a file under a URL is read with pyarrow.
     """
-    if os.environ.get(PAGE_DECODER_ENV, "").strip().lower() == "pyarrow":
+    forced = os.environ.get(PAGE_DECODER_ENV, "").strip().lower()  # (pages.choice reads it in full)
+    if forced == "pyarrow":
         return None
     if isinstance(path, RemotePath):
-        if os.environ.get(PAGE_DECODER_ENV, "").strip().lower() == "pages":
+        if forced == "pages":
             _remote_with_pyarrow_once()
         return None
     from . import pages
